@@ -1,0 +1,167 @@
+"""python -m gptcore {prepare,train,sample,chat}: the course's scripts as one command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from gptcore.cliutil import Parser, add_config_flags, config_overrides, run
+from gptcore.errors import UserError
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+DEFAULT_OUT = Path("results") / "model"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    from gptcore.config import PRESETS
+
+    parser = Parser(prog="python -m gptcore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("prepare", help="text or a folder of .txt/.xz shards -> train.bin, val.bin, meta.json")
+    p.add_argument("src", type=Path, help="a .txt/.xz file, or a folder of them (OpenWebText layout)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of files (or of the text) for val")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--skip-bad", action="store_true", help="skip corrupt .xz files instead of failing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train", help="train a GPT and save a checkpoint")
+    t.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared folder or .txt file")
+    t.add_argument("--preset", choices=list(PRESETS), default="baby", help="named starting configuration")
+    t.add_argument("--config", type=Path, help="JSON config (e.g. the tuner's best.json); flags override it")
+    t.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint folder")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--model", choices=["gpt", "bigram"], default="gpt", help="model kind")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(t)
+
+    for name in ("sample", "chat"):
+        s = sub.add_parser(name, help="generate text from a checkpoint" if name == "sample" else "talk to a model")
+        s.add_argument("--checkpoint", type=Path, default=DEFAULT_OUT, help="checkpoint folder")
+        if name == "sample":
+            s.add_argument("--prompt", default="", help="text to continue")
+        s.add_argument("--max-new-tokens", type=int, default=500 if name == "sample" else 200)
+        s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+        s.add_argument("--top-k", type=int, default=None)
+        s.add_argument("--seed", type=int, default=None)
+        s.add_argument("--device", default="auto")
+        s.add_argument("--drop-unknown", action="store_true", help="drop characters not in the vocabulary")
+    return parser
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Run corpus preparation and print its summary line."""
+    from gptcore.prepare import prepare
+
+    summary = prepare(args.src, args.out, val_fraction=args.val_fraction, workers=args.workers,
+                      skip_bad=args.skip_bad, progress=not args.no_progress)
+    print(summary.line())
+    return 0
+
+
+def resolve_configs(args: argparse.Namespace, vocab_size: int, resume_cfg=None):
+    """Preset (or checkpoint) < --config file < flags, with the corpus's vocabulary size filled in."""
+    from gptcore import config as C
+
+    values: dict = {}
+    if resume_cfg is not None:
+        values.update(C.to_dict(*resume_cfg)["model"])
+        values.update(C.to_dict(*resume_cfg)["train"])
+    else:
+        values.update(C.PRESETS[args.preset])
+    try:
+        if args.config is not None:
+            values.update(C.load_json(args.config))
+        values.update(config_overrides(args))
+        model_cfg, train_cfg = C.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if model_cfg.vocab_size not in (0, vocab_size):
+        raise UserError(f"config vocab_size {model_cfg.vocab_size} does not match the corpus ({vocab_size})")
+    return model_cfg.with_vocab(vocab_size), train_cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume), print losses and final figures, save the checkpoint."""
+    from tqdm import tqdm
+
+    from gptcore.checkpoint import load_checkpoint, save_checkpoint
+    from gptcore.data import TokenData
+    from gptcore.errors import Diverged
+    from gptcore.train import train
+
+    data = TokenData.open(args.data, progress=not args.no_progress)
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(args.out)
+        if ckpt.tokenizer.chars != data.tokenizer.chars:
+            raise UserError(f"{args.out}: checkpoint vocabulary differs from the corpus in {args.data}")
+        args.model = ckpt.kind
+    model_cfg, train_cfg = resolve_configs(
+        args, data.vocab_size, (ckpt.model_cfg, ckpt.train_cfg) if ckpt else None)
+    if ckpt and model_cfg != ckpt.model_cfg:
+        raise UserError("--resume: model flags differ from the checkpoint's model; only training flags may change")
+    print(f"data: {data.folder} (vocab {data.vocab_size}, train {len(data.tokens('train')):,}, "
+          f"val {len(data.tokens('val')):,} tokens)")
+    print(f"model: {model_cfg}\ntrain: {train_cfg}")
+
+    def on_eval(step: int, train_loss: float, val_loss: float) -> None:
+        tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+
+    model = ckpt.build_model() if ckpt else None
+    if model is not None:
+        model.train()
+    try:
+        result = train(model_cfg, train_cfg, data, on_eval=on_eval, model=model,
+                       optimizer_state=ckpt.optimizer_state if ckpt else None,
+                       start_step=ckpt.step if ckpt else 0,
+                       progress=None if not args.no_progress else False, kind=args.model)
+    except Diverged as exc:
+        print(f"python -m gptcore train: training diverged: {exc}; try a lower --lr or --dtype float32",
+              file=sys.stderr)
+        return 1
+    step = (ckpt.step if ckpt else 0) + result.steps
+    path = save_checkpoint(args.out, result.model, model_cfg, train_cfg, data.tokenizer,
+                           optimizer=result.optimizer, step=step, kind=args.model,
+                           extra={"result": result.to_dict()})
+    mem = result.peak_memory
+    mem_text = (f"peak CUDA allocated {mem['peak_allocated_bytes'] / 2**20:.0f} MiB"
+                if "peak_allocated_bytes" in mem else f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB")
+    mfu = f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
+    print(f"done: {result.steps} steps (to step {step}), train loss {result.train_loss:.4f}, "
+          f"val loss {result.val_loss:.4f}, {result.train_seconds:.1f} s training + {result.eval_seconds:.1f} s "
+          f"eval, {result.tokens_per_s:,.0f} tokens/s, {mem_text}, {result.n_params:,} parameters{mfu}")
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Print a continuation of --prompt, or run the chat loop."""
+    from gptcore.checkpoint import load_checkpoint
+    from gptcore.hardware import resolve_device
+    from gptcore.sample import chat, sample_text
+
+    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
+    model = ckpt.build_model(resolve_device(args.device))
+    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  seed=args.seed)
+    if args.command == "chat":
+        chat(model, ckpt.tokenizer, drop_unknown=args.drop_unknown, **kwargs)
+        return 0
+    print(args.prompt + sample_text(model, ckpt.tokenizer, args.prompt, drop_unknown=args.drop_unknown, **kwargs))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    handler = {"prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "chat": cmd_sample}
+    return handler[args.command](args)
+
+
+if __name__ == "__main__":
+    run(main, prog="python -m gptcore")

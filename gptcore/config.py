@@ -1,0 +1,214 @@
+"""The one place hyperparameters live: frozen, self-validating dataclasses and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+NORMS = ("post", "pre")
+ACTIVATIONS = ("relu", "gelu")
+DTYPES = ("float32", "bfloat16", "float16")
+LR_DECAYS = ("none", "cosine")
+
+
+def _positive_int(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _choice(obj: object, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the GPT. Defaults are the course's architecture (post-norm Add & Norm, ReLU)."""
+
+    vocab_size: int = 0  # 0 = "take it from the corpus"; set before building a model
+    block_size: int = 64
+    n_embed: int = 128
+    n_head: int = 4
+    n_layer: int = 4
+    dropout: float = 0.2
+    norm: str = "post"  # "post": x = LN(x + f(x)) as in the course; "pre": x = x + f(LN(x)) as in GPT-2
+    bias: bool = True
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "block_size", "n_embed", "n_head", "n_layer")
+        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 0:
+            raise ValueError(f"vocab_size must be a non-negative integer, got {self.vocab_size!r}")
+        if self.n_embed % self.n_head != 0:
+            raise ValueError(
+                f"n_embed must be divisible by n_head, got n_embed={self.n_embed}, n_head={self.n_head}"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        _choice(self, "norm", NORMS)
+        _choice(self, "activation", ACTIVATIONS)
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be true or false, got {self.bias!r}")
+
+    @property
+    def head_size(self) -> int:
+        """Width of one attention head."""
+        return self.n_embed // self.n_head
+
+    def with_vocab(self, vocab_size: int) -> ModelConfig:
+        """Copy with the vocabulary size of a corpus filled in."""
+        return dataclasses.replace(self, vocab_size=vocab_size)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimiser, evaluation, budget, precision and device."""
+
+    batch_size: int = 12
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # 0 disables clipping
+    grad_accum_steps: int = 1
+    warmup_iters: int = 0
+    lr_decay: str = "none"  # "cosine" decays to lr/10 over the budget (steps or seconds, whichever ends first)
+    eval_interval: int = 250
+    eval_iters: int = 20
+    max_iters: int | None = 2000
+    max_seconds: float | None = None
+    dtype: str = "float32"
+    compile: bool = False
+    seed: int = 1337
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep the frozen config hashable and comparable.
+        object.__setattr__(self, "betas", tuple(self.betas))
+        _positive_int(self, "batch_size", "grad_accum_steps", "eval_interval", "eval_iters")
+        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0 or not math.isfinite(
+            self.learning_rate
+        ):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not isinstance(self.grad_clip, (int, float)) or self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip!r}")
+        if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
+            raise ValueError(f"warmup_iters must be a non-negative integer, got {self.warmup_iters!r}")
+        _choice(self, "lr_decay", LR_DECAYS)
+        if self.max_iters is None and self.max_seconds is None:
+            raise ValueError("set a budget: max_iters and/or max_seconds (both are None)")
+        if self.max_iters is not None:
+            _positive_int(self, "max_iters")
+        if self.max_seconds is not None and (
+            not isinstance(self.max_seconds, (int, float)) or not self.max_seconds > 0
+        ):
+            raise ValueError(f"max_seconds must be a positive number, got {self.max_seconds!r}")
+        _choice(self, "dtype", DTYPES)
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device must be a string such as auto, cpu, cuda, cuda:1 or mps, got {self.device!r}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Sequences per optimiser step (batch_size x grad_accum_steps)."""
+        return self.batch_size * self.grad_accum_steps
+
+
+MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
+TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
+# Named presets, litgpt style: a plain dict of overrides on the defaults above.
+PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: trains in well under a second on a CPU.
+    "tiny": dict(block_size=16, n_embed=32, n_head=2, n_layer=2, dropout=0.0, batch_size=4,
+                 max_iters=50, eval_interval=25, eval_iters=4),
+    # nanoGPT's "baby GPT" for a laptop CPU (shakespeare_char, 2000 iterations, dropout 0).
+    "baby": dict(block_size=64, n_embed=128, n_head=4, n_layer=4, dropout=0.0, batch_size=12,
+                 learning_rate=1e-3, max_iters=2000, eval_interval=250, eval_iters=20),
+    # The course's command-line defaults, small enough for any CPU.
+    "course-default": dict(block_size=32, n_embed=128, n_head=8, n_layer=1, dropout=0.2, batch_size=8,
+                           learning_rate=3e-4, max_iters=1000, eval_interval=250, eval_iters=50),
+    # The course's final GPT (gpt-v1): 384 wide, 4 heads, 4 layers, block 128, batch 32.
+    "course": dict(block_size=128, n_embed=384, n_head=4, n_layer=4, dropout=0.2, batch_size=32,
+                   learning_rate=3e-4, max_iters=3000, eval_interval=500, eval_iters=100),
+    # A GPU-sized character model (nanoGPT shakespeare_char scale).
+    "gpu": dict(block_size=256, n_embed=384, n_head=6, n_layer=6, dropout=0.2, batch_size=64,
+                learning_rate=1e-3, max_iters=5000, eval_interval=250, eval_iters=200, warmup_iters=100,
+                lr_decay="cosine", dtype="bfloat16"),
+}
+
+
+def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a flat dict into model and train fields; unknown keys are a ValueError."""
+    unknown = sorted(set(values) - MODEL_FIELDS - TRAIN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    model = {k: v for k, v in values.items() if k in MODEL_FIELDS}
+    train = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
+    return model, train
+
+
+def from_name(name: str, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
+    """Build (model, train) configs from a named preset plus flat overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    model, train = split_fields({**PRESETS[name], **overrides})
+    return ModelConfig(**model), TrainConfig(**train)
+
+
+def to_dict(model: ModelConfig, train: TrainConfig) -> dict[str, Any]:
+    """The JSON form: {"model": {...}, "train": {...}}."""
+    return {"model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}
+
+
+def from_dict(data: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """Inverse of `to_dict`; also accepts one flat dict of fields."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+    if _is_nested(data):
+        model, train = data.get("model", {}), data.get("train", {})
+        for key, part in (("model", model), ("train", train)):
+            if not isinstance(part, dict):
+                raise ValueError(f"config field {key!r} must be an object")
+        split_fields({**model, **train})  # names unknown keys
+        bad_model = sorted(set(model) - MODEL_FIELDS)
+        bad_train = sorted(set(train) - TRAIN_FIELDS)
+        if bad_model or bad_train:
+            raise ValueError(f"misplaced config field(s): {', '.join(bad_model + bad_train)}")
+    else:
+        model, train = split_fields(data)
+    return ModelConfig(**model), TrainConfig(**train)
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file into a flat dict of fields; errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
+    try:
+        from_dict(data)  # validate now, so the error names this file
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    # Return only the keys the file set, so CLI flags and presets can still fill the rest.
+    if _is_nested(data):
+        return {**data.get("model", {}), **data.get("train", {})}
+    return dict(data)
+
+
+def _is_nested(data: dict[str, Any]) -> bool:
+    return bool(data) and set(data) <= {"model", "train"}

@@ -1,0 +1,372 @@
+"""Corpus preparation: text or OpenWebText-style .xz shards -> train.bin, val.bin, meta.json.
+
+Two streaming passes over the sources, parallel over files:
+  1. scan: clean every file, count its characters and collect its character set -> vocabulary;
+  2. encode: clean again and write token ids straight into their place in train.bin / val.bin
+     (pass 1 gave every file's token count, so each worker knows its offset; no concatenation step).
+Memory stays flat: nothing ever holds more than one chunk of one document.
+Everything is written into a temporary folder that is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import lzma
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gptcore.errors import UserError
+
+CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
+DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
+SOURCE_SUFFIXES = (".txt", ".xz")
+META_FORMAT = 1
+
+# Count invalid UTF-8 while decoding: a codec error handler that replaces like "replace" does.
+_invalid_bytes = 0
+
+
+def _count_and_replace(exc: UnicodeDecodeError) -> tuple[str, int]:
+    global _invalid_bytes
+    _invalid_bytes += exc.end - exc.start
+    return "\ufffd", exc.end
+
+
+codecs.register_error("gptcore_count", _count_and_replace)
+
+
+class BadSource(Exception):
+    """A source file that cannot be read (corrupt .xz, truncated tar)."""
+
+
+@dataclass
+class SourceStats:
+    """What pass 1 learned about one source file."""
+
+    path: str
+    bytes: int
+    documents: int = 0
+    tokens: int = 0  # characters after cleaning, separators included
+    invalid_utf8_bytes: int = 0
+    chars: str = ""  # distinct characters (not written to meta.json per file)
+
+
+def _read_chunks(fileobj) -> Iterator[bytes]:
+    while chunk := fileobj.read(CHUNK_BYTES):
+        yield chunk
+
+
+def _is_tar(head: bytes) -> bool:
+    # POSIX/GNU tar headers carry "ustar" at offset 257; OpenWebText's shards are such archives.
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def iter_documents(path: Path) -> Iterator[Iterator[bytes]]:
+    """Yield each document of a source as an iterator of raw byte chunks."""
+    if path.suffix != ".xz":
+        with open(path, "rb") as f:
+            yield _read_chunks(f)
+        return
+    with lzma.open(path, "rb") as xz:
+        head = xz.peek(512)[:512] if hasattr(xz, "peek") else b""
+        if not _is_tar(head):
+            yield _read_chunks(xz)
+            return
+        # Stream mode ("r|"): members are read in order and never all held in memory.
+        with tarfile.open(fileobj=xz, mode="r|") as tar:
+            for member in tar:
+                if member.isfile():
+                    member_file = tar.extractfile(member)
+                    if member_file is not None:
+                        yield _read_chunks(member_file)
+
+
+def iter_clean_text(path: Path, stats: SourceStats | None = None, first_separator: bool = False) -> Iterator[str]:
+    """Yield the cleaned text of a source in chunks: UTF-8 (invalid bytes replaced), no BOM, no \\r."""
+    global _invalid_bytes
+    before = _invalid_bytes
+    try:
+        for n_doc, raw_chunks in enumerate(iter_documents(path)):
+            if n_doc > 0 or first_separator:
+                yield DOC_SEPARATOR
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="gptcore_count")
+            at_start = True
+            # The final decode flushes a truncated multi-byte sequence at the document's end.
+            for text in _chain_final(decoder, raw_chunks):
+                if at_start and text:
+                    text = text.removeprefix("\ufeff")
+                    at_start = False
+                text = text.replace("\r", "")
+                if text:
+                    yield text
+            if stats is not None:
+                stats.documents += 1
+    except (lzma.LZMAError, EOFError, tarfile.TarError) as exc:
+        raise BadSource(f"{path}: corrupt or truncated archive ({exc})") from None
+    finally:
+        if stats is not None:
+            stats.invalid_utf8_bytes += _invalid_bytes - before
+
+
+def _chain_final(decoder: codecs.IncrementalDecoder, chunks: Iterator[bytes]) -> Iterator[str]:
+    for raw in chunks:
+        yield decoder.decode(raw)
+    yield decoder.decode(b"", final=True)
+
+
+def scan_source(path: str, first_separator: bool = False) -> SourceStats:
+    """Pass 1 for one file: token count, documents, invalid bytes and distinct characters."""
+    p = Path(path)
+    stats = SourceStats(path=path, bytes=p.stat().st_size)
+    seen: set[str] = set()
+    for text in iter_clean_text(p, stats, first_separator):
+        stats.tokens += len(text)
+        seen.update(text)
+    stats.chars = "".join(sorted(seen))
+    return stats
+
+
+def encode_source(
+    path: str, chars: str, dtype: str, segments: list[tuple[str, int, int]], first_separator: bool
+) -> int:
+    """Pass 2 for one file: write its token ids into `segments` [(file, token offset, count), ...]."""
+    lut = np.zeros(0x110000, dtype=dtype)  # code point -> token id
+    lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=dtype)
+    itemsize = np.dtype(dtype).itemsize
+    chunks = iter_clean_text(Path(path), None, first_separator)
+    ids = np.empty(0, dtype=dtype)
+    written = 0
+    for out_path, offset, count in segments:
+        with open(out_path, "r+b") as out:
+            out.seek(offset * itemsize)
+            room = count
+            while room:
+                if not len(ids):
+                    text = next(chunks, None)
+                    if text is None:
+                        raise BadSource(f"{path}: changed while being prepared (less text than pass 1 saw)")
+                    ids = lut[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+                take = ids[:room]
+                out.write(take.tobytes())
+                room -= len(take)
+                written += len(take)
+                ids = ids[len(take):]
+    if len(ids) or next(chunks, None) is not None:
+        raise BadSource(f"{path}: changed while being prepared (more text than pass 1 saw)")
+    return written
+
+
+def list_sources(src: Path) -> list[Path]:
+    """The .txt/.xz files of a folder (recursively, sorted), or the one file given."""
+    if not src.exists():
+        raise UserError(f"{src}: no such file or folder")
+    if src.is_file():
+        if src.suffix not in SOURCE_SUFFIXES:
+            raise UserError(f"{src}: expected a .txt or .xz file, or a folder of them")
+        return [src]
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+    if not files:
+        raise UserError(f"{src}: folder has no .txt or .xz files")
+    return files
+
+
+@dataclass
+class PrepareSummary:
+    """What `prepare` wrote, for the caller and the summary line."""
+
+    out: str
+    vocab_size: int
+    dtype: str
+    train_tokens: int
+    val_tokens: int
+    files: int
+    skipped: list[str] = field(default_factory=list)
+    invalid_utf8_bytes: int = 0
+    seconds: float = 0.0
+    source_bytes: int = 0
+
+    def line(self) -> str:
+        """One human-readable summary line."""
+        mb_s = self.source_bytes / 1e6 / max(self.seconds, 1e-9)
+        text = (
+            f"prepared {self.files} file(s) -> {self.out}: vocab {self.vocab_size} ({self.dtype}), "
+            f"train {self.train_tokens:,} tokens, val {self.val_tokens:,} tokens, "
+            f"{self.invalid_utf8_bytes} invalid UTF-8 byte(s) replaced, {self.seconds:.1f} s ({mb_s:.1f} MB/s)"
+        )
+        if self.skipped:
+            text += f", skipped {len(self.skipped)} bad file(s): {', '.join(self.skipped)}"
+        return text
+
+
+def _map(fn: Callable, args: list[tuple], workers: int, desc: str, total_bytes: int, sizes: list[int],
+         progress: bool) -> Iterator:
+    """Run fn(*a) for each a, in order, over a process pool (or in-process for 1 worker), with tqdm."""
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False)
+    try:
+        if workers <= 1:
+            results = (_call(fn, a) for a in args)
+            for i, res in enumerate(results):
+                bar.update(sizes[i])
+                bar.set_postfix(files=f"{i + 1}/{len(args)}")
+                yield res
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_call, fn, a) for a in args]
+                for i, fut in enumerate(futures):
+                    res = fut.result()
+                    bar.update(sizes[i])
+                    bar.set_postfix(files=f"{i + 1}/{len(args)}")
+                    yield res
+    finally:
+        bar.close()
+
+
+def _call(fn: Callable, args: tuple):
+    # BadSource travels back as a value so one bad shard does not tear down the pool.
+    try:
+        return fn(*args)
+    except BadSource as exc:
+        return exc
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    *,
+    val_fraction: float = 0.1,
+    workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Prepare a corpus (a .txt file or a folder of .txt/.xz) into `out`; see the module docstring."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    files = list_sources(src)
+    sizes = [p.stat().st_size for p in files]
+
+    # The split: by file for a folder of several files (the last files go to val), else the file's tail.
+    by_file = len(files) > 1
+    n_val_files = min(len(files) - 1, max(1, round(len(files) * val_fraction))) if by_file else 0
+    split = ["train"] * (len(files) - n_val_files) + ["val"] * n_val_files
+    first_sep = [i > 0 and split[i - 1] == split[i] for i in range(len(files))]
+
+    # Pass 1: scan.
+    scan_args = [(str(p), first_sep[i]) for i, p in enumerate(files)]
+    stats: list[SourceStats | None] = []
+    skipped: list[str] = []
+    for res in _map(scan_source, scan_args, workers, "scan", sum(sizes), sizes, progress):
+        if isinstance(res, BadSource):
+            if not skip_bad:
+                raise UserError(f"{res} (use --skip-bad to skip it)")
+            skipped.append(str(res).split(": ", 1)[0])
+            stats.append(None)
+        else:
+            stats.append(res)
+    if skipped:
+        # Separators were decided assuming every file is kept; recompute them for the survivors.
+        keep = [i for i, s in enumerate(stats) if s is not None]
+        if not keep:
+            raise UserError(f"{src}: every source file is corrupt")
+        files = [files[i] for i in keep]
+        sizes = [sizes[i] for i in keep]
+        split = [split[i] for i in keep]
+        old_sep = [first_sep[i] for i in keep]
+        stats = [stats[i] for i in keep]
+        first_sep = [i > 0 and split[i - 1] == split[i] for i in range(len(files))]
+        for s, old, new in zip(stats, old_sep, first_sep):
+            s.tokens += (len(DOC_SEPARATOR) if new else 0) - (len(DOC_SEPARATOR) if old else 0)
+        if (by_file and "val" not in split) or "train" not in split:
+            raise UserError(f"{src}: after skipping bad files, train or val has no files left")
+    chars = "".join(sorted(set().union(*(s.chars for s in stats))))
+    total = sum(s.tokens for s in stats)
+    if total == 0:
+        raise UserError(f"{src}: corpus is empty (no text after cleaning)")
+    if len(chars) > 65536:
+        raise UserError(f"{src}: {len(chars)} distinct characters do not fit uint16 token ids")
+    dtype = "uint8" if len(chars) <= 256 else "uint16"
+
+    # Token ranges of every file in train.bin / val.bin.
+    if by_file:
+        n_train = sum(s.tokens for s, sp in zip(stats, split) if sp == "train")
+    else:
+        n_train = total - math.ceil(total * val_fraction)
+    n_val = total - n_train
+    if n_train <= 0 or n_val <= 0:
+        raise UserError(f"{src}: corpus too small to split ({total} tokens)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        paths = {"train": tmp / "train.bin", "val": tmp / "val.bin"}
+        itemsize = np.dtype(dtype).itemsize
+        for name, n in (("train", n_train), ("val", n_val)):
+            with open(paths[name], "wb") as f:
+                f.truncate(n * itemsize)
+        enc_args = []
+        cursor = {"train": 0, "val": 0}
+        for i, s in enumerate(stats):
+            if by_file:
+                segs = [(str(paths[split[i]]), cursor[split[i]], s.tokens)]
+                cursor[split[i]] += s.tokens
+            else:  # one file: the head goes to train, the tail to val
+                segs = [(str(paths["train"]), 0, n_train), (str(paths["val"]), 0, n_val)]
+            enc_args.append((str(files[i]), chars, dtype, segs, first_sep[i]))
+        for res in _map(encode_source, enc_args, workers, "encode", sum(sizes), sizes, progress):
+            if isinstance(res, BadSource):
+                raise UserError(str(res))
+        invalid = sum(s.invalid_utf8_bytes for s in stats)
+        meta = {
+            "format": META_FORMAT,
+            "tokenizer": {"type": "char", "chars": list(chars)},
+            "vocab_size": len(chars),
+            "dtype": dtype,
+            "train_tokens": n_train,
+            "val_tokens": n_val,
+            "split_by": "file" if by_file else "tail",
+            "val_fraction": val_fraction,
+            "invalid_utf8_bytes": invalid,
+            "skipped": skipped,
+            "sources": [
+                {**{k: v for k, v in asdict(s).items() if k != "chars"}, "split": split[i] if by_file else "both"}
+                for i, s in enumerate(stats)
+            ],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PrepareSummary(
+        out=str(out), vocab_size=len(chars), dtype=dtype, train_tokens=n_train, val_tokens=n_val,
+        files=len(files), skipped=skipped, invalid_utf8_bytes=invalid,
+        seconds=time.perf_counter() - t0, source_bytes=sum(sizes),
+    )
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished folder into place; an older `out` is removed only after the new one is complete."""
+    if out.exists():
+        if not (out / "meta.json").exists() and any(out.iterdir()):
+            raise UserError(f"{out}: exists and is not a prepared-data folder; refusing to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

@@ -1,0 +1,74 @@
+"""Sampling from a trained model, and the chat loop around it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from gptcore.errors import UserError
+from gptcore.model import LanguageModel
+from gptcore.tokenizer import CharTokenizer
+
+
+def sample_text(
+    model: LanguageModel,
+    tokenizer: CharTokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 500,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    drop_unknown: bool = False,
+) -> str:
+    """Continue `prompt`; returns only the new text. Unknown characters are a UserError unless dropped."""
+    if max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise UserError(f"--top-k must be positive, got {top_k}")
+    # An empty prompt still needs one token to condition on: a newline (the course started from id 0).
+    ids = tokenizer.encode(prompt, drop_unknown=drop_unknown) or [tokenizer.stoi.get("\n", 0)]
+    device = next(model.parameters()).device
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
+    return tokenizer.decode(out[0, len(ids):].tolist())
+
+
+def chat(
+    model: LanguageModel,
+    tokenizer: CharTokenizer,
+    *,
+    read: Callable[[str], str] | None = None,
+    write: Callable[[str], None] | None = None,
+    drop_unknown: bool = False,
+    **sample_kwargs,
+) -> int:
+    """REPL: prompt -> completion, until EOF or Ctrl-C. Returns the number of prompts answered."""
+    read, write = read or input, write or print  # looked up at call time, so tests can patch them
+    answered = 0
+    write("Type a prompt and press Enter; Ctrl-D or Ctrl-C to quit.")
+    while True:
+        try:
+            prompt = read(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            write("")
+            return answered
+        missing = tokenizer.unknown(prompt)
+        if missing and not drop_unknown:
+            shown = ", ".join(repr(c) for c in missing[:20])
+            write(f"not in the vocabulary: {shown}; retype the prompt without them (or start chat with --drop-unknown)")
+            continue
+        if missing:
+            write(f"(dropped characters not in the vocabulary: {', '.join(repr(c) for c in missing[:20])})")
+        try:
+            write(prompt + sample_text(model, tokenizer, prompt, drop_unknown=True, **sample_kwargs))
+        except KeyboardInterrupt:
+            write("")
+            return answered
+        answered += 1

@@ -1,0 +1,261 @@
+"""The training loop: a plain function the CLI calls once and the tuner calls many times."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from gptcore import hardware as hw
+from gptcore.config import ModelConfig, TrainConfig
+from gptcore.data import TokenData
+from gptcore.errors import Diverged, UserError
+from gptcore.model import LanguageModel, build_model
+
+# on_eval(step, train_loss, val_loss) -> "stop" to end training early (the tuner prunes through it).
+EvalCallback = Callable[[int, float, float], Any]
+CHECK_EVERY = 10  # steps between reading losses back from the device (each read is a GPU sync)
+
+
+@dataclass
+class EvalPoint:
+    """One evaluation: step, mean losses over eval_iters batches, training seconds so far."""
+
+    step: int
+    train_loss: float
+    val_loss: float
+    train_seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What a training run did and how fast; `model` and `optimizer` are for saving, not serialising."""
+
+    history: list[EvalPoint]
+    steps: int
+    tokens: int
+    train_seconds: float
+    eval_seconds: float
+    tokens_per_s: float
+    peak_memory: dict[str, int]
+    n_params: int
+    mfu: float | None
+    device: str
+    stopped_by: str  # "max_iters", "max_seconds" or "callback"
+    model: LanguageModel | None = field(default=None, repr=False)
+    optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
+
+    @property
+    def train_loss(self) -> float:
+        """Train loss at the last evaluation."""
+        return self.history[-1].train_loss if self.history else math.nan
+
+    @property
+    def val_loss(self) -> float:
+        """Validation loss at the last evaluation."""
+        return self.history[-1].val_loss if self.history else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary (no model, no optimizer)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("model", "optimizer")}
+        d.update(train_loss=self.train_loss, val_loss=self.val_loss)
+        return d
+
+
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D weights only (not biases, LayerNorm gains or embeddings' rows...)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Matrices (linear and embedding weights) decay; vectors (biases, LayerNorm) do not, as in nanoGPT.
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # The fused kernel does the whole update in a few launches; it exists for CUDA tensors only.
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, fused=device.type == "cuda")
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Learning rate: linear warm-up, then constant or cosine decay to lr/10 by the end of the budget."""
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    if cfg.lr_decay == "none":
+        return cfg.learning_rate
+    min_lr = cfg.learning_rate / 10
+    return min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: LanguageModel, data: TokenData, cfg: TrainConfig, block_size: int, device: torch.device
+) -> dict[str, float]:
+    """Mean loss over eval_iters batches of each split, always the same batches (fixed generator)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)  # same windows at every evaluation and every run
+    out = {}
+    for split in ("train", "val"):
+        losses = torch.zeros(cfg.eval_iters)
+        for k in range(cfg.eval_iters):
+            x, y = data.get_batch(split, cfg.batch_size, block_size, gen, device)
+            with hw.autocast(device, cfg.dtype):
+                _, loss = model(x, y)
+            losses[k] = loss.float().item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: TokenData,
+    *,
+    on_eval: EvalCallback | None = None,
+    model: LanguageModel | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    start_step: int = 0,
+    progress: bool | None = None,
+    eval_interval_seconds: float | None = None,
+    kind: str = "gpt",
+) -> TrainResult:
+    """Train a model on `data` within the budget; returns losses, throughput, memory and the model.
+
+    Resume by passing `model` (weights loaded), `optimizer_state` and `start_step`. With
+    `eval_interval_seconds`, evaluate every that many training seconds instead of every eval_interval steps
+    (the tuner uses it so that trials of different speeds report at the same points of the budget).
+    """
+    device = hw.resolve_device(train_cfg.device)
+    hw.check_dtype(device, train_cfg.dtype)
+    if model_cfg.vocab_size != data.vocab_size:
+        raise UserError(f"model vocab_size {model_cfg.vocab_size} != corpus vocabulary {data.vocab_size}")
+    data.check_block_size(model_cfg.block_size)
+    torch.manual_seed(train_cfg.seed)
+    gen = torch.Generator().manual_seed(train_cfg.seed)  # batch positions: reproducible per seed
+    hw.reset_peak_memory(device)
+
+    if model is None:
+        model = build_model(model_cfg, kind)
+    model = model.to(device)
+    model.train()
+    optimizer = configure_optimizer(model, train_cfg, device)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    step_model = torch.compile(model) if train_cfg.compile else model
+    # GradScaler keeps small float16 gradients from underflowing; bf16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.dtype == "float16")
+
+    T, accum = model_cfg.block_size, train_cfg.grad_accum_steps
+    tokens_per_step = train_cfg.batch_size * T * accum
+    max_iters, max_seconds = train_cfg.max_iters, train_cfg.max_seconds
+    history: list[EvalPoint] = []
+    train_s = eval_s = 0.0
+    step = start_step
+    next_eval_s = eval_interval_seconds
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=max_iters, initial=start_step, unit="step", disable=not show, leave=False,
+               desc="train", dynamic_ncols=True)
+    stopped_by = "max_iters"
+
+    def check_pending() -> float:
+        """Read back the buffered losses (one sync); raise Diverged at the first non-finite one."""
+        if not pending:
+            return math.nan
+        values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
+        for (s, _), v in zip(pending, values):
+            if not math.isfinite(v):
+                raise Diverged(s, v)
+        pending.clear()
+        return values[-1]
+
+    def evaluate() -> bool:
+        """Evaluate, record, call on_eval; True if the callback asked to stop."""
+        nonlocal eval_s
+        hw.synchronize(device)
+        t = time.perf_counter()
+        losses = estimate_loss(model, data, train_cfg, T, device)
+        eval_s += time.perf_counter() - t
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise Diverged(step, losses["val"])
+        history.append(EvalPoint(step, losses["train"], losses["val"], train_s))
+        return on_eval is not None and on_eval(step, losses["train"], losses["val"]) == "stop"
+
+    try:
+        t_last = time.perf_counter()
+        while True:
+            if max_iters is not None and step >= max_iters:
+                stopped_by = "max_iters"
+                break
+            if max_seconds is not None and train_s >= max_seconds:
+                stopped_by = "max_seconds"
+                break
+            progress_frac = max(
+                step / max_iters if max_iters else 0.0, train_s / max_seconds if max_seconds else 0.0
+            )
+            lr = lr_at(train_cfg, step, progress_frac)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(accum):
+                x, y = data.get_batch("train", train_cfg.batch_size, T, gen, device)
+                with hw.autocast(device, train_cfg.dtype):
+                    _, loss = step_model(x, y)
+                scaler.scale(loss / accum).backward()
+            if train_cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            pending.append((step, loss.detach()))
+            if len(pending) >= CHECK_EVERY:
+                last = check_pending()
+                rate = tokens_per_step * (step - start_step) / max(train_s, 1e-9)
+                bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{rate:,.0f}")
+            now = time.perf_counter()
+            train_s += now - t_last
+            bar.update(1)
+
+            due = (
+                train_s >= next_eval_s
+                if next_eval_s is not None
+                else step % train_cfg.eval_interval == 0
+            )
+            finished = (max_iters is not None and step >= max_iters) or (
+                max_seconds is not None and train_s >= max_seconds
+            )
+            if due and not finished:
+                check_pending()
+                hw.synchronize(device)  # the GPU's queued steps belong to training time, not evaluation
+                train_s += time.perf_counter() - now
+                if next_eval_s is not None:
+                    while next_eval_s <= train_s:
+                        next_eval_s += eval_interval_seconds
+                if evaluate():
+                    stopped_by = "callback"
+                    break
+            t_last = time.perf_counter()
+        check_pending()
+        hw.synchronize(device)
+        train_s += time.perf_counter() - t_last
+        if stopped_by != "callback":
+            evaluate()  # the final figures are always measured at the end of the budget
+    finally:
+        bar.close()
+
+    steps = step - start_step
+    tokens = steps * tokens_per_step
+    tokens_per_s = tokens / train_s if train_s > 0 else 0.0
+    peak = hw.peak_flops(device, train_cfg.dtype)
+    flops = getattr(model, "flops_per_token", None)
+    mfu = flops(T) * tokens_per_s / peak if (peak and flops) else None
+    return TrainResult(
+        history=history, steps=steps, tokens=tokens, train_seconds=train_s, eval_seconds=eval_s,
+        tokens_per_s=tokens_per_s, peak_memory=hw.peak_memory(device), n_params=model.num_params(),
+        mfu=mfu, device=str(device), stopped_by=stopped_by, model=model, optimizer=optimizer,
+    )

@@ -1,0 +1,105 @@
+import io
+import json
+import lzma
+import tarfile
+
+import numpy as np
+import pytest
+
+from gptcore.errors import UserError
+from gptcore.prepare import DOC_SEPARATOR, prepare
+
+
+def write_tar_xz(path, docs: dict[str, bytes]) -> None:
+    """An OpenWebText-style shard: an .xz-compressed tar of documents."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, body in docs.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    path.write_bytes(lzma.compress(buf.getvalue()))
+
+
+def decode(out, split):
+    meta = json.loads((out / "meta.json").read_text())
+    ids = np.fromfile(out / f"{split}.bin", dtype=meta["dtype"])
+    return "".join(meta["tokenizer"]["chars"][i] for i in ids), meta
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    src = tmp_path / "owt"
+    src.mkdir()
+    write_tar_xz(src / "a_shard.xz", {"d1.txt": b"\xef\xbb\xbfFirst doc.\r\n", "d2.txt": b"Second d\xc3\xb6c."})
+    (src / "b_plain.txt").write_bytes(b"Plain text\r\nwith bad \xff byte.")
+    (src / "c_single.xz").write_bytes(lzma.compress(b"one xz document"))
+    (src / "d_val.txt").write_text("validation text only", encoding="utf-8")
+    return src
+
+
+def test_folder_of_txt_and_xz(corpus, tmp_path):
+    out = tmp_path / "prep"
+    summary = prepare(corpus, out, workers=2, progress=False)
+    train, meta = decode(out, "train")
+    val, _ = decode(out, "val")
+    sep = DOC_SEPARATOR
+    # Tar members are documents; BOM and \r are gone; invalid UTF-8 is replaced and counted.
+    assert train == sep.join(["First doc.\n", "Second döc.", "Plain text\nwith bad \ufffd byte.", "one xz document"])
+    assert val == "validation text only"  # split by file: the last file of four is val
+    assert meta["invalid_utf8_bytes"] == 1 and summary.invalid_utf8_bytes == 1
+    assert meta["split_by"] == "file" and meta["dtype"] == "uint8"
+    assert [s["split"] for s in meta["sources"]] == ["train", "train", "train", "val"]
+    assert meta["sources"][0]["documents"] == 2
+    assert meta["train_tokens"] == len(train) and meta["val_tokens"] == len(val)
+    assert "\ufeff" not in meta["tokenizer"]["chars"] and "\r" not in meta["tokenizer"]["chars"]
+    # One worker gives byte-identical output.
+    out1 = tmp_path / "prep1"
+    prepare(corpus, out1, workers=1, progress=False)
+    assert (out1 / "train.bin").read_bytes() == (out / "train.bin").read_bytes()
+
+
+def test_single_file_split_is_the_tail(tmp_path):
+    src = tmp_path / "book.txt"
+    src.write_text("abcdefghij" * 10)
+    out = tmp_path / "p"
+    prepare(src, out, val_fraction=0.1, progress=False)
+    train, meta = decode(out, "train")
+    val, _ = decode(out, "val")
+    assert train + val == "abcdefghij" * 10
+    assert len(val) == 10 and meta["split_by"] == "tail"
+
+
+def test_corrupt_xz_is_named_or_skipped(corpus, tmp_path):
+    good = (corpus / "a_shard.xz").read_bytes()
+    (corpus / "a_shard.xz").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(UserError, match="a_shard.xz: corrupt or truncated"):
+        prepare(corpus, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+    assert not list(tmp_path.glob(".x.partial-*"))  # nothing half-written left behind
+    summary = prepare(corpus, tmp_path / "y", skip_bad=True, progress=False)
+    assert [p.endswith("a_shard.xz") for p in summary.skipped] == [True]
+    train, meta = decode(tmp_path / "y", "train")
+    assert train.startswith("Plain text") and meta["skipped"] == summary.skipped
+
+
+def test_empty_corpus_and_missing_source(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UserError, match="empty"):
+        prepare(tmp_path / "empty.txt", tmp_path / "o", progress=False)
+    with pytest.raises(UserError, match="no such file"):
+        prepare(tmp_path / "nope.txt", tmp_path / "o", progress=False)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(UserError, match="no .txt or .xz files"):
+        prepare(tmp_path / "dir", tmp_path / "o", progress=False)
+
+
+def test_rerun_replaces_previous_output(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("hello world " * 20)
+    out = tmp_path / "p"
+    prepare(src, out, progress=False)
+    src.write_text("different text " * 20)
+    prepare(src, out, progress=False)
+    train, _ = decode(out, "train")
+    assert train.startswith("different")

@@ -1,0 +1,84 @@
+import math
+
+import pytest
+import torch
+
+from gptcore.config import from_name
+from gptcore.errors import Diverged, UserError
+from gptcore.train import lr_at, train
+from tests.conftest import cuda
+
+
+def configs(**overrides):
+    model_cfg, train_cfg = from_name("tiny", device="cpu", **overrides)
+    return model_cfg, train_cfg
+
+
+def test_train_learns_and_reports(data):
+    m, t = configs(max_iters=60, eval_interval=20)
+    m = m.with_vocab(data.vocab_size)
+    seen = []
+    result = train(m, t, data, on_eval=lambda s, tr, va: seen.append((s, tr, va)), progress=False)
+    assert [s for s, _, _ in seen] == [20, 40, 60] and [p.step for p in result.history] == [20, 40, 60]
+    assert result.steps == 60 and result.tokens == 60 * t.batch_size * m.block_size
+    assert result.val_loss < math.log(data.vocab_size)  # it learned something
+    assert result.tokens_per_s > 0 and result.train_seconds > 0 and result.eval_seconds > 0
+    assert result.peak_memory["peak_rss_bytes"] > 0 and result.mfu is None  # no known peak on a CPU
+    assert result.n_params == result.model.num_params() and result.stopped_by == "max_iters"
+
+
+def test_same_seed_same_result(data):
+    m, t = configs(max_iters=20)
+    m = m.with_vocab(data.vocab_size)
+    a = train(m, t, data, progress=False)
+    b = train(m, t, data, progress=False)
+    assert a.val_loss == b.val_loss
+
+
+def test_callback_stop_and_time_budget(data):
+    m, t = configs(max_iters=1000, eval_interval=5)
+    m = m.with_vocab(data.vocab_size)
+    result = train(m, t, data, on_eval=lambda s, tr, va: "stop", progress=False)
+    assert result.steps == 5 and result.stopped_by == "callback"
+    m, t = configs(max_iters=None, max_seconds=0.5)
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False, eval_interval_seconds=0.2)
+    assert result.stopped_by == "max_seconds" and result.train_seconds >= 0.5
+    assert len(result.history) >= 2  # at least one timed evaluation plus the final one
+
+
+def test_divergence_raises_with_step(data):
+    m, t = configs(max_iters=200, learning_rate=1e6, grad_clip=0.0)
+    with pytest.raises(Diverged) as info:
+        train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    assert 1 <= info.value.step <= 200
+
+
+def test_grad_accumulation_and_bf16_autocast_on_cpu(data):
+    m, t = configs(max_iters=10, grad_accum_steps=2, dtype="bfloat16")
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    assert result.tokens == 10 * 2 * t.batch_size * m.block_size and math.isfinite(result.val_loss)
+
+
+def test_bad_dtype_or_vocab_is_a_user_error(data):
+    m, t = configs(dtype="float16")
+    with pytest.raises(UserError, match="float16 needs a GPU"):
+        train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    m, t = configs()
+    with pytest.raises(UserError, match="vocab_size 7"):
+        train(m.with_vocab(7), t, data, progress=False)
+
+
+def test_lr_schedule():
+    _, t = configs(learning_rate=1.0, warmup_iters=10, lr_decay="cosine")
+    assert lr_at(t, 0, 0.0) == pytest.approx(0.1)
+    assert lr_at(t, 50, 0.0) == pytest.approx(1.0)
+    assert lr_at(t, 50, 1.0) == pytest.approx(0.1)
+
+
+@cuda
+def test_cuda_memory_and_mfu_fields(data):
+    m, t = configs(max_iters=20, device="cuda", dtype="bfloat16")
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    assert result.peak_memory["peak_allocated_bytes"] > 0
+    assert result.peak_memory["peak_reserved_bytes"] >= result.peak_memory["peak_allocated_bytes"]
+    assert torch.cuda.is_available()
