@@ -81,6 +81,7 @@ class TrainConfig:
     lr_decay: str = "none"  # "cosine" decays to lr/10 over the budget (steps or seconds, whichever ends first)
     eval_interval: int = 250
     eval_iters: int = 20
+    eval_batch_size: int | None = None  # None: batch_size. The tuner fixes it so every trial sees the same val set
     max_iters: int | None = 2000
     max_seconds: float | None = None
     dtype: str = "float32"
@@ -92,6 +93,8 @@ class TrainConfig:
         # JSON gives lists; keep the frozen config hashable and comparable.
         object.__setattr__(self, "betas", tuple(self.betas))
         _positive_int(self, "batch_size", "grad_accum_steps", "eval_interval", "eval_iters")
+        if self.eval_batch_size is not None:
+            _positive_int(self, "eval_batch_size")
         if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0 or not math.isfinite(
             self.learning_rate
         ):

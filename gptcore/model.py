@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptcore.config import ModelConfig
 
@@ -23,9 +24,10 @@ class LanguageModel(nn.Module):
     def _loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
         if targets is None:
             return None
-        B, T, V = logits.shape
+        V = logits.size(-1)
         # Cross-entropy in float32 even under autocast: the log-softmax over V is where bf16 hurts.
-        return F.cross_entropy(logits.view(B * T, V).float(), targets.view(B * T))
+        # reshape, not view: targets may be a strided slice of the batch window (see TokenData.get_batch).
+        return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1))
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameter count; with exclude_embeddings, without the lookup tables (which cost no FLOPs)."""
@@ -118,9 +120,14 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if self.use_sdpa:
             # Fused kernel (flash / memory-efficient where available); never builds the (T, T) matrix.
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-            )
+            dropout_p = self.dropout if self.training else 0.0
+            if q.device.type == "cpu" and q.dtype != torch.float32:
+                # Measured on an AVX512-BF16 CPU (baby config): the CPU flash kernel's bf16 backward is ~3x
+                # slower than SDPA's math backend, which makes a bf16 step 1.3x slower than it need be.
+                with sdpa_kernel(SDPBackend.MATH):
+                    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
             att = att.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))

@@ -11,6 +11,7 @@ Everything is written into a temporary folder that is renamed into place at the 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import lzma
 import math
@@ -370,3 +371,36 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def cache_root() -> Path:
+    """Where on-the-fly preparations of plain text files go ($GPTCORE_CACHE, else ~/.cache/gptcore)."""
+    env = os.environ.get("GPTCORE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptcore"
+
+
+def ensure_prepared(path: str | Path, *, progress: bool = False) -> Path:
+    """A prepared-data folder for `path`: the folder itself, or a cached preparation of a text/.xz file."""
+    path = Path(path)
+    if path.is_dir() and (path / "meta.json").exists():
+        return path
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder (expected a .txt file or a prepared-data folder)")
+    if path.is_dir():
+        raise UserError(f"{path}: not a prepared-data folder (no meta.json); run `python -m gptcore prepare` on it")
+    # Key the cache on the file's identity and version, so an edited corpus is prepared again.
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_root() / f"{path.stem}-{key}"
+    if not (out / "meta.json").exists():
+        prepare(path, out, progress=progress)
+    return out
+
+
+def corpus_fingerprint(meta: dict) -> str:
+    """A short hash of what a prepared corpus is (sources, sizes, counts, vocabulary); cheap at any size."""
+    keys = ("tokenizer", "train_tokens", "val_tokens", "sources", "split_by", "val_fraction")
+    blob = json.dumps({k: meta.get(k) for k in keys}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

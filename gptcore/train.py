@@ -101,7 +101,7 @@ def estimate_loss(
     for split in ("train", "val"):
         losses = torch.zeros(cfg.eval_iters)
         for k in range(cfg.eval_iters):
-            x, y = data.get_batch(split, cfg.batch_size, block_size, gen, device)
+            x, y = data.get_batch(split, cfg.eval_batch_size or cfg.batch_size, block_size, gen, device)
             with hw.autocast(device, cfg.dtype):
                 _, loss = model(x, y)
             losses[k] = loss.float().item()
@@ -129,6 +129,17 @@ def train(
     `eval_interval_seconds`, evaluate every that many training seconds instead of every eval_interval steps
     (the tuner uses it so that trials of different speeds report at the same points of the budget).
     """
+    phase = ["setup"]  # what the loop is doing; attached to any exception (the tuner reports where an OOM hit)
+    try:
+        return _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_step, progress,
+                      eval_interval_seconds, kind, phase)
+    except Exception as exc:
+        exc.phase = phase[0]  # type: ignore[attr-defined]
+        raise
+
+
+def _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_step, progress,
+           eval_interval_seconds, kind, phase) -> TrainResult:
     device = hw.resolve_device(train_cfg.device)
     hw.check_dtype(device, train_cfg.dtype)
     if model_cfg.vocab_size != data.vocab_size:
@@ -138,6 +149,7 @@ def train(
     gen = torch.Generator().manual_seed(train_cfg.seed)  # batch positions: reproducible per seed
     hw.reset_peak_memory(device)
 
+    phase[0] = "model build"
     if model is None:
         model = build_model(model_cfg, kind)
     model = model.to(device)
@@ -176,6 +188,7 @@ def train(
     def evaluate() -> bool:
         """Evaluate, record, call on_eval; True if the callback asked to stop."""
         nonlocal eval_s
+        phase[0] = "eval"
         hw.synchronize(device)
         t = time.perf_counter()
         losses = estimate_loss(model, data, train_cfg, T, device)
@@ -202,9 +215,12 @@ def train(
                 group["lr"] = lr
             for _ in range(accum):
                 x, y = data.get_batch("train", train_cfg.batch_size, T, gen, device)
+                phase[0] = "forward"
                 with hw.autocast(device, train_cfg.dtype):
                     _, loss = step_model(x, y)
+                phase[0] = "backward"
                 scaler.scale(loss / accum).backward()
+            phase[0] = "optimizer"
             if train_cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)

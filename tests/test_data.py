@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from gptcore.data import TokenData, ensure_prepared
+from gptcore.data import TokenData
 from gptcore.errors import UserError
+from gptcore.prepare import ensure_prepared
 from tests.conftest import CORPUS
 
 
