@@ -82,6 +82,7 @@ class TrainConfig:
     eval_interval: int = 250
     eval_iters: int = 20
     eval_batch_size: int | None = None  # None: batch_size. The tuner fixes it so every trial sees the same val set
+    eval_train_split: bool = True  # False: train loss = mean training loss since the last eval (half the cost)
     max_iters: int | None = 2000
     max_seconds: float | None = None
     dtype: str = "float32"
@@ -117,6 +118,8 @@ class TrainConfig:
         ):
             raise ValueError(f"max_seconds must be a positive number, got {self.max_seconds!r}")
         _choice(self, "dtype", DTYPES)
+        if not isinstance(self.eval_train_split, bool) or not isinstance(self.compile, bool):
+            raise ValueError("eval_train_split and compile must be true or false")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.device, str) or not self.device:

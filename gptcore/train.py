@@ -98,7 +98,7 @@ def estimate_loss(
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 7919)  # same windows at every evaluation and every run
     out = {}
-    for split in ("train", "val"):
+    for split in ("train", "val") if cfg.eval_train_split else ("val",):
         losses = torch.zeros(cfg.eval_iters)
         for k in range(cfg.eval_iters):
             x, y = data.get_batch(split, cfg.eval_batch_size or cfg.batch_size, block_size, gen, device)
@@ -169,6 +169,7 @@ def _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_st
     step = start_step
     next_eval_s = eval_interval_seconds
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
+    recent: list[float] = []  # training losses since the last evaluation
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=max_iters, initial=start_step, unit="step", disable=not show, leave=False,
                desc="train", dynamic_ncols=True)
@@ -183,6 +184,7 @@ def _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_st
             if not math.isfinite(v):
                 raise Diverged(s, v)
         pending.clear()
+        recent.extend(values)
         return values[-1]
 
     def evaluate() -> bool:
@@ -195,8 +197,10 @@ def _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_st
         eval_s += time.perf_counter() - t
         if not all(math.isfinite(v) for v in losses.values()):
             raise Diverged(step, losses["val"])
-        history.append(EvalPoint(step, losses["train"], losses["val"], train_s))
-        return on_eval is not None and on_eval(step, losses["train"], losses["val"]) == "stop"
+        train_loss = losses.get("train", sum(recent) / len(recent) if recent else math.nan)
+        recent.clear()
+        history.append(EvalPoint(step, train_loss, losses["val"], train_s))
+        return on_eval is not None and on_eval(step, train_loss, losses["val"]) == "stop"
 
     try:
         t_last = time.perf_counter()

@@ -1,0 +1,216 @@
+"""Results of a study, from the storage alone: trials.csv, summary.md, best.json and plots."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from gptcore.files import atomic_write, atomic_write_text
+from tune.outcomes import STATUSES
+from tune.space import PARAMS
+
+COLUMNS = ["number", "status", "state", *PARAMS, "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
+           "train_seconds", "eval_seconds", "trial_seconds", "startup_seconds", "peak_allocated_bytes",
+           "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu", "device", "oom_phase",
+           "oom_requested_bytes", "error"]
+PLOTS = ("history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with the columns above (from the trials' user attributes)."""
+    df = study.trials_dataframe(attrs=("number", "state", "user_attrs"))
+    df.columns = [c.removeprefix("user_attrs_") for c in df.columns]
+    df = df.reindex(columns=COLUMNS)
+    # Peak memory that matters for the device: CUDA max allocated, else the trial process's peak RSS.
+    df["peak_memory_bytes"] = df["peak_allocated_bytes"].fillna(df["peak_rss_bytes"])
+    return df
+
+
+def _mib(series: pd.Series) -> pd.Series:
+    return (series / 2**20).round(0)
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """The table a person reads: memory in MiB, rounded figures, short column names."""
+    def whole(col: pd.Series) -> pd.Series:
+        return col.round(0).astype("Int64")  # integers that may be missing (an OOM trial has no steps)
+
+    return pd.DataFrame({
+        "trial": df["number"], "status": df["status"],
+        "batch": whole(df["batch_size"]), "block": whole(df["block_size"]), "embed": whole(df["n_embed"]),
+        "heads": whole(df["n_head"]), "layers": whole(df["n_layer"]),
+        "lr": df["learning_rate"].map(lambda v: f"{v:.2e}" if pd.notna(v) else ""),
+        "val_loss": df["val_loss"].round(4), "tokens/s": whole(df["tokens_per_s"]),
+        "peak_MiB": whole(df["peak_memory_bytes"] / 2**20), "params_M": (df["n_params"] / 1e6).round(2),
+        "steps": whole(df["steps"]), "trial_s": df["trial_seconds"].round(1),
+    })
+
+
+def best_row(df: pd.DataFrame, objective: str) -> pd.Series | None:
+    """The best ok trial for the objective."""
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return None
+    return ok.loc[ok["val_loss"].idxmin()] if objective == "loss" else ok.loc[ok["tokens_per_s"].idxmax()]
+
+
+def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None) -> dict[str, Any]:
+    """The winner as a gptcore config: its six values, and a full-length run of 10x the trial's steps."""
+    steps = int(row["steps"]) if pd.notna(row["steps"]) else 1000
+    max_iters = max(1000, 10 * steps)
+    model = {"block_size": int(row["block_size"]), "n_embed": int(row["n_embed"]), "n_head": int(row["n_head"]),
+             "n_layer": int(row["n_layer"]), "dropout": 0.0}
+    if vocab_size:
+        model["vocab_size"] = vocab_size
+    train = {"batch_size": int(row["batch_size"]), "learning_rate": float(row["learning_rate"]),
+             "max_iters": max_iters, "max_seconds": None, "eval_interval": max_iters // 10, "eval_iters": 50,
+             "dtype": settings.get("dtype", "float32")}
+    return {"model": model, "train": train}
+
+
+def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model size (layers x width): the largest batch x block that ran and the smallest that ran out."""
+    d = df.dropna(subset=["n_layer", "n_embed", "batch_size", "block_size"]).copy()
+    if d.empty:
+        return pd.DataFrame()
+    d["tokens_per_step"] = (d["batch_size"] * d["block_size"]).astype(int)
+    d["shape"] = d["batch_size"].astype(int).astype(str) + " x " + d["block_size"].astype(int).astype(str)
+    ran = d[d["status"].isin(["ok", "pruned", "diverged"])]
+    oom = d[d["status"] == "oom"]
+    rows = []
+    for (layers, embed), _ in d.groupby(["n_layer", "n_embed"]):
+        r = ran[(ran["n_layer"] == layers) & (ran["n_embed"] == embed)]
+        o = oom[(oom["n_layer"] == layers) & (oom["n_embed"] == embed)]
+        biggest = r.loc[r["tokens_per_step"].idxmax()] if not r.empty else None
+        smallest = o.loc[o["tokens_per_step"].idxmin()] if not o.empty else None
+        rows.append({
+            "layers": int(layers), "embed": int(embed),
+            "largest batch x block that ran": biggest["shape"] if biggest is not None else "-",
+            "its peak MiB": _mib(pd.Series([biggest["peak_memory_bytes"]])).iloc[0] if biggest is not None else "-",
+            "smallest batch x block that OOM'd": smallest["shape"] if smallest is not None else "-",
+            "trials": len(r) + len(o),
+        })
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
+    """summary.md: environment, budget, counts, best, top 10, OOM frontier, search space."""
+    env = study.user_attrs.get("environment", {})
+    settings = study.user_attrs.get("settings", {})
+    objective = settings.get("objective", "loss")
+    lines = [f"# Study `{study.study_name}`", ""]
+    lines += ["## Environment", "", pd.DataFrame({"": list(env), "value": [str(v) for v in env.values()]})
+              .to_markdown(index=False), ""]
+    limit = settings.get("memory_limit_bytes")
+    meaning = "validation loss, lower is better" if objective == "loss" else "training tokens/s, higher is better"
+    lines += ["## Budget", "",
+              f"- per trial: **{settings.get('budget')}** of training (evaluation excluded), the same for every trial",
+              f"- objective: **{objective}** ({meaning}), validation on {settings.get('eval_iters')} batches of {settings.get('eval_batch_size')} windows",
+              f"- precision {settings.get('dtype')}, pruner {settings.get('pruner')}, "
+              f"memory limit {f'{limit / 2**20:,.0f} MiB' if limit else 'none (the whole device)'}",
+              f"- corpus {settings.get('corpus')}", ""]
+    counts = df["status"].value_counts().reindex(STATUSES, fill_value=0)
+    lines += ["## Trials per status", "", counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
+    best = best_row(df, objective)
+    if best is not None:
+        lines += ["## Best configuration", "",
+                  readable(best.to_frame().T).to_markdown(index=False), "",
+                  f"Train it: `python -m gptcore train --config {Path('results') / study.study_name / 'best.json'}`",
+                  ""]
+    ok = df[df["status"] == "ok"]
+    if not ok.empty:
+        top = ok.sort_values("val_loss" if objective == "loss" else "tokens_per_s", ascending=objective == "loss")
+        lines += ["## Top 10", "", readable(top.head(10)).to_markdown(index=False), ""]
+    frontier = oom_frontier(df)
+    if not frontier.empty:
+        lines += ["## Out-of-memory frontier", "", "Per model size, the largest batch x block that trained and the "
+                  "smallest that ran out of memory.", "", frontier.to_markdown(index=False), ""]
+    space = settings.get("space")
+    if space:
+        lines += ["## Search space", "", pd.DataFrame(space, index=["low", "high"]).T.to_markdown(), ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in PLOTS] + [""]
+    return "\n".join(lines)
+
+
+def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points not dominated in (lower x, lower y)."""
+    p = points.sort_values([x, y])
+    return p[p[y] < p[y].cummin().shift(fill_value=float("inf"))]
+
+
+def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str]:
+    """The four PNGs; returns notes for plots that could not be drawn (too few trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    notes = []
+    settings = study.user_attrs.get("settings", {})
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        atomic_write(folder / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in (("history.png", ovm.plot_optimization_history),
+                           ("importances.png", ovm.plot_param_importances)):
+            try:
+                ax = plot(study)
+                save(ax.figure, name)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                notes.append(f"{name}: not drawn ({exc})")
+                plt.close("all")
+
+    mem_mib = df["peak_memory_bytes"] / 2**20
+    ok = df.assign(mem=mem_mib)[df["status"] == "ok"]
+    limit = settings.get("memory_limit_bytes") or study.user_attrs.get("environment", {}).get("gpu_memory_bytes")
+    oom = df[df["status"] == "oom"]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(ok["mem"], ok["val_loss"], label="ok", alpha=0.7)
+    front = _pareto(ok.dropna(subset=["mem", "val_loss"]), "mem", "val_loss")
+    ax.step(front["mem"], front["val_loss"], where="post", color="C3", label="Pareto front")
+    ax.scatter(front["mem"], front["val_loss"], color="C3", zorder=3)
+    ax.set(xlabel="peak memory (MiB)", ylabel="validation loss", title="Validation loss vs peak memory")
+    ax.legend()
+    save(fig, "loss_vs_memory.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(ok["mem"], ok["tokens_per_s"], label="ok", alpha=0.7)
+    if limit:
+        ax.axvline(limit / 2**20, color="C3", linestyle="--", label="memory limit")
+    if not oom.empty:
+        x = [limit / 2**20] * len(oom) if limit else [ok["mem"].max() if not ok.empty else 0] * len(oom)
+        ax.scatter(x, [0] * len(oom), marker="x", color="C3", s=60, label=f"out of memory ({len(oom)})")
+    ax.set(xlabel="peak memory (MiB)", ylabel="training tokens/s", title="Throughput vs peak memory")
+    ax.legend()
+    save(fig, "throughput_vs_memory.png")
+    return notes
+
+
+def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd.DataFrame:
+    """Write trials.csv, summary.md, best.json (when there is a best) and the plots into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    df = trials_frame(study)
+    atomic_write(folder / "trials.csv", lambda tmp: df.drop(columns="peak_memory_bytes").to_csv(tmp, index=False))
+    settings = study.user_attrs.get("settings", {})
+    best = best_row(df, settings.get("objective", "loss"))
+    if best is not None:
+        vocab = study.user_attrs.get("vocab_size")
+        atomic_write_text(folder / "best.json", json.dumps(best_config(best, settings, vocab), indent=1) + "\n")
+    text = summary_markdown(study, df)
+    if plots:
+        notes = write_plots(study, df, folder)
+        if notes:
+            text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    atomic_write_text(folder / "summary.md", text)
+    return df

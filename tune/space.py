@@ -1,0 +1,147 @@
+"""The search space: six hyperparameters, ranges sized to the device, always valid configurations."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from gptcore.errors import UserError
+
+PARAMS = ("batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate")
+POW2 = ("batch_size", "block_size", "n_head")  # searched over powers of two
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Space:
+    """Inclusive (low, high) ranges. Powers of two for batch, block and heads; n_embed in steps of 64."""
+
+    batch_size: tuple[int, int] = (4, 32)
+    block_size: tuple[int, int] = (16, 128)
+    n_embed: tuple[int, int] = (64, 256)
+    n_head: tuple[int, int] = (1, 8)
+    n_layer: tuple[int, int] = (1, 4)
+    learning_rate: tuple[float, float] = (1e-4, 3e-3)
+
+    def __post_init__(self) -> None:
+        for name in PARAMS:
+            lo, hi = getattr(self, name)
+            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float))) or not 0 < lo <= hi:
+                raise UserError(f"search space: {name} must be a range 0 < low <= high, got {[lo, hi]}")
+            if name in POW2 and not (_is_pow2(lo) and _is_pow2(hi)):
+                raise UserError(f"search space: {name} bounds must be powers of two, got {[lo, hi]}")
+            if name == "n_embed" and (lo % 64 or hi % 64):
+                raise UserError(f"search space: n_embed bounds must be multiples of 64, got {[lo, hi]}")
+            if name != "learning_rate" and (lo != int(lo) or hi != int(hi)):
+                raise UserError(f"search space: {name} bounds must be integers, got {[lo, hi]}")
+        # n_embed is a multiple of 64 and n_head a power of two <= 64, so n_embed % n_head == 0 always.
+        if self.n_head[1] > 64:
+            raise UserError(f"search space: n_head must be at most 64, got {self.n_head[1]}")
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Draw the six values. Powers of two are drawn as integer exponents, so TPE sees their order."""
+        out: dict[str, Any] = {}
+        for name in POW2:
+            lo, hi = getattr(self, name)
+            out[name] = 2 ** trial.suggest_int(f"log2_{name}", int(math.log2(lo)), int(math.log2(hi)))
+        out["n_embed"] = trial.suggest_int("n_embed", *self.n_embed, step=64)
+        out["n_layer"] = trial.suggest_int("n_layer", *self.n_layer)
+        out["learning_rate"] = trial.suggest_float("learning_rate", *self.learning_rate, log=True)
+        return {k: out[k] for k in PARAMS}
+
+    def describe(self) -> str:
+        """A table of the ranges, for the terminal and summary.md."""
+        rows = []
+        for name in PARAMS:
+            lo, hi = getattr(self, name)
+            if name in POW2:
+                values = ", ".join(str(2**e) for e in range(int(math.log2(lo)), int(math.log2(hi)) + 1))
+                how = "powers of two"
+            elif name == "n_embed":
+                values, how = ", ".join(str(v) for v in range(int(lo), int(hi) + 1, 64)), "multiples of 64"
+            elif name == "learning_rate":
+                values, how = f"{lo:g} .. {hi:g}", "log-uniform"
+            else:
+                values, how = f"{int(lo)} .. {int(hi)}", "integers"
+            rows.append(f"| {name} | {values} | {how} |")
+        return "| parameter | values | drawn as |\n| --- | --- | --- |\n" + "\n".join(rows)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON form."""
+        return {k: list(v) for k, v in asdict(self).items()}
+
+
+def _is_pow2(v: float) -> bool:
+    return v == int(v) and int(v) > 0 and (int(v) & (int(v) - 1)) == 0
+
+
+SPACES: dict[str, Space] = {
+    # A CPU or a small GPU: trials of tens of seconds reach a few hundred steps.
+    "small": Space(),
+    # A consumer GPU (8-24 GB).
+    "medium": Space(batch_size=(8, 128), block_size=(32, 256), n_embed=(64, 512), n_head=(1, 8), n_layer=(1, 8),
+                    learning_rate=(1e-4, 3e-3)),
+    # A data-centre GPU (40-80+ GB): reaches the out-of-memory frontier at the top of the ranges.
+    "large": Space(batch_size=(16, 512), block_size=(64, 1024), n_embed=(128, 1024), n_head=(2, 16),
+                   n_layer=(2, 16), learning_rate=(5e-5, 2e-3)),
+}
+
+
+def auto_space(device_type: str, memory_bytes: int | None) -> str:
+    """Name of the space that fits the device: CPU -> small, < 16 GiB -> medium, else large."""
+    if device_type != "cuda" or not memory_bytes:
+        return "small"
+    return "medium" if memory_bytes < 16 * GiB else "large"
+
+
+def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides: dict[str, Any]) -> Space:
+    """small | medium | large | auto | FILE.json (ranges over the auto space), then flag overrides."""
+    if spec in SPACES:
+        space = SPACES[spec]
+    elif spec == "auto":
+        space = SPACES[auto_space(device_type, memory_bytes)]
+    else:
+        path = Path(spec)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"--space {spec}: not small, medium, large, auto, or an existing JSON file") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"--space {spec}: unreadable JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"--space {spec}: expected a JSON object of ranges")
+        base = data.pop("base", "auto")
+        space = load_space(base, device_type, memory_bytes, {})
+        overrides = {**data, **overrides}
+    unknown = sorted(set(overrides) - set(PARAMS))
+    if unknown:
+        raise UserError(f"search space: unknown parameter(s) {', '.join(unknown)}; expected {', '.join(PARAMS)}")
+    fixed = {}
+    for name, value in overrides.items():
+        # A single number pins a parameter; a pair is a range.
+        pair = value if isinstance(value, (list, tuple)) else [value, value]
+        if len(pair) != 2:
+            raise UserError(f"search space: {name} must be a number or [low, high], got {value!r}")
+        fixed[name] = tuple(pair)
+    return replace(space, **fixed)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """'8,64' -> (8, 64); '32' -> (32, 32). For the --batch-size style flags."""
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(text) from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise ValueError(text)
+    return tuple(int(p) if p == int(p) and p >= 1 else p for p in parts)  # type: ignore[return-value]
+
+
+parse_range.__name__ = "range (LOW,HIGH or one value)"

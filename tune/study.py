@@ -1,0 +1,323 @@
+"""The study: ask Optuna for a configuration, run it in its own process, tell Optuna how it went."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from gptcore.errors import UserError
+from gptcore.prepare import corpus_fingerprint, ensure_prepared
+from tune.runner import TrialRun, TrialRunner
+from tune.space import Space, load_space
+
+STATE_OF = {
+    "ok": TrialState.COMPLETE,
+    # Pruned, OOM, diverged and timed-out trials are all told as PRUNED. TPE ranks a pruned trial by its
+    # last report, and one with no report (an OOM before the first evaluation) below every other: the
+    # sampler learns to avoid the region. FAIL would hide the trial from the sampler, which would keep
+    # proposing configurations that do not fit.
+    "pruned": TrialState.PRUNED,
+    "oom": TrialState.PRUNED,
+    "diverged": TrialState.PRUNED,
+    "timeout": TrialState.PRUNED,
+    # An unexplained error says nothing about the configuration: keep it out of the sampler's model.
+    "error": TrialState.FAIL,
+    "interrupted": TrialState.FAIL,
+}
+FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
+                    "budget", "objective")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Everything `python -m tune` was asked to do."""
+
+    trials: int = 50
+    trial_seconds: float | None = 30.0
+    trial_steps: int | None = None
+    data: Path = Path("data/wizard_of_oz.txt")
+    device: str = "auto"
+    study_name: str | None = None
+    storage: str | None = None
+    results: Path = Path("results")
+    space: str = "auto"
+    space_overrides: dict[str, Any] = field(default_factory=dict)
+    objective: str = "loss"
+    memory_limit: int | None = None
+    pruner: str = "median"
+    sampler: str = "tpe"  # "random": the baseline TPE is measured against
+    seed: int = 0
+    dtype: str = "auto"
+    trial_timeout: float | None = None
+    # Validation: the same 4 x 32 windows for every trial and every evaluation, val split only (the train
+    # loss is the mean training loss): evaluation stays a few percent of a trial.
+    eval_iters: int = 4
+    eval_batch_size: int = 32
+    reports: int = 4  # evaluations per trial (the last at the end of the budget)
+    progress: bool = True
+
+    @property
+    def budget(self) -> str:
+        """The per-trial budget in words (also part of the study's fingerprint)."""
+        return f"{self.trial_steps} steps" if self.trial_steps else f"{self.trial_seconds:g} s"
+
+
+@dataclass
+class StudyOutcome:
+    """What run_study did."""
+
+    study: optuna.Study
+    results_dir: Path
+    ran: int
+    interrupted: bool
+
+
+def slug(text: str) -> str:
+    """Lower-case, alphanumerics and dashes: for study and folder names."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "device"
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` and prove it is writable, or fail with one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--results {folder}: not writable ({exc.strerror or exc})") from None
+
+
+def open_study(name: str, storage: str, direction: str, sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """Create or load the study; any failure to reach the storage is a one-line user error."""
+    try:
+        return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                   pruner=pruner, load_if_exists=True)
+    except ValueError as exc:
+        if "direction" in str(exc):
+            raise UserError(f"study {name!r} exists with another objective direction: {exc}") from None
+        raise UserError(f"--storage {storage}: cannot open ({exc})") from None
+    except Exception as exc:  # sqlalchemy, a missing DB driver, a bad URL: all mean "this storage won't do"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__}: {first[:200]})") from None
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """tpe (default) or random."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"--sampler must be tpe or random, got {name!r}")
+
+
+def make_pruner(name: str, reports: int) -> optuna.pruners.BasePruner:
+    """median (default), hyperband or none."""
+    if name == "median":
+        # Never prune on the first report (a quarter of the budget) nor before 5 trials have finished.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=reports)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"--pruner must be median, hyperband or none, got {name!r}")
+
+
+def trial_configs(params: dict[str, Any], settings: TuneSettings, vocab_size: int, dtype: str,
+                  device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and train config fields for one trial: the six parameters plus the fixed rest."""
+    model = dict(vocab_size=vocab_size, block_size=params["block_size"], n_embed=params["n_embed"],
+                 n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
+    steps = settings.trial_steps
+    train = dict(batch_size=params["batch_size"], learning_rate=params["learning_rate"],
+                 max_iters=steps, max_seconds=None if steps else settings.trial_seconds,
+                 eval_interval=max(1, steps // settings.reports) if steps else 10**9,
+                 eval_iters=settings.eval_iters, eval_batch_size=settings.eval_batch_size, eval_train_split=False,
+                 dtype=dtype, device=device, seed=settings.seed)
+    return model, train
+
+
+def fingerprint(env: dict[str, Any], corpus: str, dtype: str, settings: TuneSettings) -> dict[str, Any]:
+    """What must not change between runs of one study."""
+    values = {**env, "corpus": corpus, "dtype": dtype, "budget": settings.budget, "objective": settings.objective}
+    return {k: values.get(k) for k in FINGERPRINT_KEYS}
+
+
+def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
+    """Refuse to mix trials from another device, corpus, precision, budget or objective."""
+    old = study.user_attrs.get("fingerprint")
+    if old is None:
+        study.set_user_attr("fingerprint", fp)
+        return
+    diff = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k) != fp.get(k)]
+    if diff:
+        raise UserError(f"study {study.study_name!r} was run with other settings ({'; '.join(diff)}); "
+                        f"use another --study-name")
+
+
+def close_stale_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a run that was killed outright: record them, never lose them."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
+        study._storage.set_trial_user_attr(t._trial_id, "error", "the tuner process stopped during this trial")
+        study.tell(t.number, state=TrialState.FAIL)
+
+
+def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], device_name: str) -> None:
+    """Every per-trial figure as a user attribute (the results table is built from these)."""
+    attrs: dict[str, Any] = {"status": run.status, **params, "device": device_name,
+                             "trial_seconds": run.trial_seconds, "startup_seconds": run.startup_seconds,
+                             "error": run.message, "oom_phase": run.phase if run.status == "oom" else None,
+                             "oom_requested_bytes": run.requested_bytes}
+    r = run.result
+    if r is not None:
+        mem = r["peak_memory"]
+        attrs.update(val_loss=r["val_loss"], train_loss=r["train_loss"], steps=r["steps"], tokens=r["tokens"],
+                     tokens_per_s=r["tokens_per_s"], train_seconds=r["train_seconds"],
+                     eval_seconds=r["eval_seconds"], peak_allocated_bytes=mem.get("peak_allocated_bytes"),
+                     peak_reserved_bytes=mem.get("peak_reserved_bytes"), peak_rss_bytes=mem.get("peak_rss_bytes"),
+                     n_params=r["n_params"], mfu=r["mfu"])
+    elif run.evals:  # pruned before the end, or failed after some evaluations: keep the last losses seen
+        _, step, train_loss, val_loss = run.evals[-1]
+        attrs.update(val_loss=val_loss, train_loss=train_loss, steps=step)
+    for key, value in attrs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None  # JSON storage has no NaN
+        trial.set_user_attr(key, value)
+
+
+def describe_run(number: int, run: TrialRun, params: dict[str, Any]) -> str:
+    """One line per finished trial."""
+    p = params
+    cfg = (f"batch {p['batch_size']} block {p['block_size']} embed {p['n_embed']} heads {p['n_head']} "
+           f"layers {p['n_layer']} lr {p['learning_rate']:.2e}")
+    r = run.result
+    if r is not None:
+        mem = r["peak_memory"].get("peak_allocated_bytes") or r["peak_memory"]["peak_rss_bytes"]
+        figures = (f"val {r['val_loss']:.4f} | {r['tokens_per_s']:,.0f} tok/s | {mem / 2**20:,.0f} MiB | "
+                   f"{r['steps']} steps")
+    else:
+        figures = run.message or ""
+    return f"trial {number:3d} {run.status:<8} {figures} | {cfg} | {run.trial_seconds:.1f} s"
+
+
+def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target: str | None = None) -> StudyOutcome:
+    """Run (or resume) the study until it holds settings.trials finished trials; then write the results."""
+    from tune.report import write_report
+
+    if settings.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {settings.trials}")
+    data_dir = ensure_prepared(settings.data, progress=settings.progress)
+    meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    runner = runner or TrialRunner()
+    env = runner.probe(settings.device)
+    device_type = env["device_type"]
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and env["bf16_supported"] else "float32"
+    if dtype == "float16" and device_type == "cpu":
+        raise UserError("--dtype float16 needs a GPU; on the CPU use bfloat16 or float32")
+    if settings.memory_limit is not None:
+        if device_type == "cpu" and settings.memory_limit <= env["vm_data_bytes"] + 64 * 2**20:
+            raise UserError(f"--memory-limit {settings.memory_limit / 2**20:.0f} MiB is below what a trial process "
+                            f"needs before training ({env['vm_data_bytes'] / 2**20:.0f} MiB + 64 MiB)")
+        if device_type == "cuda" and settings.memory_limit > env["gpu_memory_bytes"]:
+            raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")
+    space: Space = load_space(settings.space, device_type, env.get("gpu_memory_bytes"), settings.space_overrides)
+    shortest = min(meta["train_tokens"], meta["val_tokens"])
+    if space.block_size[1] + 2 > shortest:
+        raise UserError(f"search space: block_size up to {space.block_size[1]} needs more than the corpus's "
+                        f"{shortest} tokens in its smaller split")
+
+    name = settings.study_name or f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
+    results_dir = settings.results / name
+    check_writable(results_dir)
+    (results_dir / "logs").mkdir(exist_ok=True)
+    storage = settings.storage or f"sqlite:///{(results_dir / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "minimize" if settings.objective == "loss" else "maximize"
+    study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
+                       make_pruner(settings.pruner, settings.reports))
+    # Re-seed with the number of trials already run, so a resumed study does not replay its first draws.
+    study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
+    check_fingerprint(study, fingerprint(env, corpus_fingerprint(meta), dtype, settings))
+    study.set_user_attr("environment", env)
+    study.set_user_attr("vocab_size", meta["vocab_size"])
+    study.set_user_attr("settings", {
+        "budget": settings.budget, "objective": settings.objective, "dtype": dtype, "pruner": settings.pruner,
+        "memory_limit_bytes": settings.memory_limit, "space": space.to_dict(), "eval_iters": settings.eval_iters,
+        "eval_batch_size": settings.eval_batch_size, "corpus": str(settings.data), "reports": settings.reports,
+        "seed": settings.seed,
+    })
+    close_stale_trials(study)
+
+    done = len(study.get_trials(deepcopy=False))
+    remaining = settings.trials - done
+    say = tqdm.write
+    say(f"study {name}: {done} trial(s) so far, running {max(remaining, 0)} more on {env['device_name']} "
+        f"({dtype}, {settings.budget} per trial, objective {settings.objective})")
+    say(f"storage {storage}\nresults {results_dir}\nsearch space:\n{space.describe()}")
+    timeout = settings.trial_timeout or (3 * settings.trial_seconds + 60 if not settings.trial_steps else 600.0)
+    device = env["device"]
+    interrupted = False
+    ran = 0
+    counts: dict[str, int] = {}
+    bar = tqdm(total=max(remaining, 0), unit="trial", desc="tune", disable=not settings.progress)
+    try:
+        for _ in range(max(remaining, 0)):
+            trial = study.ask()
+            params = space.suggest(trial)
+            model_cfg, train_cfg = trial_configs(params, settings, meta["vocab_size"], dtype, device)
+            job = {"model": model_cfg, "train": train_cfg, "data": str(data_dir), "device": device,
+                   "memory_limit": settings.memory_limit,
+                   "log": str(results_dir / "logs" / f"trial_{trial.number:04d}.log"),
+                   "eval_interval_seconds": None if settings.trial_steps else settings.trial_seconds / settings.reports}
+            if target:
+                job["target"] = target
+
+            def on_eval(k: int, step: int, train_loss: float, val_loss: float, trial=trial) -> bool:
+                if settings.objective != "loss" or not math.isfinite(val_loss):
+                    return False
+                trial.report(val_loss, k)
+                return k < settings.reports and trial.should_prune()
+
+            run = runner.run(job, on_eval, timeout)
+            record(trial, run, params, env["device_name"])
+            if run.status == "ok":
+                value = run.result["val_loss"] if settings.objective == "loss" else run.result["tokens_per_s"]
+                if settings.objective == "loss" and settings.reports not in {k for k, *_ in run.evals}:
+                    trial.report(value, settings.reports)
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=STATE_OF[run.status])
+            ran += 1
+            counts[run.status] = counts.get(run.status, 0) + 1
+            say(describe_run(trial.number, run, params))
+            bar.update(1)
+            best = _best_value(study)
+            bar.set_postfix(best=f"{best:.4g}" if best is not None else "-", **counts)
+            if run.status == "interrupted":
+                interrupted = True
+                break
+    except KeyboardInterrupt:  # between trials: nothing is running, nothing to record
+        interrupted = True
+    finally:
+        bar.close()
+    write_report(study, results_dir)
+    return StudyOutcome(study=study, results_dir=results_dir, ran=ran, interrupted=interrupted)
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no completed trial yet
+        return None
