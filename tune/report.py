@@ -17,7 +17,7 @@ from tune.space import PARAMS
 COLUMNS = ["number", "status", "state", *PARAMS, "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
            "train_seconds", "eval_seconds", "trial_seconds", "startup_seconds", "peak_allocated_bytes",
            "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu", "device", "oom_phase",
-           "oom_requested_bytes", "error"]
+           "oom_requested_bytes", "error", "parent_rss_bytes"]
 PLOTS = ("history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
 
 
@@ -110,7 +110,8 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
     meaning = "validation loss, lower is better" if objective == "loss" else "training tokens/s, higher is better"
     lines += ["## Budget", "",
               f"- per trial: **{settings.get('budget')}** of training (evaluation excluded), the same for every trial",
-              f"- objective: **{objective}** ({meaning}), validation on {settings.get('eval_iters')} batches of {settings.get('eval_batch_size')} windows",
+              f"- objective: **{objective}** ({meaning}), validation on {settings.get('eval_iters')} batches "
+              f"of {settings.get('eval_batch_size')} windows",
               f"- precision {settings.get('dtype')}, pruner {settings.get('pruner')}, "
               f"memory limit {f'{limit / 2**20:,.0f} MiB' if limit else 'none (the whole device)'}",
               f"- corpus {settings.get('corpus')}", ""]
@@ -159,10 +160,14 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str
         atomic_write(folder / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
 
+    n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for name, plot in (("history.png", ovm.plot_optimization_history),
                            ("importances.png", ovm.plot_param_importances)):
+            if n_complete < 2:
+                notes.append(f"{name}: not drawn (needs 2 completed trials, the study has {n_complete})")
+                continue
             try:
                 ax = plot(study)
                 save(ax.figure, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -172,9 +173,19 @@ def close_stale_trials(study: optuna.Study) -> None:
         study.tell(t.number, state=TrialState.FAIL)
 
 
+def current_rss_bytes() -> int | None:
+    """This (parent) process's resident memory now, from /proc (None where there is no /proc)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], device_name: str) -> None:
     """Every per-trial figure as a user attribute (the results table is built from these)."""
     attrs: dict[str, Any] = {"status": run.status, **params, "device": device_name,
+                             "parent_rss_bytes": current_rss_bytes(),
                              "trial_seconds": run.trial_seconds, "startup_seconds": run.startup_seconds,
                              "error": run.message, "oom_phase": run.phase if run.status == "oom" else None,
                              "oom_requested_bytes": run.requested_bytes}

@@ -1,0 +1,251 @@
+"""The autotuner: search space, outcome classification, and whole (tiny, CPU) studies."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+
+from gptcore.config import ModelConfig, from_dict
+from gptcore.errors import Diverged, UserError
+from tune.__main__ import main, parse_size
+from tune.outcomes import classify, requested_bytes
+from tune.report import trials_frame
+from tune.space import SPACES, Space, load_space
+from tune.study import TuneSettings, run_study, trial_configs
+from tests.conftest import CORPUS, ROOT
+
+TINY_SPACE = {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
+              "n_layer": [1, 1], "learning_rate": [1e-3, 1e-2]}
+
+
+def settings(tmp_path, **kw) -> TuneSettings:
+    base = dict(trials=4, trial_seconds=0.5, data=CORPUS, device="cpu", results=tmp_path / "results",
+                study_name="t", space_overrides=TINY_SPACE, progress=False, seed=1)
+    return TuneSettings(**{**base, **kw})
+
+
+# --- search space -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_suggestion_is_a_valid_config(name):
+    space = SPACES[name]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(200):
+        trial = study.ask()
+        p = space.suggest(trial)
+        ModelConfig(vocab_size=80, block_size=p["block_size"], n_embed=p["n_embed"], n_head=p["n_head"],
+                    n_layer=p["n_layer"])  # raises if n_embed % n_head != 0
+        for k in ("batch_size", "block_size", "n_head"):
+            assert p[k] & (p[k] - 1) == 0
+        assert p["n_embed"] % 64 == 0 and space.learning_rate[0] <= p["learning_rate"] <= space.learning_rate[1]
+        study.tell(trial, 0.0)
+
+
+def test_fixed_trial_gives_the_configs_a_trial_trains():
+    trial = optuna.trial.FixedTrial({"log2_batch_size": 3, "log2_block_size": 5, "n_embed": 128,
+                                     "log2_n_head": 2, "n_layer": 2, "learning_rate": 1e-3})
+    params = Space().suggest(trial)
+    assert params == {"batch_size": 8, "block_size": 32, "n_embed": 128, "n_head": 4, "n_layer": 2,
+                      "learning_rate": 1e-3}
+    model, train = trial_configs(params, TuneSettings(trial_seconds=10), 80, "float32", "cpu")
+    m, t = from_dict({"model": model, "train": train})
+    assert (m.n_head, t.batch_size, t.max_seconds, t.max_iters, t.dropout if hasattr(t, "dropout") else 0) == (
+        4, 8, 10, None, 0)
+    assert m.dropout == 0.0 and t.eval_iters == 4 and t.eval_batch_size == 32 and not t.eval_train_split
+
+
+def test_space_auto_file_and_overrides(tmp_path):
+    assert load_space("auto", "cpu", None, {}) == SPACES["small"]
+    assert load_space("auto", "cuda", 80 * 2**30, {}) == SPACES["large"]
+    assert load_space("auto", "cuda", 8 * 2**30, {}) == SPACES["medium"]
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps({"base": "medium", "n_layer": [2, 3], "batch_size": 16}))
+    s = load_space(str(f), "cpu", None, {"learning_rate": (1e-4, 1e-3)})
+    assert (s.n_layer, s.batch_size, s.learning_rate, s.block_size) == ((2, 3), (16, 16), (1e-4, 1e-3),
+                                                                         SPACES["medium"].block_size)
+    for bad, needle in [({"batch_size": [3, 8]}, "powers of two"), ({"n_embed": [64, 100]}, "multiples of 64"),
+                        ({"dropout": [0, 1]}, "unknown parameter"), ({"n_layer": [4, 2]}, "low <= high")]:
+        with pytest.raises(UserError, match=needle):
+            load_space("small", "cpu", None, bad)
+    with pytest.raises(UserError, match="--space nope"):
+        load_space("nope", "cpu", None, {})
+
+
+# --- outcomes -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message, nbytes", [
+    ("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)", 2 * 2**30),
+    ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", None),
+    ("Tried to allocate 512.00 MiB ... this would exceed allowed memory", 512 * 2**20),
+    ("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to allocate 4194304 bytes.", 4194304),
+    ("MPS backend out of memory", None),
+])
+def test_every_oom_form_is_an_oom(message, nbytes):
+    exc = RuntimeError(message)
+    exc.phase = "forward"
+    out = classify(exc)
+    assert (out.status, out.phase, out.requested_bytes) == ("oom", "forward", nbytes)
+    assert requested_bytes(message) == nbytes
+
+
+def test_torch_oom_type_divergence_and_errors():
+    import torch
+
+    assert classify(torch.OutOfMemoryError("x")).status == "oom"
+    assert classify(MemoryError()).status == "oom"
+    assert classify(Diverged(12, math.nan)).status == "diverged"
+    out = classify(KeyError("missing"))
+    assert out.status == "error" and out.message == "KeyError: 'missing'"
+
+
+def test_train_tags_the_phase_of_an_exception(data, monkeypatch):
+    from gptcore import train as train_mod
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
+
+    monkeypatch.setattr(train_mod.torch.nn.utils, "clip_grad_norm_", fail)
+    from gptcore.config import from_name
+
+    m, t = from_name("tiny", device="cpu")
+    with pytest.raises(RuntimeError) as info:
+        train_mod.train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    assert info.value.phase == "optimizer" and classify(info.value).status == "oom"
+
+
+@pytest.mark.parametrize("text, value", [("8GiB", 8 * 2**30), ("600MB", 600 * 10**6), ("1.5 GiB", 3 * 2**29),
+                                         ("1024", 1024)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+# --- whole studies ------------------------------------------------------------------------------------
+
+
+def test_study_completes_and_writes_every_file(tmp_path):
+    out = run_study(settings(tmp_path))
+    folder = out.results_dir
+    for name in ("trials.csv", "summary.md", "best.json", "study.db", "history.png", "importances.png",
+                 "loss_vs_memory.png", "throughput_vs_memory.png"):
+        assert (folder / name).stat().st_size > 0, name
+    df = pd.read_csv(folder / "trials.csv")
+    assert len(df) == 4 and set(df["status"]) <= {"ok", "pruned"}
+    ok = df[df["status"] == "ok"]
+    assert (ok["val_loss"] > 0).all() and (ok["tokens_per_s"] > 0).all() and (ok["peak_rss_bytes"] > 0).all()
+    assert (df["startup_seconds"] < df["trial_seconds"]).all()
+    assert df["batch_size"].isin([2, 4]).all() and df["block_size"].isin([8, 16]).all()
+    summary = (folder / "summary.md").read_text()
+    for section in ("## Environment", "## Budget", "## Trials per status", "## Best configuration", "## Top 10",
+                    "## Out-of-memory frontier", "## Search space"):
+        assert section in summary
+    model_cfg, train_cfg = from_dict(json.loads((folder / "best.json").read_text()))
+    best = ok.loc[ok["val_loss"].idxmin()]
+    assert (model_cfg.n_embed, train_cfg.batch_size, model_cfg.vocab_size) == (best["n_embed"], best["batch_size"], 80)
+    assert sorted(p.name for p in (folder / "logs").iterdir()) == [f"trial_{i:04d}.log" for i in range(4)]
+
+
+def test_memory_limit_gives_oom_rows_and_every_trial_is_recorded(tmp_path):
+    from tune.runner import TrialRunner
+
+    baseline = TrialRunner().probe("cpu")["vm_data_bytes"]
+    space = {"batch_size": [2, 64], "block_size": [8, 128], "n_embed": [64, 1024], "n_head": [1, 1],
+             "n_layer": [1, 4], "learning_rate": [1e-3, 1e-3]}
+    out = run_study(settings(tmp_path, trials=6, space_overrides=space, memory_limit=baseline + 150 * 2**20,
+                             trial_seconds=0.5, seed=3))
+    df = trials_frame(out.study)
+    assert len(df) == 6 and df["status"].notna().all()
+    oom = df[df["status"] == "oom"]
+    assert len(oom) >= 1 and (oom["error"].str.contains("can't allocate memory")).all()
+    assert oom["oom_phase"].isin(["model build", "forward", "backward", "optimizer", "eval"]).all()
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in out.study.trials if t.user_attrs["status"] == "oom")
+
+
+def test_hanging_trial_is_killed_as_timeout_and_raising_trial_is_an_error(tmp_path):
+    out = run_study(settings(tmp_path, trials=1, trial_timeout=2.0, study_name="hang"), target="tests.tune_faults:hang")
+    row = trials_frame(out.study).iloc[0]
+    assert row["status"] == "timeout" and 2.0 <= row["trial_seconds"] < 10
+    out = run_study(settings(tmp_path, trials=2, study_name="boom"), target="tests.tune_faults:boom")
+    df = trials_frame(out.study)
+    assert (df["status"] == "error").all() and (df["error"] == "ValueError: boom: injected failure").all()
+    log = (out.results_dir / "logs" / "trial_0000.log").read_text()
+    assert "Traceback" in log and "boom: injected failure" in log
+    out = run_study(settings(tmp_path, trials=1, study_name="cuda"), target="tests.tune_faults:cuda_oom")
+    row = trials_frame(out.study).iloc[0]
+    assert (row["status"], row["oom_phase"], row["oom_requested_bytes"]) == ("oom", "backward", 5 * 2**29)
+
+
+def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
+    run_study(settings(tmp_path, trials=3))
+    out = run_study(settings(tmp_path, trials=5))
+    assert out.ran == 2
+    df = trials_frame(out.study)
+    assert list(df["number"]) == [0, 1, 2, 3, 4]
+    params = df[["batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate"]]
+    assert not params.duplicated().any()
+    csv = (out.results_dir / "trials.csv").read_text()
+    (out.results_dir / "trials.csv").unlink()
+    with pytest.raises(SystemExit) as info:
+        from gptcore.cliutil import run
+
+        run(main, ["report", "--results", str(tmp_path / "results"), "--study-name", "t"])
+    assert info.value.code == 0
+    assert (out.results_dir / "trials.csv").read_text() == csv
+    # Same study, other precision: refused rather than mixed.
+    with pytest.raises(UserError, match="dtype: 'float32' -> 'bfloat16'"):
+        run_study(settings(tmp_path, trials=6, dtype="bfloat16"))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--trials", "0"], "--trials: must be positive"),
+    (["--memory-limit", "lots"], "--memory-limit: expected a size such as 8GiB or 600MB, got 'lots'"),
+    (["--storage", "sqlite:////nonexistent-dir/x/study.db"], "--storage sqlite:////nonexistent-dir"),
+    (["--results", "__FILE__/sub"], "not writable"),
+    (["--space", "nope.json"], "--space nope.json"),
+    (["--memory-limit", "1MB"], "below what a trial process needs"),
+    (["--device", "cuda"], "--device cuda: CUDA is not available"),
+])
+def test_bad_flags_are_one_line_and_exit_2(argv, needle, tmp_path):
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    argv = [a.replace("__FILE__", str(afile)) for a in argv]
+    if torch_cuda() and argv[:2] == ["--device", "cuda"]:
+        pytest.skip("CUDA is present here")
+    proc = subprocess.run([sys.executable, "-m", "tune", "--trials", "1", "--trial-seconds", "0.5", "--device", "cpu",
+                           "--results", str(tmp_path / "r"), "--no-progress", *argv],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
+    results = tmp_path / "r"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tune", "--trials", "3", "--trial-seconds", "30", "--device", "cpu", "--results",
+         str(results), "--study-name", "c", "--no-progress", *sum(([f"--{k.replace('_', '-')}", ",".join(map(str, v))]
+                                                                    for k, v in TINY_SPACE.items()), [])],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = results / "c" / "logs" / "trial_0000.log"
+    deadline = time.time() + 60
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the trial is training now
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    df = pd.read_csv(results / "c" / "trials.csv")
+    assert list(df["status"]) == ["interrupted"]
