@@ -11,22 +11,22 @@ import torch
 
 from gptcore.errors import UserError
 
-# Dense peak tensor throughput in FLOP/s, (bf16/fp16, fp32 without TF32), from the vendors' data sheets.
-# Matched by substring against torch.cuda.get_device_name(), most specific first.
-GPU_PEAK_FLOPS: list[tuple[str, float, float]] = [
-    ("H200", 989e12, 67e12),
-    ("H100 PCIe", 756e12, 51e12),
-    ("H100", 989e12, 67e12),  # SXM
-    ("GH200", 989e12, 67e12),
-    ("B200", 2250e12, 80e12),
-    ("A100", 312e12, 19.5e12),
-    ("A10G", 70e12, 31.2e12),  # the fp32 figure is the non-tensor rate
-    ("L40S", 362e12, 91.6e12),
-    ("L4", 121e12, 30.3e12),
-    ("RTX 4090", 165e12, 82.6e12),
-    ("RTX 3090", 71e12, 35.6e12),
-    ("V100", 125e12, 15.7e12),
-    ("T4", 65e12, 8.1e12),
+# Dense peak throughput in FLOP/s from the vendors' data sheets: (bf16/fp16 tensor, tf32 tensor, fp32 without
+# tensor cores). Matched by substring against torch.cuda.get_device_name(), most specific first.
+GPU_PEAK_FLOPS: list[tuple[str, float, float, float]] = [
+    ("H200", 989e12, 494e12, 67e12),
+    ("H100 PCIe", 756e12, 378e12, 51e12),
+    ("H100", 989e12, 494e12, 67e12),  # SXM
+    ("GH200", 989e12, 494e12, 67e12),
+    ("B200", 2250e12, 1100e12, 80e12),
+    ("A100", 312e12, 156e12, 19.5e12),
+    ("A10G", 70e12, 35e12, 31.2e12),
+    ("L40S", 362e12, 183e12, 91.6e12),
+    ("L4", 121e12, 60e12, 30.3e12),
+    ("RTX 4090", 165e12, 82.6e12, 82.6e12),
+    ("RTX 3090", 71e12, 35.6e12, 35.6e12),
+    ("V100", 125e12, 15.7e12, 15.7e12),  # no TF32: float32 runs at the fp32 rate
+    ("T4", 65e12, 8.1e12, 8.1e12),
 ]
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -121,19 +121,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def tf32_enabled() -> bool:
+    """Whether float32 matmuls on CUDA may use TF32 tensor cores (torch's default is no)."""
+    return torch.backends.cuda.matmul.allow_tf32
+
+
 def peak_flops(device: torch.device, dtype: str) -> float | None:
-    """The device's dense peak FLOP/s for `dtype`, where known (CUDA table), else None."""
+    """The device's dense peak FLOP/s for `dtype` (float32 counts TF32 when enabled); None if unknown."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return gpu_peak_flops(name, dtype)
+    return gpu_peak_flops(name, dtype, tf32=tf32_enabled())
 
 
-def gpu_peak_flops(name: str, dtype: str) -> float | None:
+def gpu_peak_flops(name: str, dtype: str, tf32: bool = False) -> float | None:
     """Look a GPU name up in GPU_PEAK_FLOPS."""
-    for key, half, single in GPU_PEAK_FLOPS:
+    for key, half, tf32_peak, single in GPU_PEAK_FLOPS:
         if key in name:
-            return single if dtype == "float32" else half
+            if dtype != "float32":
+                return half
+            return tf32_peak if tf32 else single
     return None
 
 

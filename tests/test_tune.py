@@ -14,12 +14,12 @@ import pytest
 
 from gptcore.config import ModelConfig, from_dict
 from gptcore.errors import Diverged, UserError
+from tests.conftest import CORPUS, ROOT
 from tune.__main__ import main, parse_size
 from tune.outcomes import classify, requested_bytes
 from tune.report import trials_frame
 from tune.space import SPACES, Space, load_space
 from tune.study import TuneSettings, run_study, trial_configs
-from tests.conftest import CORPUS, ROOT
 
 TINY_SPACE = {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
               "n_layer": [1, 1], "learning_rate": [1e-3, 1e-2]}
@@ -234,10 +234,10 @@ def torch_cuda() -> bool:
 
 def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
     results = tmp_path / "r"
+    space_flags = [arg for k, v in TINY_SPACE.items() for arg in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tune", "--trials", "3", "--trial-seconds", "30", "--device", "cpu", "--results",
-         str(results), "--study-name", "c", "--no-progress", *sum(([f"--{k.replace('_', '-')}", ",".join(map(str, v))]
-                                                                    for k, v in TINY_SPACE.items()), [])],
+         str(results), "--study-name", "c", "--no-progress", *space_flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = results / "c" / "logs" / "trial_0000.log"
     deadline = time.time() + 60
