@@ -149,7 +149,7 @@ def environment(device: torch.device) -> dict[str, object]:
     env: dict[str, object] = {
         "device": str(device),
         "device_name": device_name(device),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: torch's TorchVersion would import torch when unpickled
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "cpu_threads": torch.get_num_threads(),

@@ -138,8 +138,9 @@ def train(
         raise
 
 
-def _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_step, progress,
-           eval_interval_seconds, kind, phase) -> TrainResult:
+def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_eval: EvalCallback | None,
+           model: LanguageModel | None, optimizer_state: dict[str, Any] | None, start_step: int,
+           progress: bool | None, eval_interval_seconds: float | None, kind: str, phase: list[str]) -> TrainResult:
     device = hw.resolve_device(train_cfg.device)
     hw.check_dtype(device, train_cfg.dtype)
     if model_cfg.vocab_size != data.vocab_size:

@@ -181,14 +181,36 @@ def test_hanging_trial_is_killed_as_timeout_and_raising_trial_is_an_error(tmp_pa
     out = run_study(settings(tmp_path, trials=1, study_name="cuda"), target="tests.tune_faults:cuda_oom")
     row = trials_frame(out.study).iloc[0]
     assert (row["status"], row["oom_phase"], row["oom_requested_bytes"]) == ("oom", "backward", 5 * 2**29)
+    out = run_study(settings(tmp_path, trials=1, study_name="kill"), target="tests.tune_faults:sigkill")
+    row = trials_frame(out.study).iloc[0]
+    assert row["status"] == "error" and "trial process died: SIGKILL" in row["error"]
+
+
+def test_the_tuner_process_never_imports_torch(tmp_path):
+    """So it can never initialise CUDA: only trial processes touch the device (a whole study, in one process)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tune.study import TuneSettings, run_study\n"
+        "if __name__ == '__main__':\n"
+        f"    run_study(TuneSettings(trials=1, trial_seconds=0.3, device='cpu', results=Path({str(tmp_path)!r}),\n"
+        f"              data=Path({str(CORPUS)!r}), space_overrides={TINY_SPACE!r}, progress=False))\n"
+        "    assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
-    run_study(settings(tmp_path, trials=3))
-    out = run_study(settings(tmp_path, trials=5))
+    first = run_study(settings(tmp_path, trials=3))
+    first.study.ask()  # a trial left RUNNING, as by a tuner killed with SIGKILL
+    out = run_study(settings(tmp_path, trials=6))
     assert out.ran == 2
     df = trials_frame(out.study)
-    assert list(df["number"]) == [0, 1, 2, 3, 4]
+    assert list(df["number"]) == [0, 1, 2, 3, 4, 5] and df.loc[3, "status"] == "interrupted"
+    df = df.drop(index=3)
     params = df[["batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate"]]
     assert not params.duplicated().any()
     csv = (out.results_dir / "trials.csv").read_text()
@@ -201,7 +223,7 @@ def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
     assert (out.results_dir / "trials.csv").read_text() == csv
     # Same study, other precision: refused rather than mixed.
     with pytest.raises(UserError, match="dtype: 'float32' -> 'bfloat16'"):
-        run_study(settings(tmp_path, trials=6, dtype="bfloat16"))
+        run_study(settings(tmp_path, trials=7, dtype="bfloat16"))
 
 
 @pytest.mark.parametrize("argv, needle", [

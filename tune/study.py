@@ -167,10 +167,11 @@ def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
 
 def close_stale_trials(study: optuna.Study) -> None:
     """Trials left RUNNING by a run that was killed outright: record them, never lose them."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
-        study._storage.set_trial_user_attr(t._trial_id, "error", "the tuner process stopped during this trial")
-        study.tell(t.number, state=TrialState.FAIL)
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial = optuna.Trial(study, frozen._trial_id)  # FrozenTrial exposes its storage id only this way
+        trial.set_user_attr("status", "interrupted")
+        trial.set_user_attr("error", "the tuner process stopped during this trial")
+        study.tell(trial, state=TrialState.FAIL)
 
 
 def current_rss_bytes() -> int | None:
