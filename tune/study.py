@@ -222,29 +222,58 @@ def describe_run(number: int, run: TrialRun, params: dict[str, Any]) -> str:
     return f"trial {number:3d} {run.status:<8} {figures} | {cfg} | {run.trial_seconds:.1f} s"
 
 
-def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target: str | None = None) -> StudyOutcome:
-    """Run (or resume) the study until it holds settings.trials finished trials; then write the results."""
-    from tune.report import write_report
+@dataclass
+class Session:
+    """An opened study and everything its trials need."""
 
+    settings: TuneSettings
+    study: optuna.Study
+    space: Space
+    env: dict[str, Any]
+    meta: dict[str, Any]
+    data_dir: Path
+    results_dir: Path
+    dtype: str
+    storage: str  # not stored in the study: a database URL may carry a password
+
+    @property
+    def timeout(self) -> float:
+        """Hard per-trial timeout: --trial-timeout, else 3 x the time budget + 60 s (600 s for step budgets)."""
+        s = self.settings
+        return s.trial_timeout or (3 * s.trial_seconds + 60 if not s.trial_steps else 600.0)
+
+
+def resolve_dtype(settings: TuneSettings, env: dict[str, Any]) -> str:
+    """auto -> bfloat16 on a GPU that has it, else float32; float16 needs a GPU."""
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if env["device_type"] == "cuda" and env["bf16_supported"] else "float32"
+    if dtype == "float16" and env["device_type"] == "cpu":
+        raise UserError("--dtype float16 needs a GPU; on the CPU use bfloat16 or float32")
+    return dtype
+
+
+def check_memory_limit(limit: int | None, env: dict[str, Any]) -> None:
+    """A limit must leave room for training (CPU) and fit the card (CUDA)."""
+    if limit is None:
+        return
+    if env["device_type"] == "cpu" and limit <= env["vm_data_bytes"] + 64 * 2**20:
+        raise UserError(f"--memory-limit {limit / 2**20:.0f} MiB is below what a trial process needs before "
+                        f"training ({env['vm_data_bytes'] / 2**20:.0f} MiB + 64 MiB)")
+    if env["device_type"] == "cuda" and limit > env["gpu_memory_bytes"]:
+        raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")
+
+
+def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
+    """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
     if settings.trials < 1:
         raise UserError(f"--trials must be at least 1, got {settings.trials}")
     data_dir = ensure_prepared(settings.data, progress=settings.progress)
     meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
-    runner = runner or TrialRunner()
     env = runner.probe(settings.device)
-    device_type = env["device_type"]
-    dtype = settings.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and env["bf16_supported"] else "float32"
-    if dtype == "float16" and device_type == "cpu":
-        raise UserError("--dtype float16 needs a GPU; on the CPU use bfloat16 or float32")
-    if settings.memory_limit is not None:
-        if device_type == "cpu" and settings.memory_limit <= env["vm_data_bytes"] + 64 * 2**20:
-            raise UserError(f"--memory-limit {settings.memory_limit / 2**20:.0f} MiB is below what a trial process "
-                            f"needs before training ({env['vm_data_bytes'] / 2**20:.0f} MiB + 64 MiB)")
-        if device_type == "cuda" and settings.memory_limit > env["gpu_memory_bytes"]:
-            raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")
-    space: Space = load_space(settings.space, device_type, env.get("gpu_memory_bytes"), settings.space_overrides)
+    dtype = resolve_dtype(settings, env)
+    check_memory_limit(settings.memory_limit, env)
+    space = load_space(settings.space, env["device_type"], env.get("gpu_memory_bytes"), settings.space_overrides)
     shortest = min(meta["train_tokens"], meta["val_tokens"])
     if space.block_size[1] + 2 > shortest:
         raise UserError(f"search space: block_size up to {space.block_size[1]} needs more than the corpus's "
@@ -271,49 +300,62 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
         "seed": settings.seed,
     })
     close_stale_trials(study)
+    return Session(settings, study, space, env, meta, data_dir, results_dir, dtype, storage)
 
+
+def run_trial(session: Session, runner: TrialRunner, target: str | None = None) -> tuple[int, TrialRun, dict]:
+    """Ask for a configuration, train it in its own process, record and tell how it went."""
+    s, study = session.settings, session.study
+    trial = study.ask()
+    params = session.space.suggest(trial)
+    model_cfg, train_cfg = trial_configs(params, s, session.meta["vocab_size"], session.dtype,
+                                         session.env["device"])
+    job = {"model": model_cfg, "train": train_cfg, "data": str(session.data_dir), "device": session.env["device"],
+           "memory_limit": s.memory_limit, "log": str(session.results_dir / "logs" / f"trial_{trial.number:04d}.log"),
+           "eval_interval_seconds": None if s.trial_steps else s.trial_seconds / s.reports}
+    if target:
+        job["target"] = target  # tests swap in a misbehaving stand-in for gptcore.train.train
+
+    def on_eval(k: int, step: int, train_loss: float, val_loss: float) -> bool:
+        if s.objective != "loss" or not math.isfinite(val_loss):
+            return False
+        trial.report(val_loss, k)
+        return k < s.reports and trial.should_prune()  # the last report is the result: never prune it
+
+    run = runner.run(job, on_eval, session.timeout)
+    record(trial, run, params, session.env["device_name"])
+    if run.status == "ok":
+        value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
+        if s.objective == "loss" and s.reports not in {k for k, *_ in run.evals}:
+            trial.report(value, s.reports)
+        study.tell(trial, value)
+    else:
+        study.tell(trial, state=STATE_OF[run.status])
+    return trial.number, run, params
+
+
+def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target: str | None = None) -> StudyOutcome:
+    """Run (or resume) the study until it holds settings.trials trials; then write the results."""
+    from tune.report import write_report
+
+    runner = runner or TrialRunner()
+    session = open_session(settings, runner)
+    study = session.study
     done = len(study.get_trials(deepcopy=False))
-    remaining = settings.trials - done
+    remaining = max(settings.trials - done, 0)
     say = tqdm.write
-    say(f"study {name}: {done} trial(s) so far, running {max(remaining, 0)} more on {env['device_name']} "
-        f"({dtype}, {settings.budget} per trial, objective {settings.objective})")
-    say(f"storage {storage}\nresults {results_dir}\nsearch space:\n{space.describe()}")
-    timeout = settings.trial_timeout or (3 * settings.trial_seconds + 60 if not settings.trial_steps else 600.0)
-    device = env["device"]
-    interrupted = False
-    ran = 0
-    counts: dict[str, int] = {}
-    bar = tqdm(total=max(remaining, 0), unit="trial", desc="tune", disable=not settings.progress)
+    say(f"study {study.study_name}: {done} trial(s) so far, running {remaining} more on "
+        f"{session.env['device_name']} ({session.dtype}, {settings.budget} per trial, objective {settings.objective})")
+    say(f"storage {session.storage}\nresults {session.results_dir}\n"
+        f"search space:\n{session.space.describe()}")
+    interrupted, ran, counts = False, 0, {}
+    bar = tqdm(total=remaining, unit="trial", desc="tune", disable=not settings.progress)
     try:
-        for _ in range(max(remaining, 0)):
-            trial = study.ask()
-            params = space.suggest(trial)
-            model_cfg, train_cfg = trial_configs(params, settings, meta["vocab_size"], dtype, device)
-            job = {"model": model_cfg, "train": train_cfg, "data": str(data_dir), "device": device,
-                   "memory_limit": settings.memory_limit,
-                   "log": str(results_dir / "logs" / f"trial_{trial.number:04d}.log"),
-                   "eval_interval_seconds": None if settings.trial_steps else settings.trial_seconds / settings.reports}
-            if target:
-                job["target"] = target
-
-            def on_eval(k: int, step: int, train_loss: float, val_loss: float, trial=trial) -> bool:
-                if settings.objective != "loss" or not math.isfinite(val_loss):
-                    return False
-                trial.report(val_loss, k)
-                return k < settings.reports and trial.should_prune()
-
-            run = runner.run(job, on_eval, timeout)
-            record(trial, run, params, env["device_name"])
-            if run.status == "ok":
-                value = run.result["val_loss"] if settings.objective == "loss" else run.result["tokens_per_s"]
-                if settings.objective == "loss" and settings.reports not in {k for k, *_ in run.evals}:
-                    trial.report(value, settings.reports)
-                study.tell(trial, value)
-            else:
-                study.tell(trial, state=STATE_OF[run.status])
+        for _ in range(remaining):
+            number, run, params = run_trial(session, runner, target)
             ran += 1
             counts[run.status] = counts.get(run.status, 0) + 1
-            say(describe_run(trial.number, run, params))
+            say(describe_run(number, run, params))
             bar.update(1)
             best = _best_value(study)
             bar.set_postfix(best=f"{best:.4g}" if best is not None else "-", **counts)
@@ -324,8 +366,8 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
         interrupted = True
     finally:
         bar.close()
-    write_report(study, results_dir)
-    return StudyOutcome(study=study, results_dir=results_dir, ran=ran, interrupted=interrupted)
+    write_report(study, session.results_dir)
+    return StudyOutcome(study=study, results_dir=session.results_dir, ran=ran, interrupted=interrupted)
 
 
 def _best_value(study: optuna.Study) -> float | None:
