@@ -8,9 +8,6 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from gptcore import config as C
 from gptcore.errors import UserError
+from gptcore.files import atomic_dir
 from gptcore.model import LanguageModel, build_model
 from gptcore.tokenizer import CharTokenizer
 
@@ -67,9 +65,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder atomically (temp folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-    try:
+    with atomic_dir(path, STATE, "checkpoint") as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
         if optimizer is not None:
@@ -77,18 +73,6 @@ def save_checkpoint(
         (tmp / CONFIG).write_text(json.dumps({**C.to_dict(model_cfg, train_cfg), "kind": kind}, indent=1))
         tokenizer.save(tmp / VOCAB)
         (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, **(extra or {})}, indent=1))
-        if path.exists():
-            if not (path / STATE).exists():
-                raise UserError(f"{path}: exists and is not a checkpoint; refusing to overwrite it")
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -18,7 +18,12 @@ from gptcore.config import ModelConfig
 class LanguageModel(nn.Module):
     """What the bigram and the GPT share: the loss, sampling and parameter counts."""
 
-    block_size: int
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("vocab_size must be set (> 0) to build a model")
+        self.config = cfg
+        self.block_size = cfg.block_size
 
     @staticmethod
     def _loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
@@ -81,11 +86,7 @@ class BigramLanguageModel(LanguageModel):
     """The course's first model: the next token depends only on the current one (a V x V table)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("vocab_size must be set (> 0) to build a model")
-        self.config = cfg
-        self.block_size = cfg.block_size
+        super().__init__(cfg)
         self.token_embedding_table = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -179,11 +180,7 @@ class GPT(LanguageModel):
     """Decoder-only transformer with learned positional embeddings, as the course builds it."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("vocab_size must be set (> 0) to build a model")
-        self.config = cfg
-        self.block_size = cfg.block_size
+        super().__init__(cfg)
         self.token_embedding_table = nn.Embedding(cfg.vocab_size, cfg.n_embed)
         self.position_embedding_table = nn.Embedding(cfg.block_size, cfg.n_embed)
         self.blocks = nn.Sequential(*[Block(cfg) for _ in range(cfg.n_layer)])

@@ -16,9 +16,7 @@ import json
 import lzma
 import math
 import os
-import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gptcore.errors import UserError
+from gptcore.files import atomic_dir, check_replaceable
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
 DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
@@ -258,6 +257,7 @@ def prepare(
         raise UserError(f"--workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
     src, out = Path(src), Path(out)
+    check_replaceable(out, "meta.json", "prepared-data folder")  # before any work, not after it
     files = list_sources(src)
     sizes = [p.stat().st_size for p in files]
 
@@ -311,9 +311,7 @@ def prepare(
     if n_train <= 0 or n_val <= 0:
         raise UserError(f"{src}: corpus too small to split ({total} tokens)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_dir(out, "meta.json", "prepared-data folder") as tmp:
         paths = {"train": tmp / "train.bin", "val": tmp / "val.bin"}
         itemsize = np.dtype(dtype).itemsize
         for name, n in (("train", n_train), ("val", n_val)):
@@ -349,28 +347,11 @@ def prepare(
             ],
         }
         (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PrepareSummary(
         out=str(out), vocab_size=len(chars), dtype=dtype, train_tokens=n_train, val_tokens=n_val,
         files=len(files), skipped=skipped, invalid_utf8_bytes=invalid,
         seconds=time.perf_counter() - t0, source_bytes=sum(sizes),
     )
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place; an older `out` is removed only after the new one is complete."""
-    if out.exists():
-        if not (out / "meta.json").exists() and any(out.iterdir()):
-            raise UserError(f"{out}: exists and is not a prepared-data folder; refusing to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def cache_root() -> Path:

@@ -103,3 +103,14 @@ def test_rerun_replaces_previous_output(tmp_path):
     prepare(src, out, progress=False)
     train, _ = decode(out, "train")
     assert train.startswith("different")
+
+
+def test_refuses_to_replace_a_folder_that_is_not_prepared_data(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("hello world " * 20)
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not delete")
+    with pytest.raises(UserError, match="precious: exists and is not a prepared-data folder"):
+        prepare(src, out, progress=False)
+    assert (out / "thesis.tex").read_text() == "do not delete"
