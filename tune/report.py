@@ -98,7 +98,7 @@ def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
+def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str:
     """summary.md: environment, budget, counts, best, top 10, OOM frontier, search space."""
     env = study.user_attrs.get("environment", {})
     settings = study.user_attrs.get("settings", {})
@@ -121,7 +121,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
     if best is not None:
         lines += ["## Best configuration", "",
                   readable(best.to_frame().T).to_markdown(index=False), "",
-                  f"Train it: `python -m gptcore train --config {Path('results') / study.study_name / 'best.json'}`",
+                  f"Train it: `python -m gptcore train --config {folder / 'best.json'}`",
                   ""]
     ok = df[df["status"] == "ok"]
     if not ok.empty:
@@ -212,7 +212,7 @@ def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd
     if best is not None:
         vocab = study.user_attrs.get("vocab_size")
         atomic_write_text(folder / "best.json", json.dumps(best_config(best, settings, vocab), indent=1) + "\n")
-    text = summary_markdown(study, df)
+    text = summary_markdown(study, df, folder)
     if plots:
         notes = write_plots(study, df, folder)
         if notes:
