@@ -212,6 +212,8 @@ def _run_case(case: Case, *, min_time: float, min_blocks: int) -> dict[str, Any]
         "wall_ms": wmed * 1e3, "wall_iqr_ms": (wq3 - wq1) * 1e3,
         "cpu_ms": cmed * 1e3, "cpu_iqr_ms": (cq3 - cq1) * 1e3, "cpu_per_wall": cmed / wmed if wmed else None,
         "gflops": case.flops / wmed / 1e9, "blocks": len(t.wall), "calls_per_block": t.calls_per_block,
+        # TF32 state during this case (CUDA float32 only): forced on for "tf32", off for "float32".
+        "tf32": torch.backends.cuda.matmul.allow_tf32 if case.device.startswith("cuda") else None,
     }
 
 
