@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from gptcore.cliutil import Parser, add_config_flags, config_overrides, run
+from gptcore.config import ModelConfig, TrainConfig
 from gptcore.errors import UserError
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
@@ -63,14 +64,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_configs(args: argparse.Namespace, vocab_size: int, resume_cfg=None):
+def resolve_configs(args: argparse.Namespace, vocab_size: int,
+                    resume_cfg: tuple[ModelConfig, TrainConfig] | None = None) -> tuple[ModelConfig, TrainConfig]:
     """Preset (or checkpoint) < --config file < flags, with the corpus's vocabulary size filled in."""
     from gptcore import config as C
 
     values: dict = {}
     if resume_cfg is not None:
-        values.update(C.to_dict(*resume_cfg)["model"])
-        values.update(C.to_dict(*resume_cfg)["train"])
+        saved = C.to_dict(*resume_cfg)
+        values.update({**saved["model"], **saved["train"]})
     else:
         values.update(C.PRESETS[args.preset])
     try:
