@@ -141,7 +141,7 @@ def test_study_completes_and_writes_every_file(tmp_path):
     assert len(df) == 4 and set(df["status"]) <= {"ok", "pruned"}
     ok = df[df["status"] == "ok"]
     assert (ok["val_loss"] > 0).all() and (ok["tokens_per_s"] > 0).all() and (ok["peak_rss_bytes"] > 0).all()
-    assert (df["startup_seconds"] < df["trial_seconds"]).all()
+    assert (df["startup_seconds"] < df["trial_seconds"]).all()  # start-up is part of the trial, by construction
     assert df["batch_size"].isin([2, 4]).all() and df["block_size"].isin([8, 16]).all()
     summary = (folder / "summary.md").read_text()
     for section in ("## Environment", "## Budget", "## Trials per status", "## Best configuration", "## Top 10",
@@ -172,7 +172,7 @@ def test_memory_limit_gives_oom_rows_and_every_trial_is_recorded(tmp_path):
 def test_hanging_trial_is_killed_as_timeout_and_raising_trial_is_an_error(tmp_path):
     out = run_study(settings(tmp_path, trials=1, trial_timeout=2.0, study_name="hang"), target="tests.tune_faults:hang")
     row = trials_frame(out.study).iloc[0]
-    assert row["status"] == "timeout" and 2.0 <= row["trial_seconds"] < 10
+    assert row["status"] == "timeout" and 2.0 <= row["trial_seconds"] < 60  # killed, not left to sleep 3600 s
     out = run_study(settings(tmp_path, trials=2, study_name="boom"), target="tests.tune_faults:boom")
     df = trials_frame(out.study)
     assert (df["status"] == "error").all() and (df["error"] == "ValueError: boom: injected failure").all()
