@@ -102,9 +102,14 @@ def estimate_loss(
         losses = torch.zeros(cfg.eval_iters)
         for k in range(cfg.eval_iters):
             x, y = data.get_batch(split, cfg.eval_batch_size or cfg.batch_size, block_size, gen, device)
-            with hw.autocast(device, cfg.dtype):
-                _, loss = model(x, y)
-            losses[k] = loss.float().item()
+            # Forward in chunks no larger than the training batch: a fixed evaluation set (the tuner's) must
+            # never run out of memory where training itself fits. Same windows, same mean.
+            total = 0.0
+            for xs, ys in zip(x.split(cfg.batch_size), y.split(cfg.batch_size)):
+                with hw.autocast(device, cfg.dtype):
+                    _, loss = model(xs, ys)
+                total += loss.float().item() * len(xs)
+            losses[k] = total / len(x)
         out[split] = losses.mean().item()
     model.train()
     return out

@@ -82,3 +82,18 @@ def test_cuda_memory_and_mfu_fields(data):
     assert result.peak_memory["peak_allocated_bytes"] > 0
     assert result.peak_memory["peak_reserved_bytes"] >= result.peak_memory["peak_allocated_bytes"]
     assert torch.cuda.is_available()
+
+
+def test_evaluation_in_chunks_gives_the_same_loss(data):
+    """A fixed eval set of 32 windows, evaluated in chunks of the training batch, has the same mean loss."""
+    from gptcore.model import GPT
+    from gptcore.train import estimate_loss
+
+    m, t = configs(eval_batch_size=32, eval_iters=2)
+    torch.manual_seed(0)
+    model = GPT(m.with_vocab(data.vocab_size))
+    chunked = estimate_loss(model, data, t, m.block_size, torch.device("cpu"))  # batch_size 4: 8 chunks
+    whole = estimate_loss(model, data, type(t)(**{**t.__dict__, "batch_size": 32}), m.block_size,
+                          torch.device("cpu"))
+    assert chunked["val"] == pytest.approx(whole["val"], rel=1e-5)
+    assert chunked["train"] == pytest.approx(whole["train"], rel=1e-5)
