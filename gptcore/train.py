@@ -6,7 +6,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -63,8 +63,10 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no model, no optimizer)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("model", "optimizer")}
-        d.update(train_loss=self.train_loss, val_loss=self.val_loss)
+        # Not dataclasses.asdict(self): it would deep-copy the model and the optimizer state first.
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "optimizer")}
+        d.update(history=[asdict(p) for p in self.history], peak_memory=dict(self.peak_memory),
+                 train_loss=self.train_loss, val_loss=self.val_loss)
         return d
 
 

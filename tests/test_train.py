@@ -97,3 +97,21 @@ def test_evaluation_in_chunks_gives_the_same_loss(data):
                           torch.device("cpu"))
     assert chunked["val"] == pytest.approx(whole["val"], rel=1e-5)
     assert chunked["train"] == pytest.approx(whole["train"], rel=1e-5)
+
+
+def test_result_to_dict_is_plain_data_and_copies_no_model(data, monkeypatch):
+    m, t = configs(max_iters=5)
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False)
+
+    import copy
+
+    real_deepcopy = copy.deepcopy
+
+    def guarded(obj, *args, **kwargs):
+        assert not isinstance(obj, (torch.nn.Module, torch.optim.Optimizer, torch.Tensor)), "deep-copied the model"
+        return real_deepcopy(obj, *args, **kwargs)
+
+    monkeypatch.setattr("copy.deepcopy", guarded)
+    d = result.to_dict()
+    assert "model" not in d and "optimizer" not in d and d["history"][-1]["step"] == 5
+    assert isinstance(d["peak_memory"]["peak_rss_bytes"], int) and d["val_loss"] == result.val_loss

@@ -96,10 +96,13 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
             conn.send(("failed", outcome.status, outcome.message, outcome.phase, outcome.requested_bytes))
             return
         conn.send(("done", result.to_dict()))
-    except Exception as exc:  # set-up failed (bad config, unreadable data): an error outcome, not a crash
+    except Exception as exc:  # set-up or reporting failed: an outcome (an OOM is still an OOM), not a crash
         traceback.print_exc()
         sys.stderr.flush()
-        conn.send(("failed", "error", f"{type(exc).__name__}: {exc}"[:300], "setup", None))
+        from tune.outcomes import classify
+
+        outcome = classify(exc)
+        conn.send(("failed", outcome.status, outcome.message, outcome.phase or "setup", outcome.requested_bytes))
     finally:
         conn.close()
 
