@@ -126,12 +126,12 @@ def _chain_final(decoder: codecs.IncrementalDecoder, chunks: Iterator[bytes]) ->
     yield decoder.decode(b"", final=True)
 
 
-def scan_source(path: str, first_separator: bool = False) -> SourceStats:
+def scan_source(path: str) -> SourceStats:
     """Pass 1 for one file: token count, documents, invalid bytes and distinct characters."""
     p = Path(path)
     stats = SourceStats(path=path, bytes=p.stat().st_size)
     seen: set[str] = set()
-    for text in iter_clean_text(p, stats, first_separator):
+    for text in iter_clean_text(p, stats):
         stats.tokens += len(text)
         seen.update(text)
     stats.chars = "".join(sorted(seen))
@@ -265,13 +265,11 @@ def prepare(
     by_file = len(files) > 1
     n_val_files = min(len(files) - 1, max(1, round(len(files) * val_fraction))) if by_file else 0
     split = ["train"] * (len(files) - n_val_files) + ["val"] * n_val_files
-    first_sep = [i > 0 and split[i - 1] == split[i] for i in range(len(files))]
 
-    # Pass 1: scan.
-    scan_args = [(str(p), first_sep[i]) for i, p in enumerate(files)]
+    # Pass 1: scan (each file's own text; the separators between files are added once the survivors are known).
     stats: list[SourceStats | None] = []
     skipped: list[str] = []
-    for res in _map(scan_source, scan_args, workers, "scan", sum(sizes), sizes, progress):
+    for res in _map(scan_source, [(str(p),) for p in files], workers, "scan", sum(sizes), sizes, progress):
         if isinstance(res, BadSource):
             if not skip_bad:
                 raise UserError(f"{res} (use --skip-bad to skip it)")
@@ -280,21 +278,18 @@ def prepare(
         else:
             stats.append(res)
     if skipped:
-        # Separators were decided assuming every file is kept; recompute them for the survivors.
         keep = [i for i, s in enumerate(stats) if s is not None]
         if not keep:
             raise UserError(f"{src}: every source file is corrupt")
-        files = [files[i] for i in keep]
-        sizes = [sizes[i] for i in keep]
-        split = [split[i] for i in keep]
-        old_sep = [first_sep[i] for i in keep]
-        stats = [stats[i] for i in keep]
-        first_sep = [i > 0 and split[i - 1] == split[i] for i in range(len(files))]
-        for s, old, new in zip(stats, old_sep, first_sep):
-            s.tokens += (len(DOC_SEPARATOR) if new else 0) - (len(DOC_SEPARATOR) if old else 0)
+        files, sizes, split, stats = ([xs[i] for i in keep] for xs in (files, sizes, split, stats))
         if (by_file and "val" not in split) or "train" not in split:
             raise UserError(f"{src}: after skipping bad files, train or val has no files left")
-    chars = "".join(sorted(set().union(*(s.chars for s in stats))))
+    # A file that follows another of the same split starts with a separator, which counts as its tokens.
+    first_sep = [i > 0 and split[i - 1] == split[i] for i in range(len(files))]
+    for s, sep in zip(stats, first_sep):
+        s.tokens += len(DOC_SEPARATOR) if sep else 0
+    separators = set(DOC_SEPARATOR) if any(first_sep) else set()
+    chars = "".join(sorted(set().union(separators, *(s.chars for s in stats))))
     total = sum(s.tokens for s in stats)
     if total == 0:
         raise UserError(f"{src}: corpus is empty (no text after cleaning)")

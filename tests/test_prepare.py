@@ -114,3 +114,15 @@ def test_refuses_to_replace_a_folder_that_is_not_prepared_data(tmp_path):
     with pytest.raises(UserError, match="precious: exists and is not a prepared-data folder"):
         prepare(src, out, progress=False)
     assert (out / "thesis.tex").read_text() == "do not delete"
+
+
+def test_separator_characters_join_the_vocabulary_even_when_no_file_has_them(tmp_path):
+    src = tmp_path / "docs"
+    src.mkdir()
+    for name, text in (("a.txt", "alpha"), ("b.txt", "beta"), ("c.txt", "gamma")):
+        (src / name).write_text(text)
+    out = tmp_path / "p"
+    prepare(src, out, val_fraction=0.34, progress=False)
+    train, meta = decode(out, "train")
+    assert train == "alpha" + DOC_SEPARATOR + "beta" and "\n" in meta["tokenizer"]["chars"]
+    assert [s["tokens"] for s in meta["sources"]] == [5, 4 + len(DOC_SEPARATOR), 5]
