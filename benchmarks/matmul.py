@@ -11,7 +11,6 @@ share of the device's peak, speed-up over the CPU, and the crossover size.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from benchmarks.stats import quartiles
 from gptcore import hardware as hw
 from gptcore.hardware import TORCH_DTYPES
 
@@ -77,13 +77,6 @@ class Timing:
     wall: list[float]
     cpu: list[float]
     calls_per_block: int
-
-
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, med, q3
 
 
 def time_blocks(fn: Callable[[], Any], sync: Callable[[], None], *, min_time: float, min_blocks: int,
@@ -202,8 +195,8 @@ def _run_case(case: Case, *, min_time: float, min_blocks: int) -> dict[str, Any]
         raise RuntimeError(f"{case.label} {size_label(case.size)}: relative error {err:.2e} is too large")
     del first
     t = time_blocks(fn, sync, min_time=min_time, min_blocks=min_blocks)
-    wq1, wmed, wq3 = _quartiles(t.wall)
-    cq1, cmed, cq3 = _quartiles(t.cpu)
+    wq1, wmed, wq3 = quartiles(t.wall)
+    cq1, cmed, cq3 = quartiles(t.cpu)
     return {
         **{k: v for k, v in asdict(case).items() if k != "size"}, "size": size_label(case.size),
         "m": case.size[0], "n": case.size[1], "k": case.size[2],

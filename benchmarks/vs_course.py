@@ -16,16 +16,12 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.course_reference import CourseReader, GPTLanguageModel
+from benchmarks.stats import quartiles
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.data import TokenData
 from gptcore.hardware import autocast
 from gptcore.model import GPT
 from gptcore.train import configure_optimizer
-
-
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    q1, med, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
-    return q1, med, q3
 
 
 def build_pair(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.nn.Module]:
@@ -88,7 +84,7 @@ def _summary(what: str, rates: dict[str, list[float]], base: list[float], **labe
     """Median and IQR of each side, and the median of the per-round ratios against `base`."""
     row: dict[str, object] = {"what": what, **labels}
     for name, values in rates.items():
-        q1, med, q3 = _quartiles(values)
+        q1, med, q3 = quartiles(values)
         row[f"{name}_median"], row[f"{name}_iqr"] = med, q3 - q1
     # Paired ratios (same round, back to back) cancel most of a shared machine's drift.
     row["speedup"] = statistics.median(a / b for a, b in zip(rates["gptcore"], base))
