@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +22,10 @@ from gptcore.model import LanguageModel, build_model
 # on_eval(step, train_loss, val_loss) -> "stop" to end training early (the tuner prunes through it).
 EvalCallback = Callable[[int, float, float], Any]
 CHECK_EVERY = 10  # steps between reading losses back from the device (each read is a GPU sync)
+# The first steps of a process pay one-time costs (allocator growth, kernel selection, AdamW state, lazy imports).
+# They train like any other step but run before the clock starts: outside the time budget and outside tokens/s,
+# reported separately as warmup_steps / warmup_seconds.
+WARMUP_STEPS = 2
 
 
 @dataclass
@@ -40,14 +45,16 @@ class TrainResult:
     history: list[EvalPoint]
     steps: int
     tokens: int
-    train_seconds: float
+    train_seconds: float  # timed training only: warm-up steps and evaluation excluded
     eval_seconds: float
-    tokens_per_s: float
+    tokens_per_s: float  # over the timed steps (all steps if the run never got past the warm-up)
     peak_memory: dict[str, int]
     n_params: int
     mfu: float | None
     device: str
-    stopped_by: str  # "max_iters", "max_seconds" or "callback"
+    stopped_by: str  # "max_iters", "max_seconds", "callback" or "interrupted"
+    warmup_steps: int = 0
+    warmup_seconds: float = 0.0
     model: LanguageModel | None = field(default=None, repr=False)
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
 
@@ -129,17 +136,20 @@ def train(
     progress: bool | None = None,
     eval_interval_seconds: float | None = None,
     kind: str = "gpt",
+    interrupt: threading.Event | None = None,
 ) -> TrainResult:
     """Train a model on `data` within the budget; returns losses, throughput, memory and the model.
 
     Resume by passing `model` (weights loaded), `optimizer_state` and `start_step`. With
     `eval_interval_seconds`, evaluate every that many training seconds instead of every eval_interval steps
     (the tuner uses it so that trials of different speeds report at the same points of the budget).
+    When `interrupt` is set (the CLI sets it on Ctrl-C) the loop stops at the next step boundary, with no final
+    evaluation, so the model and optimizer are consistent and can be saved.
     """
     phase = ["setup"]  # what the loop is doing; attached to any exception (the tuner reports where an OOM hit)
     try:
         return _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_step, progress,
-                      eval_interval_seconds, kind, phase)
+                      eval_interval_seconds, kind, phase, interrupt)
     except Exception as exc:
         exc.phase = phase[0]  # type: ignore[attr-defined]
         raise
@@ -147,7 +157,8 @@ def train(
 
 def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_eval: EvalCallback | None,
            model: LanguageModel | None, optimizer_state: dict[str, Any] | None, start_step: int,
-           progress: bool | None, eval_interval_seconds: float | None, kind: str, phase: list[str]) -> TrainResult:
+           progress: bool | None, eval_interval_seconds: float | None, kind: str, phase: list[str],
+           interrupt: threading.Event | None) -> TrainResult:
     device = hw.resolve_device(train_cfg.device)
     hw.check_dtype(device, train_cfg.dtype)
     if model_cfg.vocab_size != data.vocab_size:
@@ -173,7 +184,8 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
     tokens_per_step = train_cfg.batch_size * T * accum
     max_iters, max_seconds = train_cfg.max_iters, train_cfg.max_seconds
     history: list[EvalPoint] = []
-    train_s = eval_s = 0.0
+    # Every interval of wall time goes to exactly one of these three by lap(): no second counting.
+    train_s = eval_s = warmup_s = 0.0
     step = start_step
     next_eval_s = eval_interval_seconds
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
@@ -182,6 +194,24 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
     bar = tqdm(total=max_iters, initial=start_step, unit="step", disable=not show, leave=False,
                desc="train", dynamic_ncols=True)
     stopped_by = "max_iters"
+    t_last = time.perf_counter()
+
+    def lap(sync: bool) -> float:
+        """Seconds since the previous lap (after waiting for queued GPU work when `sync`)."""
+        nonlocal t_last
+        if sync:
+            hw.synchronize(device)
+        now = time.perf_counter()
+        elapsed, t_last = now - t_last, now
+        return elapsed
+
+    def book(seconds: float) -> None:
+        """Time of the first WARMUP_STEPS steps goes to warmup_s, every later interval to the budget."""
+        nonlocal train_s, warmup_s
+        if step - start_step <= WARMUP_STEPS:
+            warmup_s += seconds
+        else:
+            train_s += seconds
 
     def check_pending() -> float:
         """Read back the buffered losses (one sync); raise Diverged at the first non-finite one."""
@@ -199,25 +229,27 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
         """Evaluate, record, call on_eval; True if the callback asked to stop."""
         nonlocal eval_s
         phase[0] = "eval"
-        hw.synchronize(device)
-        t = time.perf_counter()
+        book(lap(sync=True))  # the GPU's queued steps belong to training time, not evaluation
         losses = estimate_loss(model, data, train_cfg, T, device)
-        eval_s += time.perf_counter() - t
         if not all(math.isfinite(v) for v in losses.values()):
             raise Diverged(step, losses["val"])
         train_loss = losses.get("train", sum(recent) / len(recent) if recent else math.nan)
         recent.clear()
         history.append(EvalPoint(step, train_loss, losses["val"], train_s))
-        return on_eval is not None and on_eval(step, train_loss, losses["val"]) == "stop"
+        stop = on_eval is not None and on_eval(step, train_loss, losses["val"]) == "stop"
+        eval_s += lap(sync=True)  # the callback (the tuner's report and prune decision) is evaluation overhead
+        return stop
 
     try:
-        t_last = time.perf_counter()
         while True:
             if max_iters is not None and step >= max_iters:
                 stopped_by = "max_iters"
                 break
             if max_seconds is not None and train_s >= max_seconds:
                 stopped_by = "max_seconds"
+                break
+            if interrupt is not None and interrupt.is_set():
+                stopped_by = "interrupted"
                 break
             progress_frac = max(
                 step / max_iters if max_iters else 0.0, train_s / max_seconds if max_seconds else 0.0
@@ -243,10 +275,10 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
             pending.append((step, loss.detach()))
             if len(pending) >= CHECK_EVERY:
                 last = check_pending()
-                rate = tokens_per_step * (step - start_step) / max(train_s, 1e-9)
+                rate = tokens_per_step * (step - start_step) / max(train_s + warmup_s, 1e-9)
                 bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{rate:,.0f}")
-            now = time.perf_counter()
-            train_s += now - t_last
+            # The last warm-up step waits for the GPU, so none of its queued work leaks into the timed steps.
+            book(lap(sync=step - start_step == WARMUP_STEPS))
             bar.update(1)
 
             due = (
@@ -259,31 +291,34 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
             )
             if due and not finished:
                 check_pending()
-                hw.synchronize(device)  # the GPU's queued steps belong to training time, not evaluation
-                train_s += time.perf_counter() - now
                 if next_eval_s is not None:
                     while next_eval_s <= train_s:
                         next_eval_s += eval_interval_seconds
                 if evaluate():
                     stopped_by = "callback"
                     break
-            t_last = time.perf_counter()
         check_pending()
-        hw.synchronize(device)
-        train_s += time.perf_counter() - t_last
-        if stopped_by != "callback":
+        book(lap(sync=True))
+        if stopped_by not in ("callback", "interrupted"):
             evaluate()  # the final figures are always measured at the end of the budget
     finally:
         bar.close()
 
     steps = step - start_step
     tokens = steps * tokens_per_step
-    tokens_per_s = tokens / train_s if train_s > 0 else 0.0
+    warmup_steps = min(steps, WARMUP_STEPS)
+    timed_steps = steps - warmup_steps
+    if timed_steps > 0 and train_s > 0:
+        tokens_per_s = timed_steps * tokens_per_step / train_s
+    else:  # the run ended inside its warm-up: the only rate there is includes the one-time costs
+        seconds = train_s + warmup_s
+        tokens_per_s = tokens / seconds if seconds > 0 else 0.0
     peak = hw.peak_flops(device, train_cfg.dtype)
     flops = getattr(model, "flops_per_token", None)
     mfu = flops(T) * tokens_per_s / peak if (peak and flops) else None
     return TrainResult(
         history=history, steps=steps, tokens=tokens, train_seconds=train_s, eval_seconds=eval_s,
         tokens_per_s=tokens_per_s, peak_memory=hw.peak_memory(device), n_params=model.num_params(),
-        mfu=mfu, device=str(device), stopped_by=stopped_by, model=model, optimizer=optimizer,
+        mfu=mfu, device=str(device), stopped_by=stopped_by, warmup_steps=warmup_steps, warmup_seconds=warmup_s,
+        model=model, optimizer=optimizer,
     )

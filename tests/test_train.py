@@ -81,7 +81,74 @@ def test_cuda_memory_and_mfu_fields(data):
     result = train(m.with_vocab(data.vocab_size), t, data, progress=False)
     assert result.peak_memory["peak_allocated_bytes"] > 0
     assert result.peak_memory["peak_reserved_bytes"] >= result.peak_memory["peak_allocated_bytes"]
-    assert torch.cuda.is_available()
+    from gptcore import hardware as hw
+
+    peak = hw.peak_flops(torch.device("cuda"), "bfloat16")
+    if peak is None:  # a GPU missing from the table has no MFU, and says so with None
+        assert result.mfu is None
+    else:
+        assert 0 < result.mfu < 1
+
+
+def test_mfu_is_model_flops_times_rate_over_peak(data, monkeypatch):
+    """With a known peak, MFU = flops per token x timed tokens/s / peak."""
+    monkeypatch.setattr("gptcore.train.hw.peak_flops", lambda device, dtype: 1e12)
+    m, t = configs(max_iters=12)
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    expected = result.model.flops_per_token(m.block_size) * result.tokens_per_s / 1e12
+    assert result.mfu == pytest.approx(expected) and result.mfu > 0
+
+
+def test_warmup_steps_are_outside_the_budget_and_the_rate(data):
+    """The first WARMUP_STEPS steps train but are timed apart: tokens/s counts only the later steps."""
+    from gptcore.train import WARMUP_STEPS
+
+    m, t = configs(max_iters=10, eval_interval=1000)
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    assert result.steps == 10 and result.warmup_steps == WARMUP_STEPS and result.warmup_seconds > 0
+    timed_tokens = (10 - WARMUP_STEPS) * t.batch_size * m.block_size
+    assert result.tokens_per_s == pytest.approx(timed_tokens / result.train_seconds)
+    m, t = configs(max_iters=None, max_seconds=0.3)
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False)
+    # A time budget starts after the warm-up: the timed seconds alone reach it.
+    assert result.train_seconds >= 0.3 and result.warmup_steps == WARMUP_STEPS
+
+
+def test_every_second_is_counted_once(data):
+    """Training, warm-up and evaluation time add up to at most the wall time of the call, even when pruned."""
+    import time
+
+    m, t = configs(max_iters=1000, eval_interval=7)
+    calls = []
+
+    def prune_at_third(step, tr, va):
+        calls.append(step)
+        if len(calls) == 3:
+            time.sleep(0.2)  # a slow prune decision is evaluation overhead, never training time
+            return "stop"
+        return None
+
+    t0 = time.perf_counter()
+    result = train(m.with_vocab(data.vocab_size), t, data, on_eval=prune_at_third, progress=False)
+    wall = time.perf_counter() - t0
+    assert result.stopped_by == "callback" and result.steps == 21
+    assert result.eval_seconds >= 0.2
+    assert result.train_seconds + result.warmup_seconds + result.eval_seconds <= wall
+
+
+def test_interrupt_stops_at_a_step_boundary_without_a_final_evaluation(data):
+    import threading
+
+    stop = threading.Event()
+    m, t = configs(max_iters=1000, eval_interval=5)
+
+    def set_at_ten(step, tr, va):
+        if step == 10:
+            stop.set()
+
+    result = train(m.with_vocab(data.vocab_size), t, data, on_eval=set_at_ten, progress=False, interrupt=stop)
+    assert result.stopped_by == "interrupted" and result.steps == 10
+    assert [p.step for p in result.history] == [5, 10]  # nothing evaluated after the interrupt
 
 
 def test_evaluation_in_chunks_gives_the_same_loss(data):
