@@ -57,8 +57,7 @@ def test_fixed_trial_gives_the_configs_a_trial_trains():
                       "learning_rate": 1e-3}
     model, train = trial_configs(params, TuneSettings(trial_seconds=10), 80, "float32", "cpu")
     m, t = from_dict({"model": model, "train": train})
-    assert (m.n_head, t.batch_size, t.max_seconds, t.max_iters, t.dropout if hasattr(t, "dropout") else 0) == (
-        4, 8, 10, None, 0)
+    assert (m.n_head, t.batch_size, t.max_seconds, t.max_iters, t.learning_rate) == (4, 8, 10, None, 1e-3)
     assert m.dropout == 0.0 and t.eval_iters == 4 and t.eval_batch_size == 32 and not t.eval_train_split
 
 
@@ -141,7 +140,10 @@ def test_study_completes_and_writes_every_file(tmp_path):
     assert len(df) == 4 and set(df["status"]) <= {"ok", "pruned"}
     ok = df[df["status"] == "ok"]
     assert (ok["val_loss"] > 0).all() and (ok["tokens_per_s"] > 0).all() and (ok["peak_rss_bytes"] > 0).all()
-    assert (df["startup_seconds"] < df["trial_seconds"]).all()  # start-up is part of the trial, by construction
+    # Every second of a trial is booked once: training, warm-up and evaluation fit in the trial's wall time.
+    inside = df["train_seconds"] + df["warmup_seconds"] + df["eval_seconds"] + df["startup_seconds"]
+    assert (inside <= df["trial_seconds"]).all() and (df["warmup_steps"] == 2).all()
+    assert ((df["eval_share"] > 0) & (df["eval_share"] < 1)).all() and (df["cpu_share"] > 0).all()
     assert df["batch_size"].isin([2, 4]).all() and df["block_size"].isin([8, 16]).all()
     summary = (folder / "summary.md").read_text()
     for section in ("## Environment", "## Budget", "## Trials per status", "## Best configuration", "## Top 10",
@@ -271,3 +273,139 @@ def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
     assert proc.returncode == 130, out
     df = pd.read_csv(results / "c" / "trials.csv")
     assert list(df["status"]) == ["interrupted"]
+
+
+# --- measurement honesty ------------------------------------------------------------------------------
+
+
+def test_median_pruner_never_prunes_at_the_first_report():
+    from tune.study import make_pruner
+
+    study = optuna.create_study(pruner=make_pruner("median", reports=4))
+    for value in (1.0, 1.0, 1.0, 1.0, 1.0):  # five finished trials: the pruner is past its start-up
+        t = study.ask()
+        for k in (1, 2, 3, 4):
+            t.report(value, k)
+        study.tell(t, value)
+    bad = study.ask()
+    bad.report(9.0, 1)
+    assert not bad.should_prune()  # far worse than the median, but only a quarter of the budget in
+    bad.report(9.0, 2)
+    assert bad.should_prune()
+
+
+def test_contention_rules():
+    from tune.health import budget_warnings, contention
+
+    quiet = {"cpu_share": 0.97, "others_cores": 0.05, "threads": 2, "cores": 2}
+    assert contention(quiet, "cpu") is None
+    assert "other processes kept 1.0 of 2 cores busy" in contention({**quiet, "others_cores": 1.0}, "cpu")
+    assert "got 40%" in contention({**quiet, "cpu_share": 0.4}, "cpu")
+    # One thread on two cores leaves a core free: a neighbour on it is not contention.
+    assert contention({**quiet, "threads": 1, "others_cores": 1.0}, "cpu") is None
+    assert "1 other process(es) on its GPU" in contention({**quiet, "gpu_other_processes": 1}, "cuda")
+    assert budget_warnings(10, 0.5) == ["only 10 timed steps (< 50)", "evaluation took 50% of its time (> 25%)"]
+    assert budget_warnings(500, 0.05) == []
+
+
+def test_a_busy_neighbour_flags_the_trials_it_slowed(tmp_path):
+    """Two busy-looping processes on a 2-core machine: the trial that runs beside them is flagged contended."""
+    spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(max(os.cpu_count() or 1, 2))]
+    try:
+        time.sleep(0.5)
+        out = run_study(settings(tmp_path, trials=1, trial_seconds=1.0))
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    df = trials_frame(out.study)
+    assert df.loc[0, "contended"] and "cores busy" in df.loc[0, "contended"]
+    assert out.study.user_attrs["busy_cores_at_start"] > 0.5
+    summary = (out.results_dir / "summary.md").read_text()
+    assert "ran while other processes competed" in summary and "| 0 | " in summary
+    assert pd.read_csv(out.results_dir / "trials.csv").loc[0, "contended"] == df.loc[0, "contended"]
+
+
+def test_objective_throughput_with_hyperband_and_random_sampler(tmp_path):
+    out = run_study(settings(tmp_path, trials=3, objective="throughput", pruner="hyperband", sampler="random",
+                             trial_seconds=0.4))
+    df = trials_frame(out.study)
+    assert out.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert isinstance(out.study.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(out.study.pruner, optuna.pruners.HyperbandPruner)
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 3  # throughput is told at the end only: nothing to prune on
+    values = {t.number: t.value for t in out.study.trials}
+    assert all(values[n] == pytest.approx(v) for n, v in zip(ok["number"], ok["tokens_per_s"]))
+    assert out.study.best_value == ok["tokens_per_s"].max()
+
+
+def test_hyperband_prunes_a_losing_trial_on_loss():
+    from tune.study import make_pruner
+
+    study = optuna.create_study(pruner=make_pruner("hyperband", reports=4),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    pruned = 0
+    for i in range(30):
+        t = study.ask()
+        t.suggest_float("x", 0, 1)
+        value = 1.0 if i % 3 else 5.0  # every third trial is far worse
+        for k in (1, 2, 3, 4):
+            t.report(value, k)
+            if t.should_prune():
+                pruned += value == 5.0
+                study.tell(t, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(t, value)
+    assert pruned >= 3
+
+
+def test_random_sampler_is_seeded_and_reproducible(tmp_path):
+    from tune.study import make_sampler
+
+    draws = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=make_sampler("random", seed=5))
+        draws.append([SPACES["small"].suggest(study.ask()) for _ in range(5)])
+    assert draws[0] == draws[1] and len({str(d) for d in draws[0]}) > 1
+
+
+def test_resume_with_another_search_space_is_refused(tmp_path):
+    run_study(settings(tmp_path, trials=1))
+    with pytest.raises(UserError, match="space:"):
+        run_study(settings(tmp_path, trials=2, space_overrides={**TINY_SPACE, "n_layer": [1, 2]}))
+
+
+def test_an_empty_study_db_beside_results_is_refused_and_nothing_overwritten(tmp_path):
+    out = run_study(settings(tmp_path, trials=1))
+    csv = (out.results_dir / "trials.csv").read_text()
+    (out.results_dir / "study.db").write_bytes(b"")
+    with pytest.raises(UserError, match="study.db: empty, but .*trials.csv holds"):
+        run_study(settings(tmp_path, trials=2))
+    assert (out.results_dir / "trials.csv").read_text() == csv
+    (out.results_dir / "study.db").write_text("not a database")
+    with pytest.raises(UserError, match="not a SQLite database"):
+        run_study(settings(tmp_path, trials=2))
+
+
+def test_a_storage_that_will_not_open_leaves_no_results_folder(tmp_path):
+    with pytest.raises(UserError, match="--storage"):
+        run_study(settings(tmp_path, trials=1, storage="nosuchdb://x"))
+    assert not (tmp_path / "results" / "t").exists()
+
+
+def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkeypatch):
+    from tune import study as study_mod
+
+    def broken_record(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(study_mod, "record", broken_record)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_study(settings(tmp_path, trials=1))
+    stored = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'results' / 't' / 'study.db'}")
+    (trial,) = stored.trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["status"] == "error"
+    assert "disk full" in trial.user_attrs["error"]

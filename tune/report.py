@@ -11,13 +11,15 @@ import optuna
 import pandas as pd
 
 from gptcore.files import atomic_write, atomic_write_text
+from tune import health
 from tune.outcomes import STATUSES
 from tune.space import PARAMS
 
 COLUMNS = ["number", "status", "state", *PARAMS, "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
-           "train_seconds", "eval_seconds", "trial_seconds", "startup_seconds", "peak_allocated_bytes",
-           "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu", "device", "oom_phase",
-           "oom_requested_bytes", "error", "parent_rss_bytes"]
+           "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
+           "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu",
+           "device", "threads", "cpu_share", "others_cores", "load_1m", "gpu_other_processes", "gpu_util_percent",
+           "contended", "budget_warning", "oom_phase", "oom_requested_bytes", "error", "parent_rss_bytes"]
 PLOTS = ("history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
 
 
@@ -48,7 +50,16 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         "val_loss": df["val_loss"].round(4), "tokens/s": whole(df["tokens_per_s"]),
         "peak_MiB": whole(df["peak_memory_bytes"] / 2**20), "params_M": (df["n_params"] / 1e6).round(2),
         "steps": whole(df["steps"]), "trial_s": df["trial_seconds"].round(1),
+        "flags": _flags(df),
     })
+
+
+def _flags(df: pd.DataFrame) -> pd.Series:
+    """'contended' and/or 'short' (budget too short) per trial: figures to take with care."""
+    contended = df["contended"].notna() & (df["contended"] != "")
+    short = df["budget_warning"].notna() & (df["budget_warning"] != "")
+    return pd.Series([", ".join(f for f, on in (("contended", c), ("short", b)) if on)
+                      for c, b in zip(contended, short)], index=df.index, dtype=object)
 
 
 def best_row(df: pd.DataFrame, objective: str) -> pd.Series | None:
@@ -117,6 +128,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
               f"- corpus {settings.get('corpus')}", ""]
     counts = df["status"].value_counts().reindex(STATUSES, fill_value=0)
     lines += ["## Trials per status", "", counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
+    lines += measurement_section(study, df)
     best = best_row(df, objective)
     if best is not None:
         lines += ["## Best configuration", "",
@@ -136,6 +148,32 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
         lines += ["## Search space", "", pd.DataFrame(space, index=["low", "high"]).T.to_markdown(), ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in PLOTS] + [""]
     return "\n".join(lines)
+
+
+def measurement_section(study: optuna.Study, df: pd.DataFrame) -> list[str]:
+    """How far the figures can be trusted: contention at the start and per trial, budgets too short."""
+    lines = ["## Measurement", ""]
+    busy = study.user_attrs.get("busy_cores_at_start")
+    if busy is not None:
+        state = "busy" if busy > 0.5 else "quiet"
+        lines.append(f"- before the first trial other processes kept {busy:.2f} cores busy ({state})")
+    ran = df[df["cpu_share"].notna()]
+    if not ran.empty:
+        lines.append(f"- CPU share each trial got of what its threads could use: median "
+                     f"{ran['cpu_share'].median():.0%}, lowest {ran['cpu_share'].min():.0%} (threads per trial: "
+                     f"{', '.join(str(int(t)) for t in sorted(ran['threads'].dropna().unique()))})")
+    total = df["train_seconds"].fillna(0) + df["eval_seconds"].fillna(0) + df["warmup_seconds"].fillna(0)
+    lines.append(f"- time inside trials: {df['train_seconds'].sum():,.0f} s timed training, "
+                 f"{df['warmup_seconds'].sum():,.0f} s warm-up steps, {df['eval_seconds'].sum():,.0f} s evaluation, "
+                 f"of {df['trial_seconds'].sum():,.0f} s of trial wall time ({total.sum():,.0f} s accounted)")
+    warnings = health.study_warnings({int(r["number"]): r.dropna().to_dict() for _, r in df.iterrows()})
+    lines += [f"- **warning**: {w}" for w in warnings] or ["- no trial was contended or had too short a budget"]
+    flagged = df[df["contended"].notna() | df["budget_warning"].notna()]
+    if not flagged.empty:
+        lines += ["", "| trial | status | contended | budget |", "| --- | --- | --- | --- |"]
+        lines += [f"| {int(r['number'])} | {r['status']} | {r['contended'] if pd.notna(r['contended']) else ''} | "
+                  f"{r['budget_warning'] if pd.notna(r['budget_warning']) else ''} |" for _, r in flagged.iterrows()]
+    return [*lines, ""]
 
 
 def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

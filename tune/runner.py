@@ -36,6 +36,7 @@ class TrialRun:
     startup_seconds: float | None = None
     trial_seconds: float = 0.0
     evals: list[tuple[int, int, float, float]] = field(default_factory=list)
+    measure: dict[str, Any] = field(default_factory=dict)  # what share of the machine it got (tune.health)
 
 
 def _context() -> mp.context.BaseContext:
@@ -119,11 +120,11 @@ class TrialRunner:
                     stop = on_eval(k, step, train_loss, val_loss)
                     parent.send("stop" if stop else "continue")
                 elif msg[0] == "done":
-                    run.result = msg[1]
+                    _, run.result, run.measure = msg
                     run.status = "pruned" if run.result["stopped_by"] == "callback" else "ok"
                     break
                 elif msg[0] == "failed":
-                    _, run.status, run.message, run.phase, run.requested_bytes = msg
+                    _, run.status, run.message, run.phase, run.requested_bytes, run.measure = msg
                     break
         except KeyboardInterrupt:
             run.status, run.message = "interrupted", "stopped by Ctrl-C"

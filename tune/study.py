@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from gptcore.errors import UserError
 from gptcore.prepare import corpus_fingerprint, ensure_prepared
+from tune import health
 from tune.runner import TrialRun, TrialRunner
 from tune.space import Space, load_space
 
@@ -35,7 +37,9 @@ STATE_OF = {
     "interrupted": TrialState.FAIL,
 }
 FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
-                    "budget", "objective")
+                    "budget", "objective", "space")
+# Other processes keeping more than this many cores busy before the study starts: say so.
+BUSY_AT_START_CORES = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 def make_pruner(name: str, reports: int) -> optuna.pruners.BasePruner:
     """median (default), hyperband or none."""
     if name == "median":
-        # Never prune on the first report (a quarter of the budget) nor before 5 trials have finished.
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        # Never prune on the first report (a quarter of the budget) nor before 5 trials have finished. Reports are
+        # numbered from 1 and Optuna prunes from step == n_warmup_steps on, so 2 is the first step it may prune.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=reports)
     if name == "none":
@@ -147,9 +152,11 @@ def trial_configs(params: dict[str, Any], settings: TuneSettings, vocab_size: in
     return model, train
 
 
-def fingerprint(env: dict[str, Any], corpus: str, dtype: str, settings: TuneSettings) -> dict[str, Any]:
+def fingerprint(env: dict[str, Any], corpus: str, dtype: str, settings: TuneSettings,
+                space: Space) -> dict[str, Any]:
     """What must not change between runs of one study."""
-    values = {**env, "corpus": corpus, "dtype": dtype, "budget": settings.budget, "objective": settings.objective}
+    values = {**env, "corpus": corpus, "dtype": dtype, "budget": settings.budget, "objective": settings.objective,
+              "space": space.to_dict()}
     return {k: values.get(k) for k in FINGERPRINT_KEYS}
 
 
@@ -159,7 +166,8 @@ def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
     if old is None:
         study.set_user_attr("fingerprint", fp)
         return
-    diff = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k) != fp.get(k)]
+    # A key missing from an old fingerprint was not recorded by the version that started the study: not a change.
+    diff = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k, fp.get(k)) != fp.get(k)]
     if diff:
         raise UserError(f"study {study.study_name!r} was run with other settings ({'; '.join(diff)}); "
                         f"use another --study-name")
@@ -183,32 +191,45 @@ def current_rss_bytes() -> int | None:
         return None
 
 
-def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], device_name: str) -> None:
+def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict[str, Any]) -> None:
     """Every per-trial figure as a user attribute (the results table is built from these)."""
-    attrs: dict[str, Any] = {"status": run.status, **params, "device": device_name,
+    attrs: dict[str, Any] = {"status": run.status, **params, "device": env["device_name"],
                              "parent_rss_bytes": current_rss_bytes(),
                              "trial_seconds": run.trial_seconds, "startup_seconds": run.startup_seconds,
                              "error": run.message, "oom_phase": run.phase if run.status == "oom" else None,
                              "oom_requested_bytes": run.requested_bytes}
+    m = run.measure
+    attrs.update(cpu_share=m.get("cpu_share"), others_cores=m.get("others_cores"), load_1m=m.get("load_1m"),
+                 threads=m.get("threads"), gpu_other_processes=m.get("gpu_other_processes"),
+                 gpu_util_percent=m.get("gpu_util_percent"), contended=health.contention(m, env["device_type"]))
     r = run.result
+    warnings: list[str] = []
     if r is not None:
         mem = r["peak_memory"]
+        timed_steps = r["steps"] - r["warmup_steps"]
+        busy = r["train_seconds"] + r["warmup_seconds"] + r["eval_seconds"]
+        eval_share = r["eval_seconds"] / busy if busy > 0 else None
         attrs.update(val_loss=r["val_loss"], train_loss=r["train_loss"], steps=r["steps"], tokens=r["tokens"],
                      tokens_per_s=r["tokens_per_s"], train_seconds=r["train_seconds"],
-                     eval_seconds=r["eval_seconds"], peak_allocated_bytes=mem.get("peak_allocated_bytes"),
+                     eval_seconds=r["eval_seconds"], warmup_steps=r["warmup_steps"],
+                     warmup_seconds=r["warmup_seconds"], eval_share=eval_share,
+                     peak_allocated_bytes=mem.get("peak_allocated_bytes"),
                      peak_reserved_bytes=mem.get("peak_reserved_bytes"), peak_rss_bytes=mem.get("peak_rss_bytes"),
                      n_params=r["n_params"], mfu=r["mfu"])
-    elif run.evals:  # pruned before the end, or failed after some evaluations: keep the last losses seen
+        # A pruned trial stopped early on purpose: its step count says nothing about the budget.
+        warnings = health.budget_warnings(timed_steps if run.status == "ok" else None, eval_share)
+    elif run.evals:  # failed after some evaluations: keep the last losses seen
         _, step, train_loss, val_loss = run.evals[-1]
         attrs.update(val_loss=val_loss, train_loss=train_loss, steps=step)
+    attrs["budget_warning"] = "; ".join(warnings) or None
     for key, value in attrs.items():
         if isinstance(value, float) and not math.isfinite(value):
             value = None  # JSON storage has no NaN
         trial.set_user_attr(key, value)
 
 
-def describe_run(number: int, run: TrialRun, params: dict[str, Any]) -> str:
-    """One line per finished trial."""
+def describe_run(number: int, run: TrialRun, params: dict[str, Any], attrs: dict[str, Any]) -> str:
+    """One line per finished trial, and a warning line when its figures are not to be trusted."""
     p = params
     cfg = (f"batch {p['batch_size']} block {p['block_size']} embed {p['n_embed']} heads {p['n_head']} "
            f"layers {p['n_layer']} lr {p['learning_rate']:.2e}")
@@ -219,7 +240,9 @@ def describe_run(number: int, run: TrialRun, params: dict[str, Any]) -> str:
                    f"{r['steps']} steps")
     else:
         figures = run.message or ""
-    return f"trial {number:3d} {run.status:<8} {figures} | {cfg} | {run.trial_seconds:.1f} s"
+    line = f"trial {number:3d} {run.status:<8} {figures} | {cfg} | {run.trial_seconds:.1f} s"
+    notes = [f"contended: {attrs['contended']}" if attrs.get("contended") else None, attrs.get("budget_warning")]
+    return line + "".join(f"\n    warning: {n}" for n in notes if n)
 
 
 @dataclass
@@ -264,6 +287,38 @@ def check_memory_limit(limit: int | None, env: dict[str, Any]) -> None:
         raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")
 
 
+def check_sqlite_file(storage: str, results_dir: Path) -> None:
+    """Refuse a SQLite storage file that is not a database, or an empty one beside results it would overwrite."""
+    if not storage.startswith("sqlite:///"):
+        return
+    path = Path(storage.removeprefix("sqlite:///"))
+    if not path.is_file():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        # SQLite leaves a 0-byte file when killed before its first write; fine for a new study, but never
+        # beside the tables of one that existed: starting afresh would overwrite its trials.csv.
+        if (results_dir / "trials.csv").exists():
+            raise UserError(f"{path}: empty, but {results_dir / 'trials.csv'} holds an earlier study's results; "
+                            f"restore the database or use another --study-name or --results")
+        return
+    with open(path, "rb") as f:
+        header = f.read(16)
+    if header != b"SQLite format 3\x00":
+        raise UserError(f"{path}: not a SQLite database (a damaged or foreign file); move it away or use "
+                        f"another --study-name or --results")
+
+
+def warn_if_busy(say: Any) -> float | None:
+    """Before the first trial: are other processes already using the machine? Returns the cores they kept busy."""
+    cores = health.busy_now(1.0)
+    if cores is not None and cores > BUSY_AT_START_CORES:
+        say(f"warning: the machine is busy before the study starts: other processes keep {cores:.1f} of "
+            f"{health.usable_cores()} cores busy. Trials will run slower (and learn less in a time budget); "
+            f"each one is checked and flagged as contended in trials.csv and summary.md.")
+    return cores
+
+
 def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
     if settings.trials < 1:
@@ -281,16 +336,23 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
 
     name = settings.study_name or f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
     results_dir = settings.results / name
+    created = not results_dir.exists()
     check_writable(results_dir)
+    try:
+        storage = settings.storage or f"sqlite:///{(results_dir / 'study.db').resolve()}"
+        check_sqlite_file(storage, results_dir)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        direction = "minimize" if settings.objective == "loss" else "maximize"
+        study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
+                           make_pruner(settings.pruner, settings.reports))
+        check_fingerprint(study, fingerprint(env, corpus_fingerprint(meta), dtype, settings, space))
+    except BaseException:
+        if created:  # a storage that would not open leaves no empty results folder behind
+            shutil.rmtree(results_dir, ignore_errors=True)
+        raise
     (results_dir / "logs").mkdir(exist_ok=True)
-    storage = settings.storage or f"sqlite:///{(results_dir / 'study.db').resolve()}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "minimize" if settings.objective == "loss" else "maximize"
-    study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
-                       make_pruner(settings.pruner, settings.reports))
     # Re-seed with the number of trials already run, so a resumed study does not replay its first draws.
     study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
-    check_fingerprint(study, fingerprint(env, corpus_fingerprint(meta), dtype, settings))
     study.set_user_attr("environment", env)
     study.set_user_attr("vocab_size", meta["vocab_size"])
     study.set_user_attr("settings", {
@@ -307,23 +369,31 @@ def run_trial(session: Session, runner: TrialRunner, target: str | None = None) 
     """Ask for a configuration, train it in its own process, record and tell how it went."""
     s, study = session.settings, session.study
     trial = study.ask()
-    params = session.space.suggest(trial)
-    model_cfg, train_cfg = trial_configs(params, s, session.meta["vocab_size"], session.dtype,
-                                         session.env["device"])
-    job = {"model": model_cfg, "train": train_cfg, "data": str(session.data_dir), "device": session.env["device"],
-           "memory_limit": s.memory_limit, "log": str(session.results_dir / "logs" / f"trial_{trial.number:04d}.log"),
-           "eval_interval_seconds": None if s.trial_steps else s.trial_seconds / s.reports}
-    if target:
-        job["target"] = target  # tests swap in a misbehaving stand-in for gptcore.train.train
+    try:
+        params = session.space.suggest(trial)
+        model_cfg, train_cfg = trial_configs(params, s, session.meta["vocab_size"], session.dtype,
+                                             session.env["device"])
+        job = {"model": model_cfg, "train": train_cfg, "data": str(session.data_dir),
+               "device": session.env["device"], "memory_limit": s.memory_limit,
+               "log": str(session.results_dir / "logs" / f"trial_{trial.number:04d}.log"),
+               "eval_interval_seconds": None if s.trial_steps else s.trial_seconds / s.reports}
+        if target:
+            job["target"] = target  # tests swap in a misbehaving stand-in for gptcore.train.train
 
-    def on_eval(k: int, step: int, train_loss: float, val_loss: float) -> bool:
-        if s.objective != "loss" or not math.isfinite(val_loss):
-            return False
-        trial.report(val_loss, k)
-        return k < s.reports and trial.should_prune()  # the last report is the result: never prune it
+        def on_eval(k: int, step: int, train_loss: float, val_loss: float) -> bool:
+            if s.objective != "loss" or not math.isfinite(val_loss):
+                return False
+            trial.report(val_loss, k)
+            return k < s.reports and trial.should_prune()  # the last report is the result: never prune it
 
-    run = runner.run(job, on_eval, session.timeout)
-    record(trial, run, params, session.env["device_name"])
+        run = runner.run(job, on_eval, session.timeout)
+        record(trial, run, params, session.env)
+    except BaseException as exc:
+        # Whatever went wrong in the parent between ask and tell, the trial is closed, never left RUNNING.
+        trial.set_user_attr("status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
+        trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
+        study.tell(trial, state=TrialState.FAIL)
+        raise
     if run.status == "ok":
         value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
         if s.objective == "loss" and s.reports not in {k for k, *_ in run.evals}:
@@ -348,6 +418,8 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
         f"{session.env['device_name']} ({session.dtype}, {settings.budget} per trial, objective {settings.objective})")
     say(f"storage {session.storage}\nresults {session.results_dir}\n"
         f"search space:\n{session.space.describe()}")
+    if remaining:
+        study.set_user_attr("busy_cores_at_start", warn_if_busy(say))
     interrupted, ran, counts = False, 0, {}
     bar = tqdm(total=remaining, unit="trial", desc="tune", disable=not settings.progress)
     try:
@@ -355,7 +427,7 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
             number, run, params = run_trial(session, runner, target)
             ran += 1
             counts[run.status] = counts.get(run.status, 0) + 1
-            say(describe_run(number, run, params))
+            say(describe_run(number, run, params, study.trials[number].user_attrs))
             bar.update(1)
             best = _best_value(study)
             bar.set_postfix(best=f"{best:.4g}" if best is not None else "-", **counts)
@@ -366,6 +438,8 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
         interrupted = True
     finally:
         bar.close()
+    for line in health.study_warnings({t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}):
+        say(f"warning: {line}")
     write_report(study, session.results_dir)
     return StudyOutcome(study=study, results_dir=session.results_dir, ran=ran, interrupted=interrupted)
 

@@ -2,8 +2,9 @@
 
 Runs in a child forked from a forkserver that has torch preloaded (cheap to start), so an OOM, a crash, a
 leak or a hang stays inside one trial. The parent owns the Optuna storage; this side only talks through
-the pipe: ("ready",), ("eval", k, step, train_loss, val_loss) -> "continue" | "stop", then ("done", result)
-or ("failed", status, message, phase, requested_bytes).
+the pipe: ("ready",), ("eval", k, step, train_loss, val_loss) -> "continue" | "stop", then ("done", result, measure)
+or ("failed", status, message, phase, requested_bytes, measure); `measure` is how much of the machine the trial
+got (tune.health), so the parent can flag a contended trial.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ def _load_target(spec: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _gpu_uuid(device) -> str | None:
+    """NVML's name for a CUDA device ("GPU-<uuid>"), which CUDA_VISIBLE_DEVICES renumbering cannot change."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+
+
 def run_trial(conn: Connection, job: dict[str, Any]) -> None:
     """Child entry point: train one configuration and report through `conn`."""
     # Ctrl-C reaches the whole process group; the parent decides, and stops this process itself.
@@ -69,6 +80,7 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
 
         from gptcore.config import ModelConfig, TrainConfig
         from gptcore.data import TokenData
+        from tune.health import CpuMeter, GpuWatch
         from tune.outcomes import classify
 
         model_cfg = ModelConfig(**job["model"])
@@ -77,6 +89,7 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
         apply_memory_limit(device.type, job.get("memory_limit"), device.index)
         data = TokenData(job["data"])
         train = _load_target(job.get("target", TRAIN_TARGET))
+        gpu = GpuWatch(_gpu_uuid(device)).open()
         conn.send(("ready",))
         evals = 0
 
@@ -86,6 +99,15 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
             conn.send(("eval", evals, step, train_loss, val_loss))
             return conn.recv()
 
+        meter = CpuMeter(torch.get_num_threads()).start()
+        before = gpu.sample()
+
+        def measure() -> dict[str, Any]:
+            after = gpu.sample()
+            others = [v for v in (before["gpu_other_processes"], after["gpu_other_processes"]) if v is not None]
+            return {**meter.stop(), "gpu_other_processes": max(others) if others else None,
+                    "gpu_util_percent": after["gpu_util_percent"]}
+
         try:
             result = train(model_cfg, train_cfg, data, on_eval=on_eval, progress=False,
                            eval_interval_seconds=job.get("eval_interval_seconds"))
@@ -93,16 +115,16 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
             traceback.print_exc()
             sys.stderr.flush()
             outcome = classify(exc)
-            conn.send(("failed", outcome.status, outcome.message, outcome.phase, outcome.requested_bytes))
+            conn.send(("failed", outcome.status, outcome.message, outcome.phase, outcome.requested_bytes, measure()))
             return
-        conn.send(("done", result.to_dict()))
+        conn.send(("done", result.to_dict(), measure()))
     except Exception as exc:  # set-up or reporting failed: an outcome (an OOM is still an OOM), not a crash
         traceback.print_exc()
         sys.stderr.flush()
         from tune.outcomes import classify
 
         outcome = classify(exc)
-        conn.send(("failed", outcome.status, outcome.message, outcome.phase or "setup", outcome.requested_bytes))
+        conn.send(("failed", outcome.status, outcome.message, outcome.phase or "setup", outcome.requested_bytes, {}))
     finally:
         conn.close()
 
