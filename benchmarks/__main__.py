@@ -133,6 +133,7 @@ def cmd_matmul(args: argparse.Namespace) -> int:
     from benchmarks import matmul as mm
     from benchmarks.report import print_table, write_matmul
 
+    settings = mm.Settings(args.min_time, args.repeat, args.cpu_peak_gflops)
     set_threads(args.threads)
     devices = args.devices or default_devices()
     check_devices(devices)
@@ -151,10 +152,9 @@ def cmd_matmul(args: argparse.Namespace) -> int:
                     if args.include_transfer and dev != "cpu":
                         cases.append(mm.Case(dev, dtype, lib, size, transfer=True))
     check_at = args.check_timer[0] if args.check_timer else None
-    df = mm.run(cases, min_time=args.min_time, min_blocks=args.repeat, progress=not args.no_progress,
-                check_timer_at=check_at)
+    df = mm.run(cases, settings, progress=not args.no_progress, check_timer_at=check_at)
     env = mm.environment(devices)
-    df = mm.add_comparisons(df, args.cpu_peak_gflops, env.get("device_name"))
+    df = mm.add_comparisons(df, settings.cpu_peak_gflops, env.get("device_name"))
     cross = {**mm.crossover(df, transfer=False), **(mm.crossover(df, transfer=True) if args.include_transfer else {})}
     print_table(df)
     for series, size in cross.items():
@@ -204,9 +204,10 @@ def cmd_vs_course(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    from benchmarks.report import check_out_dir
+
     args = build_parser().parse_args(argv)
-    if getattr(args, "min_time", 1.0) <= 0:
-        raise UserError(f"--min-time must be positive, got {args.min_time}")
+    check_out_dir(args.out)  # every subcommand writes there: refuse a bad --out before any work
     return {"matmul": cmd_matmul, "train-step": cmd_train_step, "vs-course": cmd_vs_course}[args.command](args)
 
 

@@ -4,13 +4,16 @@ For each case (device x dtype x library x size): check the product against a flo
 first call on its own ("cold start"), warm up, then time blocks of calls until a minimum time has passed.
 Each block is read on two clocks at once: wall time (time.perf_counter) and CPU time (time.process_time,
 every thread of this process). CUDA work is synchronised before each clock read, so what is timed is the
-work, not the launch. Reported: median and IQR per call of both clocks, their ratio, GFLOP/s = 2*M*N*K/t,
-share of the device's peak, speed-up over the CPU, and the crossover size.
+work, not the launch. Reported: median and IQR per call of both clocks, their ratio (total CPU / total wall
+of the same blocks), GFLOP/s = 2*M*N*K/t, share of the device's peak (GPU: its spec sheet; CPU:
+--cpu-peak-gflops, else the median rate at sizes >= REFERENCE_SIZE; each row names its source), speed-up over
+the CPU, and the crossover size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -21,12 +24,38 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmarks.stats import quartiles
+from benchmarks.stats import cpu_per_wall, quartiles
 from gptcore import hardware as hw
+from gptcore.errors import UserError
 from gptcore.hardware import TORCH_DTYPES
 
 BLOCK_S = 0.01  # a timed block lasts at least this long, so clock resolution and overhead vanish
 Size = tuple[int, int, int]  # (M, N, K): (M, K) @ (K, N)
+# Without --cpu-peak-gflops, the CPU's peak is the median rate over the sizes from here on (cube root of
+# M*N*K), where BLAS runs at its full rate: a stated reference, never the single best point of a run.
+REFERENCE_SIZE = 512
+
+
+def _positive_number(value: object) -> bool:
+    # NaN fails every comparison, so test for what is valid rather than for what is not.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to time each case, and the CPU peak to compare with (None: the reference measurement)."""
+
+    min_time: float = 0.5  # seconds of timed blocks per case, at least (--min-time)
+    min_blocks: int = 5  # timed blocks per case, at least (--repeat)
+    cpu_peak_gflops: float | None = None  # --cpu-peak-gflops
+
+    def __post_init__(self) -> None:
+        if not _positive_number(self.min_time):
+            raise UserError(f"--min-time must be a positive, finite number of seconds, got {self.min_time!r}")
+        if isinstance(self.min_blocks, bool) or not isinstance(self.min_blocks, int) or self.min_blocks < 1:
+            raise UserError(f"--repeat must be a positive integer, got {self.min_blocks!r}")
+        if self.cpu_peak_gflops is not None and not _positive_number(self.cpu_peak_gflops):
+            raise UserError(f"--cpu-peak-gflops must be a positive, finite GFLOP/s, got {self.cpu_peak_gflops!r}")
 
 
 @dataclass(frozen=True)
@@ -203,7 +232,8 @@ def _run_case(case: Case, *, min_time: float, min_blocks: int) -> dict[str, Any]
         "rel_error": err,
         "cold_ms": cold_wall * 1e3, "cold_cpu_ms": cold_cpu * 1e3,
         "wall_ms": wmed * 1e3, "wall_iqr_ms": (wq3 - wq1) * 1e3,
-        "cpu_ms": cmed * 1e3, "cpu_iqr_ms": (cq3 - cq1) * 1e3, "cpu_per_wall": cmed / wmed if wmed else None,
+        "cpu_ms": cmed * 1e3, "cpu_iqr_ms": (cq3 - cq1) * 1e3,
+        "cpu_per_wall": cpu_per_wall(t.cpu, t.wall),  # same blocks on both clocks, not median over median
         "gflops": case.flops / wmed / 1e9, "blocks": len(t.wall), "calls_per_block": t.calls_per_block,
         # TF32 state during this case (CUDA float32 only): forced on for "tf32", off for "float32".
         "tf32": torch.backends.cuda.matmul.allow_tf32 if case.device.startswith("cuda") else None,
@@ -220,22 +250,39 @@ def timer_check(case: Case, min_time: float) -> float:
     return case.flops / m.median / 1e9
 
 
+def cpu_peaks(df: pd.DataFrame, given: float | None) -> dict[str, tuple[float | None, str]]:
+    """Per CPU dtype: the peak GFLOP/s to compare with, and its source (given, or the reference measurement)."""
+    peaks: dict[str, tuple[float | None, str]] = {}
+    for dtype, rows in df[df["device"] == "cpu"].groupby("dtype"):
+        if given is not None:
+            peaks[dtype] = (given, "--cpu-peak-gflops")
+            continue
+        ref = rows[rows["m"] * rows["n"] * rows["k"] >= REFERENCE_SIZE**3]
+        if ref.empty:
+            peaks[dtype] = (None, f"none: no CPU {dtype} size >= {REFERENCE_SIZE} measured; give --cpu-peak-gflops")
+        else:
+            peaks[dtype] = (float(ref["gflops"].median()),
+                            f"median of the {len(ref)} CPU {dtype} rates at sizes >= {REFERENCE_SIZE}")
+    return peaks
+
+
 def add_comparisons(df: pd.DataFrame, cpu_peak_gflops: float | None, gpu_name: str | None) -> pd.DataFrame:
-    """Share of peak, and speed-up over the CPU (torch, same size; same dtype where measured, else float32)."""
+    """Share of peak (with the peak's source), and speed-up over the CPU (torch, same size and dtype, else float32)."""
     df = df.copy()
     cpu = df[(df["device"] == "cpu") & (df["lib"] == "torch") & ~df["transfer"]]
-    # Without a given peak, the CPU's is the best rate any CPU case reached in this run (torch or NumPy).
-    all_cpu = df[df["device"] == "cpu"]
-    measured_peak = cpu_peak_gflops or (all_cpu["gflops"].max() if not all_cpu.empty else None)
+    cpu_peak = cpu_peaks(df, cpu_peak_gflops)
 
-    def peak(row: pd.Series) -> float | None:
+    def peak(row: pd.Series) -> tuple[float | None, str]:
         if row["device"] == "cpu":
-            return measured_peak
+            return cpu_peak[row["dtype"]]
         dtype = "float32" if row["dtype"] == "tf32" else row["dtype"]
         p = hw.gpu_peak_flops(gpu_name or "", dtype, tf32=row["dtype"] == "tf32")
-        return p / 1e9 if p else None
+        if p is None:
+            return None, f"none: {gpu_name or 'this GPU'} is not in the spec table"
+        return p / 1e9, f"spec sheet of {gpu_name}, {row['dtype']}"
 
-    df["peak_gflops"] = df.apply(peak, axis=1)
+    peaks = df.apply(peak, axis=1, result_type="expand")
+    df["peak_gflops"], df["peak_source"] = pd.to_numeric(peaks[0]), peaks[1]
     df["share_of_peak"] = df["gflops"] / df["peak_gflops"]
 
     def speedup(row: pd.Series) -> tuple[float | None, str | None]:
@@ -291,13 +338,13 @@ def environment(devices: list[str]) -> dict[str, Any]:
     return env
 
 
-def run(cases: list[Case], *, min_time: float = 0.5, min_blocks: int = 5, progress: bool = True,
+def run(cases: list[Case], settings: Settings, *, progress: bool = True,
         check_timer_at: Size | None = None) -> pd.DataFrame:
     """Time every case (tqdm over cases); with check_timer_at, cross-check torch float32 there with Timer."""
     rows = []
     for case in tqdm(cases, desc="matmul", unit="case", disable=not progress):
-        row = run_case(case, min_time=min_time, min_blocks=min_blocks)
+        row = run_case(case, min_time=settings.min_time, min_blocks=settings.min_blocks)
         if check_timer_at == case.size and case.lib == "torch" and case.dtype == "float32" and not case.transfer:
-            row["timer_gflops"] = timer_check(case, min_time)
+            row["timer_gflops"] = timer_check(case, settings.min_time)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from gptcore.errors import UserError
 from gptcore.files import atomic_write, atomic_write_text
 
 TABLE = ["device", "dtype", "lib", "size", "transfer", "wall_ms", "wall_iqr_ms", "cpu_ms", "cpu_per_wall", "gflops",
          "share_of_peak", "speedup_vs_cpu", "cold_ms", "rel_error"]
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be created or written to."""
+    # TODO(lead): use gptcore.files.check_output_dir once merged
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent  # the nearest existing ancestor decides whether `path` can be created
+    if not probe.is_dir():
+        raise UserError(f"{flag} {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {probe} is not writable")
+
+
+def peaks(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each device and dtype's peak GFLOP/s and where it comes from (spec sheet, flag or reference measurement)."""
+    cols = ["device", "dtype", "peak_gflops", "peak_source"]
+    rows = df[cols].drop_duplicates(subset=["device", "dtype"])
+    return json.loads(rows.to_json(orient="records"))
 
 
 def print_table(df: pd.DataFrame) -> None:
@@ -22,6 +43,10 @@ def print_table(df: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format",
                            lambda v: f"{v:.4g}"):
         print(shown.to_string(index=False))
+    if "peak_source" in df:
+        for p in peaks(df):
+            rate = "unknown" if p["peak_gflops"] is None else f"{p['peak_gflops']:.4g} GFLOP/s"
+            print(f"peak {p['device']} {p['dtype']}: {rate} ({p['peak_source']})")
     if "timer_gflops" in df:
         for _, r in df.dropna(subset=["timer_gflops"]).iterrows():
             diff = r["gflops"] / r["timer_gflops"] - 1
@@ -37,7 +62,8 @@ def write_frame(df: pd.DataFrame, path: Path) -> Path:
 def write_matmul(df: pd.DataFrame, env: dict[str, Any], crossover: dict[str, str | None], out: Path) -> list[Path]:
     """matmul.csv, matmul.json (environment, crossover, rows) and matmul.png."""
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"environment": env, "crossover": crossover, "results": json.loads(df.to_json(orient="records"))}
+    doc = {"environment": env, "crossover": crossover, "peaks": peaks(df) if "peak_source" in df else [],
+           "results": json.loads(df.to_json(orient="records"))}
     paths = [write_frame(df, out / "matmul.csv"),
              atomic_write_text(out / "matmul.json", json.dumps(doc, indent=1, default=str) + "\n"),
              plot_matmul(df, crossover, out / "matmul.png")]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.conftest import CpuClock, cuda, record
+from benchmarks.clocks import CpuClock
+from benchmarks.conftest import cuda, record
 
 SIZES = [128, 512]
 

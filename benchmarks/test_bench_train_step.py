@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.conftest import CpuClock, cuda, record
+from benchmarks.clocks import CpuClock
+from benchmarks.conftest import cuda, record
 from gptcore.config import from_name
 from gptcore.data import TokenData
 from gptcore.hardware import autocast
@@ -50,8 +51,7 @@ def test_train_step_cpu(benchmark, data, preset, dtype):
     benchmark.group = f"train step {preset}"
     clock = CpuClock(step)
     loss = benchmark(clock)
-    record(benchmark, clock, flops)
-    benchmark.extra_info["tokens_per_s"] = tokens / benchmark.stats.stats.median
+    record(benchmark, clock, flops, tokens)
     assert math.isfinite(loss) and loss < math.log(data.vocab_size) + 0.5
 
 
@@ -62,6 +62,5 @@ def test_train_step_cuda(benchmark, data, dtype):
     benchmark.group = "train step baby"
     clock = CpuClock(step)
     loss = benchmark(clock)
-    record(benchmark, clock, flops)
-    benchmark.extra_info["tokens_per_s"] = tokens / benchmark.stats.stats.median
+    record(benchmark, clock, flops, tokens)
     assert math.isfinite(loss)
