@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from gptcore.cliutil import Parser, add_config_flags, config_overrides, run
@@ -87,19 +91,41 @@ def resolve_configs(args: argparse.Namespace, vocab_size: int,
     return model_cfg.with_vocab(vocab_size), train_cfg
 
 
+@contextlib.contextmanager
+def ctrl_c_stops(event: threading.Event) -> Iterator[None]:
+    """While active, the first Ctrl-C sets `event` (training stops at the next step); a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        print("python -m gptcore train: Ctrl-C: stopping after this step to save the checkpoint "
+              "(Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train (or resume), print losses and final figures, save the checkpoint."""
+    """Train (or resume), print losses and final figures, save the checkpoint; Ctrl-C saves and exits 130."""
     from tqdm import tqdm
 
-    from gptcore.checkpoint import load_checkpoint, save_checkpoint
+    from gptcore.checkpoint import check_save_path, load_checkpoint, save_checkpoint
+    from gptcore.cliutil import EXIT_INTERRUPTED
     from gptcore.data import TokenData
     from gptcore.errors import Diverged
     from gptcore.train import train
 
+    check_save_path(args.out)  # before any work: not after an hour of training
+    ckpt = load_checkpoint(args.out) if args.resume else None
     data = TokenData.open(args.data, progress=not args.no_progress)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(args.out)
+    if ckpt is not None:
         if ckpt.tokenizer.chars != data.tokenizer.chars:
             raise UserError(f"{args.out}: checkpoint vocabulary differs from the corpus in {args.data}")
         args.model = ckpt.kind
@@ -117,19 +143,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = ckpt.build_model() if ckpt else None
     if model is not None:
         model.train()
-    try:
-        result = train(model_cfg, train_cfg, data, on_eval=on_eval, model=model,
-                       optimizer_state=ckpt.optimizer_state if ckpt else None,
-                       start_step=ckpt.step if ckpt else 0,
-                       progress=None if not args.no_progress else False, kind=args.model)
-    except Diverged as exc:
-        print(f"python -m gptcore train: training diverged: {exc}; try a lower --lr or --dtype float32",
-              file=sys.stderr)
-        return 1
-    step = (ckpt.step if ckpt else 0) + result.steps
-    path = save_checkpoint(args.out, result.model, model_cfg, train_cfg, data.tokenizer,
-                           optimizer=result.optimizer, step=step, kind=args.model,
-                           extra={"result": result.to_dict()})
+    stop = threading.Event()
+    with ctrl_c_stops(stop):  # also during the save: a second Ctrl-C there rolls the save back
+        try:
+            result = train(model_cfg, train_cfg, data, on_eval=on_eval, model=model,
+                           optimizer_state=ckpt.optimizer_state if ckpt else None,
+                           start_step=ckpt.step if ckpt else 0,
+                           progress=None if not args.no_progress else False, kind=args.model, interrupt=stop)
+        except Diverged as exc:
+            print(f"python -m gptcore train: training diverged: {exc}; try a lower --lr or --dtype float32",
+                  file=sys.stderr)
+            return 1
+        step = (ckpt.step if ckpt else 0) + result.steps
+        if result.stopped_by == "interrupted" and result.steps == 0:
+            print("python -m gptcore train: interrupted before the first step; nothing saved", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        path = save_checkpoint(args.out, result.model, model_cfg, train_cfg, data.tokenizer,
+                               optimizer=result.optimizer, step=step, kind=args.model,
+                               extra={"result": result.to_dict()})
+    if result.stopped_by == "interrupted":
+        print(f"python -m gptcore train: interrupted: checkpoint saved at step {step} ({result.steps} steps this "
+              f"run) to {path}; continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     mem = result.peak_memory
     mem_text = (f"peak CUDA allocated {mem['peak_allocated_bytes'] / 2**20:.0f} MiB"
                 if "peak_allocated_bytes" in mem else f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB")
@@ -138,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"val loss {result.val_loss:.4f}, {result.train_seconds:.1f} s training + {result.eval_seconds:.1f} s "
           f"eval, {result.tokens_per_s:,.0f} tokens/s, {mem_text}, {result.n_params:,} parameters{mfu}")
     print(f"checkpoint: {path}")
-    return 0
+    return EXIT_INTERRUPTED if stop.is_set() else 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -1,12 +1,15 @@
 """Checkpoints: a folder of safetensors weights, JSON configs and vocabulary, optimizer state and step.
 
 Nothing here unpickles: weights are safetensors, the optimizer state is loaded with weights_only=True.
-A save writes a temporary folder and renames it into place, so a crash mid-save leaves the previous
-checkpoint intact.
+A save goes through gptcore.files.atomic_dir: killed at any instant, the folder holds the previous checkpoint
+or the new one (recovered by the next load or save if the kill fell between two renames), never a mix.
+state.json, written last, records the step and a fingerprint of the vocabulary, so an edited vocab.json is
+refused rather than silently decoding garbage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from gptcore import config as C
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir
+from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
 from gptcore.model import LanguageModel, build_model
 from gptcore.tokenizer import CharTokenizer
 
@@ -39,16 +42,31 @@ class Checkpoint:
     step: int
     kind: str = "gpt"
     extra: dict[str, Any] | None = None
+    path: Path | None = None
 
     def build_model(self, device: torch.device | str = "cpu") -> LanguageModel:
         """The model with these weights, in eval mode, on `device`."""
-        model = build_model(self.model_cfg, self.kind)
+        where = self.path / WEIGHTS if self.path else "checkpoint"
+        try:
+            model = build_model(self.model_cfg, self.kind)
+        except ValueError as exc:  # an unknown model kind
+            raise UserError(f"{self.path / CONFIG if self.path else 'checkpoint'}: {exc}") from None
         try:
             model.load_state_dict(self.model_state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
-            raise UserError(f"checkpoint weights do not match its config: {' '.join(first[:3])[:300]}") from None
+            raise UserError(f"{where}: weights do not match its config: {' '.join(first[:3])[:300]}") from None
         return model.to(device).eval()
+
+
+def vocab_fingerprint(chars: list[str]) -> str:
+    """sha256 of the vocabulary in its stored order: any edit of vocab.json changes it."""
+    return hashlib.sha256("".join(chars).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_save_path(path: str | Path) -> None:
+    """Refuse now, before any training, a place where a checkpoint could not be saved."""
+    check_output_dir(Path(path), "checkpoint", STATE)
 
 
 def save_checkpoint(
@@ -68,11 +86,18 @@ def save_checkpoint(
     with atomic_dir(path, STATE, "checkpoint") as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
+        fault_point("checkpoint:weights")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            fault_point("checkpoint:optimizer")
         (tmp / CONFIG).write_text(json.dumps({**C.to_dict(model_cfg, train_cfg), "kind": kind}, indent=1))
+        fault_point("checkpoint:config")
         tokenizer.save(tmp / VOCAB)
-        (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, **(extra or {})}, indent=1))
+        fault_point("checkpoint:vocab")
+        # state.json last: atomic_dir's recovery and check_replaceable take a folder holding it as a checkpoint.
+        (tmp / STATE).write_text(json.dumps(
+            {**(extra or {}), "format": FORMAT, "step": step, "vocab_sha256": vocab_fingerprint(tokenizer.chars)},
+            indent=1))
     return path
 
 
@@ -91,17 +116,24 @@ def _read_json(file: Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpoint:
     """Read and check a checkpoint folder; every problem is a UserError naming the file."""
     path = Path(path)
+    recover(path, STATE)  # a save killed between its two renames is finished here
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint folder")
     state = _read_json(path / STATE)
     if state.get("format") != FORMAT:
         raise UserError(f"{path / STATE}: unknown checkpoint format {state.get('format')!r}")
+    step = state.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"{path / STATE}: step must be a non-negative integer, got {step!r}")
     cfg = _read_json(path / CONFIG)
     try:
         model_cfg, train_cfg = C.from_dict({k: cfg[k] for k in ("model", "train") if k in cfg})
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path / CONFIG}: bad config ({exc})") from None
     tokenizer = CharTokenizer.load(path / VOCAB)
+    expected = state.get("vocab_sha256")  # absent in checkpoints saved before it was recorded
+    if expected is not None and vocab_fingerprint(_read_json(path / VOCAB)["chars"]) != expected:
+        raise UserError(f"{path / VOCAB}: not the vocabulary this checkpoint was trained with (edited or replaced)")
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise UserError(
             f"{path}: vocabulary has {tokenizer.vocab_size} characters but the model expects {model_cfg.vocab_size}"
@@ -112,17 +144,35 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpo
         raise UserError(f"{path / WEIGHTS}: missing; not a complete checkpoint") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path / WEIGHTS}: unreadable or truncated ({exc})") from None
-    optimizer_state = None
+    ckpt = Checkpoint(
+        model_cfg=model_cfg, train_cfg=train_cfg, tokenizer=tokenizer, model_state=weights,
+        optimizer_state=None, step=step, kind=cfg.get("kind", "gpt"),
+        extra={k: v for k, v in state.items() if k not in ("format", "step", "vocab_sha256")}, path=path,
+    )
+    model = ckpt.build_model()  # fail now, clearly, on an unknown kind or wrong shapes rather than in the caller
     if with_optimizer and (path / OPTIMIZER).exists():
         try:
             # weights_only=True: only tensors and plain containers, never arbitrary objects.
-            optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
+            ckpt.optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a damaged zip/pickle stream
             raise UserError(f"{path / OPTIMIZER}: unreadable or truncated ({type(exc).__name__})") from None
-    ckpt = Checkpoint(
-        model_cfg=model_cfg, train_cfg=train_cfg, tokenizer=tokenizer, model_state=weights,
-        optimizer_state=optimizer_state, step=int(state.get("step", 0)), kind=cfg.get("kind", "gpt"),
-        extra={k: v for k, v in state.items() if k not in ("format", "step")},
-    )
-    ckpt.build_model()  # fail now, clearly, on wrong shapes rather than later in the caller
+        _check_optimizer_state(path / OPTIMIZER, ckpt.optimizer_state, model, train_cfg)
     return ckpt
+
+
+def _check_optimizer_state(file: Path, state: Any, model: LanguageModel, train_cfg: C.TrainConfig) -> None:
+    """Refuse, before any training, an optimizer state saved for another model (a copied optimizer.pt)."""
+    from gptcore.train import configure_optimizer  # the optimizer training will load this state into
+
+    optimizer = configure_optimizer(model, train_cfg, torch.device("cpu"))
+    try:
+        optimizer.load_state_dict(state)
+    except Exception as exc:  # ValueError for other group sizes; Key/Type errors for a state of another shape
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{file}: optimizer state does not fit this model ({detail})") from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise UserError(f"{file}: optimizer state does not fit this model ({key} of shape "
+                                    f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)})")

@@ -5,18 +5,24 @@ Two streaming passes over the sources, parallel over files:
   2. encode: clean again and write token ids straight into their place in train.bin / val.bin
      (pass 1 gave every file's token count, so each worker knows its offset; no concatenation step).
 Memory stays flat: nothing ever holds more than one chunk of one document.
-Everything is written into a temporary folder that is renamed into place at the end.
+Everything is written into a temporary folder that replaces `out` at the end (gptcore.files.atomic_dir: a kill
+at any instant leaves the old or the new folder). Pool workers end with the process that started them.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import ctypes
 import hashlib
 import json
 import lzma
 import math
 import os
+import signal
+import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_replaceable
+from gptcore.files import atomic_dir, check_output_dir, fault_point, pid_alive, recover
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
 DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
@@ -222,7 +228,7 @@ def _map(fn: Callable, args: list[tuple], workers: int, desc: str, total_bytes: 
                 bar.set_postfix(files=f"{i + 1}/{len(args)}")
                 yield res
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_end_with, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_call, fn, a) for a in args]
                 for i, fut in enumerate(futures):
                     res = fut.result()
@@ -231,6 +237,25 @@ def _map(fn: Callable, args: list[tuple], workers: int, desc: str, total_bytes: 
                     yield res
     finally:
         bar.close()
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with(parent: int) -> None:
+    """Pool initializer: this worker ends when process `parent` dies (a kill -9 of prepare must not orphan it)."""
+    if sys.platform.startswith("linux") and os.getppid() == parent:
+        # The kernel sends SIGKILL to this worker the moment its parent dies, however it dies.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # Elsewhere, and if the parent died before prctl took effect (or workers come from a fork server), poll.
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while pid_alive(parent):
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _call(fn: Callable, args: tuple):
@@ -257,7 +282,7 @@ def prepare(
         raise UserError(f"--workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
     src, out = Path(src), Path(out)
-    check_replaceable(out, "meta.json", "prepared-data folder")  # before any work, not after it
+    check_output_dir(out, "prepared-data folder", "meta.json")  # before any work, not after it
     files = list_sources(src)
     sizes = [p.stat().st_size for p in files]
 
@@ -312,6 +337,7 @@ def prepare(
         for name, n in (("train", n_train), ("val", n_val)):
             with open(paths[name], "wb") as f:
                 f.truncate(n * itemsize)
+        fault_point("prepare:allocated")
         enc_args = []
         cursor = {"train": 0, "val": 0}
         for i, s in enumerate(stats):
@@ -324,6 +350,7 @@ def prepare(
         for res in _map(encode_source, enc_args, workers, "encode", sum(sizes), sizes, progress):
             if isinstance(res, BadSource):
                 raise UserError(str(res))
+        fault_point("prepare:encoded")
         invalid = sum(s.invalid_utf8_bytes for s in stats)
         meta = {
             "format": META_FORMAT,
@@ -360,6 +387,7 @@ def cache_root() -> Path:
 def ensure_prepared(path: str | Path, *, progress: bool = False) -> Path:
     """A prepared-data folder for `path`: the folder itself, or a cached preparation of a text/.xz file."""
     path = Path(path)
+    recover(path, "meta.json")  # a prepare killed between its two renames is finished here
     if path.is_dir() and (path / "meta.json").exists():
         return path
     if not path.exists():
@@ -370,6 +398,7 @@ def ensure_prepared(path: str | Path, *, progress: bool = False) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_root() / f"{path.stem}-{key}"
+    recover(out, "meta.json")
     if not (out / "meta.json").exists():
         prepare(path, out, progress=progress)
     return out

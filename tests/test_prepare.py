@@ -6,6 +6,8 @@ import tarfile
 import numpy as np
 import pytest
 
+from gptcore.__main__ import main
+from gptcore.cliutil import run
 from gptcore.errors import UserError
 from gptcore.prepare import DOC_SEPARATOR, prepare
 
@@ -126,3 +128,15 @@ def test_separator_characters_join_the_vocabulary_even_when_no_file_has_them(tmp
     train, meta = decode(out, "train")
     assert train == "alpha" + DOC_SEPARATOR + "beta" and "\n" in meta["tokenizer"]["chars"]
     assert [s["tokens"] for s in meta["sources"]] == [5, 4 + len(DOC_SEPARATOR), 5]
+
+
+def test_cli_refuses_an_out_under_a_file_before_any_work(tmp_path, capsys):
+    src = tmp_path / "t.txt"
+    src.write_text("hello world " * 20)
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(SystemExit) as info:
+        run(main, ["prepare", str(src), "--out", str(tmp_path / "f" / "x"), "--no-progress"], prog="python -m gptcore")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'f'} is a file, not a folder; cannot create the prepared-data folder there" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "t.txt"]
