@@ -109,7 +109,7 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text)
     value = float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()] if m else 0
     if not 1 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a positive size such as 8GiB or 600MB, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a size such as 8GiB or 600MB, got {text!r}")
     return int(value)
 
 

@@ -37,6 +37,7 @@ NEEDS_OTHER_BRANCH = {
     "resume-foreign-optimizer",
     # helper C (benchmarks output paths)
     "matmul-out-under-a-file",
+    "train-step-out-under-a-file",
     # the lead (tune/study.py): a bad --storage leaves an empty results folder behind
     "tune-storage-bad-url",
     "tune-storage-sqlite-folder-missing",
@@ -168,12 +169,12 @@ CASES: list[tuple] = [
     *[(f"prepare-workers-{v}", "gptcore", f"prepare {{corpus}} --out out --no-progress --workers {v}",
        "--workers", None) for v in ("0", "-1", "1.5", "abc")],
     ("prepare-unknown-flag", "gptcore", "prepare {corpus} --out out --shards 3", "--shards", None),
-    ("prepare-out-foreign-folder", "gptcore", "prepare {corpus} --out out --no-progress", "out",
+    ("prepare-out-foreign-folder", "gptcore", "prepare {corpus} --out out --no-progress", "out:",
      files({"out/mine.txt": "keep me"})),
     ("prepare-out-is-a-file", "gptcore", "prepare {corpus} --out notadir --no-progress", "notadir", A_FILE),
     ("prepare-out-under-a-file", "gptcore", "prepare {corpus} --out notadir/x --no-progress", "notadir/x", A_FILE),
     # --- train: integer config fields (the flag refuses non-integers; the config dataclass the ranges) ---
-    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag} {v}", flag.replace("-", "_") if v.lstrip("-").isdigit()
+    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag}={v}", flag.replace("-", "_") if v.lstrip("-").isdigit()
        else f"--{flag}", None)
       for flag, v in [("n-layer", "0"), ("n-layer", "-1"), ("n-layer", "abc"), ("n-layer", "1.5"),
                       ("n-layer", "99999999999999999999"), ("block-size", "0"), ("n-embed", "0"), ("n-head", "0"),
@@ -184,20 +185,20 @@ CASES: list[tuple] = [
     ("train-n-embed-not-divisible-by-n-head", "gptcore", TRAIN + "--n-embed 30 --n-head 4", "n_embed", None),
     ("train-vocab-size-not-the-corpus", "gptcore", TRAIN + "--vocab-size 5", "vocab_size", None),
     # --- train: float config fields: NaN and inf are refused by the flag, ranges by the config ---------
-    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag} {v}", f"--{flag}", None)
+    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag}={v}", f"--{flag}", None)
       for flag in ("lr", "weight-decay", "grad-clip", "dropout", "max-seconds")
       for v in ("nan", "inf", "-inf", "abc")],
-    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag} {v}", field, None)
+    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag}={v}", field, None)
       for flag, v, field in [("lr", "0", "learning_rate"), ("lr", "-1", "learning_rate"),
                              ("weight-decay", "-0.1", "weight_decay"), ("grad-clip", "-1", "grad_clip"),
                              ("dropout", "1", "dropout"), ("dropout", "-0.1", "dropout"),
                              ("max-seconds", "0", "max_seconds"), ("max-seconds", "-1", "max_seconds")]],
-    *[(f"train-betas-{v}", "gptcore", TRAIN + f"--betas {v}", "--betas", None)
+    *[(f"train-betas-{v}", "gptcore", TRAIN + f"--betas={v}", "--betas", None)
       for v in ("nan,0.99", "0.9", "0.9,0.99,0.999", "a,b")],
     ("train-betas-1,0.99", "gptcore", TRAIN + "--betas 1,0.99", "betas", None),
     ("train-no-budget", "gptcore", TRAIN + "--max-iters none --max-seconds none", "max_iters", None),
     # --- train: choices, switches, devices ---------------------------------------------------------------
-    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag} {v}", f"--{flag}", None)
+    *[(f"train-{flag}-{v}", "gptcore", TRAIN + f"--{flag}={v}", f"--{flag}", None)
       for flag, v in [("dtype", "float8"), ("norm", "middle"), ("activation", "tanh"), ("lr-decay", "linear"),
                       ("preset", "huge"), ("model", "llama")]],
     ("train-float16-on-cpu", "gptcore", TRAIN + "--dtype float16", "--dtype float16", None),
@@ -271,7 +272,7 @@ CASES: list[tuple] = [
     ("resume-optimizer-garbage", "gptcore", RESUME, "optimizer.pt",
      tampered("ck", "optimizer.pt", b"not a zip")),
     # --- sample and chat: flags ------------------------------------------------------------------------------
-    *[(f"sample-{flag}-{v}", "gptcore", SAMPLE + f"--{flag} {v}", f"--{flag}", None)
+    *[(f"sample-{flag}-{v}", "gptcore", SAMPLE + f"--{flag}={v}", f"--{flag}", None)
       for flag, v in [("temperature", "nan"), ("temperature", "inf"), ("temperature", "-1"), ("temperature", "x"),
                       ("top-k", "0"), ("top-k", "-1"), ("top-k", "abc"), ("max-new-tokens", "-1"),
                       ("max-new-tokens", "1.5"), ("max-new-tokens", "abc"), ("seed", "99999999999999999999999"),
@@ -315,7 +316,7 @@ CASES: list[tuple] = [
     ("sample-weights-of-another-shape", "gptcore", SAMPLE + "--checkpoint ck", "model.safetensors",
      other_shape_weights),
     # --- python -m tune: flags ------------------------------------------------------------------------------
-    *[(f"tune-{flag}-{v}", "tune", TUNE + f"--{flag} {v}", f"--{flag}", None)
+    *[(f"tune-{flag}-{v}", "tune", TUNE + f"--{flag}={v}", f"--{flag}", None)
       for flag, v in [("trials", "0"), ("trials", "-1"), ("trials", "abc"), ("trials", "2.5"),
                       ("trial-seconds", "nan"), ("trial-seconds", "inf"), ("trial-seconds", "0"),
                       ("trial-seconds", "-1"), ("trial-steps", "0"), ("trial-steps", "1.5"),
@@ -379,7 +380,7 @@ CASES: list[tuple] = [
     # --- python -m benchmarks ------------------------------------------------------------------------------
     ("benchmarks-no-command", "benchmarks", "", "command", None),
     ("benchmarks-unknown-command", "benchmarks", "gemm", "gemm", None),
-    *[(f"matmul-{flag}-{v}", "benchmarks", MATMUL + f"--{flag} {v}", f"--{flag}", None)
+    *[(f"matmul-{flag}-{v}", "benchmarks", MATMUL + f"--{flag}={v}", f"--{flag}", None)
       for flag, v in [("sizes", "64,abc"), ("sizes", "0"), ("sizes", "64x64"), ("sizes", "8x-1x2"), ("sizes", "''"),
                       ("dtypes", "float8"), ("devices", "tpu"), ("devices", "cuda:x"), ("libs", "jax"),
                       ("threads", "0"), ("threads", "-1"), ("threads", "abc"), ("threads", "4294967296"),
@@ -388,12 +389,13 @@ CASES: list[tuple] = [
                       ("cpu-peak-gflops", "0"), ("cpu-peak-gflops", "inf"), ("check-timer", "abc")]],
     ("matmul-float16-on-cpu", "benchmarks", MATMUL + "--devices cpu --dtypes float16", "--dtypes float16", None),
     ("matmul-out-under-a-file", "benchmarks", MATMUL + "--out notadir/bench", "notadir/bench", A_FILE),
-    *[(f"train-step-{flag}-{v}", "benchmarks", STEP + f"--{flag} {v}", f"--{flag}", None)
+    *[(f"train-step-{flag}-{v}", "benchmarks", STEP + f"--{flag}={v}", f"--{flag}", None)
       for flag, v in [("configs", "huge"), ("steps", "0"), ("threads", "0"), ("dtypes", "tf32"),
                       ("devices", "tpu")]],
+    ("train-step-out-under-a-file", "benchmarks", STEP + "--out notadir/bench", "notadir/bench", A_FILE),
     ("train-step-data-missing", "benchmarks", STEP + "--data missing.txt", "missing.txt", None),
     ("train-step-short-corpus", "benchmarks", STEP + "--data {short}", "short.txt", None),
-    *[(f"vs-course-{flag}-{v}", "benchmarks", VS + f"--{flag} {v}", f"--{flag}", None)
+    *[(f"vs-course-{flag}-{v}", "benchmarks", VS + f"--{flag}={v}", f"--{flag}", None)
       for flag, v in [("rounds", "0"), ("steps", "0"), ("threads", "0"), ("steps", "abc")]],
     ("vs-course-data-missing", "benchmarks", VS + "--data missing.txt", "missing.txt", None),
     ("vs-course-short-corpus", "benchmarks", VS + "--data {short}", "short.txt", None),

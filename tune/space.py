@@ -157,7 +157,7 @@ def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None) -> Spa
 
 
 def parse_range(text: str) -> tuple[float, float]:
-    """'8,64' -> (8.0, 64.0); '32' -> (32.0, 32.0). For the --batch-size style flags."""
+    """'8,64' -> (8, 64); '32' -> (32, 32); '1e-4,3e-3' -> (0.0001, 0.003). For the --batch-size style flags."""
     try:
         parts = [finite_float(p) for p in text.split(",")]
     except argparse.ArgumentTypeError:
@@ -166,7 +166,8 @@ def parse_range(text: str) -> tuple[float, float]:
         parts *= 2
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH or one number, got {text!r}")
-    return parts[0], parts[1]
+    low, high = (int(p) if p.is_integer() else p for p in parts)  # 8 reads as 8 in messages, not 8.0
+    return low, high
 
 
 parse_range.__name__ = "range (LOW,HIGH or one value)"
