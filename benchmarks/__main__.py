@@ -12,20 +12,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gptcore.cliutil import Parser, run
+from gptcore.cliutil import Parser, int_range, positive_float, positive_int, run
 from gptcore.errors import UserError
 
 DEFAULT_SIZES = "64,128,256,512,1024,2048,4096"
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "tf32", "bfloat16", "float16")
 LIBS = ("torch", "numpy")
+THREADS = int_range(1, 1024)  # torch overflows above 2**31 - 1; far past any core count anyway
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 
 
 def _csv(choices: tuple[str, ...], what: str):
     def parse(text: str) -> list[str]:
         items = [x.strip() for x in text.split(",") if x.strip()]
-        bad = [x for x in items if x not in choices and not (what == "device" and x.startswith("cuda:"))]
+        bad = [x for x in items if x not in choices and not (what == "device" and x[:5] == "cuda:" and x[5:].isdigit())]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or repr(text)}; "
                                              f"choose from {', '.join(choices)}")
@@ -44,16 +45,6 @@ def _sizes(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Flags of every subcommand."""
     p = Parser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,11 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtypes", type=_csv(DTYPES, "dtype"), default=None,
                    help="default: float32 on the CPU; float32 and bfloat16 on a GPU (tf32 = float32 on TF32 cores)")
     m.add_argument("--libs", type=_csv(LIBS, "library"), default=["torch", "numpy"], help="CPU libraries")
-    m.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch and NumPy's BLAS")
-    m.add_argument("--repeat", type=_positive_int, default=5, help="at least this many timed blocks per case")
-    m.add_argument("--min-time", type=float, default=0.5, help="at least this many seconds of timed blocks")
+    m.add_argument("--threads", type=THREADS, default=None, help="CPU threads for torch and NumPy's BLAS")
+    m.add_argument("--repeat", type=positive_int, default=5, help="at least this many timed blocks per case")
+    m.add_argument("--min-time", type=positive_float, default=0.5, help="at least this many seconds of timed blocks")
     m.add_argument("--include-transfer", action="store_true", help="also time copies to and from the GPU")
-    m.add_argument("--cpu-peak-gflops", type=float, default=None, help="CPU peak (default: best measured here)")
+    m.add_argument("--cpu-peak-gflops", type=positive_float, default=None,
+                   help="CPU peak (default: best measured here)")
     m.add_argument("--check-timer", type=_sizes, default=None, metavar="N",
                    help="also measure torch float32 at this size with torch.utils.benchmark.Timer")
     m.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -81,16 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--devices", type=_csv(DEVICES, "device"), default=None)
     t.add_argument("--dtypes", type=_csv(("float32", "bfloat16", "float16"), "dtype"), default=None,
                    help="default: float32 and bfloat16")
-    t.add_argument("--steps", type=_positive_int, default=20)
-    t.add_argument("--threads", type=_positive_int, default=None)
+    t.add_argument("--steps", type=positive_int, default=20)
+    t.add_argument("--threads", type=THREADS, default=None)
     t.add_argument("--data", type=Path, default=DEFAULT_DATA)
     t.add_argument("--out", type=Path, default=Path("results/bench"))
     t.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("vs-course", help="gptcore vs the course's model and batch reader (tokens/s, batches/s)")
-    v.add_argument("--rounds", type=_positive_int, default=12)
-    v.add_argument("--steps", type=_positive_int, default=10, help="training steps per round")
-    v.add_argument("--threads", type=_positive_int, default=None)
+    v.add_argument("--rounds", type=positive_int, default=12)
+    v.add_argument("--steps", type=positive_int, default=10, help="training steps per round")
+    v.add_argument("--threads", type=THREADS, default=None)
     v.add_argument("--data", type=Path, default=DEFAULT_DATA)
     v.add_argument("--out", type=Path, default=Path("results/bench"))
     v.add_argument("--no-progress", action="store_true")

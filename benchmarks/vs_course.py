@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -19,6 +20,7 @@ from benchmarks.course_reference import CourseReader, GPTLanguageModel
 from benchmarks.stats import quartiles
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.data import TokenData
+from gptcore.errors import UserError
 from gptcore.hardware import autocast
 from gptcore.model import GPT
 from gptcore.train import configure_optimizer
@@ -111,6 +113,17 @@ def reader_speed(
     return _summary("batches/s", rates, rates["course"], dtype="-", dropout="-", baseline="course reader")
 
 
+def check_inputs(data: TokenData, text_file: str, block_size: int, batch_size: int) -> None:
+    """Both readers need the text: gptcore a split longer than a block, the course's one chunk of the raw file."""
+    path = Path(text_file)
+    if not path.is_file():
+        raise UserError(f"--data {path}: vs-course needs the plain text file (the course's reader reads it itself)")
+    data.check_block_size(block_size)
+    if path.stat().st_size < block_size * batch_size:
+        raise UserError(f"--data {path}: {path.stat().st_size} bytes, fewer than the course reader's chunk of "
+                        f"block_size x batch_size = {block_size * batch_size}")
+
+
 def run(
     data: TokenData, text_file: str, cfg: ModelConfig, batch_size: int, *, dtypes: tuple[str, ...] = ("float32",
     "bfloat16"), dropouts: tuple[float, ...] = (0.0, 0.2), steps: int = 10, rounds: int = 12, progress: bool = True,
@@ -120,6 +133,7 @@ def run(
     Each training row compares gptcore with the course's model at the same dtype; a bf16 row also
     compares against the course in float32, which is how the course trains (it never uses autocast).
     """
+    check_inputs(data, text_file, cfg.block_size, batch_size)
     rows = []
     for dropout in dropouts:
         course_fp32: list[float] | None = None

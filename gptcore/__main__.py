@@ -21,6 +21,7 @@ DEFAULT_OUT = Path("results") / "model"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from gptcore import cliutil as flag
     from gptcore.config import PRESETS
 
     parser = Parser(prog="python -m gptcore", description=__doc__)
@@ -29,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="text or a folder of .txt/.xz shards -> train.bin, val.bin, meta.json")
     p.add_argument("src", type=Path, help="a .txt/.xz file, or a folder of them (OpenWebText layout)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of files (or of the text) for val")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--val-fraction", type=flag.fraction, default=0.1, help="share of files (or of the text) for val")
+    p.add_argument("--workers", type=flag.positive_int, default=min(4, os.cpu_count() or 1), help="worker processes")
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt .xz files instead of failing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -49,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--checkpoint", type=Path, default=DEFAULT_OUT, help="checkpoint folder")
         if name == "sample":
             s.add_argument("--prompt", default="", help="text to continue")
-        s.add_argument("--max-new-tokens", type=int, default=500 if name == "sample" else 200)
-        s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-        s.add_argument("--top-k", type=int, default=None)
-        s.add_argument("--seed", type=int, default=None)
+        s.add_argument("--max-new-tokens", type=flag.non_negative_int, default=500 if name == "sample" else 200)
+        s.add_argument("--temperature", type=flag.non_negative_float, default=1.0, help="0 = greedy")
+        s.add_argument("--top-k", type=flag.positive_int, default=None, help="sample from the k likeliest tokens only")
+        s.add_argument("--seed", type=flag.seed, default=None, help="fixes the sample (default: random)")
         s.add_argument("--device", default="auto")
         s.add_argument("--drop-unknown", action="store_true", help="drop characters not in the vocabulary")
     return parser

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any, NoReturn
 
-from gptcore.config import ACTIVATIONS, DTYPES, LR_DECAYS, NORMS, ModelConfig, TrainConfig
+from gptcore.config import ACTIVATIONS, DTYPES, LR_DECAYS, NORMS, SEED_MAX, ModelConfig, TrainConfig
 from gptcore.errors import UserError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -44,27 +46,78 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     sys.exit(code or 0)
 
 
-def _optional(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        if text.lower() in ("none", "null", ""):
-            return None
-        return kind(text)
+# --- flag types: every CLI's numbers, sizes and seeds are parsed here, so one rule (finite, in range) holds
+# everywhere and every refusal reads `prog: error: argument --flag: expected ..., got 'text'`.
 
-    parse.__name__ = f"{kind.__name__} or none"
+
+def number(kind: type, what: str, ok: Callable[[Any], bool] = lambda v: True) -> Callable[[str], Any]:
+    """A flag type: text -> int or finite float for which ok(value) holds; else 'expected <what>, got ...'."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type by __name__ in its own messages
     return parse
 
 
-def _pair(text: str) -> tuple[float, float]:
-    parts = [float(p) for p in text.split(",")]
-    if len(parts) != 2:
-        raise ValueError(text)
-    return parts[0], parts[1]
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """A flag type for an integer in [low, high]."""
+    return number(int, f"an integer from {low} to {high}", lambda v: low <= v <= high)
 
 
-_pair.__name__ = "two comma-separated numbers"
+def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag type that also takes 'none' (-> None)."""
+
+    def parse_optional(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null", "") else parse(text)
+
+    parse_optional.__name__ = f"{parse.__name__} or none"
+    return parse_optional
+
+
+finite_float = number(float, "a number")
+positive_float = number(float, "a positive number", lambda v: v > 0)
+non_negative_float = number(float, "a number >= 0", lambda v: v >= 0)
+fraction = number(float, "a number between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
+positive_int = number(int, "a positive integer", lambda v: v > 0)
+non_negative_int = number(int, "an integer >= 0", lambda v: v >= 0)
+seed = int_range(0, SEED_MAX)
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    """'0.9,0.99' -> (0.9, 0.99): two finite numbers."""
+    try:
+        a, b = (finite_float(p) for p in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):  # ValueError: not two parts
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers, got {text!r}") from None
+    return a, b
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """A flag type for bytes: '8GiB' -> 8589934592, '600MB' -> 600000000, '1024' -> 1024."""
+    m = _SIZE.match(text)
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()] if m else 0
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a size such as 8GiB or 600MB, got {text!r}")
+    return int(value)
+
+
+# Config fields: the flag refuses what is not a finite number; ranges are the config dataclasses' to check.
 _TYPES: dict[str, Callable[[str], Any]] = {
-    "int": int, "float": float, "str": str, "int | None": _optional(int), "float | None": _optional(float),
-    "tuple[float, float]": _pair,
+    "int": number(int, "an integer"), "float": finite_float, "str": str,
+    "int | None": optional(number(int, "an integer")), "float | None": optional(finite_float),
+    "tuple[float, float]": float_pair,
 }
 
 

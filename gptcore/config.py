@@ -15,11 +15,31 @@ DTYPES = ("float32", "bfloat16", "float16")
 LR_DECAYS = ("none", "cosine")
 
 
+SEED_MAX = 2**32 - 1  # NumPy and Optuna take 32-bit seeds (torch takes more): one range for every seed
+INT_MAX = 2**63 - 1  # what a torch int64 holds: larger "integers" would overflow deep inside torch
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_int(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not _is_int(value) or not 0 < value <= INT_MAX:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _numbers_are_finite(obj: object) -> None:
+    """Every float field (a pair of floats included) must hold finite numbers: NaN and inf are refused here."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if "float" not in f.type or (value is None and "None" in f.type):
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items):
+            what = "finite numbers" if isinstance(value, tuple) else "a finite number"
+            raise ValueError(f"{f.name} must be {what}, got {value!r}")
 
 
 def _choice(obj: object, name: str, allowed: tuple[str, ...]) -> None:
@@ -44,13 +64,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _positive_int(self, "block_size", "n_embed", "n_head", "n_layer")
-        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 0:
+        if not _is_int(self.vocab_size) or not 0 <= self.vocab_size <= INT_MAX:
             raise ValueError(f"vocab_size must be a non-negative integer, got {self.vocab_size!r}")
         if self.n_embed % self.n_head != 0:
             raise ValueError(
                 f"n_embed must be divisible by n_head, got n_embed={self.n_embed}, n_head={self.n_head}"
             )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        _numbers_are_finite(self)
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         _choice(self, "norm", NORMS)
         _choice(self, "activation", ACTIVATIONS)
@@ -92,36 +113,35 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the frozen config hashable and comparable.
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         object.__setattr__(self, "betas", tuple(self.betas))
         _positive_int(self, "batch_size", "grad_accum_steps", "eval_interval", "eval_iters")
         if self.eval_batch_size is not None:
             _positive_int(self, "eval_batch_size")
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0 or not math.isfinite(
-            self.learning_rate
-        ):
+        _numbers_are_finite(self)
+        if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+        if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not isinstance(self.grad_clip, (int, float)) or self.grad_clip < 0:
+        if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip!r}")
-        if isinstance(self.warmup_iters, bool) or not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
+        if not _is_int(self.warmup_iters) or not 0 <= self.warmup_iters <= INT_MAX:
             raise ValueError(f"warmup_iters must be a non-negative integer, got {self.warmup_iters!r}")
         _choice(self, "lr_decay", LR_DECAYS)
         if self.max_iters is None and self.max_seconds is None:
             raise ValueError("set a budget: max_iters and/or max_seconds (both are None)")
         if self.max_iters is not None:
             _positive_int(self, "max_iters")
-        if self.max_seconds is not None and (
-            not isinstance(self.max_seconds, (int, float)) or not self.max_seconds > 0
-        ):
+        if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be a positive number, got {self.max_seconds!r}")
         _choice(self, "dtype", DTYPES)
         if not isinstance(self.eval_train_split, bool) or not isinstance(self.compile, bool):
             raise ValueError("eval_train_split and compile must be true or false")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be an integer from 0 to {SEED_MAX}, got {self.seed!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be a string such as auto, cpu, cuda, cuda:1 or mps, got {self.device!r}")
 

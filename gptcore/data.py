@@ -18,8 +18,9 @@ SPLITS = ("train", "val")
 class TokenData:
     """Train and val token ids, each from its own file, read through np.memmap."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, source: str | Path | None = None) -> None:
         self.folder = Path(folder)
+        self.source = Path(source) if source is not None else self.folder  # what the user named, for messages
         meta_path = self.folder / "meta.json"
         try:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -27,16 +28,17 @@ class TokenData:
             raise UserError(f"{meta_path}: not found; is {self.folder} a prepared-data folder?") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{meta_path}: unreadable ({exc})") from None
-        if self.meta.get("format") != META_FORMAT or self.meta.get("dtype") not in ("uint8", "uint16"):
-            raise UserError(f"{meta_path}: unknown format; prepare the corpus again")
-        self.tokenizer = CharTokenizer(self.meta["tokenizer"]["chars"])
+        problem = _meta_problem(self.meta)
+        if problem:
+            raise UserError(f"{meta_path}: {problem}; prepare the corpus again")
+        self.tokenizer = CharTokenizer.from_dict(self.meta["tokenizer"])
         self.dtype = np.dtype(self.meta["dtype"])
         self._arrays: dict[str, np.ndarray] = {}
         self._windows: dict[tuple[str, int], np.ndarray] = {}
         for split in SPLITS:
             file = self.folder / f"{split}.bin"
             expected = self.meta[f"{split}_tokens"] * self.dtype.itemsize
-            if not file.exists():
+            if not file.is_file():
                 raise UserError(f"{file}: missing")
             if file.stat().st_size != expected:
                 raise UserError(f"{file}: {file.stat().st_size} bytes, meta.json says {expected}; prepare again")
@@ -46,7 +48,7 @@ class TokenData:
     @classmethod
     def open(cls, path: str | Path, *, progress: bool = False) -> TokenData:
         """Open a prepared folder, preparing a plain .txt/.xz file into the cache first."""
-        return cls(ensure_prepared(path, progress=progress))
+        return cls(ensure_prepared(path, progress=progress), source=path)
 
     @property
     def vocab_size(self) -> int:
@@ -68,9 +70,8 @@ class TokenData:
         for split in SPLITS:
             n = len(self._arrays[split])
             if n <= block_size + 1:
-                raise UserError(
-                    f"{self.folder}: {split} split has {n} tokens, fewer than block_size + 2 = {block_size + 2}"
-                )
+                raise UserError(f"{self.source}: {split} split has {n} tokens, fewer than block_size + 2 = "
+                                f"{block_size + 2}; use a longer corpus or a smaller block_size")
 
     def get_batch(
         self,
@@ -97,3 +98,25 @@ class TokenData:
         elif device.type != "cpu":
             w = w.to(device)
         return w[:, :-1], w[:, 1:]  # x, y: (B, T) each, y = x shifted by one
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What is wrong with a meta.json's content (None: nothing), checked before any of it is used."""
+    if not isinstance(meta, dict):
+        return "expected a JSON object"
+    if meta.get("format") != META_FORMAT:
+        return f"unknown format {meta.get('format')!r}"
+    try:
+        tokenizer = CharTokenizer.from_dict(meta.get("tokenizer"))
+    except ValueError as exc:
+        return f"bad tokenizer ({exc})"
+    if meta.get("vocab_size") != tokenizer.vocab_size:
+        return f"vocab_size {meta.get('vocab_size')!r} but the tokenizer has {tokenizer.vocab_size} characters"
+    fits = {"uint8": 2**8, "uint16": 2**16}
+    if meta.get("dtype") not in fits or tokenizer.vocab_size > fits[meta["dtype"]]:
+        return f"dtype {meta.get('dtype')!r} cannot hold {tokenizer.vocab_size} token ids"
+    for key in ("train_tokens", "val_tokens"):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{key} must be a positive integer, got {value!r}"
+    return None

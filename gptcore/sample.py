@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
+from gptcore.config import SEED_MAX
 from gptcore.errors import UserError
 from gptcore.model import LanguageModel
 from gptcore.tokenizer import CharTokenizer
@@ -23,14 +25,20 @@ def sample_text(
     drop_unknown: bool = False,
 ) -> str:
     """Continue `prompt`; returns only the new text. Unknown characters are a UserError unless dropped."""
-    if max_new_tokens < 0:
+    # The CLI's flag types refuse these first; this guards callers of the function (NaN fails every `>=`).
+    if not max_new_tokens >= 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k <= 0:
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise UserError(f"--temperature must be a number >= 0, got {temperature}")
+    if top_k is not None and not top_k > 0:
         raise UserError(f"--top-k must be positive, got {top_k}")
-    # An empty prompt still needs one token to condition on: a newline (the course started from id 0).
-    ids = tokenizer.encode(prompt, drop_unknown=drop_unknown) or [tokenizer.stoi.get("\n", 0)]
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed}")
+    try:
+        # An empty prompt still needs one token to condition on: a newline (the course started from id 0).
+        ids = tokenizer.encode(prompt, drop_unknown=drop_unknown) or [tokenizer.stoi.get("\n", 0)]
+    except UserError as exc:
+        raise UserError(f"--prompt: {exc} (or pass --drop-unknown)") from None
     device = next(model.parameters()).device
     gen = None
     if seed is not None:

@@ -13,11 +13,12 @@ class CharTokenizer:
     """Maps characters to ids and back; the vocabulary is sorted so it is deterministic."""
 
     def __init__(self, chars: Iterable[str]) -> None:
+        chars = list(chars)
+        if any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise ValueError("every vocabulary entry must be exactly one character")
         self.chars: list[str] = sorted(set(chars))
         if not self.chars:
             raise ValueError("a tokenizer needs at least one character")
-        if any(len(c) != 1 for c in self.chars):
-            raise ValueError("every vocabulary entry must be exactly one character")
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
@@ -53,10 +54,19 @@ class CharTokenizer:
     @classmethod
     def from_json(cls, text: str) -> CharTokenizer:
         """Inverse of `to_json`."""
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: object) -> CharTokenizer:
+        """The stored form {"type": "char", "chars": [...]}, exactly as saved: distinct characters, sorted."""
         if not isinstance(data, dict) or data.get("type") != "char" or not isinstance(data.get("chars"), list):
             raise ValueError("not a char tokenizer vocabulary")
-        return cls(data["chars"])
+        tokenizer = cls(data["chars"])
+        # Ids are positions in this list, so a reordered or repeated entry means the file was edited or damaged:
+        # re-sorting it would hide that and silently change what every id means.
+        if tokenizer.chars != data["chars"]:
+            raise ValueError("the characters are not distinct and in sorted order as saved (edited or damaged?)")
+        return tokenizer
 
     def save(self, path: str | Path) -> None:
         """Write the vocabulary JSON to `path`."""

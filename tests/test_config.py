@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 
 import pytest
 
@@ -83,3 +85,52 @@ def test_load_json_errors_name_the_file(tmp_path):
         C.load_json(bad)
     with pytest.raises(ValueError, match="not found"):
         C.load_json(tmp_path / "missing.json")
+
+
+FLOAT_FIELDS = [(cls, f.name) for cls in (C.ModelConfig, C.TrainConfig) for f in dataclasses.fields(cls)
+                if "float" in f.type]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("cls, name", FLOAT_FIELDS, ids=[name for _, name in FLOAT_FIELDS])
+def test_every_float_field_refuses_nan_and_inf(cls, name, bad):
+    value = (0.9, bad) if name == "betas" else bad
+    with pytest.raises(ValueError, match=f"{name} must be .*finite"):
+        cls(**{name: value})
+
+
+def test_float_fields_are_found_and_refuse_bools():
+    assert {name for _, name in FLOAT_FIELDS} == {"dropout", "learning_rate", "weight_decay", "betas", "grad_clip",
+                                                   "max_seconds"}
+    with pytest.raises(ValueError, match="grad_clip"):
+        C.TrainConfig(grad_clip=True)
+
+
+def test_seed_range_is_what_torch_and_numpy_take():
+    import numpy as np
+    import torch
+
+    assert C.TrainConfig(seed=0).seed == 0 and C.TrainConfig(seed=C.SEED_MAX).seed == C.SEED_MAX
+    for bad in (-1, C.SEED_MAX + 1, 10**23, 1.0, True, "1"):
+        with pytest.raises(ValueError, match="seed must be an integer from 0 to"):
+            C.TrainConfig(seed=bad)
+    # The largest seed works where seeds go: torch (training adds an offset to it) and NumPy's RandomState,
+    # which Optuna's samplers seed; one more is already too many for NumPy.
+    torch.Generator().manual_seed(C.SEED_MAX + 7919)
+    np.random.RandomState(C.SEED_MAX)
+    with pytest.raises(ValueError):
+        np.random.RandomState(C.SEED_MAX + 1)
+
+
+def test_integers_beyond_int64_are_refused():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        C.TrainConfig(batch_size=2**63)
+    with pytest.raises(ValueError, match="warmup_iters"):
+        C.TrainConfig(warmup_iters=2**63)
+
+
+def test_a_nan_in_a_config_file_is_named_with_the_file(tmp_path):
+    path = tmp_path / "best.json"
+    path.write_text('{"train": {"weight_decay": NaN}}')  # Python's json reads NaN, so a file can hold one
+    with pytest.raises(ValueError, match="best.json: weight_decay must be a finite number, got nan"):
+        C.load_json(path)

@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +59,37 @@ def test_block_larger_than_split_and_truncated_files_fail_clearly(prepared, tmp_
         TokenData(broken)
     with pytest.raises(UserError, match="not a prepared-data folder"):
         ensure_prepared(tmp_path)
+
+
+def _swap(chars):
+    return [chars[1], chars[0], *chars[2:]]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: [], "expected a JSON object"),
+    (lambda m: {k: v for k, v in m.items() if k != "tokenizer"}, "bad tokenizer"),
+    (lambda m: {**m, "tokenizer": {**m["tokenizer"], "chars": m["tokenizer"]["chars"][:5]}}, "vocab_size"),
+    (lambda m: {**m, "tokenizer": {**m["tokenizer"], "chars": _swap(m["tokenizer"]["chars"])}}, "sorted order"),
+    (lambda m: {**m, "format": 2}, "unknown format 2"),
+    (lambda m: {**m, "dtype": "int64"}, "dtype 'int64'"),
+    (lambda m: {**m, "val_tokens": "12"}, "val_tokens must be a positive integer"),
+    (lambda m: {**m, "train_tokens": 0}, "train_tokens must be a positive integer"),
+])
+def test_a_tampered_meta_json_is_named_before_use(prepared, tmp_path, change, needle):
+    folder = tmp_path / "prep"
+    shutil.copytree(prepared, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps(change(meta)))
+    with pytest.raises(UserError, match=f"meta.json: .*{needle}.*; prepare the corpus again"):
+        TokenData(folder)
+
+
+def test_the_short_corpus_error_names_the_users_file_not_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTCORE_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "tiny.txt"
+    text.write_text("Dorothy lived in Kansas.\n")
+    data = TokenData.open(text)
+    assert data.folder.parent == tmp_path / "cache"
+    with pytest.raises(UserError) as info:
+        data.check_block_size(16)
+    assert str(info.value).startswith(f"{text}: val split has") and "cache" not in str(info.value)

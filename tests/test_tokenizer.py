@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from gptcore.errors import UserError
@@ -25,3 +27,17 @@ def test_load_rejects_bad_file(tmp_path):
     (tmp_path / "v.json").write_text('{"type": "bpe"}')
     with pytest.raises(UserError, match="v.json"):
         CharTokenizer.load(tmp_path / "v.json")
+
+
+@pytest.mark.parametrize("chars, needle", [
+    (["b", "a", "c"], "not distinct and in sorted order"),  # two characters swapped: ids would change meaning
+    (["a", "b", "b"], "not distinct and in sorted order"),
+    (["a", "bc"], "exactly one character"),
+    (["a", 7], "exactly one character"),
+    ([], "at least one character"),
+])
+def test_a_stored_vocabulary_must_be_exactly_as_saved(tmp_path, chars, needle):
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({"type": "char", "chars": chars}))
+    with pytest.raises(UserError, match=f"vocab.json: not a valid vocabulary .*{needle}"):
+        CharTokenizer.load(path)

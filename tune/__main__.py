@@ -7,54 +7,25 @@
 from __future__ import annotations
 
 import argparse
-import re
+import contextlib
+import sqlite3
 import sys
 from pathlib import Path
 
-from gptcore.cliutil import EXIT_INTERRUPTED, Parser, run
+from gptcore.cliutil import EXIT_INTERRUPTED, Parser, parse_size, positive_float, positive_int, run, seed
 from gptcore.errors import UserError
-from tune.space import PARAMS, SPACES, parse_range
+from tune.space import PARAMS, SPACES, load_space, parse_range
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
-_SIZE = re.compile(r"^\s*([\d.]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """'8GiB' -> 8589934592, '600MB' -> 600000000, '1024' -> 1024 bytes."""
-    m = _SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected a size such as 8GiB or 600MB, got {text!r}")
-    value = float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
-    return int(value)
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the study command."""
     p = Parser(prog="python -m tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=_positive(int), default=50, help="trials the study should hold (default 50)")
+    p.add_argument("--trials", type=positive_int, default=50, help="trials the study should hold (default 50)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--trial-seconds", type=_positive(float), default=None,
+    budget.add_argument("--trial-seconds", type=positive_float, default=None,
                         help="training seconds per trial, the same for every trial (default 30)")
-    budget.add_argument("--trial-steps", type=_positive(int), default=None, help="training steps per trial instead")
-    p.add_argument("--trial-timeout", type=_positive(float), default=None,
+    budget.add_argument("--trial-steps", type=positive_int, default=None, help="training steps per trial instead")
+    p.add_argument("--trial-timeout", type=positive_float, default=None,
                    help="kill a trial after this many seconds (default 3 x budget + 60 s)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="corpus: .txt file or prepared folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -70,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emulate a smaller device, e.g. 8GiB or 600MB (CUDA: allocator fraction; CPU: rlimit)")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="random: the baseline to compare")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on a GPU that has it, else float32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,6 +62,7 @@ def main_report(argv: list[str]) -> int:
     import optuna
 
     from tune.report import readable, write_report
+    from tune.study import check_writable
 
     args = build_report_parser().parse_args(argv)
     name = args.study_name
@@ -102,19 +74,47 @@ def main_report(argv: list[str]) -> int:
         name = found[0]
     folder = args.results / name
     storage = args.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    if args.storage is None and not (folder / "study.db").exists():
-        raise UserError(f"{folder / 'study.db'}: no such study storage")
+    problem = _sqlite_problem(storage)
+    if problem:
+        raise UserError(f"{f'--storage {storage}' if args.storage else folder / 'study.db'}: {problem}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise UserError(f"no study named {name!r} in {storage}") from None
+        raise UserError(f"--study-name {name}: no such study in {storage}") from None
     except Exception as exc:  # sqlalchemy, a missing driver, a bad URL: this storage cannot be read
         raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__})") from None
+    check_writable(folder)
     df = write_report(study, folder)
     print(readable(df).to_string(index=False))
     print(f"wrote {folder}/trials.csv, summary.md, best.json and plots")
     return 0
+
+
+def _sqlite_problem(storage: str) -> str | None:
+    """Why an sqlite:/// URL holds no study to read (None: it may, or it is another kind of URL).
+
+    Optuna creates its tables in whatever database it opens: a report, which only reads, must never turn a
+    missing, empty or foreign file into a new database.
+    """
+    if not storage.startswith("sqlite:///"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(storage).database
+    except Exception:  # a malformed URL: optuna's own error says so
+        return None
+    if not database or database == ":memory:":
+        return None
+    if not Path(database).is_file():
+        return "no such SQLite file"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(database).resolve().as_uri()}?mode=ro", uri=True)) as db:
+            found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
+    except sqlite3.Error as exc:
+        return f"not a readable SQLite database ({exc})"
+    return None if found else "holds no Optuna study"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from tune.study import TuneSettings, run_study
 
     overrides = {n: getattr(args, f"space_{n}") for n in PARAMS if getattr(args, f"space_{n}") is not None}
+    # The device only picks the base space; the file and the flags are checked now, before the device probe.
+    load_space(args.space, "cpu", None, overrides)
     settings = TuneSettings(
         trials=args.trials, trial_seconds=args.trial_seconds or (None if args.trial_steps else 30.0),
         trial_steps=args.trial_steps, data=args.data, device=args.device, study_name=args.study_name,

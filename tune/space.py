@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -10,6 +11,8 @@ from typing import Any
 
 import optuna
 
+from gptcore.cliutil import finite_float
+from gptcore.config import INT_MAX
 from gptcore.errors import UserError
 
 PARAMS = ("batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate")
@@ -30,18 +33,24 @@ class Space:
 
     def __post_init__(self) -> None:
         for name in PARAMS:
-            lo, hi = getattr(self, name)
-            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float))) or not 0 < lo <= hi:
-                raise UserError(f"search space: {name} must be a range 0 < low <= high, got {[lo, hi]}")
+            pair = getattr(self, name)
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_number, pair))):
+                raise UserError(f"{name} must be a number or a range [low, high] of numbers, got {pair!r}")
+            lo, hi = pair
+            if not 0 < lo <= hi:
+                raise UserError(f"{name} must be a range 0 < low <= high, got {[lo, hi]}")
+            if name != "learning_rate":
+                if lo != int(lo) or hi != int(hi) or hi > INT_MAX:
+                    raise UserError(f"{name} bounds must be integers, got {[lo, hi]}")
+                lo, hi = int(lo), int(hi)  # 8.0 from JSON or a flag is the integer 8 Optuna's suggest_int expects
+            object.__setattr__(self, name, (lo, hi))
             if name in POW2 and not (_is_pow2(lo) and _is_pow2(hi)):
-                raise UserError(f"search space: {name} bounds must be powers of two, got {[lo, hi]}")
+                raise UserError(f"{name} bounds must be powers of two, got {[lo, hi]}")
             if name == "n_embed" and (lo % 64 or hi % 64):
-                raise UserError(f"search space: n_embed bounds must be multiples of 64, got {[lo, hi]}")
-            if name != "learning_rate" and (lo != int(lo) or hi != int(hi)):
-                raise UserError(f"search space: {name} bounds must be integers, got {[lo, hi]}")
+                raise UserError(f"n_embed bounds must be multiples of 64, got {[lo, hi]}")
         # n_embed is a multiple of 64 and n_head a power of two <= 64, so n_embed % n_head == 0 always.
         if self.n_head[1] > 64:
-            raise UserError(f"search space: n_head must be at most 64, got {self.n_head[1]}")
+            raise UserError(f"n_head must be at most 64, got {self.n_head[1]}")
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Draw the six values. Powers of two are drawn as integer exponents, so TPE sees their order."""
@@ -76,6 +85,11 @@ class Space:
         return {k: list(v) for k, v in asdict(self).items()}
 
 
+def _is_number(v: object) -> bool:
+    # JSON's true is an int to Python and Infinity a float: neither is a bound.
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _is_pow2(v: float) -> bool:
     return v == int(v) and int(v) > 0 and (int(v) & (int(v) - 1)) == 0
 
@@ -100,48 +114,60 @@ def auto_space(device_type: str, memory_bytes: int | None) -> str:
 
 
 def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides: dict[str, Any]) -> Space:
-    """small | medium | large | auto | FILE.json (ranges over the auto space), then flag overrides."""
+    """small | medium | large | auto | FILE.json (ranges over a named space), then flag overrides."""
+    if spec == "auto":
+        spec = auto_space(device_type, memory_bytes)
     if spec in SPACES:
         space = SPACES[spec]
-    elif spec == "auto":
-        space = SPACES[auto_space(device_type, memory_bytes)]
     else:
-        path = Path(spec)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"--space {spec}: not small, medium, large, auto, or an existing JSON file") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"--space {spec}: unreadable JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"--space {spec}: expected a JSON object of ranges")
-        base = data.pop("base", "auto")
-        space = load_space(base, device_type, memory_bytes, {})
-        overrides = {**data, **overrides}
-    unknown = sorted(set(overrides) - set(PARAMS))
-    if unknown:
-        raise UserError(f"search space: unknown parameter(s) {', '.join(unknown)}; expected {', '.join(PARAMS)}")
-    fixed = {}
-    for name, value in overrides.items():
+        ranges = _read_space_file(Path(spec))
+        base = ranges.pop("base", "auto")
+        # The base is a named space, never another file: a file naming itself (or a cycle) would never end.
+        if base != "auto" and (not isinstance(base, str) or base not in SPACES):
+            raise UserError(f"--space {spec}: base must be one of {', '.join(SPACES)} or auto, got {base!r}")
+        space = _with_ranges(load_space(base, device_type, memory_bytes, {}), ranges, f"--space {spec}")
+    return _with_ranges(space, overrides, None)
+
+
+def _read_space_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--space {path}: not small, medium, large, auto, or an existing JSON file") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"--space {path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--space {path}: expected a JSON object of ranges")
+    return data
+
+
+def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None) -> Space:
+    """`space` with some ranges replaced; a bad one is named by its file (`where`) or else by its own flag."""
+    for name, value in ranges.items():
+        label = where or f"--{name.replace('_', '-')}"
+        if name not in PARAMS:
+            raise UserError(f"{label}: unknown parameter {name!r}; expected {', '.join(PARAMS)}")
         # A single number pins a parameter; a pair is a range.
         pair = value if isinstance(value, (list, tuple)) else [value, value]
-        if len(pair) != 2:
-            raise UserError(f"search space: {name} must be a number or [low, high], got {value!r}")
-        fixed[name] = tuple(pair)
-    return replace(space, **fixed)
+        try:
+            space = replace(space, **{name: tuple(pair)})
+        except UserError as exc:
+            raise UserError(f"{label}: {exc}") from None
+    return space
 
 
 def parse_range(text: str) -> tuple[float, float]:
-    """'8,64' -> (8, 64); '32' -> (32, 32). For the --batch-size style flags."""
+    """'8,64' -> (8, 64); '32' -> (32, 32); '1e-4,3e-3' -> (0.0001, 0.003). For the --batch-size style flags."""
     try:
-        parts = [float(p) for p in text.split(",")]
-    except ValueError:
-        raise ValueError(text) from None
+        parts = [finite_float(p) for p in text.split(",")]
+    except argparse.ArgumentTypeError:
+        parts = []
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2:
-        raise ValueError(text)
-    return tuple(int(p) if p == int(p) and p >= 1 else p for p in parts)  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH or one number, got {text!r}")
+    low, high = (int(p) if p.is_integer() else p for p in parts)  # 8 reads as 8 in messages, not 8.0
+    return low, high
 
 
 parse_range.__name__ = "range (LOW,HIGH or one value)"
