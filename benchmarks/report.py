@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from gptcore.errors import UserError
-from gptcore.files import atomic_write, atomic_write_text
+from gptcore.files import atomic_write, atomic_write_text, check_output_dir
 
 TABLE = ["device", "dtype", "lib", "size", "transfer", "wall_ms", "wall_iqr_ms", "cpu_ms", "cpu_per_wall", "gflops",
          "share_of_peak", "speedup_vs_cpu", "cold_ms", "rel_error"]
 
 
 def check_out_dir(path: Path, flag: str = "--out") -> None:
-    """Refuse, before any work, an output folder that cannot be created or written to."""
-    # TODO(lead): use gptcore.files.check_output_dir once merged
-    probe = path
-    while not os.path.lexists(probe) and probe.parent != probe:
-        probe = probe.parent  # the nearest existing ancestor decides whether `path` can be created
-    if not probe.is_dir():
-        raise UserError(f"{flag} {path}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {probe} is not writable")
+    """Refuse, before any work, an output folder that cannot be created or written to (the line names the flag)."""
+    try:
+        check_output_dir(path, "results")
+    except UserError as exc:
+        raise UserError(f"{flag} {exc}") from None
 
 
 def peaks(df: pd.DataFrame) -> list[dict[str, Any]]:

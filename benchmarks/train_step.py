@@ -28,7 +28,9 @@ def run_one(preset: str, device: str, dtype: str, data: TokenData, *, steps: int
     mem = r.peak_memory
     return {
         "config": preset, "device": device, "dtype": dtype, "batch": t.batch_size, "block": m.block_size,
-        "params_M": r.n_params / 1e6, "steps": r.steps, "ms_per_step": 1e3 * r.train_seconds / r.steps,
+        "params_M": r.n_params / 1e6, "steps": r.steps,
+        # From the timed rate: train() keeps its own first WARMUP_STEPS steps out of the clock.
+        "ms_per_step": 1e3 * t.batch_size * m.block_size * t.grad_accum_steps / r.tokens_per_s,
         "tokens_per_s": r.tokens_per_s, "achieved_tflops": flops_per_token * r.tokens_per_s / 1e12,
         "mfu": r.mfu, "peak_allocated_MiB": (mem.get("peak_allocated_bytes") or 0) / 2**20 or None,
         "peak_rss_MiB": mem["peak_rss_bytes"] / 2**20, "threads": torch.get_num_threads(),

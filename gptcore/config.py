@@ -12,7 +12,7 @@ from typing import Any
 NORMS = ("post", "pre")
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
-LR_DECAYS = ("none", "cosine")
+LR_DECAYS = ("none", "cosine", "wsd")
 
 
 SEED_MAX = 2**32 - 1  # NumPy and Optuna take 32-bit seeds (torch takes more): one range for every seed
@@ -99,7 +99,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     grad_accum_steps: int = 1
     warmup_iters: int = 0
-    lr_decay: str = "none"  # "cosine" decays to lr/10 over the budget (steps or seconds, whichever ends first)
+    # "cosine" decays to lr/10 over the budget (steps or seconds, whichever ends first); "wsd" (warm-up, stable,
+    # decay) holds the rate and decays linearly to lr/10 over the budget's last 20 %.
+    lr_decay: str = "none"
     eval_interval: int = 250
     eval_iters: int = 20
     eval_batch_size: int | None = None  # None: batch_size. The tuner fixes it so every trial sees the same val set

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gptcore.errors import UserError
-from gptcore.prepare import META_FORMAT, corpus_fingerprint, ensure_prepared
+from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
 from gptcore.tokenizer import CharTokenizer
 
 SPLITS = ("train", "val")
@@ -21,16 +20,7 @@ class TokenData:
     def __init__(self, folder: str | Path, source: str | Path | None = None) -> None:
         self.folder = Path(folder)
         self.source = Path(source) if source is not None else self.folder  # what the user named, for messages
-        meta_path = self.folder / "meta.json"
-        try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{meta_path}: not found; is {self.folder} a prepared-data folder?") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{meta_path}: unreadable ({exc})") from None
-        problem = _meta_problem(self.meta)
-        if problem:
-            raise UserError(f"{meta_path}: {problem}; prepare the corpus again")
+        self.meta = read_meta(self.folder)
         self.tokenizer = CharTokenizer.from_dict(self.meta["tokenizer"])
         self.dtype = np.dtype(self.meta["dtype"])
         self._arrays: dict[str, np.ndarray] = {}
@@ -98,25 +88,3 @@ class TokenData:
         elif device.type != "cpu":
             w = w.to(device)
         return w[:, :-1], w[:, 1:]  # x, y: (B, T) each, y = x shifted by one
-
-
-def _meta_problem(meta: object) -> str | None:
-    """What is wrong with a meta.json's content (None: nothing), checked before any of it is used."""
-    if not isinstance(meta, dict):
-        return "expected a JSON object"
-    if meta.get("format") != META_FORMAT:
-        return f"unknown format {meta.get('format')!r}"
-    try:
-        tokenizer = CharTokenizer.from_dict(meta.get("tokenizer"))
-    except ValueError as exc:
-        return f"bad tokenizer ({exc})"
-    if meta.get("vocab_size") != tokenizer.vocab_size:
-        return f"vocab_size {meta.get('vocab_size')!r} but the tokenizer has {tokenizer.vocab_size} characters"
-    fits = {"uint8": 2**8, "uint16": 2**16}
-    if meta.get("dtype") not in fits or tokenizer.vocab_size > fits[meta["dtype"]]:
-        return f"dtype {meta.get('dtype')!r} cannot hold {tokenizer.vocab_size} token ids"
-    for key in ("train_tokens", "val_tokens"):
-        value = meta.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            return f"{key} must be a positive integer, got {value!r}"
-    return None

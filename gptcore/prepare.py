@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from gptcore.errors import UserError
 from gptcore.files import atomic_dir, check_output_dir, fault_point, pid_alive, recover
+from gptcore.tokenizer import CharTokenizer
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
 DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
@@ -402,6 +403,43 @@ def ensure_prepared(path: str | Path, *, progress: bool = False) -> Path:
     if not (out / "meta.json").exists():
         prepare(path, out, progress=progress)
     return out
+
+
+def read_meta(folder: str | Path) -> dict:
+    """A prepared folder's meta.json, checked before any of it is used; every problem names the file."""
+    meta_path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{meta_path}: not found; is {folder} a prepared-data folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{meta_path}: unreadable ({exc})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"{meta_path}: {problem}; prepare the corpus again")
+    return meta
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What is wrong with a meta.json's content (None: nothing), checked before any of it is used."""
+    if not isinstance(meta, dict):
+        return "expected a JSON object"
+    if meta.get("format") != META_FORMAT:
+        return f"unknown format {meta.get('format')!r}"
+    try:
+        tokenizer = CharTokenizer.from_dict(meta.get("tokenizer"))
+    except ValueError as exc:
+        return f"bad tokenizer ({exc})"
+    if meta.get("vocab_size") != tokenizer.vocab_size:
+        return f"vocab_size {meta.get('vocab_size')!r} but the tokenizer has {tokenizer.vocab_size} characters"
+    fits = {"uint8": 2**8, "uint16": 2**16}
+    if meta.get("dtype") not in fits or tokenizer.vocab_size > fits[meta["dtype"]]:
+        return f"dtype {meta.get('dtype')!r} cannot hold {tokenizer.vocab_size} token ids"
+    for key in ("train_tokens", "val_tokens"):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{key} must be a positive integer, got {value!r}"
+    return None
 
 
 def corpus_fingerprint(meta: dict) -> str:

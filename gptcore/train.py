@@ -6,7 +6,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -26,6 +26,7 @@ CHECK_EVERY = 10  # steps between reading losses back from the device (each read
 # They train like any other step but run before the clock starts: outside the time budget and outside tokens/s,
 # reported separately as warmup_steps / warmup_seconds.
 WARMUP_STEPS = 2
+WSD_DECAY_START = 0.8  # warm-up-stable-decay: the learning rate decays over the last 20 % of the budget
 
 
 @dataclass
@@ -90,13 +91,22 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Learning rate: linear warm-up, then constant or cosine decay to lr/10 by the end of the budget."""
+    """Learning rate: linear warm-up, then constant, cosine, or warm-up-stable-decay to lr/10 by the budget's end.
+
+    `progress` is the share of the budget done (steps or timed seconds): the schedule is defined against the
+    budget, so a run stopped early (a tuner's rung) has followed exactly the path of the full run so far.
+    """
     if step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / cfg.warmup_iters
     if cfg.lr_decay == "none":
         return cfg.learning_rate
     min_lr = cfg.learning_rate / 10
-    return min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - min_lr)
+    p = min(progress, 1.0)
+    if cfg.lr_decay == "wsd":  # stable until WSD_DECAY_START of the budget, then linear to min_lr
+        if p <= WSD_DECAY_START:
+            return cfg.learning_rate
+        return cfg.learning_rate - (p - WSD_DECAY_START) / (1 - WSD_DECAY_START) * (cfg.learning_rate - min_lr)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * p)) * (cfg.learning_rate - min_lr)
 
 
 @torch.no_grad()
@@ -134,22 +144,22 @@ def train(
     optimizer_state: dict[str, Any] | None = None,
     start_step: int = 0,
     progress: bool | None = None,
-    eval_interval_seconds: float | None = None,
+    eval_at: Sequence[float] | None = None,
     kind: str = "gpt",
     interrupt: threading.Event | None = None,
 ) -> TrainResult:
     """Train a model on `data` within the budget; returns losses, throughput, memory and the model.
 
-    Resume by passing `model` (weights loaded), `optimizer_state` and `start_step`. With
-    `eval_interval_seconds`, evaluate every that many training seconds instead of every eval_interval steps
-    (the tuner uses it so that trials of different speeds report at the same points of the budget).
+    Resume by passing `model` (weights loaded), `optimizer_state` and `start_step`. With `eval_at` (ascending
+    fractions of the budget, e.g. [1/27, 1/9, 1/3]), evaluate when training reaches each of them instead of every
+    eval_interval steps: the tuner's rungs, the same points of the budget for trials of any speed.
     When `interrupt` is set (the CLI sets it on Ctrl-C) the loop stops at the next step boundary, with no final
     evaluation, so the model and optimizer are consistent and can be saved.
     """
     phase = ["setup"]  # what the loop is doing; attached to any exception (the tuner reports where an OOM hit)
     try:
         return _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_step, progress,
-                      eval_interval_seconds, kind, phase, interrupt)
+                      eval_at, kind, phase, interrupt)
     except Exception as exc:
         exc.phase = phase[0]  # type: ignore[attr-defined]
         raise
@@ -157,7 +167,7 @@ def train(
 
 def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_eval: EvalCallback | None,
            model: LanguageModel | None, optimizer_state: dict[str, Any] | None, start_step: int,
-           progress: bool | None, eval_interval_seconds: float | None, kind: str, phase: list[str],
+           progress: bool | None, eval_at: Sequence[float] | None, kind: str, phase: list[str],
            interrupt: threading.Event | None) -> TrainResult:
     device = hw.resolve_device(train_cfg.device)
     hw.check_dtype(device, train_cfg.dtype)
@@ -187,7 +197,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
     # Every interval of wall time goes to exactly one of these three by lap(): no second counting.
     train_s = eval_s = warmup_s = 0.0
     step = start_step
-    next_eval_s = eval_interval_seconds
+    eval_points = sorted(f for f in eval_at or () if 0 < f < 1)  # the end of the budget is always evaluated
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
     recent: list[float] = []  # training losses since the last evaluation
     show = sys.stderr.isatty() if progress is None else progress
@@ -204,6 +214,10 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
         now = time.perf_counter()
         elapsed, t_last = now - t_last, now
         return elapsed
+
+    def progress() -> float:
+        """Share of the budget done: steps or timed seconds, whichever is further along."""
+        return max(step / max_iters if max_iters else 0.0, train_s / max_seconds if max_seconds else 0.0)
 
     def book(seconds: float) -> None:
         """Time of the first WARMUP_STEPS steps goes to warmup_s, every later interval to the budget."""
@@ -251,10 +265,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
             if interrupt is not None and interrupt.is_set():
                 stopped_by = "interrupted"
                 break
-            progress_frac = max(
-                step / max_iters if max_iters else 0.0, train_s / max_seconds if max_seconds else 0.0
-            )
-            lr = lr_at(train_cfg, step, progress_frac)
+            lr = lr_at(train_cfg, step, progress())
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for _ in range(accum):
@@ -281,19 +292,14 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
             book(lap(sync=step - start_step == WARMUP_STEPS))
             bar.update(1)
 
-            due = (
-                train_s >= next_eval_s
-                if next_eval_s is not None
-                else step % train_cfg.eval_interval == 0
-            )
-            finished = (max_iters is not None and step >= max_iters) or (
-                max_seconds is not None and train_s >= max_seconds
-            )
-            if due and not finished:
+            if eval_at is None:
+                due = step % train_cfg.eval_interval == 0
+            else:
+                due = bool(eval_points) and progress() >= eval_points[0]
+                while eval_points and progress() >= eval_points[0]:
+                    eval_points.pop(0)  # a point passed within one step is evaluated once
+            if due and progress() < 1.0:
                 check_pending()
-                if next_eval_s is not None:
-                    while next_eval_s <= train_s:
-                        next_eval_s += eval_interval_seconds
                 if evaluate():
                     stopped_by = "callback"
                     break

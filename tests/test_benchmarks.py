@@ -148,7 +148,7 @@ def test_matmul_settings_validate_themselves(settings, needle):
 @pytest.mark.parametrize("argv, needle", [
     (["--min-time", "nan"], "--min-time"),
     (["--cpu-peak-gflops", "-5"], "--cpu-peak-gflops"),
-    (["--out", "{file}/b"], "--out {file}/b: {file} is not a folder"),
+    (["--out", "{file}/b"], "--out {file}/b: {file} is a file, not a folder"),
 ])
 def test_bad_matmul_input_is_refused_before_any_work(argv, needle, tmp_path, monkeypatch, capsys):
     """One line naming the flag, exit 2, and not a single case timed (mm.run would record it)."""
@@ -169,7 +169,7 @@ def test_every_subcommand_checks_out_before_work(command, tmp_path, capsys):
     file.write_text("x")
     with pytest.raises(SystemExit) as info:
         run(main, [command, "--out", str(file / "b"), "--no-progress"], prog="python -m benchmarks")
-    assert info.value.code == 2 and f"--out {file}/b: {file} is not a folder" in capsys.readouterr().err
+    assert info.value.code == 2 and f"--out {file}/b: {file} is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -177,7 +177,7 @@ def test_every_subcommand_checks_out_before_work(command, tmp_path, capsys):
     (["matmul", "--dtypes", "float8"], "unknown dtype float8"),
     (["matmul", "--devices", "tpu"], "unknown device tpu"),
     (["matmul", "--dtypes", "float16", "--devices", "cpu"], "GPU only"),
-    (["matmul", "--threads", "0"], "--threads: must be at least 1"),
+    (["matmul", "--threads", "0"], "argument --threads: expected an integer from 1 to 1024"),
     (["train-step", "--configs", "huge"], "unknown preset huge"),
 ])
 def test_bad_options_are_one_line_and_exit_2(argv, needle, capsys):

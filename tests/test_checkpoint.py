@@ -112,11 +112,14 @@ def test_edited_vocabulary_is_refused_and_old_checkpoints_without_fingerprint_lo
     i, j = original.index("a"), original.index("b")
     swapped = list(original)
     swapped[i], swapped[j] = swapped[j], swapped[i]
-    replaced = [("\u00e9" if c == "a" else c) for c in original]  # same size, another character
-    for chars in (swapped, replaced):
-        edit_json(path / "vocab.json", chars=chars)
-        with pytest.raises(UserError, match="vocab.json: not the vocabulary this checkpoint was trained with"):
-            load_checkpoint(path)
+    # Same size, still distinct and sorted (so only the saved fingerprint can tell): the last character replaced.
+    replaced = [*original[:-1], chr(ord(original[-1]) + 1)]
+    edit_json(path / "vocab.json", chars=swapped)  # caught by the vocabulary's own order check, or the fingerprint
+    with pytest.raises(UserError, match="vocab.json: not (the vocabulary this checkpoint|a valid vocabulary)"):
+        load_checkpoint(path)
+    edit_json(path / "vocab.json", chars=replaced)
+    with pytest.raises(UserError, match="vocab.json: not the vocabulary this checkpoint was trained with"):
+        load_checkpoint(path)
     edit_json(path / "vocab.json", chars=original)
     assert load_checkpoint(path).tokenizer.chars == original
     state = json.loads((path / "state.json").read_text())

@@ -82,7 +82,7 @@ def test_sample_is_seeded_and_chat_exits_on_eof(checkpoint, capsys, monkeypatch)
         (["train", "--n-embed", "30", "--n-head", "4"], "n_embed must be divisible by n_head"),
         (["train", "--lr", "-1"], "learning_rate must be a positive number"),
         (["train", "--dropout", "1.5"], "dropout must be in [0, 1)"),
-        (["train", "--lr", "fast"], "argument --learning-rate/--lr: invalid float value: 'fast'"),
+        (["train", "--lr", "fast"], "argument --learning-rate/--lr: expected a number, got 'fast'"),
         (["train", "--data", "missing.txt"], "missing.txt: no such file or folder"),
         (["train", "--config", "missing.json"], "missing.json: config file not found"),
         (["train", "--device", "cuda:7"], "--device cuda:7"),
@@ -90,7 +90,8 @@ def test_sample_is_seeded_and_chat_exits_on_eof(checkpoint, capsys, monkeypatch)
         (["train", "--preset", "huge"], "invalid choice: 'huge'"),
         (["sample", "--checkpoint", "nowhere"], "nowhere: no such checkpoint folder"),
         (["prepare", "missing.txt", "--out", "x"], "missing.txt: no such file or folder"),
-        (["prepare", str(CORPUS), "--out", "x", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+        (["prepare", str(CORPUS), "--out", "x", "--val-fraction", "1.5"],
+         "argument --val-fraction: expected a number between 0 and 1"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(argv, needle, capsys, tmp_path, monkeypatch):

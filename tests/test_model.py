@@ -99,3 +99,12 @@ def test_bigram_model():
     logits, loss = model(x, x)
     assert logits.shape == (2, 8, 50) and loss.ndim == 0
     assert model.generate(x[:, :1], 5).shape == (2, 6)
+
+
+def test_a_tiny_temperature_samples_the_most_likely_token():
+    """Logits divided by 1e-40 overflow to inf unless shifted by their max first (a NaN softmax then)."""
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    tiny = model.generate(idx, 8, temperature=1e-40, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tiny, model.generate(idx, 8, temperature=0))

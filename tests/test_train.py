@@ -41,9 +41,14 @@ def test_callback_stop_and_time_budget(data):
     result = train(m, t, data, on_eval=lambda s, tr, va: "stop", progress=False)
     assert result.steps == 5 and result.stopped_by == "callback"
     m, t = configs(max_iters=None, max_seconds=0.5)
-    result = train(m.with_vocab(data.vocab_size), t, data, progress=False, eval_interval_seconds=0.2)
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False, eval_at=[0.2, 0.6])
     assert result.stopped_by == "max_seconds" and result.train_seconds >= 0.5
-    assert len(result.history) >= 2  # at least one timed evaluation plus the final one
+    # Evaluated once the training time passed 20 % and 60 % of the budget, then at its end.
+    seconds = [p.train_seconds for p in result.history]
+    assert len(seconds) == 3 and 0.1 <= seconds[0] < seconds[1] < seconds[2] and seconds[1] >= 0.3
+    m, t = configs(max_iters=27, eval_interval=1000)
+    result = train(m.with_vocab(data.vocab_size), t, data, progress=False, eval_at=[1 / 27, 1 / 9, 1 / 3])
+    assert [p.step for p in result.history] == [1, 3, 9, 27]  # rungs of a step budget
 
 
 def test_divergence_raises_with_step(data):
@@ -73,6 +78,9 @@ def test_lr_schedule():
     assert lr_at(t, 0, 0.0) == pytest.approx(0.1)
     assert lr_at(t, 50, 0.0) == pytest.approx(1.0)
     assert lr_at(t, 50, 1.0) == pytest.approx(0.1)
+    _, w = configs(learning_rate=1.0, lr_decay="wsd")
+    # Stable to 80 % of the budget, then linear to lr/10 at its end.
+    assert [lr_at(w, 50, p) for p in (0.0, 0.8, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 0.55, 0.1])
 
 
 @cuda

@@ -16,18 +16,21 @@ from gptcore.config import ModelConfig, from_dict
 from gptcore.errors import Diverged, UserError
 from tests.conftest import CORPUS, ROOT
 from tune.__main__ import main, parse_size
+from tune.budget import Budget, RungPlan
 from tune.outcomes import classify, requested_bytes
 from tune.report import trials_frame
 from tune.space import SPACES, Space, load_space
-from tune.study import TuneSettings, run_study, trial_configs
+from tune.study import TuneSettings, run_study
 
 TINY_SPACE = {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
               "n_layer": [1, 1], "learning_rate": [1e-3, 1e-2]}
 
 
 def settings(tmp_path, **kw) -> TuneSettings:
-    base = dict(trials=4, trial_seconds=0.5, data=CORPUS, device="cpu", results=tmp_path / "results",
-                study_name="t", space_overrides=TINY_SPACE, progress=False, seed=1)
+    if "trial_seconds" in kw:
+        kw["budget"] = Budget(kw.pop("trial_seconds"), "s")
+    base = dict(trials=4, budget=Budget(0.5, "s"), references=(), data=CORPUS, device="cpu",
+                results=tmp_path / "results", study_name="t", space_overrides=TINY_SPACE, progress=False, seed=1)
     return TuneSettings(**{**base, **kw})
 
 
@@ -55,10 +58,15 @@ def test_fixed_trial_gives_the_configs_a_trial_trains():
     params = Space().suggest(trial)
     assert params == {"batch_size": 8, "block_size": 32, "n_embed": 128, "n_head": 4, "n_layer": 2,
                       "learning_rate": 1e-3}
-    model, train = trial_configs(params, TuneSettings(trial_seconds=10), 80, "float32", "cpu")
+    from tune.study import Session, trial_configs
+
+    session = Session(TuneSettings(), None, None, Space(), {"device": "cpu"}, {"vocab_size": 80}, None, None,
+                      "float32", "", Budget(10, "s"), RungPlan.for_budget(Budget(10, "s")))
+    model, train = trial_configs(params, session)
     m, t = from_dict({"model": model, "train": train})
     assert (m.n_head, t.batch_size, t.max_seconds, t.max_iters, t.learning_rate) == (4, 8, 10, None, 1e-3)
     assert m.dropout == 0.0 and t.eval_iters == 4 and t.eval_batch_size == 32 and not t.eval_train_split
+    assert t.lr_decay == "cosine"  # the schedule runs to the target, in every trial as in best.json
 
 
 def test_space_auto_file_and_overrides(tmp_path):
@@ -133,7 +141,7 @@ def test_parse_size(text, value):
 def test_study_completes_and_writes_every_file(tmp_path):
     out = run_study(settings(tmp_path))
     folder = out.results_dir
-    for name in ("trials.csv", "summary.md", "best.json", "study.db", "history.png", "importances.png",
+    for name in ("trials.csv", "summary.md", "best.json", "study.db", "rungs.png", "history.png", "importances.png",
                  "loss_vs_memory.png", "throughput_vs_memory.png"):
         assert (folder / name).stat().st_size > 0, name
     df = pd.read_csv(folder / "trials.csv")
@@ -146,7 +154,7 @@ def test_study_completes_and_writes_every_file(tmp_path):
     assert ((df["eval_share"] > 0) & (df["eval_share"] < 1)).all() and (df["cpu_share"] > 0).all()
     assert df["batch_size"].isin([2, 4]).all() and df["block_size"].isin([8, 16]).all()
     summary = (folder / "summary.md").read_text()
-    for section in ("## Environment", "## Budget", "## Trials per status", "## Best configuration", "## Top 10",
+    for section in ("## Environment", "## Target and rungs", "## Trials per status", "## Verdict", "## Top 10",
                     "## Out-of-memory frontier", "## Search space"):
         assert section in summary
     model_cfg, train_cfg = from_dict(json.loads((folder / "best.json").read_text()))
@@ -195,8 +203,10 @@ def test_the_tuner_process_never_imports_torch(tmp_path):
         "from pathlib import Path\n"
         "from tune.study import TuneSettings, run_study\n"
         "if __name__ == '__main__':\n"
-        f"    run_study(TuneSettings(trials=1, trial_seconds=0.3, device='cpu', results=Path({str(tmp_path)!r}),\n"
-        f"              data=Path({str(CORPUS)!r}), space_overrides={TINY_SPACE!r}, progress=False))\n"
+        "    from tune.budget import Budget\n"
+        f"    run_study(TuneSettings(trials=1, budget=Budget(0.3, 's'), device='cpu', references=(),\n"
+        f"              results=Path({str(tmp_path)!r}), data=Path({str(CORPUS)!r}),\n"
+        f"              space_overrides={TINY_SPACE!r}, progress=False))\n"
         "    assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     script = tmp_path / "parent.py"
@@ -229,7 +239,7 @@ def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--trials", "0"], "--trials: must be positive"),
+    (["--trials", "0"], "argument --trials: expected a positive integer"),
     (["--memory-limit", "lots"], "--memory-limit: expected a size such as 8GiB or 600MB, got 'lots'"),
     (["--storage", "sqlite:////nonexistent-dir/x/study.db"], "--storage sqlite:////nonexistent-dir"),
     (["--results", "__FILE__/sub"], "not writable"),
@@ -243,7 +253,7 @@ def test_bad_flags_are_one_line_and_exit_2(argv, needle, tmp_path):
     argv = [a.replace("__FILE__", str(afile)) for a in argv]
     if torch_cuda() and argv[:2] == ["--device", "cuda"]:
         pytest.skip("CUDA is present here")
-    proc = subprocess.run([sys.executable, "-m", "tune", "--trials", "1", "--trial-seconds", "0.5", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "tune", "--trials", "1", "--budget", "0.5s", "--device", "cpu",
                            "--results", str(tmp_path / "r"), "--no-progress", *argv],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr
@@ -260,7 +270,8 @@ def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
     results = tmp_path / "r"
     space_flags = [arg for k, v in TINY_SPACE.items() for arg in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tune", "--trials", "3", "--trial-seconds", "30", "--device", "cpu", "--results",
+        [sys.executable, "-m", "tune", "--trials", "3", "--budget", "30s", "--references", "none", "--device", "cpu",
+         "--results",
          str(results), "--study-name", "c", "--no-progress", *space_flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = results / "c" / "logs" / "trial_0000.log"
@@ -281,16 +292,16 @@ def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
 def test_median_pruner_never_prunes_at_the_first_report():
     from tune.study import make_pruner
 
-    study = optuna.create_study(pruner=make_pruner("median", reports=4))
+    study = optuna.create_study(pruner=make_pruner("median", RungPlan((1 / 27, 1 / 9, 1 / 3, 1.0), 3)))
     for value in (1.0, 1.0, 1.0, 1.0, 1.0):  # five finished trials: the pruner is past its start-up
         t = study.ask()
-        for k in (1, 2, 3, 4):
+        for k in (1, 3, 9, 27):  # the rungs' report steps
             t.report(value, k)
         study.tell(t, value)
     bad = study.ask()
     bad.report(9.0, 1)
-    assert not bad.should_prune()  # far worse than the median, but only a quarter of the budget in
-    bad.report(9.0, 2)
+    assert not bad.should_prune()  # far worse than the median, but only at the first rung
+    bad.report(9.0, 3)
     assert bad.should_prune()
 
 
@@ -344,14 +355,14 @@ def test_objective_throughput_with_hyperband_and_random_sampler(tmp_path):
 def test_hyperband_prunes_a_losing_trial_on_loss():
     from tune.study import make_pruner
 
-    study = optuna.create_study(pruner=make_pruner("hyperband", reports=4),
+    study = optuna.create_study(pruner=make_pruner("hyperband", RungPlan((1 / 27, 1 / 9, 1 / 3, 1.0), 3)),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     pruned = 0
     for i in range(30):
         t = study.ask()
         t.suggest_float("x", 0, 1)
         value = 1.0 if i % 3 else 5.0  # every third trial is far worse
-        for k in (1, 2, 3, 4):
+        for k in (1, 3, 9, 27):
             t.report(value, k)
             if t.should_prune():
                 pruned += value == 5.0
@@ -393,7 +404,7 @@ def test_an_empty_study_db_beside_results_is_refused_and_nothing_overwritten(tmp
 def test_a_storage_that_will_not_open_leaves_no_results_folder(tmp_path):
     with pytest.raises(UserError, match="--storage"):
         run_study(settings(tmp_path, trials=1, storage="nosuchdb://x"))
-    assert not (tmp_path / "results" / "t").exists()
+    assert not (tmp_path / "results").exists()  # not even the parent it had to create
 
 
 def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkeypatch):
@@ -409,3 +420,50 @@ def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkey
     (trial,) = stored.trials
     assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["status"] == "error"
     assert "disk full" in trial.user_attrs["error"]
+
+
+# --- rungs, references, the winner's model ------------------------------------------------------------
+
+
+def test_trials_are_judged_at_rungs_and_rows_show_the_rung_reached(tmp_path):
+    out = run_study(settings(tmp_path, trials=8, budget=Budget(0.9, "s"), rungs=3, pruner="asha", seed=2))
+    df = pd.read_csv(out.results_dir / "trials.csv")
+    assert {"rung", "rungs", "rung_loss", "loss_rung_1", "loss_rung_2", "loss_rung_3"} <= set(df.columns)
+    ok, pruned = df[df["status"] == "ok"], df[df["status"] == "pruned"]
+    assert len(ok) >= 1 and (ok["rung"] == 3).all() and ok["loss_rung_3"].notna().all()
+    assert (ok["rung_loss"] == ok["val_loss"]).all()
+    for _, row in pruned.iterrows():  # stopped at a lower rung, judged on its loss there
+        assert row["rung"] < 3 and row["rung_loss"] == row[f"loss_rung_{int(row['rung'])}"]
+    for t in out.study.trials:
+        assert set(t.intermediate_values) <= {1, 3, 9}  # reports at the rungs' steps only
+    # Only trials that trained to the target keep a model.
+    kept = sorted(p.name for p in (out.results_dir / "checkpoints").iterdir())
+    assert kept == [f"trial_{int(n):04d}" for n in ok["number"]]
+    summary = (out.results_dir / "summary.md").read_text()
+    assert "## Rungs" in summary and "## Verdict" in summary and (out.results_dir / "rungs.png").stat().st_size > 0
+
+
+def test_references_run_to_the_target_and_the_winner_model_is_kept(tmp_path):
+    from gptcore.checkpoint import load_checkpoint
+    from gptcore.sample import sample_text
+
+    out = run_study(settings(tmp_path, trials=2, references=("tiny",)))
+    df = trials_frame(out.study)
+    ref = df[df["reference"] == "tiny"]
+    assert len(ref) == 1 and ref.iloc[0]["status"] == "ok" and ref.iloc[0]["rung"] == ref.iloc[0]["rungs"]
+    assert len(df[df["reference"].isna()]) == 2  # references do not count toward --trials
+    summary = (out.results_dir / "summary.md").read_text()
+    assert "reference `tiny`" in summary
+    best = json.loads((out.results_dir / "best.json").read_text())
+    assert best["train"]["max_seconds"] == 0.5 and best["train"]["max_iters"] is None
+    assert best["train"]["eval_iters"] == 4 and best["train"]["eval_batch_size"] == 32
+    ckpt = load_checkpoint(out.results_dir / "best-model")
+    ok = df[df["status"] == "ok"]
+    winner = ok.loc[ok["val_loss"].idxmin()]
+    assert ckpt.extra["tuner"]["val_loss"] == pytest.approx(winner["val_loss"])
+    assert ckpt.model_cfg.n_embed == best["model"]["n_embed"]
+    text = sample_text(ckpt.build_model(), ckpt.tokenizer, "Dorothy", max_new_tokens=5, seed=0)
+    assert len(text) == 5
+    # Resuming runs no reference twice.
+    again = run_study(settings(tmp_path, trials=3, references=("tiny",)))
+    assert len(trials_frame(again.study).query("reference == 'tiny'")) == 1 and again.ran == 1

@@ -1,6 +1,7 @@
-"""python -m tune: which GPT configuration trains best on this device in a fixed time?
+"""python -m tune: which GPT configuration trains best on this device, for the training you will run?
 
-    python -m tune --trials 50                      # a study on the shipped corpus, auto device and space
+    python -m tune --trials 50                      # the shipped corpus, auto device, space and target budget
+    python -m tune --budget 1h --trials 50          # the best configuration for a one-hour training run
     python -m tune report --study-name NAME         # regenerate tables and plots from the storage
 """
 
@@ -12,21 +13,66 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from gptcore.cliutil import EXIT_INTERRUPTED, Parser, parse_size, positive_float, positive_int, run, seed
+from gptcore.cliutil import (
+    EXIT_INTERRUPTED,
+    Parser,
+    int_range,
+    parse_size,
+    positive_float,
+    positive_int,
+    run,
+    seed,
+)
+from gptcore.config import PRESETS
 from gptcore.errors import UserError
+from tune.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.space import PARAMS, SPACES, load_space, parse_range
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+PRUNERS = ("asha", "median", "hyperband", "none")
+
+
+def budget_flag(text: str) -> Budget:
+    """A flag type for --budget: '2m', '90s', '1h30m', '5000steps'."""
+    try:
+        return parse_budget(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--budget {text!r}: ")) from None
+
+
+def references_flag(text: str) -> tuple[str, ...]:
+    """A flag type for --references: comma-separated preset names, or 'none'."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if text.strip().lower() == "none":
+        return ()
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected preset names from {', '.join(PRESETS)} or none, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the study command."""
     p = Parser(prog="python -m tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=positive_int, default=50, help="trials the study should hold (default 50)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--trial-seconds", type=positive_float, default=None,
-                        help="training seconds per trial, the same for every trial (default 30)")
-    budget.add_argument("--trial-steps", type=positive_int, default=None, help="training steps per trial instead")
+    defaults = ", ".join(f"{k} {v}" for k, v in DEFAULT_BUDGET.items())
+    p.add_argument("--budget", type=budget_flag, default=None,
+                   help=f"the training you mean to run, per configuration: 90s, 10m, 1h, or 5000steps; the winner "
+                        f"is the best at this budget (default by device: {defaults})")
+    p.add_argument("--rungs", type=int_range(1, 8), default=None,
+                   help="evaluation rungs up to the target, each reduction-factor times the last (default: up to "
+                        "4, the smallest at least 4 s or 50 steps)")
+    p.add_argument("--reduction-factor", type=int_range(2, 10), default=3,
+                   help="only the best 1/this of a rung train on to the next (default 3)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default="cosine",
+                   help="learning-rate schedule against the target, the same in every trial and in best.json")
+    p.add_argument("--references", type=references_flag, default=None,
+                   help="presets run beside the search to the target, never pruned (default: course-default,baby; "
+                        "on a GPU also gpu; 'none' for none)")
+    p.add_argument("--no-save-models", action="store_true",
+                   help="do not keep the models of the trials that train to the target (best-model/ is one of them)")
     p.add_argument("--trial-timeout", type=positive_float, default=None,
-                   help="kill a trial after this many seconds (default 3 x budget + 60 s)")
+                   help="kill a trial after this many seconds (default 3 x a time budget + 120 s; 1 h for steps)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="corpus: .txt file or prepared folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--study-name", default=None, help="default: <device>-<corpus>")
@@ -39,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["loss", "throughput"], default="loss")
     p.add_argument("--memory-limit", type=parse_size, default=None,
                    help="emulate a smaller device, e.g. 8GiB or 600MB (CUDA: allocator fraction; CPU: rlimit)")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--pruner", choices=PRUNERS, default="asha",
+                   help="asha: asynchronous successive halving over the rungs (default); median; hyperband; none")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="random: the baseline to compare")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -130,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     # The device only picks the base space; the file and the flags are checked now, before the device probe.
     load_space(args.space, "cpu", None, overrides)
     settings = TuneSettings(
-        trials=args.trials, trial_seconds=args.trial_seconds or (None if args.trial_steps else 30.0),
-        trial_steps=args.trial_steps, data=args.data, device=args.device, study_name=args.study_name,
+        trials=args.trials, budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
+        schedule=args.schedule, references=args.references, save_models=not args.no_save_models, data=args.data,
+        device=args.device, study_name=args.study_name,
         storage=args.storage, results=args.results, space=args.space, space_overrides=overrides,
         objective=args.objective, memory_limit=args.memory_limit, pruner=args.pruner, sampler=args.sampler,
         seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout, progress=not args.no_progress,
@@ -139,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_study(settings)
     df = readable(trials_frame(outcome.study))
     print(df.to_string(index=False))
-    print(f"results: {outcome.results_dir} (trials.csv, summary.md, best.json, plots)")
+    print(f"results: {outcome.results_dir} (summary.md, trials.csv, best.json, best-model/, plots)")
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 

@@ -148,7 +148,7 @@ def budget_warnings(timed_steps: int | None, eval_share: float | None) -> list[s
     return out
 
 
-def study_warnings(attrs_by_trial: dict[int, dict[str, Any]]) -> list[str]:
+def study_warnings(attrs_by_trial: dict[Any, dict[str, Any]]) -> list[str]:
     """Study-wide warnings from the trials' records: contended trials, budgets too short (console and summary)."""
     contended = [n for n, a in attrs_by_trial.items() if a.get("contended")]
     short = [n for n, a in attrs_by_trial.items() if a.get("budget_warning")]
@@ -160,10 +160,10 @@ def study_warnings(attrs_by_trial: dict[int, dict[str, Any]]) -> list[str]:
     if short:
         out.append(f"{len(short)} trials had a budget too short to say much (trials {_numbers(short)}: fewer than "
                    f"{MIN_TIMED_STEPS} timed steps, or evaluation above {MAX_EVAL_SHARE:.0%} of their time). "
-                   f"Raise --trial-seconds or --trial-steps.")
+                   f"Raise --budget (or lower --rungs).")
     return out
 
 
-def _numbers(numbers: list[int], shown: int = 12) -> str:
+def _numbers(numbers: list[Any], shown: int = 12) -> str:
     text = ", ".join(map(str, numbers[:shown]))
     return text + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")

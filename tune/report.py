@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,27 +11,45 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from gptcore.files import atomic_write, atomic_write_text
+from gptcore.config import from_name, to_dict
+from gptcore.files import atomic_dir, atomic_write, atomic_write_text
 from tune import health
+from tune.budget import SCHEDULES
 from tune.outcomes import STATUSES
 from tune.space import PARAMS
+from tune.storage import load_references
 
-COLUMNS = ["number", "status", "state", *PARAMS, "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
+COLUMNS = ["number", "reference", "status", "state", *PARAMS, "rung", "rungs", "rung_loss", "reached_target",
+           "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
            "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
            "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu",
            "device", "threads", "cpu_share", "others_cores", "load_1m", "gpu_other_processes", "gpu_util_percent",
-           "contended", "budget_warning", "oom_phase", "oom_requested_bytes", "error", "parent_rss_bytes"]
-PLOTS = ("history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
+           "contended", "budget_warning", "oom_phase", "oom_requested_bytes", "error", "checkpoint",
+           "parent_rss_bytes"]
+PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial with the columns above (from the trials' user attributes)."""
-    df = study.trials_dataframe(attrs=("number", "state", "user_attrs"))
-    df.columns = [c.removeprefix("user_attrs_") for c in df.columns]
-    df = df.reindex(columns=COLUMNS)
+    """One row per trial, the references first (from the trials' user attributes), plus the loss at every rung."""
+    refs = load_references(study)
+    frames = [_frame(refs, reference=True)] if refs is not None else []
+    frames.append(_frame(study, reference=False))
+    df = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
     # Peak memory that matters for the device: CUDA max allocated, else the trial process's peak RSS.
     df["peak_memory_bytes"] = df["peak_allocated_bytes"].fillna(df["peak_rss_bytes"])
     return df
+
+
+def _frame(study: optuna.Study, reference: bool) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row = {"number": None if reference else t.number, "state": t.state.name, **t.user_attrs}
+        for k, (_, value) in enumerate(sorted(t.intermediate_values.items()), start=1):
+            row[f"loss_rung_{k}"] = value  # reports are at steps 1, eta, eta**2...: the k-th is rung k
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    extra = sorted((c for c in df.columns if c.startswith("loss_rung_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    return df.reindex(columns=[*COLUMNS, *extra])
 
 
 def _mib(series: pd.Series) -> pd.Series:
@@ -43,15 +62,22 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         return col.round(0).astype("Int64")  # integers that may be missing (an OOM trial has no steps)
 
     return pd.DataFrame({
-        "trial": df["number"], "status": df["status"],
+        "trial": [label(r) for _, r in df.iterrows()], "status": df["status"],
         "batch": whole(df["batch_size"]), "block": whole(df["block_size"]), "embed": whole(df["n_embed"]),
         "heads": whole(df["n_head"]), "layers": whole(df["n_layer"]),
         "lr": df["learning_rate"].map(lambda v: f"{v:.2e}" if pd.notna(v) else ""),
-        "val_loss": df["val_loss"].round(4), "tokens/s": whole(df["tokens_per_s"]),
+        "rung": [f"{int(r)}/{int(n)}" if pd.notna(r) and pd.notna(n) else "" for r, n in zip(df["rung"], df["rungs"])],
+        "loss_at_rung": df["rung_loss"].round(4), "tokens/s": whole(df["tokens_per_s"]),
         "peak_MiB": whole(df["peak_memory_bytes"] / 2**20), "params_M": (df["n_params"] / 1e6).round(2),
         "steps": whole(df["steps"]), "trial_s": df["trial_seconds"].round(1),
         "flags": _flags(df),
     })
+
+
+def label(row: pd.Series) -> str:
+    """'12' for a searched trial, 'ref baby' for a reference preset."""
+    ref = row.get("reference")
+    return f"ref {ref}" if isinstance(ref, str) and ref else str(int(row["number"]))
 
 
 def _flags(df: pd.DataFrame) -> pd.Series:
@@ -63,7 +89,7 @@ def _flags(df: pd.DataFrame) -> pd.Series:
 
 
 def best_row(df: pd.DataFrame, objective: str) -> pd.Series | None:
-    """The best ok trial for the objective."""
+    """The best configuration that trained to the target: a searched trial or a reference preset."""
     ok = df[df["status"] == "ok"]
     if ok.empty:
         return None
@@ -71,17 +97,39 @@ def best_row(df: pd.DataFrame, objective: str) -> pd.Series | None:
 
 
 def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None) -> dict[str, Any]:
-    """The winner as a gptcore config: its six values, and a full-length run of 10x the trial's steps."""
+    """The winner as a gptcore config that trains it from scratch exactly as the study did, to the same target.
+
+    Same shape, batch, learning rate and schedule, the same budget (seconds of timed training or steps), the
+    same validation windows (so its val loss compares with the study's figures); 10 evaluations on the way.
+    """
     steps = int(row["steps"]) if pd.notna(row["steps"]) else 1000
-    max_iters = max(1000, 10 * steps)
-    model = {"block_size": int(row["block_size"]), "n_embed": int(row["n_embed"]), "n_head": int(row["n_head"]),
-             "n_layer": int(row["n_layer"]), "dropout": 0.0}
+    budget = {"max_seconds": settings["budget_amount"], "max_iters": None} if settings.get("budget_unit") == "s" \
+        else {"max_seconds": None, "max_iters": int(settings["budget_amount"])}
+    shared = {**budget, "eval_interval": max(1, steps // 10), "eval_iters": settings.get("eval_iters", 4),
+              "eval_batch_size": settings.get("eval_batch_size", 32), "eval_train_split": False,
+              "dtype": settings.get("dtype", "float32"), "seed": settings.get("seed", 0)}
+    if isinstance(row.get("reference"), str) and row["reference"]:
+        cfg = to_dict(*from_name(row["reference"]))  # a preset won: its own shape, dropout and schedule
+        model, train = cfg["model"], {**cfg["train"], **shared}
+        train.pop("device", None)
+    else:
+        model = {"block_size": int(row["block_size"]), "n_embed": int(row["n_embed"]),
+                 "n_head": int(row["n_head"]), "n_layer": int(row["n_layer"]), "dropout": 0.0}
+        train = {"batch_size": int(row["batch_size"]), "learning_rate": float(row["learning_rate"]),
+                 "lr_decay": SCHEDULES[settings.get("schedule", "cosine")], "warmup_iters": 0, **shared}
     if vocab_size:
         model["vocab_size"] = vocab_size
-    train = {"batch_size": int(row["batch_size"]), "learning_rate": float(row["learning_rate"]),
-             "max_iters": max_iters, "max_seconds": None, "eval_interval": max_iters // 10, "eval_iters": 50,
-             "dtype": settings.get("dtype", "float32")}
     return {"model": model, "train": train}
+
+
+def keep_best_model(row: pd.Series, folder: Path) -> str | None:
+    """Copy the winner's checkpoint to `folder/best-model` (atomically); a note when there is none to copy."""
+    src = row.get("checkpoint")
+    if not isinstance(src, str) or not (Path(src) / "state.json").exists():
+        return "best-model/: not written (the winner's checkpoint was not kept; see the trial's log)"
+    with atomic_dir(folder / "best-model", "state.json", "checkpoint") as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return None
 
 
 def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
@@ -119,26 +167,30 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
               .to_markdown(index=False), ""]
     limit = settings.get("memory_limit_bytes")
     meaning = "validation loss, lower is better" if objective == "loss" else "training tokens/s, higher is better"
-    lines += ["## Budget", "",
-              f"- per trial: **{settings.get('budget')}** of training (evaluation excluded), the same for every trial",
+    rungs = settings.get("rungs") or [1.0]
+    lines += ["## Target and rungs", "",
+              f"- target: **{settings.get('budget')}** of training per configuration (evaluation excluded); the "
+              f"winner is the configuration with the best {meaning.split(',')[0]} *at that budget*",
+              f"- rungs at {', '.join(f'{f:.3g}' for f in rungs)} of the target (reduction factor "
+              f"{settings.get('reduction_factor')}, pruner {settings.get('pruner')}): only the best 1/"
+              f"{settings.get('reduction_factor')} at a rung train on; learning-rate schedule "
+              f"**{settings.get('schedule')}** to the target, the same in every trial and in best.json",
               f"- objective: **{objective}** ({meaning}), validation on {settings.get('eval_iters')} batches "
-              f"of {settings.get('eval_batch_size')} windows",
-              f"- precision {settings.get('dtype')}, pruner {settings.get('pruner')}, "
+              f"of {settings.get('eval_batch_size')} windows, the same for every trial",
+              f"- precision {settings.get('dtype')}, sampler {settings.get('sampler')}, "
               f"memory limit {f'{limit / 2**20:,.0f} MiB' if limit else 'none (the whole device)'}",
               f"- corpus {settings.get('corpus')}", ""]
-    counts = df["status"].value_counts().reindex(STATUSES, fill_value=0)
+    search = df[df["reference"].isna()]
+    counts = search["status"].value_counts().reindex(STATUSES, fill_value=0)
     lines += ["## Trials per status", "", counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
+    lines += rung_section(search, len(rungs))
+    lines += verdict_section(df, objective, folder)
     lines += measurement_section(study, df)
-    best = best_row(df, objective)
-    if best is not None:
-        lines += ["## Best configuration", "",
-                  readable(best.to_frame().T).to_markdown(index=False), "",
-                  f"Train it: `python -m gptcore train --config {folder / 'best.json'}`",
-                  ""]
     ok = df[df["status"] == "ok"]
     if not ok.empty:
         top = ok.sort_values("val_loss" if objective == "loss" else "tokens_per_s", ascending=objective == "loss")
-        lines += ["## Top 10", "", readable(top.head(10)).to_markdown(index=False), ""]
+        lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references.",
+                  "", readable(top.head(10)).to_markdown(index=False), ""]
     frontier = oom_frontier(df)
     if not frontier.empty:
         lines += ["## Out-of-memory frontier", "", "Per model size, the largest batch x block that trained and the "
@@ -148,6 +200,57 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
         lines += ["## Search space", "", pd.DataFrame(space, index=["low", "high"]).T.to_markdown(), ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in PLOTS] + [""]
     return "\n".join(lines)
+
+
+def verdict_section(df: pd.DataFrame, objective: str, folder: Path) -> list[str]:
+    """The winner at the target, and by how much it beats each reference preset (or that it does not)."""
+    best = best_row(df, objective)
+    if best is None:
+        return ["## Verdict", "", "No configuration trained to the target yet.", ""]
+    key, lower = ("val_loss", True) if objective == "loss" else ("tokens_per_s", False)
+    name = f"the `{best['reference']}` preset (a reference)" if isinstance(best["reference"], str) \
+        else f"trial {int(best['number'])}"
+    lines = ["## Verdict", "", f"Best at the target: **{name}**, {key} {best[key]:.4g}.", ""]
+    for _, ref in df[df["reference"].notna()].iterrows():
+        if ref["status"] != "ok":
+            lines.append(f"- reference `{ref['reference']}`: {ref['status']} ({ref['error'] or 'no value'})")
+            continue
+        gain = (ref[key] - best[key]) if lower else (best[key] - ref[key])
+        if ref["reference"] == best["reference"]:
+            lines.append(f"- reference `{ref['reference']}` ({key} {ref[key]:.4g}) is the winner: no searched "
+                         f"configuration beat it at this budget")
+        else:
+            lines.append(f"- beats reference `{ref['reference']}` ({key} {ref[key]:.4g}) by {gain:.4g} "
+                         f"({gain / abs(ref[key]):.1%})" if gain > 0 else
+                         f"- does not beat reference `{ref['reference']}` ({key} {ref[key]:.4g})")
+    lines += ["", readable(best.to_frame().T).to_markdown(index=False), "",
+              f"Train it from scratch, the same way and for the same budget: "
+              f"`python -m gptcore train --config {folder / 'best.json'}`.",
+              f"Or use the model it trained in the study: `python -m gptcore sample --checkpoint "
+              f"{folder / 'best-model'}` (continue it with `train --out {folder / 'best-model'} --resume`).", ""]
+    return lines
+
+
+def rung_section(search: pd.DataFrame, n_rungs: int) -> list[str]:
+    """How many trials reached each rung, and how well each rung's loss predicted the loss at the target."""
+    lines = ["## Rungs", "", "| rung | trials that reached it | rank correlation with the loss at the target |",
+             "| --- | --- | --- |"]
+    finished = search[search["status"] == "ok"]
+    for k in range(1, n_rungs + 1):
+        reached = int((search["rung"] >= k).sum())
+        col = f"loss_rung_{k}"
+        rho = "-"
+        if k < n_rungs and col in finished and finished[col].notna().sum() >= 4:
+            pairs = finished[[col, "val_loss"]].dropna()
+            rho = f"{spearman(pairs[col], pairs['val_loss']):.2f} over {len(pairs)} trials"
+        lines.append(f"| {k} | {reached} | {rho} |")
+    return [*lines, "", "Rank correlation (Spearman) is measured over the trials that trained to the target: 1.00 "
+            "means the rung ordered them exactly as the target did.", ""]
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks (no SciPy needed)."""
+    return float(a.rank().corr(b.rank()))
 
 
 def measurement_section(study: optuna.Study, df: pd.DataFrame) -> list[str]:
@@ -166,12 +269,12 @@ def measurement_section(study: optuna.Study, df: pd.DataFrame) -> list[str]:
     lines.append(f"- time inside trials: {df['train_seconds'].sum():,.0f} s timed training, "
                  f"{df['warmup_seconds'].sum():,.0f} s warm-up steps, {df['eval_seconds'].sum():,.0f} s evaluation, "
                  f"of {df['trial_seconds'].sum():,.0f} s of trial wall time ({total.sum():,.0f} s accounted)")
-    warnings = health.study_warnings({int(r["number"]): r.dropna().to_dict() for _, r in df.iterrows()})
+    warnings = health.study_warnings({label(r): r.dropna().to_dict() for _, r in df.iterrows()})
     lines += [f"- **warning**: {w}" for w in warnings] or ["- no trial was contended or had too short a budget"]
     flagged = df[df["contended"].notna() | df["budget_warning"].notna()]
     if not flagged.empty:
         lines += ["", "| trial | status | contended | budget |", "| --- | --- | --- | --- |"]
-        lines += [f"| {int(r['number'])} | {r['status']} | {r['contended'] if pd.notna(r['contended']) else ''} | "
+        lines += [f"| {label(r)} | {r['status']} | {r['contended'] if pd.notna(r['contended']) else ''} | "
                   f"{r['budget_warning'] if pd.notna(r['budget_warning']) else ''} |" for _, r in flagged.iterrows()]
     return [*lines, ""]
 
@@ -180,6 +283,38 @@ def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Points not dominated in (lower x, lower y)."""
     p = points.sort_values([x, y])
     return p[p[y] < p[y].cummin().shift(fill_value=float("inf"))]
+
+
+def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> None:
+    """Validation loss at every rung: each trial a line (pruned ones fade), the references dashed and named."""
+    import matplotlib.pyplot as plt
+
+    fractions = settings.get("rungs") or [1.0]
+    amount, unit = settings.get("budget_amount", 1.0), settings.get("budget_unit", "s")
+    x = [f * amount for f in fractions]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for _, row in df.iterrows():
+        ys = [row.get(f"loss_rung_{k}") for k in range(1, len(x) + 1)]
+        pts = [(xi, yi) for xi, yi in zip(x, ys) if pd.notna(yi)]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        if isinstance(row["reference"], str):
+            ax.plot(xs, ys, "--o", lw=2, color="C3", label=f"reference {row['reference']}")
+            ax.annotate(row["reference"], (xs[-1], ys[-1]), fontsize=8, xytext=(4, 0), textcoords="offset points")
+        elif row["status"] == "ok":
+            ax.plot(xs, ys, "-o", color="C0", alpha=0.8)
+            ax.annotate(str(int(row["number"])), (xs[-1], ys[-1]), fontsize=7, xytext=(4, 0),
+                        textcoords="offset points")
+        else:
+            ax.plot(xs, ys, "-", marker=".", color="0.6", alpha=0.5)
+    ax.plot([], [], "-o", color="C0", label="trained to the target (trial number)")
+    ax.plot([], [], "-", marker=".", color="0.6", label="stopped at a lower rung")
+    ax.set_xscale("log")
+    ax.set(xlabel=f"training budget ({'seconds' if unit == 's' else 'steps'}, log scale)",
+           ylabel="validation loss", title="Validation loss at each rung")
+    ax.legend(fontsize=8)
+    save(fig, "rungs.png")
 
 
 def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str]:
@@ -213,6 +348,7 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str
                 notes.append(f"{name}: not drawn ({exc})")
                 plt.close("all")
 
+    rungs_plot(df, settings, save)
     mem_mib = df["peak_memory_bytes"] / 2**20
     ok = df.assign(mem=mem_mib)[df["status"] == "ok"]
     limit = settings.get("memory_limit_bytes") or study.user_attrs.get("environment", {}).get("gpu_memory_bytes")
@@ -247,13 +383,16 @@ def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd
     atomic_write(folder / "trials.csv", lambda tmp: df.drop(columns="peak_memory_bytes").to_csv(tmp, index=False))
     settings = study.user_attrs.get("settings", {})
     best = best_row(df, settings.get("objective", "loss"))
+    notes = []
     if best is not None:
         vocab = study.user_attrs.get("vocab_size")
         atomic_write_text(folder / "best.json", json.dumps(best_config(best, settings, vocab), indent=1) + "\n")
+        note = keep_best_model(best, folder)
+        notes += [note] if note else []
     text = summary_markdown(study, df, folder)
     if plots:
-        notes = write_plots(study, df, folder)
-        if notes:
-            text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+        notes += write_plots(study, df, folder)
+    if notes:
+        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     atomic_write_text(folder / "summary.md", text)
     return df

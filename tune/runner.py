@@ -17,7 +17,8 @@ from typing import Any
 from gptcore.errors import UserError
 
 # torch._dynamo: the first torch.optim.AdamW(...) in a process imports it (~800 modules, ~1 s); do it once here.
-PRELOAD = ["torch", "torch._dynamo", "gptcore.train", "gptcore.data", "tune.worker", "tune.outcomes"]
+PRELOAD = ["torch", "torch._dynamo", "gptcore.train", "gptcore.data", "gptcore.checkpoint", "tune.worker",
+           "tune.outcomes", "tune.health"]
 KILL_GRACE_S = 2.0
 
 # on_eval(k, step, train_loss, val_loss) -> True to stop (prune) the trial.

@@ -1,10 +1,14 @@
-"""The study: ask Optuna for a configuration, run it in its own process, tell Optuna how it went."""
+"""The study: ask Optuna for a configuration, train it towards the target budget in its own process, judge it
+at rungs on the way (only the best 1/eta train on), tell Optuna how it went. Reference presets run the same path.
+
+Every trial trains with the schedule of the full run (max_seconds or max_iters = the target, the learning rate
+decaying to the target), so a trial judged at a rung is on the path the full run takes; a promoted trial simply
+trains on. The parent owns the storage and never imports torch; each trial is a child process (tune.runner).
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -16,18 +20,28 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from gptcore.config import PRESETS, from_name, to_dict
 from gptcore.errors import UserError
-from gptcore.prepare import corpus_fingerprint, ensure_prepared
+from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
 from tune import health
+from tune.budget import DEFAULT_BUDGET, SCHEDULES, Budget, RungPlan, format_seconds, parse_budget
+from tune.record import describe_run, record
 from tune.runner import TrialRun, TrialRunner
-from tune.space import Space, load_space
+from tune.space import PARAMS, Space, load_space
+from tune.storage import (
+    check_fingerprint,
+    check_sqlite_file,
+    close_stale_trials,
+    open_study,
+    reference_study_name,
+)
 
 STATE_OF = {
     "ok": TrialState.COMPLETE,
-    # Pruned, OOM, diverged and timed-out trials are all told as PRUNED. TPE ranks a pruned trial by its
-    # last report, and one with no report (an OOM before the first evaluation) below every other: the
-    # sampler learns to avoid the region. FAIL would hide the trial from the sampler, which would keep
-    # proposing configurations that do not fit.
+    # Pruned, OOM, diverged and timed-out trials are all told as PRUNED. TPE ranks pruned trials by how far they
+    # got (the last rung reported) and then by their loss there, and one with no report (an OOM before the first
+    # rung) below every other: the sampler learns to avoid the region. FAIL would hide the trial from the
+    # sampler, which would keep proposing configurations that do not fit.
     "pruned": TrialState.PRUNED,
     "oom": TrialState.PRUNED,
     "diverged": TrialState.PRUNED,
@@ -36,10 +50,13 @@ STATE_OF = {
     "error": TrialState.FAIL,
     "interrupted": TrialState.FAIL,
 }
-FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
-                    "budget", "objective", "space")
 # Other processes keeping more than this many cores busy before the study starts: say so.
 BUSY_AT_START_CORES = 0.5
+# What a person would otherwise pick, run through the same rungs to the target and never pruned, so the summary
+# can say by how much the winner beats them (or that it does not).
+REFERENCES = {"cpu": ("course-default", "baby"), "mps": ("course-default", "baby"),
+              "cuda": ("course-default", "baby", "gpu")}
+STEP_BUDGET_TIMEOUT_S = 3600.0  # hard timeout of a trial with a step budget (time unknown in advance)
 
 
 @dataclass(frozen=True)
@@ -47,8 +64,9 @@ class TuneSettings:
     """Everything `python -m tune` was asked to do."""
 
     trials: int = 50
-    trial_seconds: float | None = 30.0
-    trial_steps: int | None = None
+    budget: Budget | None = None  # the training the user means to run; None: DEFAULT_BUDGET for the device
+    rungs: int | None = None  # None: as many as fit, up to 4 (the smallest >= 4 s or 50 steps)
+    reduction_factor: int = 3
     data: Path = Path("data/wizard_of_oz.txt")
     device: str = "auto"
     study_name: str | None = None
@@ -58,8 +76,11 @@ class TuneSettings:
     space_overrides: dict[str, Any] = field(default_factory=dict)
     objective: str = "loss"
     memory_limit: int | None = None
-    pruner: str = "median"
+    pruner: str = "asha"
     sampler: str = "tpe"  # "random": the baseline TPE is measured against
+    schedule: str = "cosine"  # the learning rate against the target budget
+    references: tuple[str, ...] | None = None  # presets run beside the search; None: REFERENCES for the device
+    save_models: bool = True  # trials that reach the target keep their checkpoint
     seed: int = 0
     dtype: str = "auto"
     trial_timeout: float | None = None
@@ -67,13 +88,7 @@ class TuneSettings:
     # loss is the mean training loss): evaluation stays a few percent of a trial.
     eval_iters: int = 4
     eval_batch_size: int = 32
-    reports: int = 4  # evaluations per trial (the last at the end of the budget)
     progress: bool = True
-
-    @property
-    def budget(self) -> str:
-        """The per-trial budget in words (also part of the study's fingerprint)."""
-        return f"{self.trial_steps} steps" if self.trial_steps else f"{self.trial_seconds:g} s"
 
 
 @dataclass
@@ -101,21 +116,6 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"--results {folder}: not writable ({exc.strerror or exc})") from None
 
 
-def open_study(name: str, storage: str, direction: str, sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """Create or load the study; any failure to reach the storage is a one-line user error."""
-    try:
-        return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
-                                   pruner=pruner, load_if_exists=True)
-    except ValueError as exc:
-        if "direction" in str(exc):
-            raise UserError(f"study {name!r} exists with another objective direction: {exc}") from None
-        raise UserError(f"--storage {storage}: cannot open ({exc})") from None
-    except Exception as exc:  # sqlalchemy, a missing DB driver, a bad URL: all mean "this storage won't do"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__}: {first[:200]})") from None
-
-
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """tpe (default) or random."""
     if name == "tpe":
@@ -125,124 +125,23 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise UserError(f"--sampler must be tpe or random, got {name!r}")
 
 
-def make_pruner(name: str, reports: int) -> optuna.pruners.BasePruner:
-    """median (default), hyperband or none."""
+def make_pruner(name: str, plan: RungPlan) -> optuna.pruners.BasePruner:
+    """asha (default: asynchronous successive halving over the rungs), median, hyperband or none."""
+    if name == "asha":
+        # Rungs at report steps 1, eta, eta**2...: at each, a trial trains on only if it is in the best 1/eta of
+        # the trials that reached that rung so far (asynchronous: no waiting for a full bracket).
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=plan.eta,
+                                                      min_early_stopping_rate=0)
     if name == "median":
-        # Never prune on the first report (a quarter of the budget) nor before 5 trials have finished. Reports are
-        # numbered from 1 and Optuna prunes from step == n_warmup_steps on, so 2 is the first step it may prune.
+        # Never prune at the first rung nor before 5 trials have finished: Optuna prunes from step ==
+        # n_warmup_steps on, and the first rung is reported at step 1.
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=reports)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=plan.steps[-1],
+                                              reduction_factor=plan.eta)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise UserError(f"--pruner must be median, hyperband or none, got {name!r}")
-
-
-def trial_configs(params: dict[str, Any], settings: TuneSettings, vocab_size: int, dtype: str,
-                  device: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Model and train config fields for one trial: the six parameters plus the fixed rest."""
-    model = dict(vocab_size=vocab_size, block_size=params["block_size"], n_embed=params["n_embed"],
-                 n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
-    steps = settings.trial_steps
-    train = dict(batch_size=params["batch_size"], learning_rate=params["learning_rate"],
-                 max_iters=steps, max_seconds=None if steps else settings.trial_seconds,
-                 eval_interval=max(1, steps // settings.reports) if steps else 10**9,
-                 eval_iters=settings.eval_iters, eval_batch_size=settings.eval_batch_size, eval_train_split=False,
-                 dtype=dtype, device=device, seed=settings.seed)
-    return model, train
-
-
-def fingerprint(env: dict[str, Any], corpus: str, dtype: str, settings: TuneSettings,
-                space: Space) -> dict[str, Any]:
-    """What must not change between runs of one study."""
-    values = {**env, "corpus": corpus, "dtype": dtype, "budget": settings.budget, "objective": settings.objective,
-              "space": space.to_dict()}
-    return {k: values.get(k) for k in FINGERPRINT_KEYS}
-
-
-def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
-    """Refuse to mix trials from another device, corpus, precision, budget or objective."""
-    old = study.user_attrs.get("fingerprint")
-    if old is None:
-        study.set_user_attr("fingerprint", fp)
-        return
-    # A key missing from an old fingerprint was not recorded by the version that started the study: not a change.
-    diff = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k, fp.get(k)) != fp.get(k)]
-    if diff:
-        raise UserError(f"study {study.study_name!r} was run with other settings ({'; '.join(diff)}); "
-                        f"use another --study-name")
-
-
-def close_stale_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a run that was killed outright: record them, never lose them."""
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial = optuna.Trial(study, frozen._trial_id)  # FrozenTrial exposes its storage id only this way
-        trial.set_user_attr("status", "interrupted")
-        trial.set_user_attr("error", "the tuner process stopped during this trial")
-        study.tell(trial, state=TrialState.FAIL)
-
-
-def current_rss_bytes() -> int | None:
-    """This (parent) process's resident memory now, from /proc (None where there is no /proc)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict[str, Any]) -> None:
-    """Every per-trial figure as a user attribute (the results table is built from these)."""
-    attrs: dict[str, Any] = {"status": run.status, **params, "device": env["device_name"],
-                             "parent_rss_bytes": current_rss_bytes(),
-                             "trial_seconds": run.trial_seconds, "startup_seconds": run.startup_seconds,
-                             "error": run.message, "oom_phase": run.phase if run.status == "oom" else None,
-                             "oom_requested_bytes": run.requested_bytes}
-    m = run.measure
-    attrs.update(cpu_share=m.get("cpu_share"), others_cores=m.get("others_cores"), load_1m=m.get("load_1m"),
-                 threads=m.get("threads"), gpu_other_processes=m.get("gpu_other_processes"),
-                 gpu_util_percent=m.get("gpu_util_percent"), contended=health.contention(m, env["device_type"]))
-    r = run.result
-    warnings: list[str] = []
-    if r is not None:
-        mem = r["peak_memory"]
-        timed_steps = r["steps"] - r["warmup_steps"]
-        busy = r["train_seconds"] + r["warmup_seconds"] + r["eval_seconds"]
-        eval_share = r["eval_seconds"] / busy if busy > 0 else None
-        attrs.update(val_loss=r["val_loss"], train_loss=r["train_loss"], steps=r["steps"], tokens=r["tokens"],
-                     tokens_per_s=r["tokens_per_s"], train_seconds=r["train_seconds"],
-                     eval_seconds=r["eval_seconds"], warmup_steps=r["warmup_steps"],
-                     warmup_seconds=r["warmup_seconds"], eval_share=eval_share,
-                     peak_allocated_bytes=mem.get("peak_allocated_bytes"),
-                     peak_reserved_bytes=mem.get("peak_reserved_bytes"), peak_rss_bytes=mem.get("peak_rss_bytes"),
-                     n_params=r["n_params"], mfu=r["mfu"])
-        # A pruned trial stopped early on purpose: its step count says nothing about the budget.
-        warnings = health.budget_warnings(timed_steps if run.status == "ok" else None, eval_share)
-    elif run.evals:  # failed after some evaluations: keep the last losses seen
-        _, step, train_loss, val_loss = run.evals[-1]
-        attrs.update(val_loss=val_loss, train_loss=train_loss, steps=step)
-    attrs["budget_warning"] = "; ".join(warnings) or None
-    for key, value in attrs.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None  # JSON storage has no NaN
-        trial.set_user_attr(key, value)
-
-
-def describe_run(number: int, run: TrialRun, params: dict[str, Any], attrs: dict[str, Any]) -> str:
-    """One line per finished trial, and a warning line when its figures are not to be trusted."""
-    p = params
-    cfg = (f"batch {p['batch_size']} block {p['block_size']} embed {p['n_embed']} heads {p['n_head']} "
-           f"layers {p['n_layer']} lr {p['learning_rate']:.2e}")
-    r = run.result
-    if r is not None:
-        mem = r["peak_memory"].get("peak_allocated_bytes") or r["peak_memory"]["peak_rss_bytes"]
-        figures = (f"val {r['val_loss']:.4f} | {r['tokens_per_s']:,.0f} tok/s | {mem / 2**20:,.0f} MiB | "
-                   f"{r['steps']} steps")
-    else:
-        figures = run.message or ""
-    line = f"trial {number:3d} {run.status:<8} {figures} | {cfg} | {run.trial_seconds:.1f} s"
-    notes = [f"contended: {attrs['contended']}" if attrs.get("contended") else None, attrs.get("budget_warning")]
-    return line + "".join(f"\n    warning: {n}" for n in notes if n)
+    raise UserError(f"--pruner must be asha, median, hyperband or none, got {name!r}")
 
 
 @dataclass
@@ -251,6 +150,7 @@ class Session:
 
     settings: TuneSettings
     study: optuna.Study
+    references: optuna.Study | None
     space: Space
     env: dict[str, Any]
     meta: dict[str, Any]
@@ -258,12 +158,57 @@ class Session:
     results_dir: Path
     dtype: str
     storage: str  # not stored in the study: a database URL may carry a password
+    budget: Budget
+    plan: RungPlan
 
     @property
     def timeout(self) -> float:
-        """Hard per-trial timeout: --trial-timeout, else 3 x the time budget + 60 s (600 s for step budgets)."""
+        """Hard per-trial timeout: --trial-timeout, else 3 x the time budget + 120 s (1 h for step budgets)."""
         s = self.settings
-        return s.trial_timeout or (3 * s.trial_seconds + 60 if not s.trial_steps else 600.0)
+        if s.trial_timeout:
+            return s.trial_timeout
+        return 3 * self.budget.seconds + 120 if self.budget.seconds else STEP_BUDGET_TIMEOUT_S
+
+    def train_fields(self) -> dict[str, Any]:
+        """TrainConfig fields every trial and reference shares: the target budget, schedule, evaluation, device."""
+        s = self.settings
+        return dict(max_iters=self.budget.steps, max_seconds=self.budget.seconds, eval_interval=10**9,
+                    eval_iters=s.eval_iters, eval_batch_size=s.eval_batch_size, eval_train_split=False,
+                    lr_decay=SCHEDULES[s.schedule], warmup_iters=0, dtype=self.dtype, device=self.env["device"],
+                    seed=s.seed)
+
+
+def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and train config fields for one trial: the six parameters plus the shared rest."""
+    model = dict(vocab_size=session.meta["vocab_size"], block_size=params["block_size"], n_embed=params["n_embed"],
+                 n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
+    train = dict(session.train_fields(), batch_size=params["batch_size"], learning_rate=params["learning_rate"])
+    return model, train
+
+
+def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A preset as a person would train it (its own shape, learning rate, dropout and schedule) for the target."""
+    cfg = to_dict(*from_name(preset))
+    model = {**cfg["model"], "vocab_size": session.meta["vocab_size"]}
+    # The preset keeps its own learning-rate schedule; budget, evaluation windows, precision and device are the study's.
+    shared = {k: v for k, v in session.train_fields().items() if k not in ("lr_decay", "warmup_iters")}
+    return model, {**cfg["train"], **shared}
+
+
+def preset_params(preset: str) -> dict[str, Any]:
+    """The six searched values of a preset (for the tables)."""
+    cfg = to_dict(*from_name(preset))
+    values = {**cfg["model"], **cfg["train"]}
+    return {k: values[k] for k in PARAMS}
+
+
+def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, ...]:
+    """The presets to run beside the search; unknown names are a user error."""
+    names = REFERENCES.get(device_type, ()) if settings.references is None else settings.references
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise UserError(f"--references: unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    return tuple(names)
 
 
 def resolve_dtype(settings: TuneSettings, env: dict[str, Any]) -> str:
@@ -287,28 +232,6 @@ def check_memory_limit(limit: int | None, env: dict[str, Any]) -> None:
         raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")
 
 
-def check_sqlite_file(storage: str, results_dir: Path) -> None:
-    """Refuse a SQLite storage file that is not a database, or an empty one beside results it would overwrite."""
-    if not storage.startswith("sqlite:///"):
-        return
-    path = Path(storage.removeprefix("sqlite:///"))
-    if not path.is_file():
-        return
-    size = path.stat().st_size
-    if size == 0:
-        # SQLite leaves a 0-byte file when killed before its first write; fine for a new study, but never
-        # beside the tables of one that existed: starting afresh would overwrite its trials.csv.
-        if (results_dir / "trials.csv").exists():
-            raise UserError(f"{path}: empty, but {results_dir / 'trials.csv'} holds an earlier study's results; "
-                            f"restore the database or use another --study-name or --results")
-        return
-    with open(path, "rb") as f:
-        header = f.read(16)
-    if header != b"SQLite format 3\x00":
-        raise UserError(f"{path}: not a SQLite database (a damaged or foreign file); move it away or use "
-                        f"another --study-name or --results")
-
-
 def warn_if_busy(say: Any) -> float | None:
     """Before the first trial: are other processes already using the machine? Returns the cores they kept busy."""
     cores = health.busy_now(1.0)
@@ -323,20 +246,29 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
     if settings.trials < 1:
         raise UserError(f"--trials must be at least 1, got {settings.trials}")
+    if settings.schedule not in SCHEDULES:
+        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.schedule!r}")
     data_dir = ensure_prepared(settings.data, progress=settings.progress)
-    meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    meta = read_meta(data_dir)
     env = runner.probe(settings.device)
     dtype = resolve_dtype(settings, env)
     check_memory_limit(settings.memory_limit, env)
+    budget = settings.budget or parse_budget(DEFAULT_BUDGET.get(env["device_type"], DEFAULT_BUDGET["cpu"]))
+    plan = RungPlan.for_budget(budget, settings.reduction_factor, settings.rungs)
+    references = resolve_references(settings, env["device_type"])
     space = load_space(settings.space, env["device_type"], env.get("gpu_memory_bytes"), settings.space_overrides)
+    biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
     shortest = min(meta["train_tokens"], meta["val_tokens"])
-    if space.block_size[1] + 2 > shortest:
-        raise UserError(f"search space: block_size up to {space.block_size[1]} needs more than the corpus's "
+    if biggest + 2 > shortest:
+        raise UserError(f"search space: block_size up to {biggest} needs more than the corpus's "
                         f"{shortest} tokens in its smaller split")
 
     name = settings.study_name or f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
     results_dir = settings.results / name
-    created = not results_dir.exists()
+    created = results_dir  # the highest folder this run creates: removed again if the storage will not open
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent
+    created = None if created.exists() else created
     check_writable(results_dir)
     try:
         storage = settings.storage or f"sqlite:///{(results_dir / 'study.db').resolve()}"
@@ -344,68 +276,151 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         direction = "minimize" if settings.objective == "loss" else "maximize"
         study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
-                           make_pruner(settings.pruner, settings.reports))
-        check_fingerprint(study, fingerprint(env, corpus_fingerprint(meta), dtype, settings, space))
+                           make_pruner(settings.pruner, plan))
+        check_fingerprint(study, {**env, "corpus": corpus_fingerprint(meta), "dtype": dtype, "budget": str(budget),
+                                  "objective": settings.objective, "space": space.to_dict(),
+                                  "schedule": settings.schedule})
+        refs = None
+        if references:
+            refs = open_study(reference_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
+                              optuna.pruners.NopPruner())
     except BaseException:
-        if created:  # a storage that would not open leaves no empty results folder behind
-            shutil.rmtree(results_dir, ignore_errors=True)
+        if created is not None:  # a storage that would not open leaves no empty results folder behind
+            shutil.rmtree(created, ignore_errors=True)
         raise
     (results_dir / "logs").mkdir(exist_ok=True)
     # Re-seed with the number of trials already run, so a resumed study does not replay its first draws.
-    study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(settings.sampler, (settings.seed + len(study.get_trials(deepcopy=False))) % 2**32)
     study.set_user_attr("environment", env)
     study.set_user_attr("vocab_size", meta["vocab_size"])
     study.set_user_attr("settings", {
-        "budget": settings.budget, "objective": settings.objective, "dtype": dtype, "pruner": settings.pruner,
+        "budget": str(budget), "budget_amount": budget.amount, "budget_unit": budget.unit,
+        "rungs": list(plan.fractions), "reduction_factor": plan.eta, "schedule": settings.schedule,
+        "objective": settings.objective, "dtype": dtype, "pruner": settings.pruner, "references": list(references),
         "memory_limit_bytes": settings.memory_limit, "space": space.to_dict(), "eval_iters": settings.eval_iters,
-        "eval_batch_size": settings.eval_batch_size, "corpus": str(settings.data), "reports": settings.reports,
-        "seed": settings.seed,
+        "eval_batch_size": settings.eval_batch_size, "corpus": str(settings.data), "seed": settings.seed,
+        "sampler": settings.sampler,
     })
     close_stale_trials(study)
-    return Session(settings, study, space, env, meta, data_dir, results_dir, dtype, storage)
+    if refs is not None:
+        close_stale_trials(refs)
+    return Session(settings, study, refs, space, env, meta, data_dir, results_dir, dtype, storage, budget, plan)
 
 
-def run_trial(session: Session, runner: TrialRunner, target: str | None = None) -> tuple[int, TrialRun, dict]:
-    """Ask for a configuration, train it in its own process, record and tell how it went."""
-    s, study = session.settings, session.study
-    trial = study.ask()
+def _job(session: Session, label: str, model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """What a trial process needs: configs, data, device, limits, its log and where to keep its model."""
+    folder = session.results_dir
+    return {"model": model, "train": train, "data": str(session.data_dir), "device": session.env["device"],
+            "memory_limit": session.settings.memory_limit, "log": str(folder / "logs" / f"{label}.log"),
+            "eval_at": list(session.plan.fractions[:-1]),
+            "checkpoint": str(folder / "checkpoints" / label) if session.settings.save_models else None}
+
+
+def _run(session: Session, trial: optuna.Trial, job: dict[str, Any], runner: TrialRunner, params: dict[str, Any],
+         reference: str | None) -> TrialRun:
+    """Run a job for `trial`: report at the rungs, prune (never a reference), record and tell how it ended."""
+    prune = reference is None
+    s, plan = session.settings, session.plan
+    n = len(plan.steps)
+
+    def on_eval(k: int, step: int, train_loss: float, val_loss: float) -> bool:
+        if s.objective != "loss" or not math.isfinite(val_loss):
+            return False
+        k = min(k, n)
+        trial.report(val_loss, plan.steps[k - 1])
+        return prune and k < n and trial.should_prune()  # the target itself is the result: never pruned
+
     try:
-        params = session.space.suggest(trial)
-        model_cfg, train_cfg = trial_configs(params, s, session.meta["vocab_size"], session.dtype,
-                                             session.env["device"])
-        job = {"model": model_cfg, "train": train_cfg, "data": str(session.data_dir),
-               "device": session.env["device"], "memory_limit": s.memory_limit,
-               "log": str(session.results_dir / "logs" / f"trial_{trial.number:04d}.log"),
-               "eval_interval_seconds": None if s.trial_steps else s.trial_seconds / s.reports}
-        if target:
-            job["target"] = target  # tests swap in a misbehaving stand-in for gptcore.train.train
-
-        def on_eval(k: int, step: int, train_loss: float, val_loss: float) -> bool:
-            if s.objective != "loss" or not math.isfinite(val_loss):
-                return False
-            trial.report(val_loss, k)
-            return k < s.reports and trial.should_prune()  # the last report is the result: never prune it
-
         run = runner.run(job, on_eval, session.timeout)
-        record(trial, run, params, session.env)
+        rung = n if run.status == "ok" else min(len(run.evals), n)
+        record(trial, run, params, session.env, {
+            "reference": reference, "rung": rung, "rungs": n, "reached_target": run.status == "ok",
+            "checkpoint": (run.result or {}).get("checkpoint"),
+        })
     except BaseException as exc:
         # Whatever went wrong in the parent between ask and tell, the trial is closed, never left RUNNING.
         trial.set_user_attr("status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
         trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
-        study.tell(trial, state=TrialState.FAIL)
+        trial.study.tell(trial, state=TrialState.FAIL)
         raise
     if run.status == "ok":
         value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
-        if s.objective == "loss" and s.reports not in {k for k, *_ in run.evals}:
-            trial.report(value, s.reports)
-        study.tell(trial, value)
+        if s.objective == "loss" and plan.steps[-1] not in {plan.steps[min(k, n) - 1] for k, *_ in run.evals}:
+            trial.report(value, plan.steps[-1])  # the final figure, at the target
+        trial.study.tell(trial, value)
     else:
-        study.tell(trial, state=STATE_OF[run.status])
-    return trial.number, run, params
+        trial.study.tell(trial, state=STATE_OF[run.status])
+    return run
+
+
+def run_trial(session: Session, runner: TrialRunner, target: str | None = None) -> tuple[str, TrialRun, dict]:
+    """Ask for a configuration, train it towards the target in its own process, judged at every rung.
+
+    Returns the trial's label, how its process ended, and its record.
+    """
+    trial = session.study.ask()
+    try:
+        params = session.space.suggest(trial)
+        job = _job(session, f"trial_{trial.number:04d}", *trial_configs(params, session))
+    except BaseException as exc:
+        trial.set_user_attr("status", "error")
+        trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
+        session.study.tell(trial, state=TrialState.FAIL)
+        raise
+    if target:
+        job["target"] = target  # tests swap in a misbehaving stand-in for gptcore.train.train
+    run = _run(session, trial, job, runner, params, reference=None)
+    return f"trial {trial.number:3d}", run, trial.user_attrs
+
+
+def run_reference(session: Session, preset: str, runner: TrialRunner,
+                  target: str | None = None) -> tuple[str, TrialRun, dict]:
+    """Train a preset through the same rungs to the target (never pruned), in the companion study."""
+    assert session.references is not None
+    trial = session.references.ask()
+    params = preset_params(preset)
+    job = _job(session, f"ref_{preset}", *reference_configs(preset, session))
+    if target:
+        job["target"] = target
+    run = _run(session, trial, job, runner, params, reference=preset)
+    return f"ref {preset}", run, trial.user_attrs
+
+
+def references_to_run(session: Session, names: tuple[str, ...]) -> list[str]:
+    """The presets without a recorded outcome yet (an interrupted or failed one runs again)."""
+    if session.references is None:
+        return []
+    done = {t.user_attrs.get("reference") for t in session.references.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    return [n for n in names if n not in done]
+
+
+def plan_message(session: Session, remaining: int, references: list[str]) -> str:
+    """What the study will cost, from the rung plan, before it starts."""
+    s, plan, budget = session.settings, session.plan, session.budget
+    pruning = s.pruner in ("asha", "hyperband") and s.objective == "loss"
+    budgets = plan.cost(remaining) if pruning else float(remaining)
+    reach = plan.reach(remaining)[-1] if pruning else float(remaining)
+    default = (f" (the default on a {session.env['device_type'].upper()}: a 50-trial study then costs about 8 "
+               f"budgets; pass --budget for the training you will really run, e.g. --budget 1h)")
+    lines = [f"target: {budget} of training per configuration" + ("" if s.budget else default),
+             f"rungs: {plan.describe(budget)} (reduction factor {plan.eta}, pruner {s.pruner}, "
+             f"schedule {s.schedule} to the target)"]
+    total = budgets + len(references)
+    cost = f"expected training: {total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
+    cost += f" + {len(references)} for the references {', '.join(references)})" if references else ")"
+    if budget.seconds:
+        # Evaluation, start-up and the warm-up steps add roughly 15 % and a second per trial (measured on a CPU).
+        wall = total * budget.seconds * 1.15 + remaining + len(references)
+        cost += f", about {format_seconds(wall)} wall-clock"
+    lines.append(cost)
+    lines.append(f"about {reach:.0f} of the {remaining} trials will train to the full target"
+                 if pruning else f"every trial trains to the full target (pruner {s.pruner})")
+    return "\n".join(lines)
 
 
 def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target: str | None = None) -> StudyOutcome:
-    """Run (or resume) the study until it holds settings.trials trials; then write the results."""
+    """Run (or resume) the references and the study until it holds settings.trials trials; then the results."""
     from tune.report import write_report
 
     runner = runner or TrialRunner()
@@ -413,21 +428,26 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
     study = session.study
     done = len(study.get_trials(deepcopy=False))
     remaining = max(settings.trials - done, 0)
+    references = references_to_run(session, resolve_references(settings, session.env["device_type"]))
     say = tqdm.write
     say(f"study {study.study_name}: {done} trial(s) so far, running {remaining} more on "
-        f"{session.env['device_name']} ({session.dtype}, {settings.budget} per trial, objective {settings.objective})")
-    say(f"storage {session.storage}\nresults {session.results_dir}\n"
-        f"search space:\n{session.space.describe()}")
-    if remaining:
+        f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
+    say(plan_message(session, remaining, references))
+    say(f"storage {session.storage}\nresults {session.results_dir}\nsearch space:\n{session.space.describe()}")
+    if remaining or references:
         study.set_user_attr("busy_cores_at_start", warn_if_busy(say))
     interrupted, ran, counts = False, 0, {}
-    bar = tqdm(total=remaining, unit="trial", desc="tune", disable=not settings.progress)
+    jobs = [("ref", name) for name in references] + [("trial", None)] * remaining
+    bar = tqdm(total=len(jobs), unit="trial", desc="tune", disable=not settings.progress)
     try:
-        for _ in range(remaining):
-            number, run, params = run_trial(session, runner, target)
-            ran += 1
+        for kind, preset in jobs:
+            if kind == "ref":
+                label, run, attrs = run_reference(session, preset, runner, target)
+            else:
+                label, run, attrs = run_trial(session, runner, target)
+                ran += 1
             counts[run.status] = counts.get(run.status, 0) + 1
-            say(describe_run(number, run, params, study.trials[number].user_attrs))
+            say(describe_run(label, run, attrs))
             bar.update(1)
             best = _best_value(study)
             bar.set_postfix(best=f"{best:.4g}" if best is not None else "-", **counts)
@@ -438,7 +458,11 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
         interrupted = True
     finally:
         bar.close()
-    for line in health.study_warnings({t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}):
+    records = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
+    if session.references is not None:
+        records.update({f"ref {t.user_attrs.get('reference')}": t.user_attrs
+                        for t in session.references.get_trials(deepcopy=False)})
+    for line in health.study_warnings(records):
         say(f"warning: {line}")
     write_report(study, session.results_dir)
     return StudyOutcome(study=study, results_dir=session.results_dir, ran=ran, interrupted=interrupted)

@@ -70,6 +70,22 @@ def _gpu_uuid(device) -> str | None:
     return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
+def _keep_model(job: dict[str, Any], result: Any, model_cfg: Any, train_cfg: Any, data: Any) -> str | None:
+    """Save the model of a trial that trained to the full target (the study offers the best one); else None."""
+    path = job.get("checkpoint")
+    if not path or result.stopped_by not in ("max_seconds", "max_iters"):
+        return None
+    from gptcore.checkpoint import save_checkpoint
+
+    try:
+        save_checkpoint(path, result.model, model_cfg, train_cfg, data.tokenizer, optimizer=result.optimizer,
+                        step=result.steps, extra={"tuner": {"val_loss": result.val_loss, "log": job["log"]}})
+    except Exception:  # a full disk, say: the trial's figures still count; the log has the reason
+        traceback.print_exc()
+        return None
+    return path
+
+
 def run_trial(conn: Connection, job: dict[str, Any]) -> None:
     """Child entry point: train one configuration and report through `conn`."""
     # Ctrl-C reaches the whole process group; the parent decides, and stops this process itself.
@@ -110,14 +126,16 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
 
         try:
             result = train(model_cfg, train_cfg, data, on_eval=on_eval, progress=False,
-                           eval_interval_seconds=job.get("eval_interval_seconds"))
+                           eval_at=job.get("eval_at"))
         except Exception as exc:
             traceback.print_exc()
             sys.stderr.flush()
             outcome = classify(exc)
             conn.send(("failed", outcome.status, outcome.message, outcome.phase, outcome.requested_bytes, measure()))
             return
-        conn.send(("done", result.to_dict(), measure()))
+        figures = result.to_dict()
+        figures["checkpoint"] = _keep_model(job, result, model_cfg, train_cfg, data)
+        conn.send(("done", figures, measure()))
     except Exception as exc:  # set-up or reporting failed: an outcome (an OOM is still an OOM), not a crash
         traceback.print_exc()
         sys.stderr.flush()
