@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from gptcore.cliutil import Parser, positive_float, positive_int, run
+
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 
 
@@ -78,11 +80,12 @@ def measure(src: Path, out: Path, workers: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Generate shards (if absent), then measure prepare at each worker count."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gb", type=float, default=1.0, help="GB of text to generate")
-    p.add_argument("--shards", type=int, default=64)
-    p.add_argument("--workers", default="1,2", help="worker counts to measure")
-    p.add_argument("--dir", type=Path, default=Path("/tmp/owt-bench"))
+    p = Parser(prog="python -m benchmarks.prepare_memory", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gb", type=positive_float, default=1.0, help="GB of text to generate")
+    p.add_argument("--shards", type=positive_int, default=64, help="how many .xz shards to generate")
+    p.add_argument("--workers", type=int_list, default=[1, 2], help="worker counts to measure, e.g. 1,2,4")
+    p.add_argument("--dir", type=Path, default=Path("/tmp/owt-bench"), help="where the shards and outputs go")
     args = p.parse_args(argv)
     src = args.dir / "shards"
     if not src.exists():
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {args.shards} shards, {text / 1e9:.2f} GB of text, in {time.perf_counter() - t0:.0f} s")
     xz_bytes = sum(f.stat().st_size for f in src.iterdir())
     print(f"source: {src} ({xz_bytes / 1e6:.0f} MB of .xz)")
-    for w in (int(x) for x in args.workers.split(",")):
+    for w in args.workers:
         r = measure(src, args.dir / f"out-{w}", w)
         mb_s = r["tokens"] / 1e6 / r["seconds"]
         print(f"workers {w}: {r['seconds']:.1f} s, {mb_s:.1f} M chars/s of text, "
@@ -99,5 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def int_list(text: str) -> list[int]:
+    """A flag type: '1,2,4' -> [1, 2, 4], each a positive integer."""
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, prog="python -m benchmarks.prepare_memory")

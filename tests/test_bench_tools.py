@@ -191,3 +191,15 @@ def test_prepare_memory_measures_prepare(tmp_path, capsys):
     assert r["workers"] == 1 and r["seconds"] > 0 and r["peak_rss_mib"] > 0
     text = sum(len(lzma.decompress(p.read_bytes())) for p in src.iterdir())  # tar bytes: text plus headers
     assert 0 < r["tokens"] < text
+
+
+@pytest.mark.parametrize("argv", [["--workers", "a"], ["--workers", "0,2"], ["--gb", "nan"], ["--shards", "-1"]])
+def test_prepare_memory_bad_flags_are_one_line_and_exit_2(argv, tmp_path, capsys):
+    from benchmarks import prepare_memory
+    from gptcore.cliutil import run
+
+    with pytest.raises(SystemExit) as info:
+        run(prepare_memory.main, [*argv, "--dir", str(tmp_path / "bench")], prog="python -m benchmarks.prepare_memory")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and f"argument {argv[0]}" in err[0]
+    assert not (tmp_path / "bench").exists()
