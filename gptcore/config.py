@@ -201,9 +201,15 @@ def to_dict(model: ModelConfig, train: TrainConfig) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """Inverse of `to_dict`; also accepts one flat dict of fields."""
+    """Inverse of `to_dict`; also accepts one flat dict of fields.
+
+    A nested config may carry a "provenance" object (the tuner's best.json says where the configuration came
+    from and how it was judged): it is for people and is ignored here.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("provenance", {}), dict):
+        raise ValueError("config field 'provenance' must be an object")
     if _is_nested(data):
         model, train = data.get("model", {}), data.get("train", {})
         for key, part in (("model", model), ("train", train)):
@@ -239,4 +245,4 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 
 def _is_nested(data: dict[str, Any]) -> bool:
-    return bool(data) and set(data) <= {"model", "train"}
+    return bool(data) and set(data) <= {"model", "train", "provenance"}

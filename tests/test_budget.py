@@ -37,6 +37,8 @@ def test_cost_and_reach_follow_successive_halving():
     # 27 trials x 1/27 + 9 x (1/9 - 1/27) + 3 x (1/3 - 1/9) + 1 x (1 - 1/3) = 3 target budgets
     assert plan.cost(27) == pytest.approx(3.0)
     assert RungPlan((1.0,), 3).cost(5) == 5
+    # The first trial at a rung is always promoted: a short study still trains one trial to the target.
+    assert plan.reach(6)[-1] == 1 and plan.cost(6) >= 1
 
 
 def test_format_seconds():

@@ -134,3 +134,14 @@ def test_a_nan_in_a_config_file_is_named_with_the_file(tmp_path):
     path.write_text('{"train": {"weight_decay": NaN}}')  # Python's json reads NaN, so a file can hold one
     with pytest.raises(ValueError, match="best.json: weight_decay must be a finite number, got nan"):
         C.load_json(path)
+
+
+def test_a_provenance_block_is_ignored_but_must_be_an_object(tmp_path):
+    m, t = C.from_name("tiny")
+    data = {**C.to_dict(m, t), "provenance": {"study": "s", "trial": 3}}
+    assert C.from_dict(data) == (m, t)
+    f = tmp_path / "best.json"
+    f.write_text(json.dumps(data))
+    assert "provenance" not in C.load_json(f) and C.load_json(f)["n_layer"] == m.n_layer
+    with pytest.raises(ValueError, match="provenance"):
+        C.from_dict({**C.to_dict(m, t), "provenance": "tuner"})

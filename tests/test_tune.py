@@ -456,6 +456,9 @@ def test_references_run_to_the_target_and_the_winner_model_is_kept(tmp_path):
     assert "reference `tiny`" in summary
     best = json.loads((out.results_dir / "best.json").read_text())
     assert best["train"]["max_seconds"] == 0.5 and best["train"]["max_iters"] is None
+    assert best["provenance"]["study"] == "t" and best["provenance"]["target_budget"] == "0.5 s"
+    assert "from scratch" in best["provenance"]["rule"]
+    from_dict(best)  # the provenance block is for people: the config still loads
     assert best["train"]["eval_iters"] == 4 and best["train"]["eval_batch_size"] == 32
     ckpt = load_checkpoint(out.results_dir / "best-model")
     ok = df[df["status"] == "ok"]

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from gptcore.errors import UserError
 
-# Defaults per device. A 50-trial study costs about 8 target budgets (see RungPlan.cost) plus the references:
-# ~20 min for 2 minutes on a CPU, ~1.5 h for 10 minutes on a GPU. Pass the budget you will really train for.
+# Defaults per device: what a newcomer's first run is likely to be. A 50-trial study costs at least ~8 target
+# budgets with the references (RungPlan.cost) and up to ~3x that when the sampler keeps improving (measured: a
+# 30-trial 2-minute study on a 2-core CPU took 33 min). Pass the budget you will really train for.
 DEFAULT_BUDGET = {"cpu": "2m", "cuda": "10m", "mps": "5m"}
 MIN_RUNG_SECONDS = 4.0  # a rung shorter than this measures start-up noise more than learning
 MIN_RUNG_STEPS = 50
@@ -113,8 +114,12 @@ class RungPlan:
         return tuple(self.eta**k for k in range(len(self.fractions)))
 
     def reach(self, trials: int) -> list[float]:
-        """Expected number of trials that reach each rung when the best 1/eta of each rung trains on."""
-        return [trials / self.eta**k for k in range(len(self.fractions))]
+        """Trials expected to reach each rung when the best 1/eta of each rung trains on (the floor).
+
+        Never fewer than one while there are trials: the first trial to reach a rung is promoted from it (it is
+        the best there so far; Optuna's asynchronous halving cannot pause it until others catch up).
+        """
+        return [min(trials, max(1.0, trials / self.eta**k)) for k in range(len(self.fractions))]
 
     def cost(self, trials: int) -> float:
         """Expected training, in target budgets, of `trials` trials under successive halving."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,23 @@ def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None
     if vocab_size:
         model["vocab_size"] = vocab_size
     return {"model": model, "train": train}
+
+
+def provenance(row: pd.Series, study: optuna.Study) -> dict[str, Any]:
+    """Where best.json comes from and what it does: study, trial, its loss at the target, device, versions."""
+    settings, env = study.user_attrs.get("settings", {}), study.user_attrs.get("environment", {})
+    ref = row.get("reference")
+    return {
+        "study": study.study_name,
+        "trial": f"reference preset {ref}" if isinstance(ref, str) and ref else int(row["number"]),
+        "val_loss_at_target": None if pd.isna(row["val_loss"]) else float(row["val_loss"]),
+        "target_budget": settings.get("budget"), "schedule": settings.get("schedule"),
+        "device": env.get("device_name"), "torch": env.get("torch"), "optuna": optuna.__version__,
+        "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "rule": "trains this configuration from scratch for the study's target budget (max_seconds of timed "
+                "training, or max_iters), with the same learning-rate schedule and the same validation windows "
+                "as the study; the model the study trained is in best-model/",
+    }
 
 
 def keep_best_model(row: pd.Series, folder: Path) -> str | None:
@@ -386,7 +404,8 @@ def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd
     notes = []
     if best is not None:
         vocab = study.user_attrs.get("vocab_size")
-        atomic_write_text(folder / "best.json", json.dumps(best_config(best, settings, vocab), indent=1) + "\n")
+        cfg = {**best_config(best, settings, vocab), "provenance": provenance(best, study)}
+        atomic_write_text(folder / "best.json", json.dumps(cfg, indent=1) + "\n")
         note = keep_best_model(best, folder)
         notes += [note] if note else []
     text = summary_markdown(study, df, folder)
