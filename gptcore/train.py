@@ -292,13 +292,14 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
             book(lap(sync=step - start_step == WARMUP_STEPS))
             bar.update(1)
 
+            done = progress()
             if eval_at is None:
                 due = step % train_cfg.eval_interval == 0
             else:
-                due = bool(eval_points) and progress() >= eval_points[0]
-                while eval_points and progress() >= eval_points[0]:
-                    eval_points.pop(0)  # a point passed within one step is evaluated once
-            if due and progress() < 1.0:
+                due = bool(eval_points) and done >= eval_points[0]
+                while eval_points and done >= eval_points[0]:
+                    eval_points.pop(0)  # points passed within one step are evaluated once
+            if due and done < 1.0:
                 check_pending()
                 if evaluate():
                     stopped_by = "callback"

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -109,6 +107,7 @@ def main_report(argv: list[str]) -> int:
     import optuna
 
     from tune.report import readable, write_report
+    from tune.storage import study_file_problem
     from tune.study import check_writable
 
     args = build_report_parser().parse_args(argv)
@@ -121,7 +120,7 @@ def main_report(argv: list[str]) -> int:
         name = found[0]
     folder = args.results / name
     storage = args.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    problem = _sqlite_problem(storage)
+    problem = study_file_problem(storage)
     if problem:
         raise UserError(f"{f'--storage {storage}' if args.storage else folder / 'study.db'}: {problem}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -136,32 +135,6 @@ def main_report(argv: list[str]) -> int:
     print(readable(df).to_string(index=False))
     print(f"wrote {folder}/trials.csv, summary.md, best.json and plots")
     return 0
-
-
-def _sqlite_problem(storage: str) -> str | None:
-    """Why an sqlite:/// URL holds no study to read (None: it may, or it is another kind of URL).
-
-    Optuna creates its tables in whatever database it opens: a report, which only reads, must never turn a
-    missing, empty or foreign file into a new database.
-    """
-    if not storage.startswith("sqlite:///"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    try:
-        database = make_url(storage).database
-    except Exception:  # a malformed URL: optuna's own error says so
-        return None
-    if not database or database == ":memory:":
-        return None
-    if not Path(database).is_file():
-        return "no such SQLite file"
-    try:
-        with contextlib.closing(sqlite3.connect(f"{Path(database).resolve().as_uri()}?mode=ro", uri=True)) as db:
-            found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
-    except sqlite3.Error as exc:
-        return f"not a readable SQLite database ({exc})"
-    return None if found else "holds no Optuna study"
 
 
 def main(argv: list[str] | None = None) -> int:

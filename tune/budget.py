@@ -54,10 +54,19 @@ class Budget:
         """Optimizer steps, for a step budget."""
         return int(self.amount) if self.unit == "steps" else None
 
+    def train_fields(self) -> dict[str, float | int | None]:
+        """The TrainConfig budget fields: max_seconds for a time budget, max_iters for a step budget."""
+        return {"max_iters": self.steps, "max_seconds": self.seconds}
+
     def __str__(self) -> str:
         if self.unit == "steps":
             return f"{int(self.amount)} steps"
         return format_seconds(self.amount)
+
+
+def schedule_fields(schedule: str) -> dict[str, str | int]:
+    """The TrainConfig schedule fields of --schedule, the same in every trial and in best.json."""
+    return {"lr_decay": SCHEDULES[schedule], "warmup_iters": 0}
 
 
 def format_seconds(seconds: float) -> str:

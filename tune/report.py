@@ -15,7 +15,7 @@ import pandas as pd
 from gptcore.config import from_name, to_dict
 from gptcore.files import atomic_dir, atomic_write, atomic_write_text
 from tune import health
-from tune.budget import SCHEDULES
+from tune.budget import Budget, schedule_fields
 from tune.outcomes import STATUSES
 from tune.space import PARAMS
 from tune.storage import load_references
@@ -75,10 +75,16 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def reference_of(row: pd.Series) -> str | None:
+    """The preset a reference row ran; None for a searched trial (pandas reads its empty cell as NaN)."""
+    ref = row.get("reference")
+    return ref if isinstance(ref, str) and ref else None
+
+
 def label(row: pd.Series) -> str:
     """'12' for a searched trial, 'ref baby' for a reference preset."""
-    ref = row.get("reference")
-    return f"ref {ref}" if isinstance(ref, str) and ref else str(int(row["number"]))
+    ref = reference_of(row)
+    return f"ref {ref}" if ref else str(int(row["number"]))
 
 
 def _flags(df: pd.DataFrame) -> pd.Series:
@@ -104,20 +110,20 @@ def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None
     same validation windows (so its val loss compares with the study's figures); 10 evaluations on the way.
     """
     steps = int(row["steps"]) if pd.notna(row["steps"]) else 1000
-    budget = {"max_seconds": settings["budget_amount"], "max_iters": None} if settings.get("budget_unit") == "s" \
-        else {"max_seconds": None, "max_iters": int(settings["budget_amount"])}
+    budget = Budget(settings["budget_amount"], settings["budget_unit"]).train_fields()
     shared = {**budget, "eval_interval": max(1, steps // 10), "eval_iters": settings.get("eval_iters", 4),
               "eval_batch_size": settings.get("eval_batch_size", 32), "eval_train_split": False,
               "dtype": settings.get("dtype", "float32"), "seed": settings.get("seed", 0)}
-    if isinstance(row.get("reference"), str) and row["reference"]:
-        cfg = to_dict(*from_name(row["reference"]))  # a preset won: its own shape, dropout and schedule
+    preset = reference_of(row)
+    if preset:
+        cfg = to_dict(*from_name(preset))  # a preset won: its own shape, dropout and schedule
         model, train = cfg["model"], {**cfg["train"], **shared}
         train.pop("device", None)
     else:
         model = {"block_size": int(row["block_size"]), "n_embed": int(row["n_embed"]),
                  "n_head": int(row["n_head"]), "n_layer": int(row["n_layer"]), "dropout": 0.0}
         train = {"batch_size": int(row["batch_size"]), "learning_rate": float(row["learning_rate"]),
-                 "lr_decay": SCHEDULES[settings.get("schedule", "cosine")], "warmup_iters": 0, **shared}
+                 **schedule_fields(settings.get("schedule", "cosine")), **shared}
     if vocab_size:
         model["vocab_size"] = vocab_size
     return {"model": model, "train": train}
@@ -126,10 +132,10 @@ def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None
 def provenance(row: pd.Series, study: optuna.Study) -> dict[str, Any]:
     """Where best.json comes from and what it does: study, trial, its loss at the target, device, versions."""
     settings, env = study.user_attrs.get("settings", {}), study.user_attrs.get("environment", {})
-    ref = row.get("reference")
+    ref = reference_of(row)
     return {
         "study": study.study_name,
-        "trial": f"reference preset {ref}" if isinstance(ref, str) and ref else int(row["number"]),
+        "trial": f"reference preset {ref}" if ref else int(row["number"]),
         "val_loss_at_target": None if pd.isna(row["val_loss"]) else float(row["val_loss"]),
         "target_budget": settings.get("budget"), "schedule": settings.get("schedule"),
         "device": env.get("device_name"), "torch": env.get("torch"), "optuna": optuna.__version__,
@@ -226,8 +232,7 @@ def verdict_section(df: pd.DataFrame, objective: str, folder: Path) -> list[str]
     if best is None:
         return ["## Verdict", "", "No configuration trained to the target yet.", ""]
     key, lower = ("val_loss", True) if objective == "loss" else ("tokens_per_s", False)
-    name = f"the `{best['reference']}` preset (a reference)" if isinstance(best["reference"], str) \
-        else f"trial {int(best['number'])}"
+    name = f"the `{reference_of(best)}` preset (a reference)" if reference_of(best) else f"trial {int(best['number'])}"
     lines = ["## Verdict", "", f"Best at the target: **{name}**, {key} {best[key]:.4g}.", ""]
     for _, ref in df[df["reference"].notna()].iterrows():
         if ref["status"] != "ok":
@@ -317,7 +322,7 @@ def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> None:
         if not pts:
             continue
         xs, ys = zip(*pts)
-        if isinstance(row["reference"], str):
+        if reference_of(row):
             ax.plot(xs, ys, "--o", lw=2, color="C3", label=f"reference {row['reference']}")
             ax.annotate(row["reference"], (xs[-1], ys[-1]), fontsize=8, xytext=(4, 0), textcoords="offset points")
         elif row["status"] == "ok":

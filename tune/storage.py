@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +31,61 @@ def open_study(name: str, storage: str, direction: str, sampler: optuna.samplers
         raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__}: {first[:200]})") from None
 
 
+def sqlite_path(storage: str) -> Path | None:
+    """The database file of an sqlite:/// URL; None for other URLs, an in-memory or a malformed one."""
+    if not storage.startswith("sqlite:///"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(storage).database
+    except Exception:  # a malformed URL: optuna's own error says so when it is opened
+        return None
+    return Path(database) if database and database != ":memory:" else None
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    """Table names in a SQLite file, opened read-only (never created or changed); sqlite3.Error if not one."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def check_sqlite_file(storage: str, results_dir: Path) -> None:
     """Refuse a SQLite storage file that is not a database, or an empty one beside results it would overwrite."""
-    if not storage.startswith("sqlite:///"):
+    path = sqlite_path(storage)
+    if path is None or not path.is_file():
         return
-    path = Path(storage.removeprefix("sqlite:///"))
-    if not path.is_file():
-        return
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         # SQLite leaves a 0-byte file when killed before its first write; fine for a new study, but never
         # beside the tables of one that existed: starting afresh would overwrite its trials.csv.
         if (results_dir / "trials.csv").exists():
             raise UserError(f"{path}: empty, but {results_dir / 'trials.csv'} holds an earlier study's results; "
                             f"restore the database or use another --study-name or --results")
         return
-    with open(path, "rb") as f:
-        header = f.read(16)
-    if header != b"SQLite format 3\x00":
+    try:
+        sqlite_tables(path)
+    except sqlite3.Error:
         raise UserError(f"{path}: not a SQLite database (a damaged or foreign file); move it away or use "
-                        f"another --study-name or --results")
+                        f"another --study-name or --results") from None
+
+
+def study_file_problem(storage: str) -> str | None:
+    """Why an sqlite:/// URL holds no study to read (None: it may, or it is another kind of URL).
+
+    Optuna creates its tables in whatever database it opens: a report, which only reads, must never turn a
+    missing, empty or foreign file into a new database.
+    """
+    path = sqlite_path(storage)
+    if path is None:
+        return None
+    if not path.is_file():
+        return "no such SQLite file"
+    try:
+        tables = sqlite_tables(path)
+    except sqlite3.Error as exc:
+        return f"not a readable SQLite database ({exc})"
+    return None if "studies" in tables else "holds no Optuna study"
 
 
 def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:

@@ -8,10 +8,12 @@ trains on. The parent owns the storage and never imports torch; each trial is a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,15 @@ from gptcore.config import PRESETS, from_name, to_dict
 from gptcore.errors import UserError
 from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
 from tune import health
-from tune.budget import DEFAULT_BUDGET, SCHEDULES, Budget, RungPlan, format_seconds, parse_budget
+from tune.budget import (
+    DEFAULT_BUDGET,
+    SCHEDULES,
+    Budget,
+    RungPlan,
+    format_seconds,
+    parse_budget,
+    schedule_fields,
+)
 from tune.record import describe_run, record
 from tune.runner import TrialRun, TrialRunner
 from tune.space import PARAMS, Space, load_space
@@ -172,10 +182,9 @@ class Session:
     def train_fields(self) -> dict[str, Any]:
         """TrainConfig fields every trial and reference shares: the target budget, schedule, evaluation, device."""
         s = self.settings
-        return dict(max_iters=self.budget.steps, max_seconds=self.budget.seconds, eval_interval=10**9,
+        return dict(**self.budget.train_fields(), **schedule_fields(s.schedule), eval_interval=10**9,
                     eval_iters=s.eval_iters, eval_batch_size=s.eval_batch_size, eval_train_split=False,
-                    lr_decay=SCHEDULES[s.schedule], warmup_iters=0, dtype=self.dtype, device=self.env["device"],
-                    seed=s.seed)
+                    dtype=self.dtype, device=self.env["device"], seed=s.seed)
 
 
 def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -191,7 +200,7 @@ def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], di
     cfg = to_dict(*from_name(preset))
     model = {**cfg["model"], "vocab_size": session.meta["vocab_size"]}
     # The preset keeps its own learning-rate schedule; budget, evaluation windows, precision and device are the study's.
-    shared = {k: v for k, v in session.train_fields().items() if k not in ("lr_decay", "warmup_iters")}
+    shared = {k: v for k, v in session.train_fields().items() if k not in schedule_fields(session.settings.schedule)}
     return model, {**cfg["train"], **shared}
 
 
@@ -307,6 +316,18 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     return Session(settings, study, refs, space, env, meta, data_dir, results_dir, dtype, storage, budget, plan)
 
 
+@contextlib.contextmanager
+def closed_on_failure(trial: optuna.Trial) -> Iterator[None]:
+    """Whatever goes wrong in the parent between ask and tell, the trial is closed (FAIL), never left RUNNING."""
+    try:
+        yield
+    except BaseException as exc:
+        trial.set_user_attr("status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
+        trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
+        trial.study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
 def _job(session: Session, label: str, model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     """What a trial process needs: configs, data, device, limits, its log and where to keep its model."""
     folder = session.results_dir
@@ -330,22 +351,16 @@ def _run(session: Session, trial: optuna.Trial, job: dict[str, Any], runner: Tri
         trial.report(val_loss, plan.steps[k - 1])
         return prune and k < n and trial.should_prune()  # the target itself is the result: never pruned
 
-    try:
+    with closed_on_failure(trial):
         run = runner.run(job, on_eval, session.timeout)
         rung = n if run.status == "ok" else min(len(run.evals), n)
         record(trial, run, params, session.env, {
             "reference": reference, "rung": rung, "rungs": n, "reached_target": run.status == "ok",
             "checkpoint": (run.result or {}).get("checkpoint"),
         })
-    except BaseException as exc:
-        # Whatever went wrong in the parent between ask and tell, the trial is closed, never left RUNNING.
-        trial.set_user_attr("status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
-        trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
-        trial.study.tell(trial, state=TrialState.FAIL)
-        raise
     if run.status == "ok":
         value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
-        if s.objective == "loss" and plan.steps[-1] not in {plan.steps[min(k, n) - 1] for k, *_ in run.evals}:
+        if s.objective == "loss" and not any(k >= n for k, *_ in run.evals):
             trial.report(value, plan.steps[-1])  # the final figure, at the target
         trial.study.tell(trial, value)
     else:
@@ -359,14 +374,9 @@ def run_trial(session: Session, runner: TrialRunner, target: str | None = None) 
     Returns the trial's label, how its process ended, and its record.
     """
     trial = session.study.ask()
-    try:
+    with closed_on_failure(trial):
         params = session.space.suggest(trial)
         job = _job(session, f"trial_{trial.number:04d}", *trial_configs(params, session))
-    except BaseException as exc:
-        trial.set_user_attr("status", "error")
-        trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
-        session.study.tell(trial, state=TrialState.FAIL)
-        raise
     if target:
         job["target"] = target  # tests swap in a misbehaving stand-in for gptcore.train.train
     run = _run(session, trial, job, runner, params, reference=None)
