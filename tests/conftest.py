@@ -35,3 +35,53 @@ def data(prepared):
     from gptcore.data import TokenData
 
     return TokenData(prepared)
+
+
+def _postgres_admin_url() -> str | None:
+    """TUNE_TEST_POSTGRES, or None (skip) - but with TUNE_REQUIRE_POSTGRES=1 a missing setting fails the test."""
+    import os
+
+    url = os.environ.get("TUNE_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("TUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("TUNE_REQUIRE_POSTGRES=1 but TUNE_TEST_POSTGRES is unset")
+        pytest.skip("set TUNE_TEST_POSTGRES=postgresql+psycopg://USER:PW@HOST/DB to run the PostgreSQL tests")
+    return url
+
+
+@pytest.fixture
+def postgres_db():
+    """A factory of fresh, empty PostgreSQL databases (URL each), all dropped after the test.
+
+    The role in TUNE_TEST_POSTGRES needs CREATEDB. An unreachable server fails the test: it was asked for.
+    """
+    import uuid
+
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    admin = make_url(_postgres_admin_url())
+    if admin.drivername in ("postgresql", "postgres"):
+        admin = admin.set(drivername="postgresql+psycopg")
+    engine = sqlalchemy.create_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"tune_test_{uuid.uuid4().hex[:12]}"
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return admin.set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with engine.connect() as conn:
+        for name in made:  # FORCE: a test's killed process may have left a session open
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_db) -> str:
+    """The URL of a fresh, empty PostgreSQL database for this test (dropped after it)."""
+    return postgres_db()
