@@ -151,6 +151,7 @@ def test_scrub_removes_every_form_of_the_password(tmp_path):
     cleaned = scrub(text, spec)
     assert pw not in cleaned and quote(pw, safe="") not in cleaned and ":y@" not in cleaned
     assert spec.display in cleaned
+    assert scrub("plain text", StorageSpec("rdb", "", "JournalLeaseStorage")) == "plain text"
 
 
 # --- password-free errors ----------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def mask(url: str) -> str:
 
 def scrub(text: str, spec: StorageSpec) -> str:
     """Error text from a driver or sqlalchemy with the storage's password removed, whatever form it took."""
-    text = text.replace(spec.url, spec.display)
+    if spec.url:  # replace("", ...) would insert the display between every character
+        text = text.replace(spec.url, spec.display)
     if spec.password:
         for form in {spec.password, quote(spec.password, safe=""), quote_plus(spec.password)}:
             text = text.replace(form, "***")
