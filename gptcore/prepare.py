@@ -12,17 +12,12 @@ at any instant leaves the old or the new folder). Pool workers end with the proc
 from __future__ import annotations
 
 import codecs
-import contextlib
-import ctypes
 import hashlib
 import json
 import lzma
 import math
 import os
-import signal
-import sys
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_output_dir, fault_point, pid_alive, recover
+from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
+from gptcore.procs import end_with
 from gptcore.tokenizer import CharTokenizer
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
@@ -229,7 +225,7 @@ def _map(fn: Callable, args: list[tuple], workers: int, desc: str, total_bytes: 
                 bar.set_postfix(files=f"{i + 1}/{len(args)}")
                 yield res
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_end_with, initargs=(os.getpid(),)) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=end_with, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_call, fn, a) for a in args]
                 for i, fut in enumerate(futures):
                     res = fut.result()
@@ -238,25 +234,6 @@ def _map(fn: Callable, args: list[tuple], workers: int, desc: str, total_bytes: 
                     yield res
     finally:
         bar.close()
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _end_with(parent: int) -> None:
-    """Pool initializer: this worker ends when process `parent` dies (a kill -9 of prepare must not orphan it)."""
-    if sys.platform.startswith("linux") and os.getppid() == parent:
-        # The kernel sends SIGKILL to this worker the moment its parent dies, however it dies.
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # Elsewhere, and if the parent died before prctl took effect (or workers come from a fork server), poll.
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
-
-
-def _watch_parent(parent: int) -> None:
-    while pid_alive(parent):
-        time.sleep(0.5)
-    os._exit(1)
 
 
 def _call(fn: Callable, args: tuple):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,20 +25,41 @@ SPARE_CORES_SLACK = 0.25
 MIN_CPU_SHARE = 0.5
 
 
-def system_busy_seconds() -> float | None:
-    """CPU seconds all processes have spent busy since boot (every core), from /proc/stat; None off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = f.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
+def _busy_seconds(fields: list[str]) -> float:
     # user nice system idle iowait irq softirq steal ...: idle and iowait are not busy. Steal (a hypervisor
     # giving the core to another VM) is contention too, so it counts as busy.
     values = [int(v) for v in fields[1:9]]
-    busy = sum(values) - values[3] - values[4]
-    return busy / os.sysconf("SC_CLK_TCK")
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def read_proc_stat() -> list[str] | None:
+    """The lines of /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            return f.read().splitlines()
+    except OSError:
+        return None
+
+
+def busy_seconds(cores: list[int] | None = None, stat: list[str] | None = None) -> float | None:
+    """CPU seconds all processes have spent busy since boot: on every core, or on `cores` only ("cpuN" lines).
+
+    `stat` is /proc/stat's lines (read now when None; tests pass their own). None off Linux or when a core is
+    missing from it.
+    """
+    stat = read_proc_stat() if stat is None else stat
+    if not stat:
+        return None
+    rows = {fields[0]: fields for fields in (line.split() for line in stat) if fields and fields[0].startswith("cpu")}
+    names = ["cpu"] if cores is None else [f"cpu{c}" for c in cores]
+    if not all(name in rows for name in names):
+        return None
+    return sum(_busy_seconds(rows[name]) for name in names)
+
+
+def system_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (every core), from /proc/stat; None off Linux."""
+    return busy_seconds()
 
 
 def own_cpu_seconds() -> float:
@@ -63,30 +85,50 @@ def busy_now(seconds: float = 1.0) -> float | None:
     return None if end is None else max(end - start, 0.0) / seconds
 
 
-class CpuMeter:
-    """Measures, between start() and stop(), this process's CPU time against what its threads allow."""
+def affinity() -> list[int] | None:
+    """The cores this process may run on, sorted; None where the OS does not say."""
+    with contextlib.suppress(AttributeError, OSError):
+        return sorted(os.sched_getaffinity(0))
+    return None
 
-    def __init__(self, threads: int) -> None:
+
+class CpuMeter:
+    """Measures, between start() and stop(), this process's CPU time against what its threads allow.
+
+    With `cores` (the cores the trial owns, pinned), others_cores counts only what other processes took from
+    those cores; without, what they took from the whole machine.
+    """
+
+    def __init__(self, threads: int, cores: list[int] | None = None,
+                 stat: Callable[[], list[str] | None] = read_proc_stat) -> None:
         self.threads = max(threads, 1)
+        self.owned = sorted(cores) if cores else None
+        self._stat = stat
         self._wall = self._own = 0.0
         self._busy: float | None = None
 
+    def _busy_now(self) -> float | None:
+        stat = self._stat()
+        return None if stat is None else busy_seconds(self.owned, stat)
+
     def start(self) -> CpuMeter:
         """Read the clocks."""
-        self._wall, self._own, self._busy = time.perf_counter(), own_cpu_seconds(), system_busy_seconds()
+        self._wall, self._own, self._busy = time.perf_counter(), own_cpu_seconds(), self._busy_now()
         return self
 
     def stop(self) -> dict[str, Any]:
-        """cpu_share, others_cores (cores other processes kept busy), load_1m, threads, cores."""
+        """cpu_share, others_cores (cores other processes kept busy), load_1m, threads, cores, cores_owned."""
         wall = max(time.perf_counter() - self._wall, 1e-9)
         own = own_cpu_seconds() - self._own
-        busy = system_busy_seconds()
+        busy = self._busy_now()
         others = None
         if busy is not None and self._busy is not None:
+            # Pinned, this process ran only on its own cores, so its CPU time is part of their busy time.
             others = max(busy - self._busy - own, 0.0) / wall
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        cores = self.owned or affinity() or list(range(usable_cores()))
         return {"cpu_share": own / (wall * self.threads), "others_cores": others, "load_1m": load,
-                "threads": self.threads, "cores": usable_cores()}
+                "threads": self.threads, "cores": cores, "cores_owned": self.owned is not None}
 
 
 @dataclass
@@ -128,10 +170,15 @@ def contention(measure: dict[str, Any], device_type: str) -> str | None:
     if device_type == "cuda" and (measure.get("gpu_other_processes") or 0) > 0:
         reasons.append(f"{measure['gpu_other_processes']} other process(es) on its GPU")
     others, cores, threads = measure.get("others_cores"), measure.get("cores"), measure.get("threads")
+    if isinstance(cores, list):  # the cores it ran on (older records: how many)
+        cores = len(cores)
     if others is not None and cores and threads:
+        # Owned (pinned) cores: others_cores is what other processes took from them, and every one of them has a
+        # thread of this trial, so no spare; machine-wide, the cores its threads leave free absorb neighbours.
         spare = max(cores - threads, 0)
         if others > spare + SPARE_CORES_SLACK:
-            reasons.append(f"other processes kept {others:.1f} of {cores} cores busy")
+            where = f"its {cores} own core(s)" if measure.get("cores_owned") else f"{cores} cores"
+            reasons.append(f"other processes kept {others:.1f} of {where} busy")
     share = measure.get("cpu_share")
     if device_type == "cpu" and share is not None and share < MIN_CPU_SHARE:
         reasons.append(f"it got {share:.0%} of the CPU time its {threads} thread(s) could use")

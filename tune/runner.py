@@ -2,13 +2,25 @@
 
 The parent never imports torch (so it can never initialise CUDA); children are forked from a forkserver
 that preloads torch and gptcore once, so each trial starts in tens of milliseconds instead of seconds.
+
+Several threads may each run a trial at once (one per worker slot), sharing one runner and one forkserver.
+multiprocessing keeps one process table for all threads (Process.start polls and prunes every other thread's
+children), which is not safe against another thread's join or close: every call that touches it holds _TABLE,
+and waits on a process's sentinel happen outside the lock.
+
+No orphans: each job carries the tuner's pid and a deadline, and the trial process ends itself with the tuner
+or at the deadline (tune.worker.guard), so a kill -9 of the tuner leaves no trial, forkserver or resource
+tracker process behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +32,11 @@ from gptcore.errors import UserError
 PRELOAD = ["torch", "torch._dynamo", "gptcore.train", "gptcore.data", "gptcore.checkpoint", "tune.worker",
            "tune.outcomes", "tune.health"]
 KILL_GRACE_S = 2.0
+# The trial process ends itself this long after the parent's hard timeout: later than the parent's own kill (so
+# a live parent reports "timeout" as ever), soon enough that a frozen parent cannot keep it running.
+DEADLINE_GRACE_S = 2 * KILL_GRACE_S
+POLL_S = 0.1  # how often the parent looks at the stop event between messages: a stop takes effect this fast
+_TABLE = threading.Lock()  # multiprocessing's table of child processes (see the module docstring)
 
 # on_eval(k, step, train_loss, val_loss) -> True to stop (prune) the trial.
 EvalHandler = Callable[[int, int, float, float], bool]
@@ -66,33 +83,41 @@ class TrialRunner:
         from tune import worker
 
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=worker.probe, args=(child, device), daemon=True)
-        proc.start()
+        args = (child, device, os.getpid(), timeout + DEADLINE_GRACE_S)
+        proc = self.ctx.Process(target=worker.probe, args=args, daemon=True)
+        with _TABLE:
+            proc.start()
         child.close()
         try:
             if not parent.poll(timeout):
                 raise UserError(f"--device {device}: the device probe did not answer in {timeout:.0f} s")
             kind, payload = parent.recv()
         except EOFError:
-            raise UserError(f"--device {device}: the device probe died ({_signal_name(proc.exitcode or 0)})") from None
+            code = _wait(proc, KILL_GRACE_S)
+            raise UserError(f"--device {device}: the device probe died ({_signal_name(code or 0)})") from None
         finally:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+            self._stop(proc, kill=False)
         if kind == "user_error":
             raise UserError(payload)
         if kind != "ok":
             raise RuntimeError(f"device probe failed: {payload}")
         return payload
 
-    def run(self, job: dict[str, Any], on_eval: EvalHandler, timeout: float) -> TrialRun:
-        """Run one trial; never raises for anything the trial does (Ctrl-C gives status interrupted)."""
+    def run(self, job: dict[str, Any], on_eval: EvalHandler, timeout: float,
+            stop: threading.Event | None = None) -> TrialRun:
+        """Run one trial; never raises for anything the trial does. Safe to call from several threads at once.
+
+        Ctrl-C (main thread) or `stop` being set (any thread) kills the trial and gives status interrupted.
+        """
         from tune import worker
 
+        # The job may name them itself (tests do); by default the trial ends with this process and its timeout.
+        job = {"tuner_pid": os.getpid(), "deadline_s": timeout + DEADLINE_GRACE_S, **job}
         parent, child = self.ctx.Pipe()
         t0 = time.perf_counter()
         proc = self.ctx.Process(target=worker.run_trial, args=(child, job), daemon=True)
-        proc.start()
+        with _TABLE:
+            proc.start()
         child.close()  # so that recv() sees EOF when the child dies
         run = TrialRun(status="error")
         deadline = t0 + timeout
@@ -102,13 +127,18 @@ class TrialRunner:
                 if left <= 0:
                     run.status, run.message = "timeout", f"killed after {timeout:.0f} s (hard timeout)"
                     break
-                if not parent.poll(min(left, 1.0)):
+                if stop is not None and stop.is_set():
+                    run.status, run.message = "interrupted", "stopped by the tuner"
+                    break
+                if not parent.poll(min(left, POLL_S if stop is not None else 1.0)):
                     continue
                 try:
                     msg = parent.recv()
                 except EOFError:
-                    proc.join(KILL_GRACE_S)
-                    code = proc.exitcode
+                    code = _wait(proc, KILL_GRACE_S)
+                    if code == worker.DEADLINE_EXIT:  # it ended itself at its deadline: this parent was too slow
+                        run.status, run.message = "timeout", f"ended itself after {timeout:.0f} s (hard timeout)"
+                        break
                     how = _signal_name(code) if code is not None and code < 0 else f"exit code {code}"
                     hint = " (the kernel's OOM killer?)" if code == -signal.SIGKILL else ""
                     run.status, run.message = "error", f"trial process died: {how}{hint}"
@@ -118,8 +148,8 @@ class TrialRunner:
                 elif msg[0] == "eval":
                     _, k, step, train_loss, val_loss = msg
                     run.evals.append((k, step, train_loss, val_loss))
-                    stop = on_eval(k, step, train_loss, val_loss)
-                    parent.send("stop" if stop else "continue")
+                    prune = on_eval(k, step, train_loss, val_loss)
+                    parent.send("stop" if prune else "continue")
                 elif msg[0] == "done":
                     _, run.result, run.measure = msg
                     run.status = "pruned" if run.result["stopped_by"] == "callback" else "ok"
@@ -138,10 +168,18 @@ class TrialRunner:
     @staticmethod
     def _stop(proc: mp.process.BaseProcess, kill: bool) -> None:
         """Let a child that reported its end exit; kill one that is still working (hung, timed out, interrupted)."""
-        if not kill:
-            proc.join(KILL_GRACE_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(KILL_GRACE_S)
-        if sys.platform != "win32":
-            proc.close()
+        code = None if kill else _wait(proc, KILL_GRACE_S)
+        if code is None:
+            with _TABLE:
+                proc.kill()
+            code = _wait(proc, KILL_GRACE_S)
+        if code is not None and sys.platform != "win32":
+            with _TABLE:
+                proc.close()
+
+
+def _wait(proc: mp.process.BaseProcess, timeout: float) -> int | None:
+    """Wait up to `timeout` s for `proc` to end; its exit code, None while it runs (waits without the lock)."""
+    mp.connection.wait([proc.sentinel], timeout)
+    with _TABLE:
+        return proc.exitcode
