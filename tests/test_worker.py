@@ -60,21 +60,27 @@ def never_prune(*_args) -> bool:
     return False
 
 
-def marked(marker: str) -> dict[int, int]:
-    """pid -> parent pid of every live process whose environment holds `marker` (zombies are dead)."""
-    found = {}
+def live_processes():
+    """(pid, parent pid, /proc entry) of every live process (zombies are dead)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if marker.encode() not in (entry / "environ").read_bytes():
-                continue
             stat = (entry / "stat").read_text()
         except OSError:
-            continue  # ended meanwhile, or not ours to read
+            continue  # ended meanwhile
         state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
         if state != "Z":
-            found[int(entry.name)] = int(ppid)
+            yield int(entry.name), int(ppid), entry
+
+
+def marked(marker: str) -> dict[int, int]:
+    """pid -> parent pid of every live process whose environment holds `marker`."""
+    found = {}
+    for pid, ppid, entry in live_processes():
+        with contextlib.suppress(OSError):  # ended meanwhile, or not ours to read
+            if marker.encode() in (entry / "environ").read_bytes():
+                found[pid] = ppid
     return found
 
 
@@ -232,17 +238,7 @@ def test_stop_event_interrupts_the_trial_promptly(runner, prepared, data, tmp_pa
 
 def _children(pid: int | None) -> list[int]:
     """Live child processes of `pid`."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-            if int(ppid) == pid and state != "Z":
-                out.append(int(entry.name))
-    return out
+    return [child for child, ppid, _ in live_processes() if ppid == pid]
 
 
 def test_trial_that_outlives_its_deadline_ends_itself_as_a_timeout(runner, prepared, data, tmp_path):
