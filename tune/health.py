@@ -6,6 +6,9 @@ GpuWatch) and the parent judges the record (flags). Standard library only: both 
 
 Measured on a 2-core VM: two 2-thread training processes side by side each fall from 211k to 18k tokens/s, so
 even one busy neighbour changes a verdict.
+
+A trial pinned to its own cores (parallel workers) is judged on those cores only: another worker busy on its
+own cores is not this trial's neighbour, a process that takes time on this trial's cores is.
 """
 
 from __future__ import annotations

@@ -198,7 +198,9 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
         from tune.outcomes import classify
 
         model_cfg = ModelConfig(**job["model"])
-        train_cfg = TrainConfig(**job["train"])
+        # With its own GPU, the one device this process sees is cuda:0, whatever the tuner's --device said.
+        train_cfg = TrainConfig(**{**job["train"], "device": device_name} if job.get("gpu") is not None
+                             else job["train"])
         device = torch.device(device_name)
         apply_memory_limit(device.type, job.get("memory_limit"), device.index)
         data = TokenData(job["data"])
