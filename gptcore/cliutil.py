@@ -99,6 +99,18 @@ def float_pair(text: str) -> tuple[float, float]:
     return a, b
 
 
+def index_list(text: str) -> tuple[int, ...]:
+    """'0,2,3' or '0-3,6' (the kernel's cpu-list form) -> sorted distinct non-negative integers."""
+    values: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise argparse.ArgumentTypeError(f"expected indices like 0,2,3 or 0-3, got {text!r}")
+        low = int(m.group(1))
+        values.update(range(low, int(m.group(2) or low) + 1))
+    return tuple(sorted(values))
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

@@ -406,6 +406,19 @@ def test_liveness_fails_a_silent_trial_once_and_never_a_beating_one(shared_spec,
     assert beat(storage, alive._trial_id) is True
 
 
+def test_a_trial_never_beaten_for_is_stale_after_the_grace_period(shared_spec, tmp_path):
+    # A tuner killed between asking for a trial and its first beat: Optuna alone would keep it RUNNING forever.
+    seen: list[int] = []
+    storage = make_storage(shared_spec, 1, 2, lambda study, trial: seen.append(trial.number))
+    study = open_study("n", storage, "minimize", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
+    never_beaten, beaten = study.ask(), study.ask()
+    assert beat(storage, beaten._trial_id)
+    assert fail_stale(study) == []
+    time.sleep(2.5)
+    assert beat(storage, beaten._trial_id)  # still alive
+    assert [t.number for t in fail_stale(study)] == [never_beaten.number] and seen == [never_beaten.number]
+
+
 def test_journal_lease_falls_back_to_the_start_time(tmp_path):
     spec = resolve_storage(f"journal:{tmp_path}/s.journal", tmp_path / "unused.db")
     seen: list[int] = []

@@ -58,10 +58,11 @@ def test_fixed_trial_gives_the_configs_a_trial_trains():
     params = Space().suggest(trial)
     assert params == {"batch_size": 8, "block_size": 32, "n_embed": 128, "n_head": 4, "n_layer": 2,
                       "learning_rate": 1e-3}
-    from tune.study import Session, trial_configs
+    assert Space.decode(trial.params) == params  # what a row shows for a trial that never recorded anything
+    from tune.session import Session, trial_configs
 
     session = Session(TuneSettings(), None, None, Space(), {"device": "cpu"}, {"vocab_size": 80}, None, None,
-                      "float32", "", Budget(10, "s"), RungPlan.for_budget(Budget(10, "s")))
+                      "float32", None, Budget(10, "s"), RungPlan.for_budget(Budget(10, "s")), [], (), None)
     model, train = trial_configs(params, session)
     m, t = from_dict({"model": model, "train": train})
     assert (m.n_head, t.batch_size, t.max_seconds, t.max_iters, t.learning_rate) == (4, 8, 10, None, 1e-3)
@@ -185,7 +186,8 @@ def test_hanging_trial_is_killed_as_timeout_and_raising_trial_is_an_error(tmp_pa
     assert row["status"] == "timeout" and 2.0 <= row["trial_seconds"] < 60  # killed, not left to sleep 3600 s
     out = run_study(settings(tmp_path, trials=2, study_name="boom"), target="tests.tune_faults:boom")
     df = trials_frame(out.study)
-    assert (df["status"] == "error").all() and (df["error"] == "ValueError: boom: injected failure").all()
+    errors = df[df["status"] == "error"]  # each configuration tried twice, then 3 errors in a row stop the tuner
+    assert len(errors) == 3 and (errors["error"] == "ValueError: boom: injected failure").all()
     log = (out.results_dir / "logs" / "trial_0000.log").read_text()
     assert "Traceback" in log and "boom: injected failure" in log
     out = run_study(settings(tmp_path, trials=1, study_name="cuda"), target="tests.tune_faults:cuda_oom")
@@ -219,9 +221,10 @@ def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
     first = run_study(settings(tmp_path, trials=3))
     first.study.ask()  # a trial left RUNNING, as by a tuner killed with SIGKILL
     out = run_study(settings(tmp_path, trials=6))
-    assert out.ran == 2
+    assert out.ran == 3  # the orphan is failed and queued again (it had drawn nothing yet), plus two new trials
     df = trials_frame(out.study)
-    assert list(df["number"]) == [0, 1, 2, 3, 4, 5] and df.loc[3, "status"] == "interrupted"
+    assert list(df["number"]) == [0, 1, 2, 3, 4, 5, 6] and df.loc[3, "status"] == "interrupted"
+    assert df.loc[4, "retry_of"] == 3 and df["status"].isin(["ok", "pruned"]).sum() == 6
     df = df.drop(index=3)
     params = df[["batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate"]]
     assert not params.duplicated().any()
@@ -283,7 +286,8 @@ def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     df = pd.read_csv(results / "c" / "trials.csv")
-    assert list(df["status"]) == ["interrupted"]
+    assert list(df["status"]) == ["interrupted", "queued"], out  # queued again, with its parameters, for a resume
+    assert df.loc[1, "retry_of"] == 0 and df.loc[1, "batch_size"] == df.loc[0, "batch_size"]
 
 
 # --- measurement honesty ------------------------------------------------------------------------------
@@ -331,7 +335,7 @@ def test_a_busy_neighbour_flags_the_trials_it_slowed(tmp_path):
             h.kill()
             h.wait()
     df = trials_frame(out.study)
-    assert df.loc[0, "contended"] and "cores busy" in df.loc[0, "contended"]
+    assert df.loc[0, "contended"] and "core(s) busy" in df.loc[0, "contended"]
     assert out.study.user_attrs["busy_cores_at_start"] > 0.5
     summary = (out.results_dir / "summary.md").read_text()
     assert "ran while other processes competed" in summary and "| 0 | " in summary
@@ -374,7 +378,7 @@ def test_hyperband_prunes_a_losing_trial_on_loss():
 
 
 def test_random_sampler_is_seeded_and_reproducible(tmp_path):
-    from tune.study import make_sampler
+    from tune.session import make_sampler
 
     draws = []
     for _ in range(2):
@@ -417,9 +421,10 @@ def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkey
     with pytest.raises(RuntimeError, match="disk full"):
         run_study(settings(tmp_path, trials=1))
     stored = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'results' / 't' / 'study.db'}")
-    (trial,) = stored.trials
+    trial, retry = stored.trials  # closed, and queued again with its parameters: the fault was the tuner's
     assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["status"] == "error"
     assert "disk full" in trial.user_attrs["error"]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == trial.params
 
 
 # --- rungs, references, the winner's model ------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from gptcore.cliutil import (
     EXIT_INTERRUPTED,
     Parser,
+    index_list,
     int_range,
     parse_size,
     positive_float,
@@ -49,6 +50,16 @@ def references_flag(text: str) -> tuple[str, ...]:
     return names
 
 
+def workers_flag(text: str) -> int | None:
+    """A flag type for --workers: a positive integer, or 'auto' (-> None: one per GPU, one on a CPU)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the study command."""
     p = Parser(prog="python -m tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,7 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="corpus: .txt file or prepared folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--study-name", default=None, help="default: <device>-<corpus>")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the results folder)")
+    p.add_argument("--storage", default=None,
+                   help="where the study lives (default: SQLite in the results folder, for one tuner process); "
+                        "journal:PATH or a PATH ending .journal/.log for several tuners on one machine or a shared "
+                        "filesystem; postgresql://user:password@host/db for many machines (pip install -e "
+                        "'.[postgres]')")
+    p.add_argument("--workers", type=workers_flag, default=1,
+                   help="trials run at once by this tuner, each owning a GPU or an equal share of the CPU cores "
+                        "(default 1; auto: one per GPU)")
+    p.add_argument("--gpus", type=index_list, default=None, metavar="0,2,3",
+                   help="the CUDA devices the workers use, one each (default: every visible GPU)")
+    p.add_argument("--cores", type=index_list, default=None, metavar="0-7",
+                   help="the CPU cores this tuner shares out among its workers (default: all it may use); give "
+                        "two tuners on one machine disjoint sets")
+    p.add_argument("--heartbeat-interval", type=int_range(1, 3600), default=10,
+                   help="seconds between the liveness records of a running trial (default 10)")
+    p.add_argument("--grace-period", type=int_range(2, 86400), default=60,
+                   help="a running trial with no liveness record for this many seconds is failed and queued again "
+                        "by any tuner on the study (default 60; must exceed the heartbeat interval)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
     p.add_argument("--space", default="auto", help=f"{'|'.join(SPACES)}|auto|FILE.json (default auto)")
     for name in PARAMS:
@@ -107,7 +135,7 @@ def main_report(argv: list[str]) -> int:
     import optuna
 
     from tune.report import readable, write_report
-    from tune.storage import study_file_problem
+    from tune.storage import make_storage, resolve_storage, study_file_problem
     from tune.study import check_writable
 
     args = build_report_parser().parse_args(argv)
@@ -119,17 +147,20 @@ def main_report(argv: list[str]) -> int:
                             f"({', '.join(found) or 'none'})")
         name = found[0]
     folder = args.results / name
-    storage = args.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    problem = study_file_problem(storage)
+    spec = resolve_storage(args.storage, folder / "study.db")
+    where = f"--storage {spec.display}" if args.storage else str(folder / "study.db")
+    # A report only reads: it must never turn a missing or foreign file into a new, empty storage.
+    problem = study_file_problem(spec.url) if spec.kind == "sqlite" else None
+    if spec.kind == "journal" and not (spec.path and spec.path.is_file()):
+        problem = "no such journal file"
     if problem:
-        raise UserError(f"{f'--storage {storage}' if args.storage else folder / 'study.db'}: {problem}")
+        raise UserError(f"{where}: {problem}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(spec)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise UserError(f"--study-name {name}: no such study in {storage}") from None
-    except Exception as exc:  # sqlalchemy, a missing driver, a bad URL: this storage cannot be read
-        raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__})") from None
+        raise UserError(f"--study-name {name}: no such study in {spec.display}") from None
     check_writable(folder)
     df = write_report(study, folder)
     print(readable(df).to_string(index=False))
@@ -142,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         return main_report(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.grace_period <= args.heartbeat_interval:
+        parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
+                     f"{args.heartbeat_interval}")
     from tune.report import readable, trials_frame
     from tune.study import TuneSettings, run_study
 
@@ -156,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         storage=args.storage, results=args.results, space=args.space, space_overrides=overrides,
         objective=args.objective, memory_limit=args.memory_limit, pruner=args.pruner, sampler=args.sampler,
         seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout, progress=not args.no_progress,
+        workers=args.workers, gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
     )
     outcome = run_study(settings)
     df = readable(trials_frame(outcome.study))

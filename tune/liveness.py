@@ -69,8 +69,32 @@ def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
         # optuna.storages.fail_stale_trials does this too, but returns nothing and stops at the first storage
         # error, leaving a failed trial without its callback (never retried): the same steps, per trial.
         ids = base._get_stale_trial_ids(study._study_id)  # what fail_stale_trials asks for; no public call
+        ids += _never_beaten(study, base)
         return _fail(study, ids, base.get_heartbeat_stale_trial_callback(), lambda i: _claim_rdb(base, i))
     return []
+
+
+def _never_beaten(study: optuna.Study, base: BaseStorage) -> list[int]:
+    """RUNNING trials with no heartbeat at all, started longer than the grace period ago.
+
+    Optuna never fails those (a trial is stale only once it has beaten), so a tuner killed between asking for a
+    trial and its first beat would leave it RUNNING forever and every other tuner waiting for it. The start time is
+    the asking tuner's local clock (Optuna sets it client-side), compared with this tuner's: machines sharing a
+    study need their clocks (and time zones) to agree to well within the grace period.
+    """
+    from datetime import datetime
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    grace = base.grace_period or 2 * base.heartbeat_interval
+    table = models.TrialHeartbeatModel.__table__
+    with base.engine.connect() as conn:
+        beaten = {row[0] for row in conn.execute(sqlalchemy.select(table.c.trial_id))}
+    now = datetime.now()
+    return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t._trial_id not in beaten and t.datetime_start is not None
+            and (now - t.datetime_start).total_seconds() > grace]
 
 
 def _fail_stale_journal(study: optuna.Study, base: JournalLeaseStorage) -> list[FrozenTrial]:

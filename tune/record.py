@@ -30,9 +30,13 @@ def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict
                              "error": run.message, "oom_phase": run.phase if run.status == "oom" else None,
                              "oom_requested_bytes": run.requested_bytes}
     m = run.measure
+    # A trial that failed before it trained (a set-up error, an OOM building the model) ran too briefly for its
+    # share of the CPU to mean anything: it is not judged.
+    trained = run.result is not None or bool(run.evals)
     attrs.update(cpu_share=m.get("cpu_share"), others_cores=m.get("others_cores"), load_1m=m.get("load_1m"),
                  threads=m.get("threads"), gpu_other_processes=m.get("gpu_other_processes"),
-                 gpu_util_percent=m.get("gpu_util_percent"), contended=health.contention(m, env["device_type"]))
+                 gpu_util_percent=m.get("gpu_util_percent"), gpu_uuid=m.get("gpu_uuid"),
+                 contended=health.contention(m, env["device_type"]) if trained else None)
     r = run.result
     warnings: list[str] = []
     if r is not None:

@@ -11,20 +11,22 @@ from typing import Any
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from gptcore.config import from_name, to_dict
 from gptcore.files import atomic_dir, atomic_write, atomic_write_text
 from tune import health
 from tune.budget import Budget, schedule_fields
-from tune.outcomes import STATUSES
-from tune.space import PARAMS
+from tune.outcomes import COUNTED_STATUSES, STATUSES
+from tune.space import PARAMS, Space, preset_params
 from tune.storage import load_references
 
-COLUMNS = ["number", "reference", "status", "state", *PARAMS, "rung", "rungs", "rung_loss", "reached_target",
-           "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
+COLUMNS = ["number", "reference", "status", "state", "retry_of", *PARAMS, "rung", "rungs", "rung_loss",
+           "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
            "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
            "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu",
-           "device", "threads", "cpu_share", "others_cores", "load_1m", "gpu_other_processes", "gpu_util_percent",
+           "device", "host", "tuner_pid", "worker", "threads", "cpu_share", "others_cores", "load_1m",
+           "gpu_uuid", "gpu_other_processes", "gpu_util_percent",
            "contended", "budget_warning", "oom_phase", "oom_requested_bytes", "error", "checkpoint",
            "parent_rss_bytes"]
 PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
@@ -41,16 +43,38 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return df
 
 
+def status_of(trial: optuna.trial.FrozenTrial) -> str:
+    """A trial's status for every table: its recorded outcome; 'running' or 'queued' while it has none; and
+    'interrupted' for a trial failed without a record (its tuner was killed: stale, failed by another tuner)."""
+    if trial.state == TrialState.RUNNING:
+        return "running"
+    if trial.state == TrialState.WAITING:
+        return "queued"
+    status = trial.user_attrs.get("status")
+    return status if status else ("interrupted" if trial.state == TrialState.FAIL else trial.state.name.lower())
+
+
 def _frame(study: optuna.Study, reference: bool) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        row = {"number": None if reference else t.number, "state": t.state.name, **t.user_attrs}
+        history = t.system_attrs.get("retry_history") or []
+        # The parameters come from the trial itself (drawn before it ran): every row shows them, whatever the
+        # trial's end, even when its tuner was killed before it recorded anything.
+        row = {"number": None if reference else t.number, **Space.decode(t.params), **t.user_attrs,
+               "state": t.state.name,
+               "status": status_of(t), "retry_of": history[-1] if history else None}
+        if reference and t.user_attrs.get("reference"):
+            row.update({k: v for k, v in preset_params(t.user_attrs["reference"]).items() if pd.isna(row.get(k))})
+        if t.state == TrialState.FAIL and not t.user_attrs.get("error"):
+            row["error"] = "its tuner stopped beating (killed or cut off): failed as stale"
         for k, (_, value) in enumerate(sorted(t.intermediate_values.items()), start=1):
             row[f"loss_rung_{k}"] = value  # reports are at steps 1, eta, eta**2...: the k-th is rung k
         rows.append(row)
     df = pd.DataFrame(rows)
     extra = sorted((c for c in df.columns if c.startswith("loss_rung_")), key=lambda c: int(c.rsplit("_", 1)[1]))
-    return df.reindex(columns=[*COLUMNS, *extra])
+    df = df.reindex(columns=[*COLUMNS, *extra])
+    df["retry_of"] = pd.to_numeric(df["retry_of"], errors="coerce").astype("Int64")  # a trial number, or empty
+    return df
 
 
 def _mib(series: pd.Series) -> pd.Series:
@@ -62,8 +86,9 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
     def whole(col: pd.Series) -> pd.Series:
         return col.round(0).astype("Int64")  # integers that may be missing (an OOM trial has no steps)
 
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "trial": [label(r) for _, r in df.iterrows()], "status": df["status"],
+        "retry_of": df["retry_of"],
         "batch": whole(df["batch_size"]), "block": whole(df["block_size"]), "embed": whole(df["n_embed"]),
         "heads": whole(df["n_head"]), "layers": whole(df["n_layer"]),
         "lr": df["learning_rate"].map(lambda v: f"{v:.2e}" if pd.notna(v) else ""),
@@ -73,6 +98,13 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         "steps": whole(df["steps"]), "trial_s": df["trial_seconds"].round(1),
         "flags": _flags(df),
     })
+    # Where each trial ran, when the study used more than one worker or machine.
+    where = df["worker"].fillna("").astype(str)
+    if df["host"].nunique() > 1:
+        where = df["host"].fillna("").astype(str) + " " + where
+    if where.nunique() > 1:
+        table["ran_on"] = where.str.strip()
+    return table
 
 
 def reference_of(row: pd.Series) -> str | None:
@@ -206,7 +238,14 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
               f"- corpus {settings.get('corpus')}", ""]
     search = df[df["reference"].isna()]
     counts = search["status"].value_counts().reindex(STATUSES, fill_value=0)
-    lines += ["## Trials per status", "", counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
+    counted = int(search["status"].isin(COUNTED_STATUSES).sum())
+    retries = int(search["retry_of"].notna().sum())
+    lines += ["## Trials per status", "",
+              f"{counted} counted trial(s) of the {settings.get('trials', counted)} asked for (ok, pruned, oom, "
+              f"diverged, timeout: outcomes of the configuration). Errors and interruptions are kept here but not "
+              f"counted; each is queued again once with the same parameters ({retries} retr"
+              f"{'y' if retries == 1 else 'ies'} so far).", "",
+              counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
     lines += rung_section(search, len(rungs))
     lines += verdict_section(df, objective, folder)
     lines += measurement_section(study, df)

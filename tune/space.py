@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from gptcore.cliutil import finite_float
-from gptcore.config import INT_MAX
+from gptcore.config import INT_MAX, from_name, to_dict
 from gptcore.errors import UserError
 
 PARAMS = ("batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate")
@@ -62,6 +62,17 @@ class Space:
         out["n_layer"] = trial.suggest_int("n_layer", *self.n_layer)
         out["learning_rate"] = trial.suggest_float("learning_rate", *self.learning_rate, log=True)
         return {k: out[k] for k in PARAMS}
+
+    @staticmethod
+    def decode(params: dict[str, Any]) -> dict[str, Any]:
+        """The six values from a trial's stored Optuna parameters (what suggest drew): for rows of trials that
+        never recorded anything (their tuner was killed), so every row shows its configuration."""
+        out = {}
+        for key, value in params.items():
+            name = key.removeprefix("log2_")
+            if name in PARAMS:
+                out[name] = 2 ** int(value) if key.startswith("log2_") else value
+        return out
 
     def describe(self) -> str:
         """A table of the ranges, for the terminal and summary.md."""
@@ -171,3 +182,10 @@ def parse_range(text: str) -> tuple[float, float]:
 
 
 parse_range.__name__ = "range (LOW,HIGH or one value)"
+
+
+def preset_params(preset: str) -> dict[str, Any]:
+    """The six searched values of a preset (for the tables)."""
+    cfg = to_dict(*from_name(preset))
+    values = {**cfg["model"], **cfg["train"]}
+    return {k: values[k] for k in PARAMS}

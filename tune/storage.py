@@ -21,12 +21,12 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from gptcore.errors import UserError
 
 FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
-                    "budget", "objective", "space", "schedule")
+                    "budget", "objective", "space", "schedule", "threads_per_trial")
 JOURNAL_SUFFIXES = (".log", ".journal")
 STORAGE_FORMS = "sqlite:///FILE, journal:PATH (or a path ending .log/.journal), or postgresql://USER:PASSWORD@HOST/DB"
 # Tries and back-off for races between tuners that start at once on one database (table creation, study rows).
@@ -104,6 +104,8 @@ def resolve_storage(arg: str | None, default_sqlite: Path) -> StorageSpec:
     if url.get_backend_name() == "sqlite":
         database = url.database
         path = Path(database).resolve() if database and database != ":memory:" else None
+        if path is not None and not path.parent.is_dir():
+            raise UserError(f"--storage {display}: folder {path.parent} does not exist")
         return StorageSpec("sqlite", full, display, path, url.password)
     return StorageSpec("rdb", full, display, None, url.password)
 
@@ -347,15 +349,6 @@ def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
     if diff:
         raise UserError(f"study {study.study_name!r} was run with other settings ({'; '.join(diff)}); "
                         f"use another --study-name")
-
-
-def close_stale_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a run that was killed outright: record them, never lose them."""
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial = optuna.Trial(study, frozen._trial_id)  # FrozenTrial exposes its storage id only this way
-        trial.set_user_attr("status", "interrupted")
-        trial.set_user_attr("error", "the tuner process stopped during this trial")
-        study.tell(trial, state=TrialState.FAIL)
 
 
 def reference_study_name(name: str) -> str:

@@ -1,50 +1,48 @@
-"""The study: ask Optuna for a configuration, train it towards the target budget in its own process, judge it
-at rungs on the way (only the best 1/eta train on), tell Optuna how it went. Reference presets run the same path.
+"""The study: workers claim a configuration, train it towards the target budget in its own process, judged at
+rungs on the way (only the best 1/eta train on), and tell Optuna how it went. Reference presets run the same path.
 
 Every trial trains with the schedule of the full run (max_seconds or max_iters = the target, the learning rate
 decaying to the target), so a trial judged at a rung is on the path the full run takes; a promoted trial simply
-trains on. The parent owns the storage and never imports torch; each trial is a child process (tune.runner).
+trains on. The parent owns the storage and never imports torch; each trial is a child process (tune.runner) that
+owns one worker slot (tune.slots). What runs next is decided under the study lock (tune.dispatch), so any number
+of tuner processes can share a study.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
-import shutil
-import tempfile
-from collections.abc import Iterator
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from gptcore.config import PRESETS, from_name, to_dict
-from gptcore.errors import UserError
-from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
-from tune import health
-from tune.budget import (
-    DEFAULT_BUDGET,
-    SCHEDULES,
-    Budget,
-    RungPlan,
-    format_seconds,
-    parse_budget,
-    schedule_fields,
-)
+from tune import dispatch, health, liveness
+from tune.dispatch import DONE, WAIT, Claim
+from tune.pool import Beater, run_workers
 from tune.record import describe_run, record
 from tune.runner import TrialRun, TrialRunner
-from tune.space import PARAMS, Space, load_space
-from tune.storage import (
-    check_fingerprint,
-    check_sqlite_file,
-    close_stale_trials,
-    open_study,
-    reference_study_name,
+from tune.session import (  # noqa: F401  (TuneSettings, make_pruner, check_writable: the package's entry points)
+    Session,
+    StudyOutcome,
+    TuneSettings,
+    check_writable,
+    make_pruner,
+    open_session,
+    plan_message,
+    reference_configs,
+    trial_configs,
+    warn_if_busy,
 )
+from tune.slots import Slot
+from tune.space import preset_params
 
 STATE_OF = {
     "ok": TrialState.COMPLETE,
@@ -56,425 +54,239 @@ STATE_OF = {
     "oom": TrialState.PRUNED,
     "diverged": TrialState.PRUNED,
     "timeout": TrialState.PRUNED,
-    # An unexplained error says nothing about the configuration: keep it out of the sampler's model.
+    # An unexplained error or an interruption says nothing about the configuration: kept out of the sampler's
+    # model, not counted toward --trials, and queued again once (tune.dispatch).
     "error": TrialState.FAIL,
     "interrupted": TrialState.FAIL,
 }
-# Other processes keeping more than this many cores busy before the study starts: say so.
-BUSY_AT_START_CORES = 0.5
-# What a person would otherwise pick, run through the same rungs to the target and never pruned, so the summary
-# can say by how much the winner beats them (or that it does not).
-REFERENCES = {"cpu": ("course-default", "baby"), "mps": ("course-default", "baby"),
-              "cuda": ("course-default", "baby", "gpu")}
-STEP_BUDGET_TIMEOUT_S = 3600.0  # hard timeout of a trial with a step budget (time unknown in advance)
+# This many errors in a row (not OOM, not divergence: crashes) mean the set-up is broken, not the configurations:
+# the tuner stops instead of sampling forever.
+MAX_ERRORS_IN_A_ROW = 3
+HOST = socket.gethostname()
 
 
-@dataclass(frozen=True)
-class TuneSettings:
-    """Everything `python -m tune` was asked to do."""
-
-    trials: int = 50
-    budget: Budget | None = None  # the training the user means to run; None: DEFAULT_BUDGET for the device
-    rungs: int | None = None  # None: as many as fit, up to 4 (the smallest >= 4 s or 50 steps)
-    reduction_factor: int = 3
-    data: Path = Path("data/wizard_of_oz.txt")
-    device: str = "auto"
-    study_name: str | None = None
-    storage: str | None = None
-    results: Path = Path("results")
-    space: str = "auto"
-    space_overrides: dict[str, Any] = field(default_factory=dict)
-    objective: str = "loss"
-    memory_limit: int | None = None
-    pruner: str = "asha"
-    sampler: str = "tpe"  # "random": the baseline TPE is measured against
-    schedule: str = "cosine"  # the learning rate against the target budget
-    references: tuple[str, ...] | None = None  # presets run beside the search; None: REFERENCES for the device
-    save_models: bool = True  # trials that reach the target keep their checkpoint
-    seed: int = 0
-    dtype: str = "auto"
-    trial_timeout: float | None = None
-    # Validation: the same 4 x 32 windows for every trial and every evaluation, val split only (the train
-    # loss is the mean training loss): evaluation stays a few percent of a trial.
-    eval_iters: int = 4
-    eval_batch_size: int = 32
-    progress: bool = True
+class TrialLost(Exception):
+    """Another tuner failed this trial as stale (this one missed its heartbeats): its result cannot be told."""
 
 
 @dataclass
-class StudyOutcome:
-    """What run_study did."""
+class Tuner:
+    """One tuner process's shared state: its workers, the heartbeat, the stop event, the console."""
 
-    study: optuna.Study
-    results_dir: Path
-    ran: int
-    interrupted: bool
-
-
-def slug(text: str) -> str:
-    """Lower-case, alphanumerics and dashes: for study and folder names."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "device"
-
-
-def check_writable(folder: Path) -> None:
-    """Create `folder` and prove it is writable, or fail with one line."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"--results {folder}: not writable ({exc.strerror or exc})") from None
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """tpe (default) or random."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"--sampler must be tpe or random, got {name!r}")
-
-
-def make_pruner(name: str, plan: RungPlan) -> optuna.pruners.BasePruner:
-    """asha (default: asynchronous successive halving over the rungs), median, hyperband or none."""
-    if name == "asha":
-        # Rungs at report steps 1, eta, eta**2...: at each, a trial trains on only if it is in the best 1/eta of
-        # the trials that reached that rung so far (asynchronous: no waiting for a full bracket).
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=plan.eta,
-                                                      min_early_stopping_rate=0)
-    if name == "median":
-        # Never prune at the first rung nor before 5 trials have finished: Optuna prunes from step ==
-        # n_warmup_steps on, and the first rung is reported at step 1.
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=plan.steps[-1],
-                                              reduction_factor=plan.eta)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"--pruner must be asha, median, hyperband or none, got {name!r}")
-
-
-@dataclass
-class Session:
-    """An opened study and everything its trials need."""
-
-    settings: TuneSettings
-    study: optuna.Study
-    references: optuna.Study | None
-    space: Space
-    env: dict[str, Any]
-    meta: dict[str, Any]
-    data_dir: Path
-    results_dir: Path
-    dtype: str
-    storage: str  # not stored in the study: a database URL may carry a password
-    budget: Budget
-    plan: RungPlan
+    session: Session
+    runner: TrialRunner
+    target: str | None  # tests swap in a misbehaving stand-in for gptcore.train.train
+    say: Callable[[str], None]
+    bar: Any
+    beater: Beater
+    stop: threading.Event = field(default_factory=threading.Event)
+    counts: dict[str, int] = field(default_factory=dict)
+    ran: int = 0
+    errors_in_a_row: int = 0
+    stopped_because: str | None = None
+    _books: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def timeout(self) -> float:
-        """Hard per-trial timeout: --trial-timeout, else 3 x the time budget + 120 s (1 h for step budgets)."""
-        s = self.settings
-        if s.trial_timeout:
-            return s.trial_timeout
-        return 3 * self.budget.seconds + 120 if self.budget.seconds else STEP_BUDGET_TIMEOUT_S
+    def poll_seconds(self) -> float:
+        """How often a waiting worker looks again (for stale trials, or the study's end)."""
+        return min(5.0, self.session.settings.heartbeat_interval)
 
-    def train_fields(self) -> dict[str, Any]:
-        """TrainConfig fields every trial and reference shares: the target budget, schedule, evaluation, device."""
-        s = self.settings
-        return dict(**self.budget.train_fields(), **schedule_fields(s.schedule), eval_interval=10**9,
-                    eval_iters=s.eval_iters, eval_batch_size=s.eval_batch_size, eval_train_split=False,
-                    dtype=self.dtype, device=self.env["device"], seed=s.seed)
+    def tell(self, trial: optuna.Trial, status: str, value: float | None = None) -> None:
+        """Tell Optuna how a trial ended; a failure is queued again in the same locked step (never twice)."""
+        study = trial.study
+        try:
+            if STATE_OF[status] == TrialState.FAIL:
+                with self.session.lock:
+                    study.tell(trial, state=TrialState.FAIL)
+                    dispatch.requeue(study, study._storage.get_trial(trial._trial_id))
+            elif value is not None:
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=STATE_OF[status])
+        except UpdateFinishedTrialError:
+            raise TrialLost() from None
+        finally:
+            self.beater.discard(trial._trial_id)
 
-
-def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Model and train config fields for one trial: the six parameters plus the shared rest."""
-    model = dict(vocab_size=session.meta["vocab_size"], block_size=params["block_size"], n_embed=params["n_embed"],
-                 n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
-    train = dict(session.train_fields(), batch_size=params["batch_size"], learning_rate=params["learning_rate"])
-    return model, train
-
-
-def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A preset as a person would train it (its own shape, learning rate, dropout and schedule) for the target."""
-    cfg = to_dict(*from_name(preset))
-    model = {**cfg["model"], "vocab_size": session.meta["vocab_size"]}
-    # The preset keeps its own learning-rate schedule; budget, evaluation windows, precision and device are the study's.
-    shared = {k: v for k, v in session.train_fields().items() if k not in schedule_fields(session.settings.schedule)}
-    return model, {**cfg["train"], **shared}
-
-
-def preset_params(preset: str) -> dict[str, Any]:
-    """The six searched values of a preset (for the tables)."""
-    cfg = to_dict(*from_name(preset))
-    values = {**cfg["model"], **cfg["train"]}
-    return {k: values[k] for k in PARAMS}
-
-
-def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, ...]:
-    """The presets to run beside the search; unknown names are a user error."""
-    names = REFERENCES.get(device_type, ()) if settings.references is None else settings.references
-    unknown = [n for n in names if n not in PRESETS]
-    if unknown:
-        raise UserError(f"--references: unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
-    return tuple(names)
-
-
-def resolve_dtype(settings: TuneSettings, env: dict[str, Any]) -> str:
-    """auto -> bfloat16 on a GPU that has it, else float32; float16 needs a GPU."""
-    dtype = settings.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if env["device_type"] == "cuda" and env["bf16_supported"] else "float32"
-    if dtype == "float16" and env["device_type"] == "cpu":
-        raise UserError("--dtype float16 needs a GPU; on the CPU use bfloat16 or float32")
-    return dtype
-
-
-def check_memory_limit(limit: int | None, env: dict[str, Any]) -> None:
-    """A limit must leave room for training (CPU) and fit the card (CUDA)."""
-    if limit is None:
-        return
-    if env["device_type"] == "cpu" and limit <= env["vm_data_bytes"] + 64 * 2**20:
-        raise UserError(f"--memory-limit {limit / 2**20:.0f} MiB is below what a trial process needs before "
-                        f"training ({env['vm_data_bytes'] / 2**20:.0f} MiB + 64 MiB)")
-    if env["device_type"] == "cuda" and limit > env["gpu_memory_bytes"]:
-        raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")
-
-
-def warn_if_busy(say: Any) -> float | None:
-    """Before the first trial: are other processes already using the machine? Returns the cores they kept busy."""
-    cores = health.busy_now(1.0)
-    if cores is not None and cores > BUSY_AT_START_CORES:
-        say(f"warning: the machine is busy before the study starts: other processes keep {cores:.1f} of "
-            f"{health.usable_cores()} cores busy. Trials will run slower (and learn less in a time budget); "
-            f"each one is checked and flagged as contended in trials.csv and summary.md.")
-    return cores
-
-
-def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
-    """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
-    if settings.trials < 1:
-        raise UserError(f"--trials must be at least 1, got {settings.trials}")
-    if settings.schedule not in SCHEDULES:
-        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.schedule!r}")
-    data_dir = ensure_prepared(settings.data, progress=settings.progress)
-    meta = read_meta(data_dir)
-    env = runner.probe(settings.device)
-    dtype = resolve_dtype(settings, env)
-    check_memory_limit(settings.memory_limit, env)
-    budget = settings.budget or parse_budget(DEFAULT_BUDGET.get(env["device_type"], DEFAULT_BUDGET["cpu"]))
-    plan = RungPlan.for_budget(budget, settings.reduction_factor, settings.rungs)
-    references = resolve_references(settings, env["device_type"])
-    space = load_space(settings.space, env["device_type"], env.get("gpu_memory_bytes"), settings.space_overrides)
-    biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
-    shortest = min(meta["train_tokens"], meta["val_tokens"])
-    if biggest + 2 > shortest:
-        raise UserError(f"search space: block_size up to {biggest} needs more than the corpus's "
-                        f"{shortest} tokens in its smaller split")
-
-    name = settings.study_name or f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
-    results_dir = settings.results / name
-    created = results_dir  # the highest folder this run creates: removed again if the storage will not open
-    while not created.parent.exists() and created.parent != created:
-        created = created.parent
-    created = None if created.exists() else created
-    check_writable(results_dir)
-    try:
-        storage = settings.storage or f"sqlite:///{(results_dir / 'study.db').resolve()}"
-        check_sqlite_file(storage, results_dir)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        direction = "minimize" if settings.objective == "loss" else "maximize"
-        study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
-                           make_pruner(settings.pruner, plan))
-        check_fingerprint(study, {**env, "corpus": corpus_fingerprint(meta), "dtype": dtype, "budget": str(budget),
-                                  "objective": settings.objective, "space": space.to_dict(),
-                                  "schedule": settings.schedule})
-        refs = None
-        if references:
-            refs = open_study(reference_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
-                              optuna.pruners.NopPruner())
-    except BaseException:
-        if created is not None:  # a storage that would not open leaves no empty results folder behind
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    (results_dir / "logs").mkdir(exist_ok=True)
-    # Re-seed with the number of trials already run, so a resumed study does not replay its first draws.
-    study.sampler = make_sampler(settings.sampler, (settings.seed + len(study.get_trials(deepcopy=False))) % 2**32)
-    study.set_user_attr("environment", env)
-    study.set_user_attr("vocab_size", meta["vocab_size"])
-    study.set_user_attr("settings", {
-        "budget": str(budget), "budget_amount": budget.amount, "budget_unit": budget.unit,
-        "rungs": list(plan.fractions), "reduction_factor": plan.eta, "schedule": settings.schedule,
-        "objective": settings.objective, "dtype": dtype, "pruner": settings.pruner, "references": list(references),
-        "memory_limit_bytes": settings.memory_limit, "space": space.to_dict(), "eval_iters": settings.eval_iters,
-        "eval_batch_size": settings.eval_batch_size, "corpus": str(settings.data), "seed": settings.seed,
-        "sampler": settings.sampler,
-    })
-    close_stale_trials(study)
-    if refs is not None:
-        close_stale_trials(refs)
-    return Session(settings, study, refs, space, env, meta, data_dir, results_dir, dtype, storage, budget, plan)
+    def book(self, run: TrialRun, counted: bool) -> None:
+        """Counters for the progress bar and the error brake."""
+        with self._books:
+            self.counts[run.status] = self.counts.get(run.status, 0) + 1
+            self.errors_in_a_row = self.errors_in_a_row + 1 if run.status == "error" else 0
+            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW and self.stopped_because is None:
+                self.stopped_because = (f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not an OOM, "
+                                        f"not divergence): the set-up, not the configurations; the last: "
+                                        f"{run.message}")
+                self.stop.set()
+            if counted:
+                self.bar.update(1)
+            best = _best_value(self.session.study)
+            self.bar.set_postfix(best=f"{best:.4g}" if best is not None else "-", **self.counts)
 
 
 @contextlib.contextmanager
-def closed_on_failure(trial: optuna.Trial) -> Iterator[None]:
+def closed_on_failure(trial: optuna.Trial, tuner: Tuner) -> Iterator[None]:
     """Whatever goes wrong in the parent between ask and tell, the trial is closed (FAIL), never left RUNNING."""
     try:
         yield
+    except TrialLost:
+        raise
     except BaseException as exc:
-        trial.set_user_attr("status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
-        trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
-        trial.study.tell(trial, state=TrialState.FAIL)
+        with contextlib.suppress(UpdateFinishedTrialError):
+            trial.set_user_attr("status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
+            trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
+            tuner.tell(trial, "error")
         raise
 
 
-def _job(session: Session, label: str, model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
-    """What a trial process needs: configs, data, device, limits, its log and where to keep its model."""
+def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
+    """Under the study lock: fail stale trials, then a reference still to run, a trial, WAIT or DONE."""
+    session = tuner.session
+    with session.lock:
+        for study in (session.study, session.references):
+            if study is not None:
+                liveness.fail_stale(study)  # queues each one again (the storage's stale callback: requeue)
+        claim: Claim | str | None = None
+        if session.references is not None:
+            claim = dispatch.claim_reference(session.references, session.presets)
+        if claim is None:
+            claim = dispatch.claim_trial(session.study, session.settings.trials)
+            if isinstance(claim, Claim):
+                with closed_on_failure(claim.trial, tuner):
+                    # Drawn inside the lock: TPE's constant liar sees every trial running anywhere.
+                    session.space.suggest(claim.trial)
+        if isinstance(claim, Claim):
+            tuner.beater.add(claim.trial._trial_id)  # alive from the first instant another tuner could look
+            # Which tuner runs it, and where: in the tables while it runs, and after a kill.
+            for key, value in (("host", HOST), ("tuner_pid", os.getpid()), ("worker", slot.describe())):
+                claim.trial.set_user_attr(key, value)
+        return claim
+
+
+def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The trial's label, what its process needs (configs, data, slot, limits, log, model path), and its params."""
+    if claim.preset:
+        label, params = f"ref_{claim.preset}", preset_params(claim.preset)
+        model, train = reference_configs(claim.preset, session)
+    else:
+        label = f"trial_{claim.trial.number:04d}"
+        params = session.space.suggest(claim.trial)  # already drawn in the claim: Optuna returns the same values
+        model, train = trial_configs(params, session)
     folder = session.results_dir
-    return {"model": model, "train": train, "data": str(session.data_dir), "device": session.env["device"],
-            "memory_limit": session.settings.memory_limit, "log": str(folder / "logs" / f"{label}.log"),
-            "eval_at": list(session.plan.fractions[:-1]),
-            "checkpoint": str(folder / "checkpoints" / label) if session.settings.save_models else None}
+    job = {"model": model, "train": train, "data": str(session.data_dir), "device": session.env["device"],
+           "memory_limit": session.settings.memory_limit, "log": str(folder / "logs" / f"{label}.log"),
+           "eval_at": list(session.plan.fractions[:-1]),
+           "checkpoint": str(folder / "checkpoints" / label) if session.settings.save_models else None,
+           "cores": list(slot.cores), "gpu": slot.gpu}
+    return label, job, params
 
 
-def _run(session: Session, trial: optuna.Trial, job: dict[str, Any], runner: TrialRunner, params: dict[str, Any],
-         reference: str | None) -> TrialRun:
-    """Run a job for `trial`: report at the rungs, prune (never a reference), record and tell how it ended."""
-    prune = reference is None
+def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
+    """Run a claimed trial in `slot`: report at the rungs, prune (never a reference), record, tell."""
+    session, trial = tuner.session, claim.trial
     s, plan = session.settings, session.plan
     n = len(plan.steps)
+    with closed_on_failure(trial, tuner):
+        label, job, params = job_for(session, claim, slot)
+    if tuner.target:
+        job["target"] = tuner.target
+    lost = False
 
     def on_eval(k: int, step: int, train_loss: float, val_loss: float) -> bool:
+        nonlocal lost
         if s.objective != "loss" or not math.isfinite(val_loss):
             return False
         k = min(k, n)
-        trial.report(val_loss, plan.steps[k - 1])
-        return prune and k < n and trial.should_prune()  # the target itself is the result: never pruned
+        try:
+            trial.report(val_loss, plan.steps[k - 1])
+        except UpdateFinishedTrialError:  # declared stale by another tuner: stop training for nothing
+            lost = True
+            return True
+        return claim.preset is None and k < n and trial.should_prune()  # the target itself is never pruned
 
-    with closed_on_failure(trial):
-        run = runner.run(job, on_eval, session.timeout)
-        rung = n if run.status == "ok" else min(len(run.evals), n)
-        record(trial, run, params, session.env, {
-            "reference": reference, "rung": rung, "rungs": n, "reached_target": run.status == "ok",
-            "checkpoint": (run.result or {}).get("checkpoint"),
-        })
-    if run.status == "ok":
-        value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
-        if s.objective == "loss" and not any(k >= n for k, *_ in run.evals):
-            trial.report(value, plan.steps[-1])  # the final figure, at the target
-        trial.study.tell(trial, value)
-    else:
-        trial.study.tell(trial, state=STATE_OF[run.status])
-    return run
-
-
-def run_trial(session: Session, runner: TrialRunner, target: str | None = None) -> tuple[str, TrialRun, dict]:
-    """Ask for a configuration, train it towards the target in its own process, judged at every rung.
-
-    Returns the trial's label, how its process ended, and its record.
-    """
-    trial = session.study.ask()
-    with closed_on_failure(trial):
-        params = session.space.suggest(trial)
-        job = _job(session, f"trial_{trial.number:04d}", *trial_configs(params, session))
-    if target:
-        job["target"] = target  # tests swap in a misbehaving stand-in for gptcore.train.train
-    run = _run(session, trial, job, runner, params, reference=None)
-    return f"trial {trial.number:3d}", run, trial.user_attrs
-
-
-def run_reference(session: Session, preset: str, runner: TrialRunner,
-                  target: str | None = None) -> tuple[str, TrialRun, dict]:
-    """Train a preset through the same rungs to the target (never pruned), in the companion study."""
-    assert session.references is not None
-    trial = session.references.ask()
-    params = preset_params(preset)
-    job = _job(session, f"ref_{preset}", *reference_configs(preset, session))
-    if target:
-        job["target"] = target
-    run = _run(session, trial, job, runner, params, reference=preset)
-    return f"ref {preset}", run, trial.user_attrs
+    try:
+        with closed_on_failure(trial, tuner):
+            run = tuner.runner.run(job, on_eval, session.timeout, stop=tuner.stop)
+            if lost:
+                raise TrialLost()
+            rung = n if run.status == "ok" else min(len(run.evals), n)
+            try:
+                record(trial, run, params, session.env, {
+                    "reference": claim.preset, "rung": rung, "rungs": n, "reached_target": run.status == "ok",
+                    "checkpoint": (run.result or {}).get("checkpoint"), "retry_of": claim.retry_of,
+                })
+            except UpdateFinishedTrialError:
+                raise TrialLost() from None
+            value = None
+            if run.status == "ok":
+                value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
+                if s.objective == "loss" and not any(k >= n for k, *_ in run.evals):
+                    trial.report(value, plan.steps[-1])  # the final figure, at the target
+            tuner.tell(trial, run.status, value)
+    except TrialLost:
+        tuner.beater.discard(trial._trial_id)
+        tuner.say(f"{label}: another tuner declared this trial stale (no heartbeat for {s.grace_period} s: was "
+                  f"this tuner frozen or cut off?) and queued it again; this run's result is dropped")
+        return
+    counted = STATE_OF[run.status] != TrialState.FAIL
+    if claim.preset is None and counted:
+        with tuner._books:
+            tuner.ran += 1
+    name = f"ref {claim.preset}" if claim.preset else f"trial {trial.number:3d}"
+    where = f" [{slot.describe()}]" if len(session.slots) > 1 else ""
+    retry = f" (retry of {claim.retry_of})" if claim.retry_of is not None else ""
+    tuner.say(describe_run(name + retry + where, run, trial.user_attrs))
+    tuner.book(run, counted)
 
 
-def references_to_run(session: Session, names: tuple[str, ...]) -> list[str]:
-    """The presets without a recorded outcome yet (an interrupted or failed one runs again)."""
-    if session.references is None:
-        return []
-    done = {t.user_attrs.get("reference") for t in session.references.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
-    return [n for n in names if n not in done]
-
-
-def plan_message(session: Session, remaining: int, references: list[str]) -> str:
-    """What the study will cost, from the rung plan, before it starts."""
-    s, plan, budget = session.settings, session.plan, session.budget
-    pruning = s.pruner in ("asha", "hyperband") and s.objective == "loss"
-    budgets = plan.cost(remaining) if pruning else float(remaining)
-    reach = plan.reach(remaining)[-1] if pruning else float(remaining)
-    default = (f" (the default on a {session.env['device_type'].upper()}; pass --budget for the training you will "
-               f"really run, e.g. --budget 1h)")
-    lines = [f"target: {budget} of training per configuration" + ("" if s.budget else default),
-             f"rungs: {plan.describe(budget)} (reduction factor {plan.eta}, pruner {s.pruner}, "
-             f"schedule {s.schedule} to the target)"]
-    total = budgets + len(references)
-    floor = "at least " if pruning else ""
-    cost = f"expected training: {floor}{total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
-    cost += f" + {len(references)} for the references {', '.join(references)})" if references else ")"
-    if budget.seconds:
-        # Evaluation, start-up and the warm-up steps add roughly 15 % and a second per trial (measured on a CPU).
-        wall = total * budget.seconds * 1.15 + remaining + len(references)
-        cost += f", {floor}{format_seconds(wall)} wall-clock"
-    lines.append(cost)
-    if pruning:
-        # Successive halving's floor assumes trials arrive in random order. A sampler that keeps finding better
-        # configurations has more of them promoted (each new best of a rung trains on): measured on a 2-core CPU,
-        # a 30-trial 2-minute study trained 12 trials to the target and took 2.5x this floor.
-        lines.append("(successive halving's floor; a sampler that keeps finding better configurations has more of "
-                     "them promoted, up to about 3x this)")
-    lines.append(f"at least {reach:.0f} of the {remaining} trials will train to the full target"
-                 if pruning else f"every trial trains to the full target (pruner {s.pruner})")
-    return "\n".join(lines)
+def work(tuner: Tuner, slot: Slot) -> None:
+    """One worker: claim, run, repeat until the study holds --trials counted trials (or we are stopped)."""
+    while not tuner.stop.is_set():
+        claim = claim_next(tuner, slot)
+        if claim == DONE:
+            return
+        if claim == WAIT:  # the last trials run elsewhere; one may fail and need a retry
+            tuner.stop.wait(tuner.poll_seconds)
+            continue
+        run_claim(tuner, claim, slot)
 
 
 def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target: str | None = None) -> StudyOutcome:
-    """Run (or resume) the references and the study until it holds settings.trials trials; then the results."""
-    from tune.report import write_report
-
+    """Run (or resume) the references and the study until it holds settings.trials counted trials; the results."""
     runner = runner or TrialRunner()
     session = open_session(settings, runner)
-    study = session.study
-    done = len(study.get_trials(deepcopy=False))
-    remaining = max(settings.trials - done, 0)
-    references = references_to_run(session, resolve_references(settings, session.env["device_type"]))
+    try:
+        return _run_session(session, runner, target)
+    finally:
+        session.close()
+
+
+def _run_session(session: Session, runner: TrialRunner, target: str | None) -> StudyOutcome:
+    from tune.report import write_report
+
+    settings, study = session.settings, session.study
+    counted = dispatch.tally(study)["counted"]
+    remaining = max(settings.trials - counted, 0)
+    references = dispatch.references_pending(session.references, session.presets)
     say = tqdm.write
-    say(f"study {study.study_name}: {done} trial(s) so far, running {remaining} more on "
+    say(f"study {study.study_name}: {counted} counted trial(s) so far, running {remaining} more on "
         f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
     say(plan_message(session, remaining, references))
-    say(f"storage {session.storage}\nresults {session.results_dir}\nsearch space:\n{session.space.describe()}")
+    say(f"storage {session.storage.display}\nresults {session.results_dir}\n"
+        f"search space:\n{session.space.describe()}")
     if remaining or references:
         study.set_user_attr("busy_cores_at_start", warn_if_busy(say))
-    interrupted, ran, counts = False, 0, {}
-    jobs = [("ref", name) for name in references] + [("trial", None)] * remaining
-    bar = tqdm(total=len(jobs), unit="trial", desc="tune", disable=not settings.progress)
+    bar = tqdm(total=remaining, unit="trial", desc="tune", disable=not settings.progress)
+    beater = Beater(lambda trial_id: liveness.beat(study._storage, trial_id), settings.heartbeat_interval,
+                    lambda line: say(f"warning: {line}"))
+    tuner = Tuner(session, runner, target, say, bar, beater)
     try:
-        for kind, preset in jobs:
-            if kind == "ref":
-                label, run, attrs = run_reference(session, preset, runner, target)
-            else:
-                label, run, attrs = run_trial(session, runner, target)
-                ran += 1
-            counts[run.status] = counts.get(run.status, 0) + 1
-            say(describe_run(label, run, attrs))
-            bar.update(1)
-            best = _best_value(study)
-            bar.set_postfix(best=f"{best:.4g}" if best is not None else "-", **counts)
-            if run.status == "interrupted":
-                interrupted = True
-                break
-    except KeyboardInterrupt:  # between trials: nothing is running, nothing to record
-        interrupted = True
+        interrupted = run_workers(session.slots, lambda slot: work(tuner, slot), tuner.stop)
     finally:
+        beater.close()
         bar.close()
+    if tuner.stopped_because:
+        say(f"stopped: {tuner.stopped_because} (see {session.results_dir / 'logs'})")
     records = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
     if session.references is not None:
         records.update({f"ref {t.user_attrs.get('reference')}": t.user_attrs
@@ -482,7 +294,7 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
     for line in health.study_warnings(records):
         say(f"warning: {line}")
     write_report(study, session.results_dir)
-    return StudyOutcome(study=study, results_dir=session.results_dir, ran=ran, interrupted=interrupted)
+    return StudyOutcome(study=study, results_dir=session.results_dir, ran=tuner.ran, interrupted=interrupted)
 
 
 def _best_value(study: optuna.Study) -> float | None:
