@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from gptcore.errors import UserError
-from tune.liveness import LEASE_KEY, beat, fail_stale
+from tune.liveness import GRACE_KEY, LEASE_KEY, beat, fail_stale
 from tune.storage import (
     StorageSpec,
     check_fingerprint,
@@ -411,8 +411,10 @@ def test_a_trial_never_beaten_for_is_stale_after_the_grace_period(shared_spec, t
     seen: list[int] = []
     storage = make_storage(shared_spec, 1, 2, lambda study, trial: seen.append(trial.number))
     study = open_study("n", storage, "minimize", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
-    never_beaten, beaten = study.ask(), study.ask()
-    assert beat(storage, beaten._trial_id)
+    never_beaten, beaten, patient = study.ask(), study.ask(), study.ask()
+    assert beat(storage, beaten._trial_id) and beat(storage, patient._trial_id)
+    # `patient`'s tuner promised a beat every 100 s: a tuner with a 2 s grace must judge it by that.
+    storage.set_trial_system_attr(patient._trial_id, GRACE_KEY, 100)
     assert fail_stale(study) == []
     time.sleep(2.5)
     assert beat(storage, beaten._trial_id)  # still alive

@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     df = readable(trials_frame(outcome.study))
     print(df.to_string(index=False))
     print(f"results: {outcome.results_dir} (summary.md, trials.csv, best.json, best-model/, plots)")
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return 1 if outcome.stopped_because else 0  # stopped short of --trials by the error brake
 
 
 if __name__ == "__main__":

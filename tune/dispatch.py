@@ -83,15 +83,26 @@ def claim_reference(refs: optuna.Study, presets: tuple[str, ...]) -> Claim | Non
     A preset whose run and retry both failed is given up (its rows say why).
     """
     trials = refs.get_trials(deepcopy=False)
-    if any(t.state == TrialState.WAITING for t in trials):
+    while any(t.state == TrialState.WAITING for t in trials):
         trial = refs.ask()
         frozen = refs._storage.get_trial(trial._trial_id)
-        return Claim(trial, preset=frozen.user_attrs.get("reference"), retry_of=retry_of(frozen))
+        preset = frozen.user_attrs.get("reference")
+        if preset:
+            return Claim(trial, preset=preset, retry_of=retry_of(frozen))
+        # A retry of a reference trial whose tuner died before it recorded its preset: nothing to run.
+        trial.set_user_attr("status", "error")
+        trial.set_user_attr("error", "a reference trial without its preset name (its tuner died at once)")
+        refs.tell(trial, state=TrialState.FAIL)
+        trials = refs.get_trials(deepcopy=False)
     tried = {t.user_attrs.get("reference") for t in trials}
     for preset in presets:
         if preset not in tried:
             trial = refs.ask()
-            trial.set_user_attr("reference", preset)  # inside the lock: no other tuner can claim it meanwhile
+            try:
+                trial.set_user_attr("reference", preset)  # inside the lock: no other tuner can claim it meanwhile
+            except BaseException:
+                refs.tell(trial, state=TrialState.FAIL)
+                raise
             return Claim(trial, preset=preset)
     return None
 

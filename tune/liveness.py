@@ -11,8 +11,10 @@ grace period.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
@@ -38,13 +40,11 @@ def base_storage(storage: BaseStorage) -> BaseStorage:
 def beat(storage: BaseStorage, trial_id: int, now: float | None = None) -> bool:
     """Record that this tuner still runs the trial; False if it is no longer RUNNING (another tuner failed it).
 
-    Call it right after asking for the trial (Optuna never fails a trial that has no heartbeat yet) and then every
+    Call it right after asking for the trial (a trial never beaten for is judged from its start) and then every
     heartbeat_interval seconds while its trial process runs. `now` is for tests only.
     """
     base = base_storage(storage)
     if isinstance(base, JournalLeaseStorage):
-        import time
-
         try:
             base.set_trial_system_attr(trial_id, LEASE_KEY, time.time() if now is None else now)
         except UpdateFinishedTrialError:
@@ -55,66 +55,81 @@ def beat(storage: BaseStorage, trial_id: int, now: float | None = None) -> bool:
     return base.get_trial(trial_id).state == TrialState.RUNNING
 
 
-def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
-    """Fail the RUNNING trials whose beats stopped for longer than the grace period; run on_stale once for each.
+GRACE_KEY = "tune:grace"  # trial system attr: the grace period of the tuner running it (see claim_grace)
 
+
+def claim_grace(storage: BaseStorage, trial_id: int) -> None:
+    """Record on a new trial the grace period its tuner promises to beat within, so every other tuner judges it
+    by that and not by its own --grace-period (a tuner with a short grace must not fail a slow beater's trial)."""
+    base = base_storage(storage)
+    grace = _grace(base)
+    if grace is not None:
+        storage.set_trial_system_attr(trial_id, GRACE_KEY, grace)
+
+
+def _grace(base: BaseStorage) -> float | None:
+    if isinstance(base, JournalLeaseStorage):
+        return base.grace_period
+    if isinstance(base, BaseHeartbeat) and is_heartbeat_enabled(base):
+        return base.grace_period or 2 * base.heartbeat_interval
+    return None
+
+
+def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail the RUNNING trials whose beats stopped for longer than their grace period; run on_stale once for each.
+
+    A trial is judged by the longer of this tuner's grace period and the one its own tuner recorded on it
+    (claim_grace). A trial never beaten for counts from its start: a tuner killed between asking for a trial and
+    its first beat must not leave it RUNNING forever (Optuna alone never fails a trial that has not beaten).
     Returns the trials this call failed. When two tuners call it at once, each stale trial is failed (and its
-    callback run) by exactly one of them: the storage refuses the second FAIL (a row lock on a server, the
-    journal's log order) and this function then skips it. Call it inside study_lock all the same.
+    callback run) by exactly one of them: one conditional UPDATE on a database, the log order on a journal.
+    Call it inside study_lock all the same.
     """
     base = base_storage(study._storage)
+    own = _grace(base)
+    if own is None:
+        return []
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
     if isinstance(base, JournalLeaseStorage):
-        return _fail_stale_journal(study, base)
-    if isinstance(base, BaseHeartbeat) and is_heartbeat_enabled(base):
-        # optuna.storages.fail_stale_trials does this too, but returns nothing and stops at the first storage
-        # error, leaving a failed trial without its callback (never retried): the same steps, per trial.
-        ids = base._get_stale_trial_ids(study._study_id)  # what fail_stale_trials asks for; no public call
-        ids += _never_beaten(study, base)
-        return _fail(study, ids, base.get_heartbeat_stale_trial_callback(), lambda i: _claim_rdb(base, i))
-    return []
+        # Clocks: the beating tuner's wall clock (the lease) against this tuner's.
+        now, last = time.time(), {}
+        for t in running:
+            lease = t.system_attrs.get(LEASE_KEY)
+            last[t._trial_id] = float(lease) if lease is not None else _start(t)
+        claim = lambda i: study._storage.set_trial_state_values(i, state=TrialState.FAIL)  # noqa: E731
+        on_stale = base.on_stale
+    else:
+        # Clocks: heartbeats are the database's now() on both sides; a start time is the asking tuner's clock.
+        now_db, beats = _heartbeats(base)
+        now = time.time()
+        last = {t._trial_id: now - (now_db - beats[t._trial_id]).total_seconds() if t._trial_id in beats
+                else _start(t) for t in running}
+        claim = lambda i: _claim_rdb(base, i)  # noqa: E731
+        on_stale = base.get_heartbeat_stale_trial_callback()
+    stale = [t._trial_id for t in running
+             if last[t._trial_id] is not None
+             and now - last[t._trial_id] > max(own, float(t.system_attrs.get(GRACE_KEY) or 0))]
+    return _fail(study, stale, on_stale, claim)
 
 
-def _never_beaten(study: optuna.Study, base: BaseStorage) -> list[int]:
-    """RUNNING trials with no heartbeat at all, started longer than the grace period ago.
+def _start(trial: FrozenTrial) -> float | None:
+    """A trial's start as seconds since the epoch (Optuna stores a naive local time, set by the asking tuner)."""
+    return trial.datetime_start.timestamp() if trial.datetime_start is not None else None
 
-    Optuna never fails those (a trial is stale only once it has beaten), so a tuner killed between asking for a
-    trial and its first beat would leave it RUNNING forever and every other tuner waiting for it. The start time is
-    the asking tuner's local clock (Optuna sets it client-side), compared with this tuner's: machines sharing a
-    study need their clocks (and time zones) to agree to well within the grace period.
-    """
-    from datetime import datetime
 
+def _heartbeats(base: BaseStorage) -> tuple[Any, dict[int, Any]]:
+    """The database's now() and every trial's last heartbeat (both naive, both the database's clock)."""
     import sqlalchemy
     from optuna.storages._rdb import models
 
-    grace = base.grace_period or 2 * base.heartbeat_interval
     table = models.TrialHeartbeatModel.__table__
     with base.engine.connect() as conn:
-        beaten = {row[0] for row in conn.execute(sqlalchemy.select(table.c.trial_id))}
-    now = datetime.now()
-    return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t._trial_id not in beaten and t.datetime_start is not None
-            and (now - t.datetime_start).total_seconds() > grace]
-
-
-def _fail_stale_journal(study: optuna.Study, base: JournalLeaseStorage) -> list[FrozenTrial]:
-    """fail_stale for a journal: leases (or the start time of a trial never beaten for) older than the grace."""
-    import time
-
-    if base.grace_period is None:
-        return []
-    now = time.time()
-    stale = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        lease = trial.system_attrs.get(LEASE_KEY)
-        if lease is None and trial.datetime_start is not None:
-            lease = trial.datetime_start.timestamp()  # a naive local time, as the journal replays it
-        if lease is not None and now - float(lease) > base.grace_period:
-            stale.append(trial._trial_id)
-    # The journal decides between two tuners by log order: the second FAIL of a trial is refused when it is
-    # replayed (UpdateFinishedTrialError for the tuner that wrote it).
-    return _fail(study, stale, base.on_stale,
-                 lambda i: study._storage.set_trial_state_values(i, state=TrialState.FAIL))
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
+        beats = {row[0]: row[1].replace(tzinfo=None)
+                 for row in conn.execute(sqlalchemy.select(table.c.trial_id, table.c.heartbeat))}
+    return now, beats
 
 
 def _claim_rdb(base: BaseStorage, trial_id: int) -> bool:
@@ -122,9 +137,9 @@ def _claim_rdb(base: BaseStorage, trial_id: int) -> bool:
 
     Optuna's set_trial_state_values reads, checks and writes: on SQLite (no SELECT ... FOR UPDATE) two tuners
     both read RUNNING and both "fail" the trial, and both would retry it. WHERE state = RUNNING is atomic on
-    every database. Columns as in optuna.storages._rdb.models (naive UTC datetimes).
+    every database. Columns as in optuna.storages._rdb.models (naive local datetimes, as Optuna writes them).
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import sqlalchemy
     from optuna.storages._rdb import models
@@ -132,7 +147,7 @@ def _claim_rdb(base: BaseStorage, trial_id: int) -> bool:
     table = models.TrialModel.__table__
     update = (sqlalchemy.update(table)
               .where(table.c.trial_id == trial_id, table.c.state == TrialState.RUNNING)
-              .values(state=TrialState.FAIL, datetime_complete=datetime.now(timezone.utc).replace(tzinfo=None)))
+              .values(state=TrialState.FAIL, datetime_complete=datetime.now()))
     with base.engine.begin() as conn:
         return conn.execute(update).rowcount == 1
 

@@ -7,6 +7,7 @@ thread only waits, so Ctrl-C (delivered to it alone) sets one stop event that ev
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 
@@ -87,8 +88,12 @@ def run_workers(slots: list[Slot], work: Callable[[Slot], None], stop: threading
         interrupted = True
         stop.set()
         for done in finished:  # each worker kills its trial process and records the trial as interrupted
-            while not done.wait(0.2):
-                pass
+            while True:
+                try:
+                    if done.wait(0.2):
+                        break
+                except KeyboardInterrupt:  # a second Ctrl-C: the trials are being recorded (a second or two)
+                    print("still stopping: recording the running trials", file=sys.stderr, flush=True)
     if failures:
         raise failures[0]
     return interrupted

@@ -51,7 +51,9 @@ def status_of(trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == TrialState.WAITING:
         return "queued"
     status = trial.user_attrs.get("status")
-    return status if status else ("interrupted" if trial.state == TrialState.FAIL else trial.state.name.lower())
+    if trial.state == TrialState.FAIL and status not in ("error", "interrupted"):
+        return "interrupted"  # failed as stale, perhaps while its tuner was still writing its record
+    return status or trial.state.name.lower()
 
 
 def _frame(study: optuna.Study, reference: bool) -> pd.DataFrame:
@@ -62,7 +64,7 @@ def _frame(study: optuna.Study, reference: bool) -> pd.DataFrame:
         # trial's end, even when its tuner was killed before it recorded anything.
         row = {"number": None if reference else t.number, **Space.decode(t.params), **t.user_attrs,
                "state": t.state.name,
-               "status": status_of(t), "retry_of": history[-1] if history else None}
+               "status": status_of(t), "retry_of": history[-1] if history and not reference else None}
         if reference and t.user_attrs.get("reference"):
             row.update({k: v for k, v in preset_params(t.user_attrs["reference"]).items() if pd.isna(row.get(k))})
         if t.state == TrialState.FAIL and not t.user_attrs.get("error"):

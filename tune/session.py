@@ -98,6 +98,7 @@ class StudyOutcome:
     results_dir: Path
     ran: int
     interrupted: bool
+    stopped_because: str | None = None  # the error brake: the study stopped short of --trials
 
 
 def slug(text: str) -> str:

@@ -63,7 +63,12 @@ def plan_slots(workers: int | None, env: dict[str, Any], gpus: tuple[int, ...] |
     cores = cores or available
     if device_type == "cuda":
         visible = [g["index"] for g in env.get("gpus", [])] or [0]
-        chosen = gpus if gpus is not None else tuple(visible)
+        named = _device_index(env.get("device", "cuda"))
+        if named is not None and gpus is not None:
+            raise UserError(f"--device cuda:{named} and --gpus {format_indices(gpus)}: choose the GPUs with --gpus "
+                            f"(and --device cuda)")
+        # --device cuda:N means that GPU alone; --device cuda means every visible one (or --gpus).
+        chosen = gpus if gpus is not None else ((named,) if named is not None else tuple(visible))
         missing = sorted(set(chosen) - set(visible))
         if missing:
             raise UserError(f"--gpus {format_indices(chosen)}: no GPU {format_indices(missing)} on this machine "
@@ -85,6 +90,12 @@ def plan_slots(workers: int | None, env: dict[str, Any], gpus: tuple[int, ...] |
                         f"each worker needs at least one core of its own")
     share = _split(cores, n)
     return [Slot(i, share[i]) for i in range(n)]
+
+
+def _device_index(device: str) -> int | None:
+    """'cuda:1' -> 1; 'cuda' -> None."""
+    _, _, index = device.partition(":")
+    return int(index) if index.isdigit() else None
 
 
 def _split(cores: tuple[int, ...], n: int) -> list[tuple[int, ...]]:

@@ -43,6 +43,7 @@ from tune.session import (  # noqa: F401  (TuneSettings, make_pruner, check_writ
 )
 from tune.slots import Slot
 from tune.space import preset_params
+from tune.storage import scrub
 
 STATE_OF = {
     "ok": TrialState.COMPLETE,
@@ -79,7 +80,8 @@ class Tuner:
     say: Callable[[str], None]
     bar: Any
     beater: Beater
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # Ctrl-C: end the running trials now
+    drain: threading.Event = field(default_factory=threading.Event)  # the brake: claim nothing new, finish the rest
     counts: dict[str, int] = field(default_factory=dict)
     ran: int = 0
     errors_in_a_row: int = 0
@@ -103,8 +105,12 @@ class Tuner:
                 study.tell(trial, value)
             else:
                 study.tell(trial, state=STATE_OF[status])
-        except UpdateFinishedTrialError:
-            raise TrialLost() from None
+        except (UpdateFinishedTrialError, ValueError):
+            # Optuna 5 refuses to tell a finished trial with ValueError ("Cannot tell a FAIL trial"): another
+            # tuner failed it as stale. Any other ValueError is ours and must surface.
+            if study._storage.get_trial(trial._trial_id).state.is_finished():
+                raise TrialLost() from None
+            raise
         finally:
             self.beater.discard(trial._trial_id)
 
@@ -117,7 +123,7 @@ class Tuner:
                 self.stopped_because = (f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not an OOM, "
                                         f"not divergence): the set-up, not the configurations; the last: "
                                         f"{run.message}")
-                self.stop.set()
+                self.drain.set()  # the trials other workers are running finish and count
             if counted:
                 self.bar.update(1)
             best = _best_value(self.session.study)
@@ -156,10 +162,12 @@ def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
                     # Drawn inside the lock: TPE's constant liar sees every trial running anywhere.
                     session.space.suggest(claim.trial)
         if isinstance(claim, Claim):
-            tuner.beater.add(claim.trial._trial_id)  # alive from the first instant another tuner could look
-            # Which tuner runs it, and where: in the tables while it runs, and after a kill.
-            for key, value in (("host", HOST), ("tuner_pid", os.getpid()), ("worker", slot.describe())):
-                claim.trial.set_user_attr(key, value)
+            with closed_on_failure(claim.trial, tuner):
+                tuner.beater.add(claim.trial._trial_id)  # alive from the first instant another tuner could look
+                liveness.claim_grace(claim.trial.study._storage, claim.trial._trial_id)
+                # Which tuner runs it, and where: in the tables while it runs, and after a kill.
+                for key, value in (("host", HOST), ("tuner_pid", os.getpid()), ("worker", slot.describe())):
+                    claim.trial.set_user_attr(key, value)
         return claim
 
 
@@ -221,7 +229,10 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
             if run.status == "ok":
                 value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
                 if s.objective == "loss" and not any(k >= n for k, *_ in run.evals):
-                    trial.report(value, plan.steps[-1])  # the final figure, at the target
+                    try:
+                        trial.report(value, plan.steps[-1])  # the final figure, at the target
+                    except UpdateFinishedTrialError:
+                        raise TrialLost() from None
             tuner.tell(trial, run.status, value)
     except TrialLost:
         tuner.beater.discard(trial._trial_id)
@@ -240,15 +251,26 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
 
 
 def work(tuner: Tuner, slot: Slot) -> None:
-    """One worker: claim, run, repeat until the study holds --trials counted trials (or we are stopped)."""
-    while not tuner.stop.is_set():
-        claim = claim_next(tuner, slot)
-        if claim == DONE:
-            return
-        if claim == WAIT:  # the last trials run elsewhere; one may fail and need a retry
+    """One worker: claim, run, repeat until the study holds --trials counted trials (or we are stopped).
+
+    A failure of the tuner itself (the database went away, a disk filled) closes the trial it hit (recorded as
+    an error and queued again, when the storage still answers), is said in one line, and counts toward the error
+    brake like a crashed trial: a database restart of a few seconds costs a retry, not the study.
+    """
+    while not (tuner.stop.is_set() or tuner.drain.is_set()):
+        try:
+            claim = claim_next(tuner, slot)
+            if claim == DONE:
+                return
+            if claim == WAIT:  # the last trials run elsewhere; one may fail and need a retry
+                tuner.stop.wait(tuner.poll_seconds)
+                continue
+            run_claim(tuner, claim, slot)
+        except Exception as exc:
+            message = scrub(f"tuner: {type(exc).__name__}: {exc}".splitlines()[0][:300], tuner.session.storage)
+            tuner.say(f"worker {slot.index} [{slot.describe()}]: {message}")
+            tuner.book(TrialRun(status="error", message=message), counted=False)
             tuner.stop.wait(tuner.poll_seconds)
-            continue
-        run_claim(tuner, claim, slot)
 
 
 def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target: str | None = None) -> StudyOutcome:
@@ -287,6 +309,7 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
         bar.close()
     if tuner.stopped_because:
         say(f"stopped: {tuner.stopped_because} (see {session.results_dir / 'logs'})")
+        study.set_user_attr("stopped_because", tuner.stopped_because)
     records = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
     if session.references is not None:
         records.update({f"ref {t.user_attrs.get('reference')}": t.user_attrs
@@ -294,7 +317,8 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     for line in health.study_warnings(records):
         say(f"warning: {line}")
     write_report(study, session.results_dir)
-    return StudyOutcome(study=study, results_dir=session.results_dir, ran=tuner.ran, interrupted=interrupted)
+    return StudyOutcome(study=study, results_dir=session.results_dir, ran=tuner.ran, interrupted=interrupted,
+                        stopped_because=tuner.stopped_because)
 
 
 def _best_value(study: optuna.Study) -> float | None:
