@@ -21,6 +21,7 @@ import re
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -190,6 +191,12 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
         cores = pin_cores(job.get("cores"))  # first: the threads started below inherit the mask
         guard(job.get("tuner_pid"), job.get("deadline_s"))
         device_name = select_gpu(job.get("gpu")) or job["device"]
+        # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker; a trial killed
+        # by its tuner (Ctrl-C, timeout) never unregisters it, and the tracker then warns on the tuner's console.
+        # A trial draws no bars: a thread lock does.
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
         import torch
 
         from gptcore.config import ModelConfig, TrainConfig
