@@ -308,3 +308,11 @@ def test_slots_one_gpu_per_worker_equal_disjoint_cores_and_clear_errors(monkeypa
     with pytest.raises(UserError, match="--workers 2: an Apple GPU is one device"):
         plan_slots(2, {"device_type": "mps"})
     assert format_indices([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_a_winner_trained_on_another_machine_is_named_not_copied(tmp_path):
+    from tune.report import keep_best_model
+
+    row = pd.Series({"checkpoint": "/elsewhere/checkpoints/trial_0007", "host": "gpu-node-3"})
+    note = keep_best_model(row, tmp_path)
+    assert "not on this machine" in note and "gpu-node-3" in note and not (tmp_path / "best-model").exists()

@@ -183,7 +183,11 @@ def provenance(row: pd.Series, study: optuna.Study) -> dict[str, Any]:
 def keep_best_model(row: pd.Series, folder: Path) -> str | None:
     """Copy the winner's checkpoint to `folder/best-model` (atomically); a note when there is none to copy."""
     src = row.get("checkpoint")
-    if not isinstance(src, str) or not (Path(src) / "state.json").exists():
+    if isinstance(src, str) and not (Path(src) / "state.json").exists():
+        host = row.get("host")  # a study shared by several machines: the model is where it trained
+        return (f"best-model/: not written - the winner's checkpoint {src} is not on this machine"
+                + (f" (it trained on {host})" if isinstance(host, str) and host else ""))
+    if not isinstance(src, str):
         return "best-model/: not written (the winner's checkpoint was not kept; see the trial's log)"
     with atomic_dir(folder / "best-model", "state.json", "checkpoint") as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
