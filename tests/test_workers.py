@@ -172,10 +172,9 @@ def test_a_killed_tuner_is_taken_over_its_trials_retried_and_nothing_is_left_run
         assert dead.params and dead.params.items() <= retries[0].params.items()
     df = pd.read_csv(tmp_path / "b" / "w" / "trials.csv")
     params = ["batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate"]
-    # Every row shows its parameters; a trial killed while its six values were being drawn shows those drawn
-    # (Optuna stores them one by one) and its retry draws the rest.
+    # Every row shows its parameters. The one exception, by timing alone: a trial killed while its six values were
+    # being drawn shows those drawn so far, perhaps none (Optuna stores them one by one); its retry draws the rest.
     assert df.loc[df["state"] != "FAIL", params].notna().all().all()
-    assert df.loc[df["state"] == "FAIL", "batch_size"].notna().all()
     assert set(df.loc[df["state"] == "FAIL", "status"]) == {"interrupted"}
 
 
