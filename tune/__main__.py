@@ -149,10 +149,7 @@ def main_report(argv: list[str]) -> int:
     folder = args.results / name
     spec = resolve_storage(args.storage, folder / "study.db")
     where = f"--storage {spec.display}" if args.storage else str(folder / "study.db")
-    # A report only reads: it must never turn a missing or foreign file into a new, empty storage.
-    problem = study_file_problem(spec.url) if spec.kind == "sqlite" else None
-    if spec.kind == "journal" and not (spec.path and spec.path.is_file()):
-        problem = "no such journal file"
+    problem = study_file_problem(spec)  # a report only reads: never a new, empty storage
     if problem:
         raise UserError(f"{where}: {problem}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

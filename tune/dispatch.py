@@ -16,13 +16,13 @@ process (tune.storage.study_lock), so two tuners never ask for the same last tri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 MAX_RETRIES = 1  # a configuration is tried at most twice: a crash every time cannot loop forever
-RETRIED = ("interrupted", "error")  # outcomes that say nothing about the configuration
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT, DONE = "wait", "done"
 
@@ -34,6 +34,7 @@ class Claim:
     trial: optuna.Trial
     preset: str | None = None  # the reference preset, None for a searched trial
     retry_of: int | None = None  # the trial number this one retries
+    params: dict[str, Any] | None = None  # a searched trial's six values, drawn in the claim
 
 
 def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
@@ -56,10 +57,10 @@ def retry_of(trial: FrozenTrial) -> int | None:
 
 
 def tally(study: optuna.Study) -> dict[str, int]:
-    """counted, running, queued and failed trials of a study."""
+    """counted, running and queued trials of a study."""
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return {"counted": sum(s in COUNTED for s in states), "running": states.count(TrialState.RUNNING),
-            "queued": states.count(TrialState.WAITING), "failed": states.count(TrialState.FAIL)}
+            "queued": states.count(TrialState.WAITING)}
 
 
 def claim_trial(study: optuna.Study, target: int) -> Claim | str:

@@ -72,10 +72,8 @@ def own_cpu_seconds() -> float:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """How many cores this process may run on."""
+    return len(affinity())
 
 
 def busy_now(seconds: float = 1.0) -> float | None:
@@ -88,11 +86,11 @@ def busy_now(seconds: float = 1.0) -> float | None:
     return None if end is None else max(end - start, 0.0) / seconds
 
 
-def affinity() -> list[int] | None:
-    """The cores this process may run on, sorted; None where the OS does not say."""
+def affinity() -> list[int]:
+    """The cores this process may run on, sorted: its affinity mask, or every core where the OS has none."""
     with contextlib.suppress(AttributeError, OSError):
         return sorted(os.sched_getaffinity(0))
-    return None
+    return list(range(os.cpu_count() or 1))
 
 
 class CpuMeter:
@@ -129,7 +127,7 @@ class CpuMeter:
             # Pinned, this process ran only on its own cores, so its CPU time is part of their busy time.
             others = max(busy - self._busy - own, 0.0) / wall
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        cores = self.owned or affinity() or list(range(usable_cores()))
+        cores = self.owned or affinity()
         return {"cpu_share": own / (wall * self.threads), "others_cores": others, "load_1m": load,
                 "threads": self.threads, "cores": cores, "cores_owned": self.owned is not None}
 

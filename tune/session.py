@@ -278,7 +278,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     check_writable(results_dir)
     hold = None
     try:
-        check_sqlite_file(spec.url, results_dir)
+        check_sqlite_file(spec, results_dir)
         hold = hold_sqlite(spec)  # SQLite is for one tuner process: a second one is told so, in one line
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = make_storage(spec, settings.heartbeat_interval, settings.grace_period, on_stale=requeue)
@@ -294,6 +294,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         if references:
             refs = open_study(reference_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
                               optuna.pruners.NopPruner(), display=spec.display)
+        lock = study_lock(spec, storage, name)
     except BaseException:
         if hold is not None:
             hold.close()
@@ -301,7 +302,6 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
             shutil.rmtree(created, ignore_errors=True)
         raise
     (results_dir / "logs").mkdir(exist_ok=True)
-    lock = study_lock(spec, storage, name)
     with lock:
         if hold is not None:  # this tuner holds the SQLite file alone: whatever is RUNNING was orphaned
             for s in (study, refs):

@@ -8,11 +8,11 @@ another worker of the same tuner: cores are split into equal, disjoint sets, and
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from gptcore.errors import UserError
+from tune.health import affinity
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,8 @@ def format_indices(values: tuple[int, ...] | list[int]) -> str:
 
 
 def usable_cores() -> tuple[int, ...]:
-    """The cores this process may run on (its affinity mask), or 0..cpu_count-1 where there is none."""
-    try:
-        return tuple(sorted(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return tuple(range(os.cpu_count() or 1))
+    """The cores this process may run on (tune.health.affinity), as a tuple."""
+    return tuple(affinity())
 
 
 def plan_slots(workers: int | None, env: dict[str, Any], gpus: tuple[int, ...] | None = None,

@@ -279,19 +279,6 @@ def _password(url: str) -> str | None:
         return None
 
 
-def sqlite_path(storage: str) -> Path | None:
-    """The database file of an sqlite:/// URL; None for other URLs, an in-memory or a malformed one."""
-    if not storage.startswith("sqlite:///"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    try:
-        database = make_url(storage).database
-    except Exception:  # a malformed URL: optuna's own error says so when it is opened
-        return None
-    return Path(database) if database and database != ":memory:" else None
-
-
 def sqlite_tables(path: Path) -> set[str]:
     """Table names in a SQLite file, opened read-only (never created or changed); sqlite3.Error if not one."""
     uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -299,9 +286,9 @@ def sqlite_tables(path: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-def check_sqlite_file(storage: str, results_dir: Path) -> None:
+def check_sqlite_file(spec: StorageSpec, results_dir: Path) -> None:
     """Refuse a SQLite storage file that is not a database, or an empty one beside results it would overwrite."""
-    path = sqlite_path(storage)
+    path = spec.path if spec.kind == "sqlite" else None
     if path is None or not path.is_file():
         return
     if path.stat().st_size == 0:
@@ -318,13 +305,15 @@ def check_sqlite_file(storage: str, results_dir: Path) -> None:
                         f"another --study-name or --results") from None
 
 
-def study_file_problem(storage: str) -> str | None:
-    """Why an sqlite:/// URL holds no study to read (None: it may, or it is another kind of URL).
+def study_file_problem(spec: StorageSpec) -> str | None:
+    """Why a SQLite or journal file holds no study to read (None: it may, or the storage is a server).
 
-    Optuna creates its tables in whatever database it opens: a report, which only reads, must never turn a
-    missing, empty or foreign file into a new database.
+    Optuna creates its tables (or an empty journal) in whatever it opens: a report, which only reads, must never
+    turn a missing, empty or foreign file into a new storage.
     """
-    path = sqlite_path(storage)
+    if spec.kind == "journal":
+        return None if spec.path and spec.path.is_file() else "no such journal file"
+    path = spec.path if spec.kind == "sqlite" else None
     if path is None:
         return None
     if not path.is_file():

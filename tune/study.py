@@ -160,7 +160,7 @@ def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
             if isinstance(claim, Claim):
                 with closed_on_failure(claim.trial, tuner):
                     # Drawn inside the lock: TPE's constant liar sees every trial running anywhere.
-                    session.space.suggest(claim.trial)
+                    claim.params = session.space.suggest(claim.trial)
         if isinstance(claim, Claim):
             with closed_on_failure(claim.trial, tuner):
                 tuner.beater.add(claim.trial._trial_id)  # alive from the first instant another tuner could look
@@ -177,8 +177,7 @@ def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, dict[str, 
         label, params = f"ref_{claim.preset}", preset_params(claim.preset)
         model, train = reference_configs(claim.preset, session)
     else:
-        label = f"trial_{claim.trial.number:04d}"
-        params = session.space.suggest(claim.trial)  # already drawn in the claim: Optuna returns the same values
+        label, params = f"trial_{claim.trial.number:04d}", claim.params
         model, train = trial_configs(params, session)
     folder = session.results_dir
     job = {"model": model, "train": train, "data": str(session.data_dir), "device": session.env["device"],

@@ -288,7 +288,7 @@ def probe(conn: Connection, device_name: str, tuner_pid: int | None = None, dead
         # The GPUs only when the tuner will use CUDA: listing them initialises CUDA, which a CPU study skips.
         env["gpus"] = gpus() if device.type == "cuda" else []
         env["gpu_count"] = len(env["gpus"])
-        env["cores"] = affinity() or list(range(os.cpu_count() or 1))
+        env["cores"] = affinity()
         conn.send(("ok", env))
     except Exception as exc:
         from gptcore.errors import UserError
