@@ -1,10 +1,11 @@
-"""python -m benchmarks {matmul,train-step,vs-course}: how much faster is the GPU, really?
+"""python -m benchmarks {matmul,train-step,vs-course,tuner}: how much faster is the GPU, really? How good is the tuner?
 
     python -m benchmarks matmul                       # CPU (torch and NumPy) vs CUDA if present
     python -m benchmarks matmul --threads 1 --sizes 256,1024 --check-timer 1024
     python -m benchmarks matmul --devices cuda --dtypes float32,tf32,bfloat16,float16 --sizes 256,...,8192
     python -m benchmarks train-step                   # the gptcore GPT's training step, per device
     python -m benchmarks vs-course                    # gptcore against the course's own model and reader
+    python -m benchmarks tuner replay --seeds 30      # samplers and pruners, replayed on recorded curves
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", type=Path, default=DEFAULT_DATA)
     v.add_argument("--out", type=Path, default=Path("results/bench"))
     v.add_argument("--no-progress", action="store_true")
+
+    from benchmarks.tuner_cli import add_tuner_parser
+
+    add_tuner_parser(sub, Parser)
     return p
 
 
@@ -200,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     check_out_dir(args.out)  # every subcommand writes there: refuse a bad --out before any work
-    return {"matmul": cmd_matmul, "train-step": cmd_train_step, "vs-course": cmd_vs_course}[args.command](args)
+    from benchmarks.tuner_cli import cmd_tuner
+
+    commands = {"matmul": cmd_matmul, "train-step": cmd_train_step, "vs-course": cmd_vs_course, "tuner": cmd_tuner}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ from gptcore.config import PRESETS
 from gptcore.errors import UserError
 from tune.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.space import PARAMS, SPACES, load_space, parse_range
+from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
-PRUNERS = ("asha", "median", "hyperband", "none")
 
 
 def budget_flag(text: str) -> Budget:
@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["loss", "throughput"], default="loss")
     p.add_argument("--memory-limit", type=parse_size, default=None,
                    help="emulate a smaller device, e.g. 8GiB or 600MB (CUDA: allocator fraction; CPU: rlimit)")
-    p.add_argument("--pruner", choices=PRUNERS, default="asha",
-                   help="asha: asynchronous successive halving over the rungs (default); median; hyperband; none")
-    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="random: the baseline to compare")
+    p.add_argument("--pruner", choices=PRUNERS, default=DEFAULT_PRUNER,
+                   help=f"asha: asynchronous successive halving over the rungs; median; hyperband; none (default "
+                        f"{DEFAULT_PRUNER}, chosen by `python -m benchmarks tuner replay`)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                   help=f"tpe: multivariate TPE; tpe-univariate; random and qmc (Sobol): baselines; cmaes (pip "
+                        f"install cmaes) (default {DEFAULT_SAMPLER}, chosen by the replay benchmark)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on a GPU that has it, else float32")

@@ -43,6 +43,7 @@ from tune.storage import (
     resolve_storage,
     study_lock,
 )
+from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, make_pruner, make_sampler
 
 # Other processes keeping more than this many cores busy before the study starts: say so.
 BUSY_AT_START_CORES = 0.5
@@ -70,8 +71,8 @@ class TuneSettings:
     space_overrides: dict[str, Any] = field(default_factory=dict)
     objective: str = "loss"
     memory_limit: int | None = None
-    pruner: str = "asha"
-    sampler: str = "tpe"  # "random": the baseline TPE is measured against
+    pruner: str = DEFAULT_PRUNER  # tune.strategy: chosen by the replay benchmark
+    sampler: str = DEFAULT_SAMPLER
     schedule: str = "cosine"  # the learning rate against the target budget
     references: tuple[str, ...] | None = None  # presets run beside the search; None: REFERENCES for the device
     save_models: bool = True  # trials that reach the target keep their checkpoint
@@ -114,36 +115,6 @@ def check_writable(folder: Path) -> None:
             pass
     except OSError as exc:
         raise UserError(f"--results {folder}: not writable ({exc.strerror or exc})") from None
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """tpe (default) or random."""
-    if name == "tpe":
-        # The constant liar counts running trials (other workers', other tuners') as bad results, so parallel
-        # asks spread out instead of all proposing the same promising point; with one worker nothing changes.
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"--sampler must be tpe or random, got {name!r}")
-
-
-def make_pruner(name: str, plan: RungPlan) -> optuna.pruners.BasePruner:
-    """asha (default: asynchronous successive halving over the rungs), median, hyperband or none."""
-    if name == "asha":
-        # Rungs at report steps 1, eta, eta**2...: at each, a trial trains on only if it is in the best 1/eta of
-        # the trials that reached that rung so far (asynchronous: no waiting for a full bracket).
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=plan.eta,
-                                                      min_early_stopping_rate=0)
-    if name == "median":
-        # Never prune at the first rung nor before 5 trials have finished: Optuna prunes from step ==
-        # n_warmup_steps on, and the first rung is reported at step 1.
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=plan.steps[-1],
-                                              reduction_factor=plan.eta)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"--pruner must be asha, median, hyperband or none, got {name!r}")
 
 
 @dataclass

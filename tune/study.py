@@ -29,12 +29,11 @@ from tune.dispatch import DONE, WAIT, Claim
 from tune.pool import Beater, run_workers
 from tune.record import describe_run, record
 from tune.runner import TrialRun, TrialRunner
-from tune.session import (  # noqa: F401  (TuneSettings, make_pruner, check_writable: the package's entry points)
+from tune.session import (  # noqa: F401  (TuneSettings, check_writable: the package's entry points)
     Session,
     StudyOutcome,
     TuneSettings,
     check_writable,
-    make_pruner,
     open_session,
     plan_message,
     reference_configs,
@@ -44,6 +43,7 @@ from tune.session import (  # noqa: F401  (TuneSettings, make_pruner, check_writ
 from tune.slots import Slot
 from tune.space import preset_params
 from tune.storage import scrub
+from tune.strategy import make_pruner  # noqa: F401  (an entry point of the package)
 
 STATE_OF = {
     "ok": TrialState.COMPLETE,

@@ -1,0 +1,182 @@
+"""`python -m benchmarks tuner record|replay`: the flags and what each action writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.tuner_table import DEFAULT_TABLE, RecordSettings, check_out, load_table, record
+from gptcore.cliutil import int_range, positive_int
+from gptcore.errors import UserError
+from tune.strategy import PRUNERS, SAMPLERS
+
+REPLAY_SAMPLERS = (*SAMPLERS, "gp", "tpe-startup10")  # replay-only candidates beside the tuner's own
+
+
+def strategies_flag(text: str) -> tuple:
+    """'tpe+asha,random+none,tpe+median:3' -> Strategy tuple (sampler + pruner, optionally :rungs); 'all'."""
+    from benchmarks.tuner_replay import STRATEGIES, Strategy
+
+    if text.strip() == "all":
+        return STRATEGIES
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        head, _, rungs = item.partition(":")
+        sampler, _, pruner = head.partition("+")
+        if sampler not in REPLAY_SAMPLERS or pruner not in PRUNERS or (rungs and not rungs.isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"expected SAMPLER+PRUNER[:RUNGS] items (samplers {', '.join(REPLAY_SAMPLERS)}; pruners "
+                f"{', '.join(PRUNERS)}) or all, got {item!r}")
+        out.append(Strategy(sampler, pruner, int(rungs) if rungs else None))
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected at least one SAMPLER+PRUNER, got {text!r}")
+    return tuple(out)
+
+
+strategies_flag.__name__ = "strategy list"
+
+
+def add_tuner_parser(sub: argparse._SubParsersAction, parser_class: type) -> None:
+    """`tuner record` and `tuner replay` under the benchmarks command."""
+    t = sub.add_parser("tuner", help="replay tuner studies against recorded learning curves (samplers, pruners)")
+    actions = t.add_subparsers(dest="action", required=True, parser_class=parser_class)
+    r = actions.add_parser("record", help="record the learning curves with the tuner itself (an hour or so)")
+    defaults = RecordSettings()
+    r.add_argument("--trials", type=positive_int, default=defaults.trials)
+    r.add_argument("--budget", default=defaults.budget, help=f"target per configuration (default {defaults.budget})")
+    r.add_argument("--rungs", type=int_range(1, 8), default=defaults.rungs)
+    r.add_argument("--workers", type=positive_int, default=defaults.workers,
+                   help="trials at once, one core each on a CPU (default 2)")
+    r.add_argument("--seed", type=int, default=defaults.seed)
+    r.add_argument("--data", type=Path, default=defaults.data)
+    r.add_argument("--table", type=Path, default=DEFAULT_TABLE, help=f"the CSV to write (default {DEFAULT_TABLE})")
+    r.add_argument("--out", type=Path, default=defaults.results, help="where the recording study runs")
+
+    p = actions.add_parser("replay", help="replay whole studies per strategy and seed against a recorded table")
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--strategies", type=strategies_flag, default=None,
+                   help="SAMPLER+PRUNER[:RUNGS],... or all (default all)")
+    p.add_argument("--seeds", type=int_range(1, 10_000), default=30, help="studies per strategy (default 30)")
+    p.add_argument("--trials", type=int_range(1, 10_000), default=50, help="trials per study (default 50)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"))
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_tuner(args: argparse.Namespace) -> int:
+    """Record a table, or replay studies against one and write the comparison."""
+    if args.action == "record":
+        check_out(args.table)
+        settings = RecordSettings(trials=args.trials, budget=args.budget, rungs=args.rungs, workers=args.workers,
+                                  seed=args.seed, data=args.data, results=args.out, out=args.table)
+        print(f"wrote {record(settings)} and {args.table.with_suffix('.json')}")
+        return 0
+    return replay_command(args)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """Replay, print the summary table, write the per-study CSV, a markdown summary and the regret plot."""
+    from tqdm import tqdm
+
+    from benchmarks.report import write_frame
+    from benchmarks.tuner_replay import STRATEGIES, TODAY, compare, summarise
+    from gptcore.files import atomic_write_text
+
+    table = load_table(args.table)
+    strategies = args.strategies or STRATEGIES
+    if TODAY not in strategies:
+        strategies = (TODAY, *strategies)  # every ratio is against today's defaults
+    if any(s.sampler == "gp" for s in strategies):
+        _need("scipy", "the gp sampler")
+    if any(s.sampler == "cmaes" for s in strategies):
+        _need("cmaes", "the cmaes sampler")
+    with tqdm(total=len(strategies) * args.seeds, desc="replay", unit="study", disable=args.no_progress) as bar:
+        runs = compare(table, strategies, args.seeds, args.trials, progress=bar)
+    summary = summarise(runs)
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format",
+                           lambda v: f"{v:.4g}"):
+        print(summary.to_string(index=False))
+    paths = [write_frame(runs.drop(columns="curve"), args.out / "tuner_replay.csv")]
+    md = args.out / "tuner_replay.md"
+    atomic_write_text(md, replay_markdown(summary, table.meta, args, table.best))
+    paths += [md, plot_regret(runs, table.run_seconds, args.out / "tuner_replay.png")]
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _need(module: str, what: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise UserError(f"--strategies: {what} needs {module}: pip install {module}") from None
+
+
+def replay_markdown(summary: pd.DataFrame, meta: dict, args: argparse.Namespace, best: float) -> str:
+    """The comparison as markdown: how it was made, what each column means, the table."""
+    return "\n".join([
+        "# Tuner replay", "",
+        f"`python -m benchmarks tuner replay --seeds {args.seeds} --trials {args.trials}` against "
+        f"`{args.table.name}` ({meta['rows']} configurations recorded on {meta['device']}, "
+        f"{meta.get('threads_per_trial')} thread(s) per trial, target {table_budget(meta)}, "
+        f"recorded rungs {', '.join(f'{f:.3g}' for f in meta['rungs'])} of the target; best recorded val loss "
+        f"{best:.4f}).", "",
+        "- regret@N: median over seeds of (best val loss at the target after N trials - best recorded); IQR@N its "
+        "interquartile range; budgets@N the median simulated time of those N trials, in target budgets.",
+        "- vs today: median regret / the median regret of today's defaults (tpe-univariate + asha).",
+        "- regret@Tb: median regret after T target budgets of simulated time (equal time, not equal trials).",
+        "- budgets to 1%: median simulated time until a configuration within 1 % of the best recorded loss "
+        "reached the target (inf: not within the trials); reached 1%: in how many seeds.", "",
+        summary.to_markdown(index=False, floatfmt=".4g"), "",
+        "```json", json.dumps(meta, indent=1), "```", ""])
+
+
+def table_budget(meta: dict) -> str:
+    """'12 s' or '400 steps'."""
+    from tune.budget import Budget
+
+    return str(Budget(meta["budget_amount"], meta["budget_unit"]))
+
+
+def plot_regret(runs: pd.DataFrame, budget_s: float, path: Path) -> Path:
+    """Median simple regret (with quartiles) against simulated study time, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from gptcore.files import atomic_write
+
+    grid = np.linspace(0, float(runs["clock_budgets"].median()), 60)[1:]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, group in runs.groupby("strategy", sort=False):
+        curves = np.stack([_regret_on(grid, c, budget_s) for c in group["curve"]]) if "curve" in group else None
+        if curves is None:
+            continue
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # before any seed's first completed trial: no value yet
+            med = np.nanmedian(curves, axis=0)
+            low, high = np.nanpercentile(curves, 25, axis=0), np.nanpercentile(curves, 75, axis=0)
+        ax.plot(grid, med, label=name)
+        ax.fill_between(grid, low, high, alpha=0.1)
+    ax.set_xlabel("simulated study time (target budgets)")
+    ax.set_ylabel("simple regret (val loss above the best recorded)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Replayed tuner studies: median and quartiles over seeds")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def _regret_on(grid, curve, budget_s):
+    import numpy as np
+
+    clock, regret = curve
+    idx = np.searchsorted(clock / budget_s, grid, side="right") - 1
+    out = np.where(idx >= 0, regret[np.clip(idx, 0, None)], np.nan)
+    return np.where(np.isfinite(out), out, np.nan)
