@@ -64,7 +64,12 @@ def record(s: RecordSettings) -> Path:
     if done.returncode != 0:
         raise UserError(f"the recording study stopped (exit {done.returncode}); run the same command again to "
                         f"resume it")
-    return export(s.results / "tuner-record", s.out, command=" ".join(record_command(s)[1:]))
+    out = export(s.results / "tuner-record", s.out, command=" ".join(record_command(s)[1:]))
+    contended = int(pd.read_csv(out)["contended"].sum())
+    if contended:
+        print(f"warning: {contended} recorded trial(s) ran beside a busy neighbour (column `contended`): their "
+              f"speed, and so their loss in a time budget, is too low. Record on a quiet machine.")
+    return out
 
 
 def check_out(out: Path) -> None:
@@ -93,19 +98,21 @@ def export(study_folder: Path, out: Path, command: str) -> Path:
     df = trials_frame(study)
     settings, env = study.user_attrs["settings"], study.user_attrs["environment"]
     rung_cols = [f"loss_rung_{k}" for k in range(1, len(settings["rungs"]) + 1)]
-    contended = df["contended"].notna() & (df["contended"] != "")
-    keep = df["status"].isin(OUTCOMES) & ~contended
+    keep = df["status"].isin(OUTCOMES)
     table = df.loc[keep, KEEP + rung_cols].round(6).sort_values("number")
+    # Kept, and counted in the description: a contended run's speed (and so its loss in a time budget) is low.
+    table["contended"] = (df.loc[keep, "contended"].notna() & (df.loc[keep, "contended"] != "")).to_numpy()
     meta = {
         "command": f"python -m benchmarks tuner record (runs: python {command})",
-        "recorded": str(pd.Timestamp.now(tz="UTC").floor("s")), "device": env["device_name"],
+        "recorded": str(max((t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete),
+                            default=None)).split(".")[0], "device": env["device_name"],
         "threads_per_trial": int(df["threads"].dropna().median()) if df["threads"].notna().any() else None,
         "torch": env.get("torch"), "optuna": optuna.__version__,
         "budget_amount": settings["budget_amount"], "budget_unit": settings["budget_unit"],
         "rungs": settings["rungs"], "eta": settings["reduction_factor"],
         "schedule": settings["schedule"], "space": settings["space"], "corpus": Path(settings["corpus"]).name,
-        "rows": len(table), "left_out": {"contended": int((contended & df["status"].isin(OUTCOMES)).sum()),
-                                         "error_or_interrupted": int((~df["status"].isin(OUTCOMES)).sum())},
+        "rows": len(table), "contended_rows": int(table["contended"].sum()),
+        "left_out_error_or_interrupted": int((~keep).sum()),
     }
     atomic_write_text(out, table.to_csv(index=False))
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")

@@ -85,7 +85,7 @@ def test_a_diverged_configuration_never_counts_as_reaching_the_target(tmp_path):
 
 def test_the_replay_runs_the_tuners_own_defaults():
     assert (DEFAULT.sampler, DEFAULT.pruner) == (DEFAULT_SAMPLER, DEFAULT_PRUNER)
-    assert TODAY.name == "tpe-univariate + asha"
+    assert TODAY.name == "tpe-startup10 + asha"
 
 
 def test_comparison_reads_regret_at_checkpoints_and_time_to_within_one_percent(tmp_path):
