@@ -27,6 +27,7 @@ from gptcore.errors import UserError
 from tune.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.space import PARAMS, SPACES, load_space, parse_range
 from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
+from tune.warmstart import WARM_START_TOP
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references", type=references_flag, default=None,
                    help="presets run beside the search to the target, never pruned (default: course-default,baby; "
                         "on a GPU also gpu; 'none' for none)")
+    p.add_argument("--warm-start", default=None, metavar="SOURCE",
+                   help=f"start with the best configurations (up to {WARM_START_TOP}) of an earlier study that fit "
+                        "this search space: its results folder, its trials.csv, or its study name (in --storage, "
+                        "else in results/NAME/study.db); they count toward --trials")
     p.add_argument("--no-save-models", action="store_true",
                    help="do not keep the models of the trials that train to the target (best-model/ is one of them)")
     p.add_argument("--trial-timeout", type=positive_float, default=None,
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         trials=args.trials, budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
         schedule=args.schedule, references=args.references, save_models=not args.no_save_models, data=args.data,
         device=args.device, study_name=args.study_name,
+        warm_start=args.warm_start,
         storage=args.storage, results=args.results, space=args.space, space_overrides=overrides,
         objective=args.objective, memory_limit=args.memory_limit, pruner=args.pruner, sampler=args.sampler,
         seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout, progress=not args.no_progress,

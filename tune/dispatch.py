@@ -42,12 +42,15 @@ def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
     if len(history) > MAX_RETRIES:
         return
-    reference = failed.user_attrs.get("reference")
+    # What the trial is: a reference preset, or a warm start (its source trial); the retry is the same thing.
+    kept = {key: failed.user_attrs[key] for key in ("reference", "warm_start") if failed.user_attrs.get(key)}
+    system_attrs = {"failed_trial": history[0], "retry_history": history}
+    if not failed.params and "fixed_params" in failed.system_attrs:
+        system_attrs["fixed_params"] = failed.system_attrs["fixed_params"]  # an enqueued trial that died undrawn
     distributions: dict[str, BaseDistribution] = failed.distributions
     study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=failed.params, distributions=distributions,
-        user_attrs={"reference": reference} if reference else {},
-        system_attrs={"failed_trial": history[0], "retry_history": history}))
+        state=TrialState.WAITING, params=failed.params, distributions=distributions, user_attrs=kept,
+        system_attrs=system_attrs))
 
 
 def retry_of(trial: FrozenTrial) -> int | None:

@@ -21,8 +21,8 @@ from tune.outcomes import COUNTED_STATUSES, STATUSES
 from tune.space import PARAMS, Space, preset_params
 from tune.storage import load_references
 
-COLUMNS = ["number", "reference", "status", "state", "retry_of", *PARAMS, "rung", "rungs", "rung_loss",
-           "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
+COLUMNS = ["number", "reference", "status", "state", "retry_of", "warm_start", *PARAMS, "rung", "rungs",
+           "rung_loss", "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
            "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
            "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu",
            "device", "host", "tuner_pid", "worker", "threads", "cpu_share", "others_cores", "load_1m",
@@ -61,8 +61,10 @@ def _frame(study: optuna.Study, reference: bool) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         history = t.system_attrs.get("retry_history") or []
         # The parameters come from the trial itself (drawn before it ran): every row shows them, whatever the
-        # trial's end, even when its tuner was killed before it recorded anything.
-        row = {"number": None if reference else t.number, **Space.decode(t.params), **t.user_attrs,
+        # trial's end, even when its tuner was killed before it recorded anything; a queued warm start, the
+        # values it was enqueued with.
+        drawn = t.params or t.system_attrs.get("fixed_params") or {}
+        row = {"number": None if reference else t.number, **Space.decode(drawn), **t.user_attrs,
                "state": t.state.name,
                "status": status_of(t), "retry_of": history[-1] if history and not reference else None}
         if reference and t.user_attrs.get("reference"):
@@ -106,6 +108,8 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         where = df["host"].fillna("").astype(str) + " " + where
     if where.nunique() > 1:
         table["ran_on"] = where.str.strip()
+    if df["warm_start"].notna().any():  # where each warm-start trial's configuration came from
+        table["warm_start"] = df["warm_start"].fillna("")
     return table
 
 
@@ -255,6 +259,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
     lines += rung_section(search, len(rungs))
     lines += verdict_section(df, objective, folder)
     lines += measurement_section(study, df)
+    lines += warm_start_section(study, df, objective)
     ok = df[df["status"] == "ok"]
     if not ok.empty:
         top = ok.sort_values("val_loss" if objective == "loss" else "tokens_per_s", ascending=objective == "loss")
@@ -345,6 +350,32 @@ def measurement_section(study: optuna.Study, df: pd.DataFrame) -> list[str]:
         lines += [f"| {label(r)} | {r['status']} | {r['contended'] if pd.notna(r['contended']) else ''} | "
                   f"{r['budget_warning'] if pd.notna(r['budget_warning']) else ''} |" for _, r in flagged.iterrows()]
     return [*lines, ""]
+
+
+def warm_start_section(study: optuna.Study, df: pd.DataFrame, objective: str) -> list[str]:
+    """Where the study was warm-started from (tune.warmstart), and its warm-start trials against the sampled ones."""
+    warm = study.user_attrs.get("warm_start")
+    if not warm:
+        return []
+    key = "val_loss" if objective == "loss" else "tokens_per_s"
+    search = df[df["reference"].isna()]
+    started, sampled = search[search["warm_start"].notna()], search[search["warm_start"].isna()]
+    skipped = [f", {len(warm[k])} {what}" for k, what in (("outside", "outside this search space skipped"),
+                                                          ("over_trials", "beyond --trials left out")) if warm.get(k)]
+    lines = ["## Warm start", "",
+             f"Warm-started from `{warm['given']}` ({warm['source']}): its best configurations that trained to the "
+             f"target, ranked by its objective ({warm['objective']}); {len(warm['enqueued'])} enqueued as this "
+             f"study's first trials{''.join(skipped)}.", ""]
+    best_warm, best_sampled = best_row(started, objective), best_row(sampled, objective)
+    for what, best in (("warm-start", best_warm), ("sampled", best_sampled)):
+        source = f" ({best['warm_start']})" if best is not None and pd.notna(best["warm_start"]) else ""
+        lines.append(f"- best {what} trial: " + (f"{int(best['number'])}{source}, {key} {best[key]:.4g}"
+                                                  if best is not None else "none trained to the target"))
+    if best_warm is not None and best_sampled is not None:
+        gain = best_warm[key] - best_sampled[key] if objective == "loss" else best_sampled[key] - best_warm[key]
+        lines.append(f"- the sampler improved on the warm start by {gain:.4g} ({gain / abs(best_warm[key]):.1%})"
+                     if gain > 0 else "- no sampled trial beat the warm start")
+    return [*lines, "", readable(started).to_markdown(index=False), ""]
 
 
 def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import optuna
 from gptcore.config import PRESETS, from_name, to_dict
 from gptcore.errors import UserError
 from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
-from tune import health
+from tune import health, warmstart
 from tune.budget import (
     DEFAULT_BUDGET,
     SCHEDULES,
@@ -76,6 +76,7 @@ class TuneSettings:
     schedule: str = "cosine"  # the learning rate against the target budget
     references: tuple[str, ...] | None = None  # presets run beside the search; None: REFERENCES for the device
     save_models: bool = True  # trials that reach the target keep their checkpoint
+    warm_start: str | None = None  # an earlier study (folder, trials.csv or name) whose best configurations go first
     seed: int = 0
     dtype: str = "auto"
     trial_timeout: float | None = None
@@ -246,6 +247,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     created = None if created.exists() else created
     slots = plan_slots(settings.workers, env, settings.gpus, settings.cores)
     spec = resolve_storage(settings.storage, results_dir / "study.db")
+    warm = warmstart.prepare(settings, space, spec, name, results_dir)  # read and checked before anything is created
     check_writable(results_dir)
     hold = None
     try:
@@ -266,6 +268,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
             refs = open_study(reference_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
                               optuna.pruners.NopPruner(), display=spec.display)
         lock = study_lock(spec, storage, name)
+        warmstart.enqueue(study, warm, lock)  # once per study, under the lock: its first trials
     except BaseException:
         if hold is not None:
             hold.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,37 @@ class Space:
             if name in PARAMS:
                 out[name] = 2 ** int(value) if key.startswith("log2_") else value
         return out
+
+    @staticmethod
+    def encode(values: dict[str, Any]) -> dict[str, Any]:
+        """The Optuna parameters suggest draws for the six values (the inverse of decode): for enqueue_trial."""
+        out: dict[str, Any] = {}
+        for name in PARAMS:
+            value = values[name]
+            if name in POW2:
+                out[f"log2_{name}"] = int(math.log2(value))
+            else:  # plain Python numbers: the storage writes them as JSON, which has no numpy types
+                out[name] = float(value) if name == "learning_rate" else int(value)
+        return out
+
+    def allows(self, name: str, value: Any) -> bool:
+        """Whether suggest can draw `value` for parameter `name` (in range, and a power of two or step of 64)."""
+        lo, hi = getattr(self, name)
+        # numbers.Real, not _is_number: values read from a table are numpy numbers (int64 is no Python int).
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or not lo <= value <= hi:
+            return False
+        if name == "learning_rate":
+            return True
+        if value != int(value):
+            return False
+        if name in POW2:
+            return _is_pow2(value)
+        return name != "n_embed" or int(value) % 64 == 0
+
+    def contains(self, values: dict[str, Any]) -> bool:
+        """Whether suggest can draw exactly these six values (a warm start enqueues only such configurations)."""
+        return all(self.allows(name, values.get(name)) for name in PARAMS)
 
     def describe(self) -> str:
         """A table of the ranges, for the terminal and summary.md."""
