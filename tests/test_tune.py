@@ -30,7 +30,8 @@ def settings(tmp_path, **kw) -> TuneSettings:
     if "trial_seconds" in kw:
         kw["budget"] = Budget(kw.pop("trial_seconds"), "s")
     base = dict(trials=4, budget=Budget(0.5, "s"), references=(), data=CORPUS, device="cpu",
-                results=tmp_path / "results", study_name="t", space_overrides=TINY_SPACE, progress=False, seed=1)
+                results=tmp_path / "results", study_name="t", space_overrides=TINY_SPACE, progress=False, seed=1,
+                confirm=0)  # confirmation runs: tests/test_confirm.py
     return TuneSettings(**{**base, **kw})
 
 

@@ -29,10 +29,10 @@ SPACE_FLAGS = [a for k, v in TINY_SPACE.items() for a in (f"--{k.replace('_', '-
 
 
 def tune_cmd(results: Path, storage: str | None, trials: int, *extra: str, budget: str = "40steps") -> list[str]:
-    """A tuner process on the tiny space, quick liveness settings, no references."""
+    """A tuner process on the tiny space, quick liveness settings, no references, no confirmation runs."""
     cmd = [sys.executable, "-m", "tune", "--trials", str(trials), "--budget", budget, "--references", "none",
            "--device", "cpu", "--data", str(CORPUS), "--results", str(results), "--study-name", "w", "--no-progress",
-           "--heartbeat-interval", "1", "--grace-period", "4", *SPACE_FLAGS, *extra]
+           "--heartbeat-interval", "1", "--grace-period", "4", "--confirm", "0", *SPACE_FLAGS, *extra]
     return cmd + (["--storage", storage] if storage else [])
 
 

@@ -26,3 +26,37 @@ def sigkill(model_cfg, train_cfg, data, **kwargs):
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Stand-ins that "train" to a step budget at once, with a validation loss set by the configuration and the seed:
+# confirmation runs (same configuration, seeds 1 and 2 after the study's 0) then give known figures.
+
+
+def _result(model_cfg, train_cfg, val_loss: float):
+    """What gptcore.train.train returns for a run that trained to its step budget with this validation loss."""
+    from gptcore.train import EvalPoint, TrainResult
+
+    steps = train_cfg.max_iters or 100
+    return TrainResult(history=[EvalPoint(steps, val_loss, val_loss, 0.01)], steps=steps,
+                       tokens=steps * train_cfg.batch_size * model_cfg.block_size, train_seconds=0.01,
+                       eval_seconds=0.001, tokens_per_s=1e5, peak_memory={"peak_rss_bytes": 2**20}, n_params=1000,
+                       mfu=None, device="cpu", stopped_by="max_iters", warmup_steps=2, warmup_seconds=0.001)
+
+
+def steady(model_cfg, train_cfg, data, **kwargs):
+    """Loss 100 x the learning rate, plus 1e-4 x the seed: re-runs keep the single runs' order, ranges apart."""
+    return _result(model_cfg, train_cfg, 100 * train_cfg.learning_rate + 1e-4 * train_cfg.seed)
+
+
+def crossing(model_cfg, train_cfg, data, **kwargs):
+    """Seed 0 favours low learning rates, later seeds high ones: L, 2 - L, 4 - 3L for seeds 0, 1, 2 (L = 100 x
+    the learning rate), a mean of 2 - L: the best mean is the worst single run among the confirmed."""
+    base = 100 * train_cfg.learning_rate
+    return _result(model_cfg, train_cfg, base + 2 * train_cfg.seed * (1 - base))
+
+
+def seed_one_fails(model_cfg, train_cfg, data, **kwargs):
+    """Like steady, but a run with seed 1 raises an ordinary error, every time."""
+    if train_cfg.seed == 1:
+        raise ValueError("seed 1: injected failure")
+    return steady(model_cfg, train_cfg, data)

@@ -16,6 +16,7 @@ from gptcore.cliutil import (
     Parser,
     index_list,
     int_range,
+    non_negative_int,
     parse_size,
     positive_float,
     positive_int,
@@ -25,6 +26,8 @@ from gptcore.cliutil import (
 from gptcore.config import PRESETS
 from gptcore.errors import UserError
 from tune.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
+from tune.dispatch import CONFIRM_RUNS
+from tune.session import DEFAULT_CONFIRM
 from tune.space import PARAMS, SPACES, load_space, parse_range
 from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 from tune.warmstart import WARM_START_TOP
@@ -83,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"start with the best configurations (up to {WARM_START_TOP}) of an earlier study that fit "
                         "this search space: its results folder, its trials.csv, or its study name (in --storage, "
                         "else in results/NAME/study.db); they count toward --trials")
+    p.add_argument("--confirm", type=non_negative_int, default=DEFAULT_CONFIRM, metavar="K",
+                   help=f"once the study is done, train its best K configurations (trials or references) "
+                        f"{CONFIRM_RUNS} more times each with fresh seeds and pick the winner by the mean "
+                        f"(default {DEFAULT_CONFIRM}; 0: none)")
     p.add_argument("--no-save-models", action="store_true",
                    help="do not keep the models of the trials that train to the target (best-model/ is one of them)")
     p.add_argument("--trial-timeout", type=positive_float, default=None,
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         objective=args.objective, memory_limit=args.memory_limit, pruner=args.pruner, sampler=args.sampler,
         seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout, progress=not args.no_progress,
         workers=args.workers, gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period,
+        grace_period=args.grace_period, confirm=args.confirm,
     )
     outcome = run_study(settings)
     df = readable(trials_frame(outcome.study))

@@ -8,7 +8,10 @@ The rules, for any number of tuner processes and workers on one study:
   trial (stale, interrupted or error) is queued again once with the same parameters (Optuna's WAITING trial,
   with the `failed_trial` / `retry_history` system attributes of its RetryHeartbeatStaleTrialCallback);
 - a worker takes a queued retry first, else a new trial while counted + running + queued < --trials, else
-  waits for the running ones (one may fail and need a retry), else the study is done.
+  waits for the running ones (one may fail and need a retry), else the study is done;
+- with --confirm K, a finished study (and its references) then re-runs its K best configurations CONFIRM_RUNS
+  times each with fresh seeds, in a third study (`<name>:confirm`), claimed the same way: queued retries first,
+  then the runs still missing; a worker waits while any trial runs anywhere (a run may fail and need its retry).
 Each decision (fail stale trials, count, ask) and each requeue happens inside one lock that spans every tuner
 process (tune.storage.study_lock), so two tuners never ask for the same last trial or retry one trial twice.
 """
@@ -20,21 +23,58 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from gptcore.config import SEED_MAX
+from tune.space import Space, preset_params
+
 MAX_RETRIES = 1  # a configuration is tried at most twice: a crash every time cannot loop forever
+CONFIRM_RUNS = 2  # each confirmed configuration trains this many more times, with seeds --seed + 1, + 2, ...
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT, DONE = "wait", "done"
 
 
+@dataclass(frozen=True)
+class Source:
+    """A configuration that trained to the target, as a confirmation run repeats it: a searched trial (its six
+    values) or a reference preset (its own shape and schedule)."""
+
+    number: int | None  # the searched trial's number in the study; None for a reference
+    preset: str | None  # the reference preset; None for a searched trial
+    params: dict[str, Any]  # the six values (a preset's own, for a reference)
+    value: float | None = None  # its objective value at the target (None when looked up by name)
+
+    @property
+    def name(self) -> str:
+        """What its confirmation runs record as `confirm_of`: 'trial 12' or 'ref baby'."""
+        return source_name(self.number, self.preset)
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """What a confirmation run repeats (its source), which of the CONFIRM_RUNS it is, and the seed it trains with."""
+
+    source: Source
+    run: int
+    seed: int
+
+
 @dataclass
 class Claim:
-    """A trial this worker now owns (RUNNING in the storage): a searched configuration or a reference preset."""
+    """A trial this worker now owns (RUNNING in the storage): a searched configuration, a reference preset, or a
+    confirmation run of one of them."""
 
     trial: optuna.Trial
     preset: str | None = None  # the reference preset, None for a searched trial
     retry_of: int | None = None  # the trial number this one retries
     params: dict[str, Any] | None = None  # a searched trial's six values, drawn in the claim
+    confirm: Confirm | None = None  # a confirmation run: the configuration, run and seed it repeats
+
+    @property
+    def searched(self) -> bool:
+        """A trial of the search itself: counted toward --trials, judged at the rungs, may be pruned."""
+        return self.preset is None and self.confirm is None
 
 
 def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
@@ -132,3 +172,98 @@ def fail_orphans(study: optuna.Study) -> int:
             requeue(study, storage.get_trial(frozen._trial_id))
             closed += 1
     return closed
+
+
+def source_name(number: int | None, preset: str | None) -> str:
+    """How a confirmation run names the configuration it repeats (user attr `confirm_of`): 'trial 12', 'ref baby'."""
+    return f"ref {preset}" if preset else f"trial {number}"
+
+
+def confirm_label(confirm_of: str, run: int | None) -> str:
+    """A confirmation run in the tables and on the console: 'confirm trial 12 #1'."""
+    return f"confirm {confirm_of} #{run if run is not None else '?'}"
+
+
+def top_configurations(study: optuna.Study, refs: optuna.Study | None, k: int) -> list[Source]:
+    """The k best configurations that trained to the target (searched trials and reference presets), best first."""
+    found = [Source(t.number, None, Space.decode(t.params), t.value)
+             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if refs is not None:
+        presets = {t.user_attrs.get("reference"): t.value
+                   for t in refs.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        found += [Source(None, p, preset_params(p), v) for p, v in presets.items() if p]
+    sign = 1 if study.direction == StudyDirection.MINIMIZE else -1
+    return sorted(found, key=lambda s: (sign * s.value, s.name))[:k]
+
+
+def find_source(study: optuna.Study, name: str) -> Source | None:
+    """The configuration a `confirm_of` names; None if the study does not hold it."""
+    kind, _, rest = name.partition(" ")
+    if kind == "ref" and rest:
+        return Source(None, rest, preset_params(rest))
+    if kind == "trial" and rest.isdigit():
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == int(rest)), None)
+        if trial is not None and trial.params:
+            return Source(trial.number, None, Space.decode(trial.params), trial.value)
+    return None
+
+
+def claim_confirm(study: optuna.Study, refs: optuna.Study | None, confirms: optuna.Study, k: int,
+                  seed: int) -> Claim | str:
+    """Under the study lock, once the study holds its --trials: a queued confirmation retry, else a run the k best
+    configurations still lack (run r trains with seed + r); WAIT while a trial runs anywhere, else DONE.
+
+    The top k are only judged when nothing runs in the study or its references (a running trial may still join
+    them); a running confirmation run may fail and need its retry, so a free worker waits for it too.
+    """
+    if any(s is not None and s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for s in (study, refs)):
+        return WAIT
+    trials = confirms.get_trials(deepcopy=False)
+    while any(t.state == TrialState.WAITING for t in trials):
+        trial = confirms.ask()  # pops the oldest queued retry
+        number = retry_of(confirms._storage.get_trial(trial._trial_id))
+        failed = next((t for t in trials if t.number == number), None)
+        attrs = failed.user_attrs if failed is not None else {}
+        source = find_source(study, attrs["confirm_of"]) if attrs.get("confirm_of") else None
+        if source is not None and attrs.get("confirm_run") and attrs.get("confirm_seed") is not None:
+            return _confirm_claim(confirms, trial, Confirm(source, attrs["confirm_run"], attrs["confirm_seed"]),
+                                  number)
+        # A retry of a run whose tuner died before it recorded what it repeats: nothing to run here (that run is
+        # claimed afresh below, as one never tried).
+        trial.set_user_attr("status", "error")
+        trial.set_user_attr("error", "a confirmation run without its configuration (its tuner died at once)")
+        confirms.tell(trial, state=TrialState.FAIL)
+        trials = confirms.get_trials(deepcopy=False)
+    claimed = {(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run")) for t in trials}
+    for source in top_configurations(study, refs, k):
+        for run in range(1, CONFIRM_RUNS + 1):
+            if (source.name, run) not in claimed:
+                confirm = Confirm(source, run, (seed + run) % (SEED_MAX + 1))
+                return _confirm_claim(confirms, confirms.ask(), confirm)
+    return WAIT if any(t.state == TrialState.RUNNING for t in trials) else DONE
+
+
+def _confirm_claim(confirms: optuna.Study, trial: optuna.Trial, confirm: Confirm, retry: int | None = None) -> Claim:
+    """Record on a new confirmation trial what it repeats (inside the lock: no other tuner can claim that run)."""
+    try:
+        for key, value in (("confirm_of", confirm.source.name), ("confirm_run", confirm.run),
+                           ("confirm_seed", confirm.seed)):
+            trial.set_user_attr(key, value)
+    except BaseException:
+        confirms.tell(trial, state=TrialState.FAIL)
+        raise
+    return Claim(trial, preset=confirm.source.preset, retry_of=retry, params=confirm.source.params, confirm=confirm)
+
+
+def confirm_runs_pending(study: optuna.Study, refs: optuna.Study | None, confirms: optuna.Study | None,
+                         k: int) -> int:
+    """Confirmation runs still to train, for the plan printed at the start: those the top k as they stand lack
+    (k x CONFIRM_RUNS before any configuration has trained to the target), plus queued retries."""
+    if confirms is None or k <= 0:
+        return 0
+    trials = confirms.get_trials(deepcopy=False)
+    claimed = {(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run")) for t in trials}
+    top = top_configurations(study, refs, k)
+    missing = sum((s.name, run) not in claimed for s in top for run in range(1, CONFIRM_RUNS + 1))
+    queued = sum(t.state == TrialState.WAITING for t in trials)
+    return missing + (k - len(top)) * CONFIRM_RUNS + queued

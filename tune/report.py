@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from gptcore.config import from_name, to_dict
 from gptcore.files import atomic_dir, atomic_write, atomic_write_text
 from tune import health
 from tune.budget import Budget, schedule_fields
+from tune.dispatch import CONFIRM_RUNS, confirm_label, source_name
 from tune.outcomes import COUNTED_STATUSES, STATUSES
 from tune.space import PARAMS, Space, preset_params
-from tune.storage import load_references
+from tune.storage import load_confirms, load_references
 
-COLUMNS = ["number", "reference", "status", "state", "retry_of", "warm_start", *PARAMS, "rung", "rungs",
-           "rung_loss", "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
+COLUMNS = ["number", "reference", "status", "state", "retry_of", "warm_start",
+           "confirm_of", "confirm_run", "confirm_seed", *PARAMS, "rung", "rungs", "rung_loss",
+           "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
            "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
            "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu",
            "device", "host", "tuner_pid", "worker", "threads", "cpu_share", "others_cores", "load_1m",
@@ -32,14 +35,22 @@ COLUMNS = ["number", "reference", "status", "state", "retry_of", "warm_start", *
 PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
 
 
+# What a confirmation run's row says it repeats when its tuner died before recording it.
+UNRECORDED = "(unrecorded)"
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, the references first (from the trials' user attributes), plus the loss at every rung."""
-    refs = load_references(study)
-    frames = [_frame(refs, reference=True)] if refs is not None else []
-    frames.append(_frame(study, reference=False))
+    """One row per trial, the references first, then the searched trials, then the confirmation runs (from the
+    trials' user attributes), plus the loss at every rung."""
+    refs, confirms = load_references(study), load_confirms(study)
+    frames = [_frame(refs, "reference")] if refs is not None else []
+    frames.append(_frame(study, "search"))
+    if confirms is not None:
+        frames.append(_frame(confirms, "confirm"))
     df = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
     # Peak memory that matters for the device: CUDA max allocated, else the trial process's peak RSS.
     df["peak_memory_bytes"] = df["peak_allocated_bytes"].fillna(df["peak_rss_bytes"])
+    _fill_from_source(df)
     return df
 
 
@@ -56,19 +67,29 @@ def status_of(trial: optuna.trial.FrozenTrial) -> str:
     return status or trial.state.name.lower()
 
 
-def _frame(study: optuna.Study, reference: bool) -> pd.DataFrame:
+def _frame(study: optuna.Study, kind: str) -> pd.DataFrame:
+    """The rows of one study; `kind`: search, reference or confirm (numbers only mean something in the search)."""
+    search = kind == "search"
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         history = t.system_attrs.get("retry_history") or []
         # The parameters come from the trial itself (drawn before it ran): every row shows them, whatever the
         # trial's end, even when its tuner was killed before it recorded anything; a queued warm start, the
         # values it was enqueued with.
         drawn = t.params or t.system_attrs.get("fixed_params") or {}
-        row = {"number": None if reference else t.number, **Space.decode(drawn), **t.user_attrs,
+        row = {"number": t.number if search else None, **Space.decode(drawn), **t.user_attrs,
                "state": t.state.name,
-               "status": status_of(t), "retry_of": history[-1] if history and not reference else None}
-        if reference and t.user_attrs.get("reference"):
+               "status": status_of(t), "retry_of": history[-1] if history and search else None}
+        if kind == "reference" and t.user_attrs.get("reference"):
             row.update({k: v for k, v in preset_params(t.user_attrs["reference"]).items() if pd.isna(row.get(k))})
+        if kind == "confirm" and not t.user_attrs.get("confirm_of"):
+            # A queued retry records what it repeats only once claimed: until then it is the run it retries.
+            failed = by_number.get(history[-1]) if history else None
+            attrs = failed.user_attrs if failed is not None else {}
+            row.update({k: attrs.get(k) for k in ("confirm_of", "confirm_run", "confirm_seed")})
+            row["confirm_of"] = row["confirm_of"] or UNRECORDED
         if t.state == TrialState.FAIL and not t.user_attrs.get("error"):
             row["error"] = "its tuner stopped beating (killed or cut off): failed as stale"
         for k, (_, value) in enumerate(sorted(t.intermediate_values.items()), start=1):
@@ -77,8 +98,22 @@ def _frame(study: optuna.Study, reference: bool) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     extra = sorted((c for c in df.columns if c.startswith("loss_rung_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     df = df.reindex(columns=[*COLUMNS, *extra])
-    df["retry_of"] = pd.to_numeric(df["retry_of"], errors="coerce").astype("Int64")  # a trial number, or empty
+    for col in ("retry_of", "confirm_run", "confirm_seed"):  # whole numbers, or empty
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     return df
+
+
+def _fill_from_source(df: pd.DataFrame) -> None:
+    """A confirmation run's row shows its configuration's six values even when its tuner died before recording
+    them: they are those of the run it repeats."""
+    runs = df["confirm_of"].notna()
+    if not runs.any():
+        return
+    tried = df[~runs]
+    lookup = tried[list(PARAMS)].set_axis([source_of(r) for _, r in tried.iterrows()])
+    lookup = lookup[~lookup.index.duplicated(keep="last")]
+    for p in PARAMS:
+        df.loc[runs, p] = df.loc[runs, p].fillna(df.loc[runs, "confirm_of"].map(lookup[p]))
 
 
 def _mib(series: pd.Series) -> pd.Series:
@@ -120,9 +155,30 @@ def reference_of(row: pd.Series) -> str | None:
 
 
 def label(row: pd.Series) -> str:
-    """'12' for a searched trial, 'ref baby' for a reference preset."""
+    """'12' for a searched trial, 'ref baby' for a reference preset, 'confirm trial 12 #1' for a confirmation run."""
+    confirm_of = row.get("confirm_of")
+    if isinstance(confirm_of, str) and confirm_of:
+        run = row.get("confirm_run")
+        return confirm_label(confirm_of, int(run) if pd.notna(run) else None)
     ref = reference_of(row)
     return f"ref {ref}" if ref else str(int(row["number"]))
+
+
+def source_of(row: pd.Series) -> str:
+    """The configuration a row trained, named as a confirmation run's `confirm_of` names it ('trial 12',
+    'ref baby'): a run's own for an original, the one it repeats for a confirmation run."""
+    confirm_of = row.get("confirm_of")
+    if isinstance(confirm_of, str) and confirm_of:
+        return confirm_of
+    ref = reference_of(row)
+    if ref is None and pd.isna(row.get("number")):
+        return UNRECORDED  # a reference trial whose tuner died before it recorded its preset
+    return source_name(None if ref else int(row["number"]), ref)
+
+
+def originals(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the study and its references: one per configuration tried (not the confirmation runs)."""
+    return df[df["confirm_of"].isna()]
 
 
 def _flags(df: pd.DataFrame) -> pd.Series:
@@ -133,12 +189,131 @@ def _flags(df: pd.DataFrame) -> pd.Series:
                       for c, b in zip(contended, short)], index=df.index, dtype=object)
 
 
+def objective_key(objective: str) -> tuple[str, bool]:
+    """The column a study's objective is judged on, and whether lower is better."""
+    return ("val_loss", True) if objective == "loss" else ("tokens_per_s", False)
+
+
 def best_row(df: pd.DataFrame, objective: str) -> pd.Series | None:
-    """The best configuration that trained to the target: a searched trial or a reference preset."""
-    ok = df[df["status"] == "ok"]
+    """The best single run that trained to the target: a searched trial or a reference preset (confirmation runs
+    are judged with their configuration, by choose_winner)."""
+    key, lower = objective_key(objective)
+    ok = originals(df)
+    ok = ok[ok["status"] == "ok"]
     if ok.empty:
         return None
-    return ok.loc[ok["val_loss"].idxmin()] if objective == "loss" else ok.loc[ok["tokens_per_s"].idxmax()]
+    return ok.loc[ok[key].idxmin()] if lower else ok.loc[ok[key].idxmax()]
+
+
+@dataclass
+class Winner:
+    """The configuration best.json, best-model/ and summary.md name, and how it was chosen."""
+
+    row: pd.Series  # its original run: the configuration, its figures, its checkpoint (best-model/)
+    single: pd.Series  # the best single run: the winner had nothing been confirmed
+    table: pd.DataFrame  # confirmation_table: one line per confirmed configuration (empty: none)
+    line: pd.Series | None  # the winner's line of the table when its mean chose it; None: chosen by one run
+
+
+def confirmation_table(df: pd.DataFrame, objective: str, runs: int = CONFIRM_RUNS) -> pd.DataFrame:
+    """One line per confirmed configuration, those that may win first, best mean first: its runs (the original and
+    its `runs` confirmation runs), how many trained to the target, the objective's mean, sd, min and max over those,
+    and its state: complete (every run trained to the target: it may win), failed (a run did not: it cannot win on
+    the runs that happened to succeed) or pending (runs still to come)."""
+    key, lower = objective_key(objective)
+    repeats = df[df["confirm_of"].notna()]
+    if repeats.empty:
+        return pd.DataFrame()
+    ok = originals(df)
+    ok = ok[ok["status"] == "ok"]
+    by_name = {source_of(r): r for _, r in ok.iterrows()}
+    rows = []
+    for name, group in repeats.groupby("confirm_of", sort=False):
+        original = by_name.get(name)
+        if original is None:  # its tuner died before recording what it repeats, or the original is gone
+            continue
+        outcomes = {r: _run_outcome(group[group["confirm_run"] == r]) for r in range(1, runs + 1)}
+        done = {r: o for r, o in outcomes.items() if o is not None and o["status"] not in ("running", "queued")}
+        good = [o for o in done.values() if o["status"] == "ok"]
+        failed = [f"#{r} {o['status']}" for r, o in done.items() if o["status"] != "ok"]
+        values = pd.Series([original[key], *(o[key] for o in good)], dtype=float)
+        rows.append({
+            "configuration": name, "row": original.name, "runs": 1 + runs, "n": len(values),
+            "mean": values.mean(), "sd": values.std(ddof=1), "min": values.min(), "max": values.max(),
+            "state": "failed" if failed else "complete" if len(done) == runs else "pending",
+            "failed": ", ".join(failed), "pending": runs - len(done),
+            "seeds": [int(o["confirm_seed"]) for o in good if pd.notna(o["confirm_seed"])],
+        })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["_last"] = table["state"] != "complete"
+    return table.sort_values(["_last", "mean"], ascending=[True, lower]).drop(columns="_last")
+
+
+def _run_outcome(attempts: pd.DataFrame) -> pd.Series | None:
+    """One confirmation run over its attempts: the attempt that counted (a retry that ran), else the latest."""
+    if attempts.empty:
+        return None
+    counted = attempts[attempts["status"].isin(COUNTED_STATUSES)]
+    return (counted if not counted.empty else attempts).iloc[-1]
+
+
+def choose_winner(df: pd.DataFrame, settings: dict[str, Any]) -> Winner | None:
+    """THE winner: the best mean over each confirmed configuration's runs, among those whose every run trained to
+    the target; the best single run when nothing is confirmed (or no confirmation completed). None: no run yet."""
+    objective = settings.get("objective", "loss")
+    single = best_row(df, objective)
+    if single is None:
+        return None
+    table = confirmation_table(df, objective, settings.get("confirm_runs", CONFIRM_RUNS))
+    complete = table[table["state"] == "complete"] if not table.empty else table
+    if complete.empty:
+        return Winner(single, single, table, None)
+    line = complete.iloc[0]
+    return Winner(df.loc[line["row"]], single, table, line)
+
+
+def within_noise(winner: Winner) -> pd.DataFrame:
+    """The other confirmed configurations whose range of values (min..max over their runs) overlaps the winner's:
+    the differences between them and the winner are not to be trusted."""
+    line = winner.line
+    if line is None:
+        return pd.DataFrame()
+    t = winner.table
+    others = t[(t["state"] == "complete") & (t["configuration"] != line["configuration"])]
+    return others[(others["min"] <= line["max"]) & (others["max"] >= line["min"])]
+
+
+def trial_of(row: pd.Series) -> int | str:
+    """A run's trial as best.json names it: its number, or 'reference preset NAME'."""
+    ref = reference_of(row)
+    return f"reference preset {ref}" if ref else int(row["number"])
+
+
+def _number(value: Any) -> float | None:
+    """A figure for JSON: None where it is missing (JSON has no NaN)."""
+    return None if pd.isna(value) else float(value)
+
+
+def confirmation_provenance(winner: Winner, seed: int | None) -> dict[str, Any]:
+    """best.json's account of the confirmation: the winner's mean and spread over its runs, the single-run winner,
+    and the configurations within noise of it."""
+    out: dict[str, Any] = {"single_run_winner": trial_of(winner.single),
+                           "differs_from_single_run_winner": bool(winner.row.name != winner.single.name)}
+    line = winner.line
+    if line is None:
+        out["note"] = ("no confirmed configuration has trained to the target in every run: chosen by its single "
+                       "run, unconfirmed")
+        return out
+    out.update({
+        "rule": "the best mean over each confirmed configuration's runs (its original run and its confirmation "
+                "runs with fresh seeds, each to the full target); a configuration with a failed run cannot win",
+        "mean": _number(line["mean"]), "sd": _number(line["sd"]), "min": _number(line["min"]),
+        "max": _number(line["max"]), "n_runs": int(line["n"]), "seeds": [seed, *line["seeds"]],
+        "within_noise_of": list(within_noise(winner)["configuration"]),
+    })
+    return out
 
 
 def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None) -> dict[str, Any]:
@@ -170,11 +345,8 @@ def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None
 def provenance(row: pd.Series, study: optuna.Study) -> dict[str, Any]:
     """Where best.json comes from and what it does: study, trial, its loss at the target, device, versions."""
     settings, env = study.user_attrs.get("settings", {}), study.user_attrs.get("environment", {})
-    ref = reference_of(row)
     return {
-        "study": study.study_name,
-        "trial": f"reference preset {ref}" if ref else int(row["number"]),
-        "val_loss_at_target": None if pd.isna(row["val_loss"]) else float(row["val_loss"]),
+        "study": study.study_name, "trial": trial_of(row), "val_loss_at_target": _number(row["val_loss"]),
         "target_budget": settings.get("budget"), "schedule": settings.get("schedule"),
         "device": env.get("device_name"), "torch": env.get("torch"), "optuna": optuna.__version__,
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -224,7 +396,7 @@ def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str:
-    """summary.md: environment, budget, counts, best, top 10, OOM frontier, search space."""
+    """summary.md: environment, budget, counts, best, confirmation, top 10, OOM frontier, search space."""
     env = study.user_attrs.get("environment", {})
     settings = study.user_attrs.get("settings", {})
     objective = settings.get("objective", "loss")
@@ -246,7 +418,8 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
               f"- precision {settings.get('dtype')}, sampler {settings.get('sampler')}, "
               f"memory limit {f'{limit / 2**20:,.0f} MiB' if limit else 'none (the whole device)'}",
               f"- corpus {settings.get('corpus')}", ""]
-    search = df[df["reference"].isna()]
+    runs = originals(df)
+    search = runs[runs["reference"].isna()]
     counts = search["status"].value_counts().reindex(STATUSES, fill_value=0)
     counted = int(search["status"].isin(COUNTED_STATUSES).sum())
     retries = int(search["retry_of"].notna().sum())
@@ -257,15 +430,18 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
               f"{'y' if retries == 1 else 'ies'} so far).", "",
               counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
     lines += rung_section(search, len(rungs))
-    lines += verdict_section(df, objective, folder)
+    winner = choose_winner(df, settings)
+    lines += verdict_section(winner, df, objective, folder)
+    lines += confirmation_section(winner, objective)
     lines += measurement_section(study, df)
-    lines += warm_start_section(study, df, objective)
-    ok = df[df["status"] == "ok"]
+    lines += warm_start_section(study, runs, objective)
+    ok = runs[runs["status"] == "ok"]
     if not ok.empty:
         top = ok.sort_values("val_loss" if objective == "loss" else "tokens_per_s", ascending=objective == "loss")
-        lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references.",
+        lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references "
+                  "(one run each: the confirmation runs are in their own section).",
                   "", readable(top.head(10)).to_markdown(index=False), ""]
-    frontier = oom_frontier(df)
+    frontier = oom_frontier(runs)
     if not frontier.empty:
         lines += ["## Out-of-memory frontier", "", "Per model size, the largest batch x block that trained and the "
                   "smallest that ran out of memory.", "", frontier.to_markdown(index=False), ""]
@@ -276,32 +452,101 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
     return "\n".join(lines)
 
 
-def verdict_section(df: pd.DataFrame, objective: str, folder: Path) -> list[str]:
-    """The winner at the target, and by how much it beats each reference preset (or that it does not)."""
-    best = best_row(df, objective)
-    if best is None:
+def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, folder: Path) -> list[str]:
+    """The winner at the target, and by how much it beats each reference preset (or that it does not): by their
+    means over their runs where their confirmation completed, else by their single runs."""
+    if winner is None:
         return ["## Verdict", "", "No configuration trained to the target yet.", ""]
-    key, lower = ("val_loss", True) if objective == "loss" else ("tokens_per_s", False)
+    best = winner.row
+    key, lower = objective_key(objective)
     name = f"the `{reference_of(best)}` preset (a reference)" if reference_of(best) else f"trial {int(best['number'])}"
-    lines = ["## Verdict", "", f"Best at the target: **{name}**, {key} {best[key]:.4g}.", ""]
-    for _, ref in df[df["reference"].notna()].iterrows():
+    score, what = _figure(winner, best, key)
+    over = f" over {int(winner.line['n'])} runs (see Confirmation)" if winner.line is not None else ""
+    lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {score:.4g}{over}.", ""]
+    tried = originals(df)
+    for _, ref in tried[tried["reference"].notna()].iterrows():
         if ref["status"] != "ok":
             lines.append(f"- reference `{ref['reference']}`: {ref['status']} ({ref['error'] or 'no value'})")
             continue
-        gain = (ref[key] - best[key]) if lower else (best[key] - ref[key])
+        value, its = _figure(winner, ref, key)
+        gain = (value - score) if lower else (score - value)
         if ref["reference"] == best["reference"]:
-            lines.append(f"- reference `{ref['reference']}` ({key} {ref[key]:.4g}) is the winner: no searched "
+            lines.append(f"- reference `{ref['reference']}` ({its} {value:.4g}) is the winner: no searched "
                          f"configuration beat it at this budget")
         else:
-            lines.append(f"- beats reference `{ref['reference']}` ({key} {ref[key]:.4g}) by {gain:.4g} "
-                         f"({gain / abs(ref[key]):.1%})" if gain > 0 else
-                         f"- does not beat reference `{ref['reference']}` ({key} {ref[key]:.4g})")
+            lines.append(f"- beats reference `{ref['reference']}` ({its} {value:.4g}) by {gain:.4g} "
+                         f"({gain / abs(value):.1%})" if gain > 0 else
+                         f"- does not beat reference `{ref['reference']}` ({its} {value:.4g})")
     lines += ["", readable(best.to_frame().T).to_markdown(index=False), "",
               f"Train it from scratch, the same way and for the same budget: "
               f"`python -m gptcore train --config {folder / 'best.json'}`.",
               f"Or use the model it trained in the study: `python -m gptcore sample --checkpoint "
               f"{folder / 'best-model'}` (continue it with `train --out {folder / 'best-model'} --resume`).", ""]
     return lines
+
+
+def _figure(winner: Winner, row: pd.Series, key: str) -> tuple[float, str]:
+    """What the verdict compares for a configuration, and its name: its mean where its confirmation completed,
+    else its single run's figure."""
+    t = winner.table
+    if not t.empty:
+        hit = t[(t["configuration"] == source_of(row)) & (t["state"] == "complete")]
+        if not hit.empty:
+            return float(hit.iloc[0]["mean"]), f"mean {key}"
+    return float(row[key]), key
+
+
+def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
+    """The confirmed configurations (runs, mean ± sd, min..max), whether the mean changed the winner, and whether
+    the top configurations are within noise of each other."""
+    if winner is None or winner.table.empty:
+        return []
+    key, _ = objective_key(objective)
+    t = winner.table
+    extra = int(t["runs"].max()) - 1
+    lines = ["## Confirmation", "",
+             f"The best configurations that trained to the target were trained {extra} more time(s) each with fresh "
+             f"seeds, to the full target and never pruned. A configuration's figure is its mean {key} over its runs "
+             f"(the original run and the confirmation runs); one with a run that did not train to the target "
+             f"(an error, divergence, out of memory, a timeout) cannot win on the runs that happened to succeed.", "",
+             f"| configuration | runs that trained to the target | mean ± sd of {key} | min..max | |",
+             "| --- | --- | --- | --- | --- |"]
+    for _, r in t.iterrows():
+        runs = f"{int(r['n'])} of {int(r['runs'])}" + (f" ({r['failed']})" if r["failed"] else "")
+        runs += f", {int(r['pending'])} pending" if r["pending"] else ""
+        sd = f" ± {r['sd']:.2g}" if pd.notna(r["sd"]) else ""
+        note = ("**winner**" if winner.line is not None and r["configuration"] == winner.line["configuration"]
+                else "cannot win: a run failed" if r["state"] == "failed"
+                else "not judged yet" if r["state"] == "pending" else "")
+        lines.append(f"| {r['configuration']} | {runs} | {r['mean']:.4g}{sd} | {r['min']:.4g}..{r['max']:.4g} | "
+                     f"{note} |")
+    lines.append("")
+    single, single_name = winner.single, source_of(winner.single)
+    if winner.line is None:
+        lines.append(f"No confirmed configuration has trained to the target in every run yet: the winner is the "
+                     f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run), unconfirmed.")
+        return [*lines, ""]
+    line = winner.line
+    if winner.row.name == single.name:
+        lines.append(f"The confirmed winner is also the single-run winner: **{line['configuration']}**.")
+    else:
+        lines.append(f"The confirmed winner, **{line['configuration']}** (mean {line['mean']:.4g}), is not the "
+                     f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run): that run was partly "
+                     f"luck.")
+    noise = within_noise(winner)
+    if not noise.empty:
+        others = ", ".join(f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g})" for _, r in noise.iterrows())
+        lines.append(f"The winner's range over its runs ({line['min']:.4g}..{line['max']:.4g}) overlaps that of "
+                     f"{others}: the top configurations are within noise of each other at this budget, and the "
+                     f"differences between their means are not to be trusted. Choose among them on other grounds "
+                     f"(speed, memory), or confirm with more runs.")
+    else:
+        rest = t[(t["state"] == "complete") & (t["configuration"] != line["configuration"])]
+        if not rest.empty:
+            r = rest.iloc[0]
+            lines.append(f"The winner's range ({line['min']:.4g}..{line['max']:.4g}) does not overlap the runner-up's, "
+                         f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g}): its lead held in every run.")
+    return [*lines, ""]
 
 
 def rung_section(search: pd.DataFrame, n_rungs: int) -> list[str]:
@@ -481,17 +726,20 @@ def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd
     df = trials_frame(study)
     atomic_write(folder / "trials.csv", lambda tmp: df.drop(columns="peak_memory_bytes").to_csv(tmp, index=False))
     settings = study.user_attrs.get("settings", {})
-    best = best_row(df, settings.get("objective", "loss"))
+    winner = choose_winner(df, settings)
     notes = []
-    if best is not None:
+    if winner is not None:
         vocab = study.user_attrs.get("vocab_size")
-        cfg = {**best_config(best, settings, vocab), "provenance": provenance(best, study)}
+        origin = provenance(winner.row, study)
+        if not winner.table.empty:
+            origin["confirmation"] = confirmation_provenance(winner, settings.get("seed"))
+        cfg = {**best_config(winner.row, settings, vocab), "provenance": origin}
         atomic_write_text(folder / "best.json", json.dumps(cfg, indent=1) + "\n")
-        note = keep_best_model(best, folder)
+        note = keep_best_model(winner.row, folder)  # the original run's model: confirmation runs keep none
         notes += [note] if note else []
     text = summary_markdown(study, df, folder)
     if plots:
-        notes += write_plots(study, df, folder)
+        notes += write_plots(study, originals(df), folder)  # one point per configuration tried
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     atomic_write_text(folder / "summary.md", text)

@@ -28,7 +28,7 @@ from tune.budget import (
     parse_budget,
     schedule_fields,
 )
-from tune.dispatch import fail_orphans, requeue
+from tune.dispatch import CONFIRM_RUNS, fail_orphans, requeue
 from tune.runner import TrialRunner
 from tune.slots import Slot, plan_slots
 from tune.space import Space, load_space
@@ -36,6 +36,7 @@ from tune.storage import (
     StorageSpec,
     check_fingerprint,
     check_sqlite_file,
+    confirm_study_name,
     hold_sqlite,
     make_storage,
     open_study,
@@ -52,6 +53,9 @@ BUSY_AT_START_CORES = 0.5
 REFERENCES = {"cpu": ("course-default", "baby"), "mps": ("course-default", "baby"),
               "cuda": ("course-default", "baby", "gpu")}
 STEP_BUDGET_TIMEOUT_S = 3600.0  # hard timeout of a trial with a step budget (time unknown in advance)
+# --confirm: the best this many configurations train CONFIRM_RUNS more times with fresh seeds once the study is
+# done, and the winner is the best mean. The lead sets the final value from measurements.
+DEFAULT_CONFIRM = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class TuneSettings:
     references: tuple[str, ...] | None = None  # presets run beside the search; None: REFERENCES for the device
     save_models: bool = True  # trials that reach the target keep their checkpoint
     warm_start: str | None = None  # an earlier study (folder, trials.csv or name) whose best configurations go first
+    confirm: int = DEFAULT_CONFIRM  # the best K configurations re-run with fresh seeds at the end; 0: none
     seed: int = 0
     dtype: str = "auto"
     trial_timeout: float | None = None
@@ -138,6 +143,7 @@ class Session:
     presets: tuple[str, ...]  # the reference presets of this study
     lock: Any  # tune.storage.study_lock: one decision at a time across every tuner on this study
     hold: Any = None  # the SQLite file's one-tuner hold, kept while the study runs
+    confirms: optuna.Study | None = None  # the confirmation runs (--confirm), None when off
 
     def close(self) -> None:
         """Let go of the SQLite hold and the lock's file or connection (the process's exit does the same)."""
@@ -222,6 +228,8 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
     if settings.trials < 1:
         raise UserError(f"--trials must be at least 1, got {settings.trials}")
+    if settings.confirm < 0:
+        raise UserError(f"--confirm must be 0 (off) or more, got {settings.confirm}")
     if settings.schedule not in SCHEDULES:
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.schedule!r}")
     data_dir = ensure_prepared(settings.data, progress=settings.progress)
@@ -267,6 +275,10 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         if references:
             refs = open_study(reference_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
                               optuna.pruners.NopPruner(), display=spec.display)
+        confirms = None
+        if settings.confirm:  # never pruned, and kept from the sampler: they say nothing new about the space
+            confirms = open_study(confirm_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
+                                  optuna.pruners.NopPruner(), display=spec.display)
         lock = study_lock(spec, storage, name)
         warmstart.enqueue(study, warm, lock)  # once per study, under the lock: its first trials
     except BaseException:
@@ -278,7 +290,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     (results_dir / "logs").mkdir(exist_ok=True)
     with lock:
         if hold is not None:  # this tuner holds the SQLite file alone: whatever is RUNNING was orphaned
-            for s in (study, refs):
+            for s in (study, refs, confirms):
                 if s is not None:
                     fail_orphans(s)
         n_trials = len(study.get_trials(deepcopy=False))
@@ -295,13 +307,14 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         "memory_limit_bytes": settings.memory_limit, "space": space.to_dict(), "eval_iters": settings.eval_iters,
         "eval_batch_size": settings.eval_batch_size, "corpus": str(settings.data), "seed": settings.seed,
         "sampler": settings.sampler, "trials": settings.trials,
+        "confirm": settings.confirm, "confirm_runs": CONFIRM_RUNS,
     })
     return Session(settings, study, refs, space, env, meta, data_dir, results_dir, dtype, spec, budget, plan,
-                   slots, references, lock, hold)
+                   slots, references, lock, hold, confirms)
 
 
-def plan_message(session: Session, remaining: int, references: list[str]) -> str:
-    """What the study will cost, from the rung plan, before it starts."""
+def plan_message(session: Session, remaining: int, references: list[str], confirms: int = 0) -> str:
+    """What the study will cost, from the rung plan, before it starts (`confirms`: confirmation runs to come)."""
     s, plan, budget = session.settings, session.plan, session.budget
     pruning = s.pruner in ("asha", "hyperband") and s.objective == "loss"
     budgets = plan.cost(remaining) if pruning else float(remaining)
@@ -311,13 +324,14 @@ def plan_message(session: Session, remaining: int, references: list[str]) -> str
     lines = [f"target: {budget} of training per configuration" + ("" if s.budget else default),
              f"rungs: {plan.describe(budget)} (reduction factor {plan.eta}, pruner {s.pruner}, "
              f"schedule {s.schedule} to the target)"]
-    total = budgets + len(references)
+    total = budgets + len(references) + confirms
     floor = "at least " if pruning else ""
     cost = f"expected training: {floor}{total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
-    cost += f" + {len(references)} for the references {', '.join(references)})" if references else ")"
+    cost += f" + {len(references)} for the references {', '.join(references)}" if references else ""
+    cost += f" + {confirms} for confirmation runs)" if confirms else ")"
     if budget.seconds:
         # Evaluation, start-up and the warm-up steps add roughly 15 % and a second per trial (measured on a CPU).
-        wall = (total * budget.seconds * 1.15 + remaining + len(references)) / len(session.slots)
+        wall = (total * budget.seconds * 1.15 + remaining + len(references) + confirms) / len(session.slots)
         cost += f", {floor}{format_seconds(wall)} wall-clock"
         if len(session.slots) > 1:
             cost += f" on {len(session.slots)} workers"
@@ -330,6 +344,11 @@ def plan_message(session: Session, remaining: int, references: list[str]) -> str
                      "them promoted, up to about 3x this)")
     lines.append(f"at least {reach:.0f} of the {remaining} trials will train to the full target"
                  if pruning else f"every trial trains to the full target (pruner {s.pruner})")
+    if confirms:
+        lines.append(f"confirmation: once the study is done, its best {s.confirm} configurations (trials or "
+                     f"references) train {CONFIRM_RUNS} more times each to the target, with seeds {s.seed + 1}.."
+                     f"{s.seed + CONFIRM_RUNS}; the winner is the best mean ({confirms} runs to come; --confirm 0: "
+                     f"none)")
     lines.append(workers_message(session))
     return "\n".join(lines)
 

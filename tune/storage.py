@@ -345,10 +345,23 @@ def reference_study_name(name: str) -> str:
     return f"{name}:references"
 
 
+def confirm_study_name(name: str) -> str:
+    """The companion study that holds a study's confirmation runs (its best configurations again, fresh seeds)."""
+    return f"{name}:confirm"
+
+
 def load_references(study: optuna.Study) -> optuna.Study | None:
     """The reference study beside `study` in its storage, or None if it has none."""
+    return _load_companion(study, reference_study_name(study.study_name))
+
+
+def load_confirms(study: optuna.Study) -> optuna.Study | None:
+    """The confirmation study beside `study` in its storage, or None if it has none."""
+    return _load_companion(study, confirm_study_name(study.study_name))
+
+
+def _load_companion(study: optuna.Study, name: str) -> optuna.Study | None:
     storage = study._storage  # Study has no public accessor for its storage object
-    name = reference_study_name(study.study_name)
     if name not in optuna.get_all_study_names(storage=storage):
         return None
     return optuna.load_study(study_name=name, storage=storage)

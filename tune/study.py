@@ -6,6 +6,8 @@ decaying to the target), so a trial judged at a rung is on the path the full run
 trains on. The parent owns the storage and never imports torch; each trial is a child process (tune.runner) that
 owns one worker slot (tune.slots). What runs next is decided under the study lock (tune.dispatch), so any number
 of tuner processes can share a study.
+With --confirm K, the K best configurations then train again with fresh seeds (a third study, never pruned) and
+the report picks the winner by the mean of its runs.
 """
 
 from __future__ import annotations
@@ -146,10 +148,11 @@ def closed_on_failure(trial: optuna.Trial, tuner: Tuner) -> Iterator[None]:
 
 
 def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
-    """Under the study lock: fail stale trials, then a reference still to run, a trial, WAIT or DONE."""
+    """Under the study lock: fail stale trials, then a reference still to run, a trial, a confirmation run (once the
+    study holds its --trials), WAIT or DONE."""
     session = tuner.session
     with session.lock:
-        for study in (session.study, session.references):
+        for study in (session.study, session.references, session.confirms):
             if study is not None:
                 liveness.fail_stale(study)  # queues each one again (the storage's stale callback: requeue)
         claim: Claim | str | None = None
@@ -161,6 +164,9 @@ def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
                 with closed_on_failure(claim.trial, tuner):
                     # Drawn inside the lock: TPE's constant liar sees every trial running anywhere.
                     claim.params = session.space.suggest(claim.trial)
+            elif claim == DONE and session.confirms is not None:
+                claim = dispatch.claim_confirm(session.study, session.references, session.confirms,
+                                               session.settings.confirm, session.settings.seed)
         if isinstance(claim, Claim):
             with closed_on_failure(claim.trial, tuner):
                 tuner.beater.add(claim.trial._trial_id)  # alive from the first instant another tuner could look
@@ -177,19 +183,23 @@ def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, dict[str, 
         label, params = f"ref_{claim.preset}", preset_params(claim.preset)
         model, train = reference_configs(claim.preset, session)
     else:
-        label, params = f"trial_{claim.trial.number:04d}", claim.params
+        number = claim.confirm.source.number if claim.confirm else claim.trial.number
+        label, params = f"trial_{number:04d}", claim.params
         model, train = trial_configs(params, session)
+    if claim.confirm:  # the same configuration, another seed; no model kept (best-model/ is the original run's)
+        label, train = f"confirm_{label}_{claim.confirm.run}", {**train, "seed": claim.confirm.seed}
     folder = session.results_dir
+    keep = session.settings.save_models and claim.confirm is None
     job = {"model": model, "train": train, "data": str(session.data_dir), "device": session.env["device"],
            "memory_limit": session.settings.memory_limit, "log": str(folder / "logs" / f"{label}.log"),
            "eval_at": list(session.plan.fractions[:-1]),
-           "checkpoint": str(folder / "checkpoints" / label) if session.settings.save_models else None,
+           "checkpoint": str(folder / "checkpoints" / label) if keep else None,
            "cores": list(slot.cores), "gpu": slot.gpu}
     return label, job, params
 
 
 def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
-    """Run a claimed trial in `slot`: report at the rungs, prune (never a reference), record, tell."""
+    """Run a claimed trial in `slot`: report at the rungs, prune (a searched trial only), record, tell."""
     session, trial = tuner.session, claim.trial
     s, plan = session.settings, session.plan
     n = len(plan.steps)
@@ -209,7 +219,7 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
         except UpdateFinishedTrialError:  # declared stale by another tuner: stop training for nothing
             lost = True
             return True
-        return claim.preset is None and k < n and trial.should_prune()  # the target itself is never pruned
+        return claim.searched and k < n and trial.should_prune()  # the target itself is never pruned
 
     try:
         with closed_on_failure(trial, tuner):
@@ -218,9 +228,11 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
                 raise TrialLost()
             rung = n if run.status == "ok" else min(len(run.evals), n)
             try:
+                # A confirmation run of a reference is no reference row: it is told apart by its confirm_of.
                 record(trial, run, params, session.env, {
-                    "reference": claim.preset, "rung": rung, "rungs": n, "reached_target": run.status == "ok",
-                    "checkpoint": (run.result or {}).get("checkpoint"), "retry_of": claim.retry_of,
+                    "reference": claim.preset if claim.confirm is None else None, "rung": rung, "rungs": n,
+                    "reached_target": run.status == "ok", "checkpoint": (run.result or {}).get("checkpoint"),
+                    "retry_of": claim.retry_of,
                 })
             except UpdateFinishedTrialError:
                 raise TrialLost() from None
@@ -239,14 +251,19 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
                   f"this tuner frozen or cut off?) and queued it again; this run's result is dropped")
         return
     counted = STATE_OF[run.status] != TrialState.FAIL
-    if claim.preset is None and counted:
+    if claim.searched and counted:
         with tuner._books:
             tuner.ran += 1
-    name = f"ref {claim.preset}" if claim.preset else f"trial {trial.number:3d}"
+    if claim.confirm:  # a retry's number in the confirmation study would only confuse
+        c = claim.confirm
+        again = ", a retry" if claim.retry_of is not None else ""
+        name = f"{dispatch.confirm_label(c.source.name, c.run)} (seed {c.seed}{again})"
+    else:
+        name = f"ref {claim.preset}" if claim.preset else f"trial {trial.number:3d}"
+        name += f" (retry of {claim.retry_of})" if claim.retry_of is not None else ""
     where = f" [{slot.describe()}]" if len(session.slots) > 1 else ""
-    retry = f" (retry of {claim.retry_of})" if claim.retry_of is not None else ""
-    tuner.say(describe_run(name + retry + where, run, trial.user_attrs))
-    tuner.book(run, counted)
+    tuner.say(describe_run(name + where, run, trial.user_attrs))
+    tuner.book(run, counted and claim.confirm is None)  # the bar counts the study's trials, not the re-runs
 
 
 def work(tuner: Tuner, slot: Slot) -> None:
@@ -273,7 +290,8 @@ def work(tuner: Tuner, slot: Slot) -> None:
 
 
 def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target: str | None = None) -> StudyOutcome:
-    """Run (or resume) the references and the study until it holds settings.trials counted trials; the results."""
+    """Run (or resume) the references and the study until it holds settings.trials counted trials, then its
+    confirmation runs (settings.confirm); the results."""
     runner = runner or TrialRunner()
     session = open_session(settings, runner)
     try:
@@ -289,13 +307,14 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     counted = dispatch.tally(study)["counted"]
     remaining = max(settings.trials - counted, 0)
     references = dispatch.references_pending(session.references, session.presets)
+    confirms = dispatch.confirm_runs_pending(study, session.references, session.confirms, settings.confirm)
     say = tqdm.write
     say(f"study {study.study_name}: {counted} counted trial(s) so far, running {remaining} more on "
         f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
-    say(plan_message(session, remaining, references))
+    say(plan_message(session, remaining, references, confirms))
     say(f"storage {session.storage.display}\nresults {session.results_dir}\n"
         f"search space:\n{session.space.describe()}")
-    if remaining or references:
+    if remaining or references or confirms:
         study.set_user_attr("busy_cores_at_start", warn_if_busy(say))
     bar = tqdm(total=remaining, unit="trial", desc="tune", disable=not settings.progress)
     beater = Beater(lambda trial_id: liveness.beat(study._storage, trial_id), settings.heartbeat_interval,
@@ -313,6 +332,9 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     if session.references is not None:
         records.update({f"ref {t.user_attrs.get('reference')}": t.user_attrs
                         for t in session.references.get_trials(deepcopy=False)})
+    if session.confirms is not None:
+        records.update({dispatch.confirm_label(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run")):
+                        t.user_attrs for t in session.confirms.get_trials(deepcopy=False)})
     for line in health.study_warnings(records):
         say(f"warning: {line}")
     write_report(study, session.results_dir)
