@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.tuner_table import DEFAULT_TABLE, RecordSettings, check_out, load_table, record
+from benchmarks.tuner_table import DEFAULT_TABLE, RECORDED_TABLE, RecordSettings, check_out, load_table, record
 from gptcore.cliutil import int_range, positive_int
 from gptcore.errors import UserError
 from tune.strategy import PRUNERS, SAMPLERS
@@ -19,15 +19,16 @@ REPLAY_SAMPLERS = (*SAMPLERS, "gp", "tpe-startup10")  # replay-only candidates b
 
 def strategies_flag(text: str) -> tuple:
     """'tpe+asha,random+none,tpe+median:3' -> Strategy tuple (sampler + pruner, optionally :rungs); 'all'."""
-    from benchmarks.tuner_replay import STRATEGIES, Strategy
+    from benchmarks.tuner_replay import GP_STRATEGIES, STRATEGIES, Strategy
 
     if text.strip() == "all":
-        return STRATEGIES
+        return (*STRATEGIES, *GP_STRATEGIES)
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         head, _, rungs = item.partition(":")
         sampler, _, pruner = head.partition("+")
-        if sampler not in REPLAY_SAMPLERS or pruner not in PRUNERS or (rungs and not rungs.isdigit()):
+        if sampler not in REPLAY_SAMPLERS or pruner not in PRUNERS or (rungs and not (rungs.isdigit() and
+                                                                                    int(rungs) >= 1)):
             raise argparse.ArgumentTypeError(
                 f"expected SAMPLER+PRUNER[:RUNGS] items (samplers {', '.join(REPLAY_SAMPLERS)}; pruners "
                 f"{', '.join(PRUNERS)}) or all, got {item!r}")
@@ -53,13 +54,15 @@ def add_tuner_parser(sub: argparse._SubParsersAction, parser_class: type) -> Non
                    help="trials at once, one core each on a CPU (default 2)")
     r.add_argument("--seed", type=int, default=defaults.seed)
     r.add_argument("--data", type=Path, default=defaults.data)
-    r.add_argument("--table", type=Path, default=DEFAULT_TABLE, help=f"the CSV to write (default {DEFAULT_TABLE})")
+    r.add_argument("--table", type=Path, default=RECORDED_TABLE,
+                   help=f"the CSV to write (default {RECORDED_TABLE}; replay it with --table)")
     r.add_argument("--out", type=Path, default=defaults.results, help="where the recording study runs")
 
     p = actions.add_parser("replay", help="replay whole studies per strategy and seed against a recorded table")
     p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
     p.add_argument("--strategies", type=strategies_flag, default=None,
-                   help="SAMPLER+PRUNER[:RUNGS],... or all (default all)")
+                   help="SAMPLER+PRUNER[:RUNGS],... or all (default: every sampler and pruner the tuner offers; "
+                        "all adds gp+none and gp+asha, ~1 h per 100 seeds)")
     p.add_argument("--seeds", type=int_range(1, 10_000), default=30, help="studies per strategy (default 30)")
     p.add_argument("--trials", type=int_range(1, 10_000), default=50, help="trials per study (default 50)")
     p.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -82,17 +85,18 @@ def replay_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from benchmarks.report import write_frame
-    from benchmarks.tuner_replay import STRATEGIES, TODAY, compare, summarise
+    from benchmarks.tuner_replay import TODAY, check_strategies, compare, summarise
     from gptcore.files import atomic_write_text
 
     table = load_table(args.table)
-    strategies = args.strategies or STRATEGIES
+    strategies = args.strategies or default_strategies()
     if TODAY not in strategies:
         strategies = (TODAY, *strategies)  # every ratio is against today's defaults
     if any(s.sampler == "gp" for s in strategies):
         _need("scipy", "the gp sampler")
     if any(s.sampler == "cmaes" for s in strategies):
         _need("cmaes", "the cmaes sampler")
+    check_strategies(table, strategies)
     with tqdm(total=len(strategies) * args.seeds, desc="replay", unit="study", disable=args.no_progress) as bar:
         runs = compare(table, strategies, args.seeds, args.trials, progress=bar)
     summary = summarise(runs)
@@ -107,11 +111,24 @@ def replay_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_strategies() -> tuple:
+    """Every strategy the tuner offers (tune.strategy); cmaes only where its package is installed (said so)."""
+    from benchmarks.tuner_replay import STRATEGIES
+
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        print("note: the cmaes rows are left out (pip install -e '.[replay]' to include them)")
+        return tuple(s for s in STRATEGIES if s.sampler != "cmaes")
+    return STRATEGIES
+
+
 def _need(module: str, what: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise UserError(f"--strategies: {what} needs {module}: pip install {module}") from None
+        raise UserError(f"--strategies: {what} needs {module}: pip install -e '.[replay]' (or leave it out of "
+                        f"--strategies)") from None
 
 
 def replay_markdown(summary: pd.DataFrame, meta: dict, args: argparse.Namespace, best: float) -> str:

@@ -301,7 +301,7 @@ CASES: list[tuple] = [
                       ("memory-limit", "abc"), ("memory-limit", "0"), ("memory-limit", "..."),
                       ("memory-limit", "1e9"), ("memory-limit", "-5GiB"), ("memory-limit", "0.5B"),
                       ("seed", "-1"), ("seed", "4294967296"), ("seed", "1e23"), ("seed", "abc"),
-                      ("objective", "speed"), ("pruner", "sha"), ("sampler", "cmaes"), ("dtype", "float8"),
+                      ("objective", "speed"), ("pruner", "sha"), ("sampler", "bayes"), ("dtype", "float8"),
                       ("batch-size", "3"), ("batch-size", "0"), ("batch-size", "nan"), ("batch-size", "inf"),
                       ("batch-size", "8,4"), ("batch-size", "1,2,4"), ("block-size", "1e300"),
                       ("n-embed", "100"), ("n-head", "128"), ("n-layer", "1.5"), ("learning-rate", "0"),

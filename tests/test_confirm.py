@@ -136,11 +136,17 @@ def test_a_failed_confirmation_run_is_retried_once_and_its_configuration_cannot_
         assert [t.state for t in mine if t.user_attrs["confirm_run"] == 2] == [TrialState.COMPLETE]
     tried, _ = runs_of(trials_frame(out.study))
     single = tried.nsmallest(1, "val_loss").iloc[0]
+    # Both confirmed configurations failed a run: neither may win, so the third trial does, unconfirmed.
+    unfailed = tried[[f"trial {int(n)}" not in sources for n in tried["number"]]]
+    assert len(unfailed) == 1
     prov = json.loads((out.results_dir / "best.json").read_text())["provenance"]
-    assert prov["trial"] == int(single["number"]) and "unconfirmed" in prov["confirmation"]["note"]
+    assert prov["trial"] == int(unfailed.iloc[0]["number"]) and "unconfirmed" in prov["confirmation"]["note"]
+    assert prov["confirmation"]["single_run_winner"] == int(single["number"])
+    assert prov["confirmation"]["differs_from_single_run_winner"] is True
     summary = (out.results_dir / "summary.md").read_text()
     assert summary.count("cannot win: a run failed") == 2 and "2 of 3 (#1 error)" in summary
-    assert "the winner is the single-run winner" in summary
+    assert (f"the winner is the best single run of a configuration that did not fail one, trial "
+            f"{int(unfailed.iloc[0]['number'])}") in summary and "failed a confirmation run" in summary
 
 
 def test_confirm_0_runs_none(tmp_path, capsys):

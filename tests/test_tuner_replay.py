@@ -83,6 +83,21 @@ def test_a_diverged_configuration_never_counts_as_reaching_the_target(tmp_path):
     assert r.best[-1] >= table.best - 1e-12
 
 
+def test_fewer_trials_than_the_checkpoints_reads_regret_at_the_last_trial(tmp_path):
+    table = load_table(synthetic_table(tmp_path))
+    runs = compare(table, (TODAY,), seeds=2, trials=5)
+    assert [c for c in runs.columns if c.startswith("regret_") and c[7:].isdigit()] == ["regret_5"]
+    assert "vs today@5" in summarise(runs.drop(columns="curve")).columns
+
+
+def test_hyperband_replays_the_same_study_twice():
+    # Hyperband's brackets hash the study name: the replay names its studies, so a seed replays identically.
+    table_path = DEFAULT_TABLE
+    table = load_table(table_path)
+    a, b = (replay(table, Strategy("tpe", "hyperband", 3), seed=4, trials=30) for _ in range(2))
+    assert np.array_equal(a.clock, b.clock) and np.array_equal(a.best, b.best)
+
+
 def test_the_replay_runs_the_tuners_own_defaults():
     assert (DEFAULT.sampler, DEFAULT.pruner) == (DEFAULT_SAMPLER, DEFAULT_PRUNER)
     assert TODAY.name == "tpe-startup10 + asha"
@@ -136,9 +151,15 @@ def test_replay_command_writes_its_table_summary_and_plot(tmp_path, capsys):
     (["--strategies", "bayes+asha"], "argument --strategies: expected SAMPLER+PRUNER"),
     (["--seeds", "0"], "argument --seeds"),
     (["--table", "missing.csv"], "--table missing.csv: missing.csv does not exist"),
+    (["--strategies", "tpe+asha:4"], "--strategies tpe + asha (4 rungs): a rung at 0.037 of the target, but the "
+                                     "table recorded rungs at 0.111, 0.333, 1 only"),
+    (["--strategies", "tpe+asha:0"], "argument --strategies: expected SAMPLER+PRUNER"),
 ])
 def test_bad_replay_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys, monkeypatch):
+    table = synthetic_table(tmp_path)
     monkeypatch.chdir(tmp_path)
+    if "--table" not in argv:
+        argv = [*argv, "--table", str(table)]
     with pytest.raises(SystemExit) as info:
         run(main, ["tuner", "replay", "--out", str(tmp_path / "o"), *argv], prog="python -m benchmarks")
     err = capsys.readouterr().err

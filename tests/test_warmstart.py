@@ -110,6 +110,14 @@ def test_the_best_distinct_finished_configurations_ranked_by_the_sources_objecti
     assert [c.values for c in warm.over] == [E]
 
 
+def test_a_confirmation_run_is_never_a_candidate_whatever_its_lucky_seed(tmp_path):
+    rows = [row(2, "ok", B, 1.95), row(4, "ok", C, 1.97),
+            {**row(None, "ok", B, 1.90), "confirm_of": "trial 2"}, {**row(None, "ok", D, 1.80), "confirm_of": "x"}]
+    src = source_folder(tmp_path / "old", rows)
+    warm = prepare(tmp_path, trials=5, warm_start=str(src))
+    assert [(c.label, c.figure) for c in warm.chosen] == [(f"{src} trial 2", 1.95), (f"{src} trial 4", 1.97)]
+
+
 def test_enqueued_once_claimed_first_with_exactly_its_values(tmp_path):
     src = source_folder(tmp_path / "old", [row(0, "ok", A, 2.0), row(1, "ok", B, 1.5)])
     warm = prepare(tmp_path, trials=5, warm_start=str(src))

@@ -85,8 +85,8 @@ def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     # What the trial is: a reference preset, or a warm start (its source trial); the retry is the same thing.
     kept = {key: failed.user_attrs[key] for key in ("reference", "warm_start") if failed.user_attrs.get(key)}
     system_attrs = {"failed_trial": history[0], "retry_history": history}
-    if not failed.params and "fixed_params" in failed.system_attrs:
-        system_attrs["fixed_params"] = failed.system_attrs["fixed_params"]  # an enqueued trial that died undrawn
+    if "fixed_params" in failed.system_attrs:  # an enqueued trial that died before (or while) drawing its values
+        system_attrs["fixed_params"] = failed.system_attrs["fixed_params"]
     distributions: dict[str, BaseDistribution] = failed.distributions
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=failed.params, distributions=distributions, user_attrs=kept,

@@ -269,7 +269,12 @@ def choose_winner(df: pd.DataFrame, settings: dict[str, Any]) -> Winner | None:
     table = confirmation_table(df, objective, settings.get("confirm_runs", CONFIRM_RUNS))
     complete = table[table["state"] == "complete"] if not table.empty else table
     if complete.empty:
-        return Winner(single, single, table, None)
+        # No confirmation complete: the best single run, but never one of a configuration whose confirmation failed.
+        failed = set(table.loc[table["state"] == "failed", "configuration"]) if not table.empty else set()
+        kept = originals(df)
+        kept = kept[[source_of(r) not in failed for _, r in kept.iterrows()]]
+        row = best_row(kept, objective)
+        return Winner(row, single, table, None) if row is not None else None
     line = complete.iloc[0]
     return Winner(df.loc[line["row"]], single, table, line)
 
@@ -304,7 +309,8 @@ def confirmation_provenance(winner: Winner, seed: int | None) -> dict[str, Any]:
     line = winner.line
     if line is None:
         out["note"] = ("no confirmed configuration has trained to the target in every run: chosen by its single "
-                       "run, unconfirmed")
+                       "run, unconfirmed" + ("; the single-run winner failed a confirmation run"
+                                             if out["differs_from_single_run_winner"] else ""))
         return out
     out.update({
         "rule": "the best mean over each confirmed configuration's runs (its original run and its confirmation "
@@ -523,8 +529,15 @@ def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
     lines.append("")
     single, single_name = winner.single, source_of(winner.single)
     if winner.line is None:
-        lines.append(f"No confirmed configuration has trained to the target in every run yet: the winner is the "
-                     f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run), unconfirmed.")
+        row = winner.row
+        if row.name == single.name:
+            lines.append(f"No confirmed configuration has trained to the target in every run yet: the winner is the "
+                         f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run), unconfirmed.")
+        else:
+            lines.append(f"No confirmed configuration has trained to the target in every run: the winner is the best "
+                         f"single run of a configuration that did not fail one, {source_of(row)} ({key} "
+                         f"{row[key]:.4g}), unconfirmed; the single-run winner, {single_name}, failed a "
+                         f"confirmation run.")
         return [*lines, ""]
     line = winner.line
     if winner.row.name == single.name:

@@ -55,7 +55,10 @@ REFERENCES = {"cpu": ("course-default", "baby"), "mps": ("course-default", "baby
 STEP_BUDGET_TIMEOUT_S = 3600.0  # hard timeout of a trial with a step budget (time unknown in advance)
 # --confirm: the best this many configurations train CONFIRM_RUNS more times with fresh seeds once the study is
 # done, and the winner is the best mean. The lead sets the final value from measurements.
-DEFAULT_CONFIRM = 3
+# Measured on 9 real 20-trial studies (12 s target, 2-core CPU): the confirmed winner differed from the single-run
+# winner in 1 of 9 with K = 2 and in the same 1 of 9 with K = 3 (and never can with K = 1); the top configurations
+# were within noise of each other in 6 of 9 (run-to-run sd 0.030 median). K = 2 buys that for 4 target budgets.
+DEFAULT_CONFIRM = 2
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         raise UserError(f"--confirm must be 0 (off) or more, got {settings.confirm}")
     if settings.schedule not in SCHEDULES:
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.schedule!r}")
+    make_sampler(settings.sampler, settings.seed)  # an unknown name or a missing package, before anything is created
     data_dir = ensure_prepared(settings.data, progress=settings.progress)
     meta = read_meta(data_dir)
     env = runner.probe(settings.device)

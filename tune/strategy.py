@@ -43,7 +43,7 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         try:
             import cmaes  # noqa: F401  (Optuna's CmaEsSampler needs it; a one-line message beats its ImportError)
         except ImportError:
-            raise UserError("--sampler cmaes needs the cmaes package: pip install cmaes") from None
+            raise UserError("--sampler cmaes needs the cmaes package: pip install -e '.[replay]'") from None
         # Pruned trials are what most trials are under successive halving: without them CMA-ES learns from a few.
         return optuna.samplers.CmaEsSampler(seed=seed, consider_pruned_trials=True, warn_independent_sampling=False,
                                             n_startup_trials=TPE_STARTUP_TRIALS)

@@ -149,7 +149,10 @@ def read_study(text: str, settings: TuneSettings, spec: StorageSpec,
 def best_configs(frame: pd.DataFrame, objective: str, given: str, top: int = WARM_START_TOP) -> list[Candidate]:
     """The `top` best distinct configurations that trained to the target (status ok, references too), best first."""
     column, lower = RANK_BY[objective]
-    ok = frame[frame["status"] == "ok"].assign(_figure=lambda d: pd.to_numeric(d[column], errors="coerce"))
+    ok = frame[frame["status"] == "ok"]
+    if "confirm_of" in ok.columns:  # a confirmation run repeats a configuration with another seed: not a candidate
+        ok = ok[ok["confirm_of"].isna() | (ok["confirm_of"] == "")]
+    ok = ok.assign(_figure=lambda d: pd.to_numeric(d[column], errors="coerce"))
     ok = ok.dropna(subset=["_figure"]).sort_values("_figure", ascending=lower, kind="stable")
     seen: set[tuple[Any, ...]] = set()
     out: list[Candidate] = []
