@@ -479,3 +479,16 @@ def test_references_run_to_the_target_and_the_winner_model_is_kept(tmp_path):
     # Resuming runs no reference twice.
     again = run_study(settings(tmp_path, trials=3, references=("tiny",)))
     assert len(trials_frame(again.study).query("reference == 'tiny'")) == 1 and again.ran == 1
+
+
+def test_the_readable_table_leaves_missing_figures_blank_and_names_an_unrecorded_reference():
+    from tune.report import COLUMNS, readable
+
+    df = pd.DataFrame([{"number": 3, "status": "pruned", "batch_size": 8, "block_size": 16, "n_embed": 64,
+                        "n_head": 2, "n_layer": 1, "learning_rate": 1e-3, "rung": 1, "rungs": 2},
+                       {"number": None, "reference": None, "status": "interrupted"}]).reindex(
+                           columns=[*COLUMNS, "peak_memory_bytes"])
+    table = readable(df)
+    assert list(table["trial"]) == ["3", "ref (unrecorded)"]
+    assert table.loc[0, "retry_of"] == "" and table.loc[0, "tokens/s"] == "" and table.loc[0, "batch"] == 8
+    assert "<NA>" not in table.to_string() and "nan" not in table.to_markdown()

@@ -145,7 +145,8 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         table["ran_on"] = where.str.strip()
     if df["warm_start"].notna().any():  # where each warm-start trial's configuration came from
         table["warm_start"] = df["warm_start"].fillna("")
-    return table
+    # A missing figure (a pruned trial's tokens/s, a first attempt's retry_of) reads as a blank, not as <NA>.
+    return table.astype(object).where(table.notna(), "")
 
 
 def reference_of(row: pd.Series) -> str | None:
@@ -161,7 +162,10 @@ def label(row: pd.Series) -> str:
         run = row.get("confirm_run")
         return confirm_label(confirm_of, int(run) if pd.notna(run) else None)
     ref = reference_of(row)
-    return f"ref {ref}" if ref else str(int(row["number"]))
+    if ref:
+        return f"ref {ref}"
+    # A reference trial whose tuner died before it recorded its preset has neither a preset nor a number.
+    return str(int(row["number"])) if pd.notna(row.get("number")) else "ref (unrecorded)"
 
 
 def source_of(row: pd.Series) -> str:
