@@ -50,6 +50,8 @@ def add_tuner_parser(sub: argparse._SubParsersAction, parser_class: type) -> Non
     r.add_argument("--trials", type=positive_int, default=defaults.trials)
     r.add_argument("--budget", default=defaults.budget, help=f"target per configuration (default {defaults.budget})")
     r.add_argument("--rungs", type=int_range(1, 8), default=defaults.rungs)
+    r.add_argument("--reduction-factor", type=int_range(2, 10), default=defaults.reduction_factor,
+                   help="rungs at target / factor**k: the replay can then compare plans of this factor")
     r.add_argument("--workers", type=positive_int, default=defaults.workers,
                    help="trials at once, one core each on a CPU (default 2)")
     r.add_argument("--seed", type=int, default=defaults.seed)
@@ -73,7 +75,8 @@ def cmd_tuner(args: argparse.Namespace) -> int:
     """Record a table, or replay studies against one and write the comparison."""
     if args.action == "record":
         check_out(args.table)
-        settings = RecordSettings(trials=args.trials, budget=args.budget, rungs=args.rungs, workers=args.workers,
+        settings = RecordSettings(trials=args.trials, budget=args.budget, rungs=args.rungs,
+                                  reduction_factor=args.reduction_factor, workers=args.workers,
                                   seed=args.seed, data=args.data, results=args.out, out=args.table)
         print(f"wrote {record(settings)} and {args.table.with_suffix('.json')}")
         return 0

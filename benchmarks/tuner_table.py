@@ -42,6 +42,7 @@ class RecordSettings:
     trials: int = 200
     budget: str = "12s"
     rungs: int = 3
+    reduction_factor: int = 3  # the table replays plans of this factor only (its rungs are target / factor**k)
     workers: int = 2
     seed: int = 10
     data: Path = CORPUS
@@ -52,7 +53,8 @@ class RecordSettings:
 def record_command(s: RecordSettings) -> list[str]:
     """The `python -m tune` command line that records the curves (random search: every region equally likely)."""
     return [sys.executable, "-m", "tune", "--sampler", "random", "--pruner", "none", "--references", "none",
-            "--budget", s.budget, "--rungs", str(s.rungs), "--trials", str(s.trials), "--workers", str(s.workers),
+            "--budget", s.budget, "--rungs", str(s.rungs), "--reduction-factor", str(s.reduction_factor),
+            "--trials", str(s.trials), "--workers", str(s.workers),
             "--seed", str(s.seed), "--confirm", "0", "--no-save-models", "--study-name", "tuner-record",
             "--results", str(s.results), "--data", str(s.data), "--no-progress"]
 

@@ -179,3 +179,15 @@ def test_record_runs_the_tuner_and_exports_every_rung_of_every_trial(tmp_path, p
     assert table.fractions == (1 / 3, 1.0) and str(table.budget) == "40 steps"
     assert table.frame[["loss_rung_1", "loss_rung_2"]].notna().all().all()
     assert "--sampler random --pruner none" in table.meta["command"]
+
+
+def test_record_flags_reach_the_tuner_command_line(tmp_path):
+    from benchmarks.__main__ import build_parser
+    from benchmarks.tuner_table import RecordSettings, record_command
+
+    args = build_parser().parse_args(["tuner", "record", "--reduction-factor", "2", "--rungs", "4", "--budget", "1m",
+                                      "--out", str(tmp_path)])
+    cmd = " ".join(record_command(RecordSettings(budget=args.budget, rungs=args.rungs,
+                                                 reduction_factor=args.reduction_factor, results=args.out)))
+    assert "--budget 1m --rungs 4 --reduction-factor 2" in cmd and "--confirm 0" in cmd
+    assert "--sampler random --pruner none" in cmd
