@@ -191,6 +191,23 @@ def test_resume_enqueues_nothing_more_and_another_source_exits_2(tmp_path, capsy
     assert len(trials_frame(out.study)) == 2  # nothing enqueued, nothing run
 
 
+def test_a_resume_does_not_need_the_source_any_more(tmp_path, capsys):
+    import shutil
+
+    src = source_folder(tmp_path / "old", [row(0, "ok", D, 1.5)])
+    run_study(settings(tmp_path, trials=1, warm_start=str(src)))
+    shutil.rmtree(src)  # moved or deleted since the study began
+    out = run_study(settings(tmp_path, trials=2, warm_start=str(src)))
+    assert list(trials_frame(out.study)["warm_start"].fillna("")) == [f"{src} trial 0", ""]
+    assert "that source is no longer readable); nothing more to enqueue" in capsys.readouterr().out
+    # A new study given the same missing source is still refused in one line, and creates nothing.
+    with pytest.raises(SystemExit) as info:
+        run(main, ["--trials", "1", "--budget", "0.5s", "--device", "cpu", "--references", "none", "--results",
+                   str(tmp_path / "results"), "--study-name", "new", "--no-progress", "--warm-start", str(src),
+                   *SPACE_FLAGS])
+    assert info.value.code == 2 and not (tmp_path / "results" / "new").exists()
+
+
 def test_a_source_study_by_name_in_this_storage_or_in_its_own(tmp_path):
     journal = f"journal:{tmp_path / 'studies.journal'}"
     old = optuna.create_study(study_name="warm-old", storage=make_storage(resolve_storage(journal, tmp_path)))

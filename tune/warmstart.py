@@ -21,7 +21,7 @@ import pandas as pd
 
 from gptcore.errors import UserError
 from tune.space import PARAMS, Space
-from tune.storage import StorageSpec, make_storage, resolve_storage, study_file_problem
+from tune.storage import StorageSpec, make_storage, resolve_storage, sqlite_tables, study_file_problem
 
 if TYPE_CHECKING:
     from tune.session import TuneSettings
@@ -66,7 +66,16 @@ def prepare(settings: TuneSettings, space: Space, spec: StorageSpec, study_name:
         return None
     if not text.strip():
         raise UserError(f"--warm-start: got an empty SOURCE; {EXPECTED}")
-    frame, objective, how, key = read_source(text, settings, spec, study_name, results_dir)
+    try:
+        frame, objective, how, key = read_source(text, settings, spec, study_name, results_dir)
+    except UserError:
+        # A study resumed with the flag it started with has enqueued its warm starts already: its source may have
+        # moved or changed since, and the resume must not depend on it.
+        if (recorded(spec, study_name) or {}).get("given") == text:
+            print(f"warm start: study {study_name!r} was warm-started from {text} when it began (that source is no "
+                  f"longer readable); nothing more to enqueue")
+            return None
+        raise
     column = RANK_BY[objective][0]
     missing = [c for c in ("status", *PARAMS, column) if c not in frame.columns]
     if missing:
@@ -84,6 +93,23 @@ def prepare(settings: TuneSettings, space: Space, spec: StorageSpec, study_name:
                         f"warm-start from another study")
     return WarmStart(text, key, objective, how, tuple(inside[:settings.trials]), outside,
                      tuple(inside[settings.trials:]))
+
+
+def recorded(spec: StorageSpec, study_name: str) -> dict[str, Any] | None:
+    """The warm start an existing study recorded, read without creating anything (None: no such study or file).
+
+    Only file storages are looked into (their file must exist): opening an empty server database would create
+    Optuna's tables in it.
+    """
+    if spec.kind not in ("sqlite", "journal") or spec.path is None or not spec.path.is_file():
+        return None
+    if spec.kind == "sqlite" and "studies" not in sqlite_tables(spec.path):
+        return None
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(spec))
+    except Exception:  # no such study, or a file that is not a storage: there is nothing recorded to go by
+        return None
+    return study.user_attrs.get(ATTR)
 
 
 def read_source(text: str, settings: TuneSettings, spec: StorageSpec, study_name: str,
