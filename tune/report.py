@@ -193,9 +193,13 @@ def _flags(df: pd.DataFrame) -> pd.Series:
                       for c, b in zip(contended, short)], index=df.index, dtype=object)
 
 
+# The column each objective is judged on, and whether lower is better: for the winner and for warm starts.
+RANK_BY = {"loss": ("val_loss", True), "throughput": ("tokens_per_s", False)}
+
+
 def objective_key(objective: str) -> tuple[str, bool]:
     """The column a study's objective is judged on, and whether lower is better."""
-    return ("val_loss", True) if objective == "loss" else ("tokens_per_s", False)
+    return RANK_BY["loss" if objective == "loss" else "throughput"]
 
 
 def best_row(df: pd.DataFrame, objective: str) -> pd.Series | None:

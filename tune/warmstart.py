@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 
 from gptcore.errors import UserError
+from tune.report import RANK_BY, trials_frame
 from tune.space import PARAMS, Space
 from tune.storage import StorageSpec, make_storage, resolve_storage, sqlite_tables, study_file_problem
 
@@ -28,8 +29,7 @@ if TYPE_CHECKING:
 
 WARM_START_TOP = 5  # the source's best distinct configurations a warm start considers
 ATTR = "warm_start"  # the study's record of its warm start, and each warm-start trial's label
-# How a source's trials are ranked: by the figure its own objective chose its winner by (column, lower first).
-RANK_BY = {"loss": ("val_loss", True), "throughput": ("tokens_per_s", False)}
+# A source's trials are ranked by the figure its own objective chose its winner by (tune.report.RANK_BY).
 # The objective line of summary.md (tune.report.summary_markdown): trials.csv itself does not say.
 _OBJECTIVE_LINE = re.compile(r"^- objective: \*\*(\w+)\*\*", re.MULTILINE)
 EXPECTED = "expected a results folder or trials.csv of an earlier study, or the name of a study in --storage"
@@ -155,8 +155,6 @@ def csv_objective(csv: Path) -> tuple[str, str]:
 def read_study(text: str, settings: TuneSettings, spec: StorageSpec,
                study_name: str) -> tuple[pd.DataFrame, str, str, str]:
     """A study's trial table (tune.report.trials_frame) and objective, read from its storage."""
-    from tune.report import trials_frame
-
     if text == study_name:
         raise UserError(f"--warm-start {text}: that is this study; name an earlier one")
     if settings.storage is None:  # each study has a SQLite file of its own by default, in its results folder
