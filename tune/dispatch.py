@@ -134,19 +134,13 @@ def claim_reference(refs: optuna.Study, presets: tuple[str, ...]) -> Claim | Non
         if preset:
             return Claim(trial, preset=preset, retry_of=retry_of(frozen))
         # A retry of a reference trial whose tuner died before it recorded its preset: nothing to run.
-        trial.set_user_attr("status", "error")
-        trial.set_user_attr("error", "a reference trial without its preset name (its tuner died at once)")
-        refs.tell(trial, state=TrialState.FAIL)
+        _give_up(refs, trial, "a reference trial without its preset name (its tuner died at once)")
         trials = refs.get_trials(deepcopy=False)
     tried = {t.user_attrs.get("reference") for t in trials}
     for preset in presets:
         if preset not in tried:
             trial = refs.ask()
-            try:
-                trial.set_user_attr("reference", preset)  # inside the lock: no other tuner can claim it meanwhile
-            except BaseException:
-                refs.tell(trial, state=TrialState.FAIL)
-                raise
+            _label(refs, trial, {"reference": preset})
             return Claim(trial, preset=preset)
     return None
 
@@ -230,11 +224,9 @@ def claim_confirm(study: optuna.Study, refs: optuna.Study | None, confirms: optu
                                   number)
         # A retry of a run whose tuner died before it recorded what it repeats: nothing to run here (that run is
         # claimed afresh below, as one never tried).
-        trial.set_user_attr("status", "error")
-        trial.set_user_attr("error", "a confirmation run without its configuration (its tuner died at once)")
-        confirms.tell(trial, state=TrialState.FAIL)
+        _give_up(confirms, trial, "a confirmation run without its configuration (its tuner died at once)")
         trials = confirms.get_trials(deepcopy=False)
-    claimed = {(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run")) for t in trials}
+    claimed = _claimed(trials)
     for source in top_configurations(study, refs, k):
         for run in range(1, CONFIRM_RUNS + 1):
             if (source.name, run) not in claimed:
@@ -245,13 +237,8 @@ def claim_confirm(study: optuna.Study, refs: optuna.Study | None, confirms: optu
 
 def _confirm_claim(confirms: optuna.Study, trial: optuna.Trial, confirm: Confirm, retry: int | None = None) -> Claim:
     """Record on a new confirmation trial what it repeats (inside the lock: no other tuner can claim that run)."""
-    try:
-        for key, value in (("confirm_of", confirm.source.name), ("confirm_run", confirm.run),
-                           ("confirm_seed", confirm.seed)):
-            trial.set_user_attr(key, value)
-    except BaseException:
-        confirms.tell(trial, state=TrialState.FAIL)
-        raise
+    _label(confirms, trial, {"confirm_of": confirm.source.name, "confirm_run": confirm.run,
+                             "confirm_seed": confirm.seed})
     return Claim(trial, preset=confirm.source.preset, retry_of=retry, params=confirm.source.params, confirm=confirm)
 
 
@@ -262,8 +249,31 @@ def confirm_runs_pending(study: optuna.Study, refs: optuna.Study | None, confirm
     if confirms is None or k <= 0:
         return 0
     trials = confirms.get_trials(deepcopy=False)
-    claimed = {(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run")) for t in trials}
+    claimed = _claimed(trials)
     top = top_configurations(study, refs, k)
     missing = sum((s.name, run) not in claimed for s in top for run in range(1, CONFIRM_RUNS + 1))
     queued = sum(t.state == TrialState.WAITING for t in trials)
     return missing + (k - len(top)) * CONFIRM_RUNS + queued
+
+
+def _label(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Record what a just-claimed trial is (inside the lock: no other tuner can claim the same); if that fails the
+    trial is closed (FAIL), never left RUNNING without a name."""
+    try:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
+def _give_up(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
+    """Close a popped retry that has nothing to run: its failed attempt died before it recorded what it was."""
+    trial.set_user_attr("status", "error")
+    trial.set_user_attr("error", error)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _claimed(trials: list[FrozenTrial]) -> set[tuple[Any, Any]]:
+    """(configuration, run) of every confirmation run claimed so far, whatever its end."""
+    return {(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run")) for t in trials}
