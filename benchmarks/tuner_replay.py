@@ -95,7 +95,7 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> Replayed
     """Replay one study of `trials` trials with `strategy`."""
     plan = RungPlan.for_budget(table.budget, table.meta["eta"], strategy.rungs)
     recorded = table.fractions
-    columns = [f"loss_rung_{_position(recorded, f) + 1}" for f in plan.fractions]
+    columns = [table.rung_column(f) for f in plan.fractions]
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # thousands of in-memory studies: no line per study
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-feature warnings of Optuna's samplers
@@ -104,12 +104,11 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> Replayed
         study = optuna.create_study(study_name=f"replay-{seed}", direction="minimize",
                                     sampler=sampler_for(strategy.sampler, seed),
                                     pruner=make_pruner(strategy.pruner, plan))
-        rows = table.frame.to_dict("records")
         clock, best = 0.0, math.inf
         clocks, bests = np.empty(trials), np.empty(trials)
         for i in range(trials):
             trial = study.ask()
-            row = rows[table.nearest(table.space.suggest(trial))]
+            row = table.rows[table.nearest(table.space.suggest(trial))]
             seconds, value = _run(study, trial, row, plan, columns, len(recorded))
             clock += seconds
             if value is not None:
@@ -123,24 +122,15 @@ def check_strategies(table: Table, strategies: tuple[Strategy, ...]) -> None:
     for strategy in strategies:
         try:
             plan = RungPlan.for_budget(table.budget, table.meta["eta"], strategy.rungs)
+            for fraction in plan.fractions:
+                table.rung_column(fraction)
         except UserError as exc:
             raise UserError(f"--strategies {strategy.name}: {exc}") from None
-        for fraction in plan.fractions:
-            if not any(math.isclose(f, fraction, rel_tol=1e-6) for f in table.fractions):
-                raise UserError(f"--strategies {strategy.name}: a rung at {fraction:.3g} of the target, but the table "
-                                f"recorded rungs at {', '.join(f'{f:.3g}' for f in table.fractions)} only")
 
 
 def checkpoints(trials: int) -> list[int]:
     """The trial counts at which regret is read: CHECKPOINTS below `trials`, and `trials` itself."""
     return sorted({k for k in CHECKPOINTS if k < trials} | {trials})
-
-
-def _position(recorded: tuple[float, ...], fraction: float) -> int:
-    for k, f in enumerate(recorded):
-        if math.isclose(f, fraction, rel_tol=1e-6):
-            return k
-    raise ValueError(f"rung at {fraction:.4g} of the target was not recorded (recorded: {recorded})")
 
 
 def _run(study: optuna.Study, trial: optuna.Trial, row: dict[str, Any], plan: RungPlan, columns: list[str],
@@ -156,17 +146,12 @@ def _run(study: optuna.Study, trial: optuna.Trial, row: dict[str, Any], plan: Ru
         trial.report(float(loss), plan.steps[k])
         if k < n - 1 and trial.should_prune():
             study.tell(trial, state=TrialState.PRUNED)
-            return cost_to(row, recorded, plan.fractions[k], _evals_by(plan.fractions[k], plan)), None
+            return cost_to(row, recorded, plan.fractions[k], k + 1), None  # one evaluation per rung reached
     if row["status"] != "ok":
         study.tell(trial, state=STATE_OF[row["status"]])
         return float(row["trial_seconds"]), None
     study.tell(trial, float(row["val_loss"]))
     return cost_to(row, recorded, 1.0, n), float(row["val_loss"])
-
-
-def _evals_by(fraction: float, plan: RungPlan) -> int:
-    # Evaluations a run of this plan has made by `fraction` of the target (one per rung reached).
-    return sum(f <= fraction + 1e-9 for f in plan.fractions)
 
 
 def compare(table: Table, strategies: tuple[Strategy, ...], seeds: int, trials: int,

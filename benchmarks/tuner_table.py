@@ -63,16 +63,12 @@ def record(s: RecordSettings) -> Path:
     """Run (or resume) the recording study, then write the table and its description to `s.out`."""
     check_out(s.out)
     s.out.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(record_command(s), check=False)
+    command = record_command(s)
+    done = subprocess.run(command, check=False)
     if done.returncode != 0:
         raise UserError(f"the recording study stopped (exit {done.returncode}); run the same command again to "
                         f"resume it")
-    out = export(s.results / "tuner-record", s.out, command=" ".join(record_command(s)[1:]))
-    contended = int(pd.read_csv(out)["contended"].sum())
-    if contended:
-        print(f"warning: {contended} recorded trial(s) ran beside a busy neighbour (column `contended`): their "
-              f"speed, and so their loss in a time budget, is too low. Record on a quiet machine.")
-    return out
+    return export(s.results / "tuner-record", s.out, command=" ".join(command[1:]))
 
 
 def check_out(out: Path) -> None:
@@ -90,7 +86,7 @@ def export(study_folder: Path, out: Path, command: str) -> Path:
     import optuna
 
     from gptcore.files import atomic_write_text
-    from tune.report import trials_frame
+    from tune.report import flagged, trials_frame
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(study_folder / 'study.db').resolve()}"
@@ -104,7 +100,7 @@ def export(study_folder: Path, out: Path, command: str) -> Path:
     keep = df["status"].isin(OUTCOMES) & df["confirm_of"].isna()  # one run per configuration: no confirmations
     table = df.loc[keep, KEEP + rung_cols].round(6).sort_values("number")
     # Kept, and counted in the description: a contended run's speed (and so its loss in a time budget) is low.
-    table["contended"] = (df.loc[keep, "contended"].notna() & (df.loc[keep, "contended"] != "")).to_numpy()
+    table["contended"] = flagged(df.loc[keep, "contended"]).to_numpy()
     meta = {
         "command": f"python -m benchmarks tuner record (runs: python {command})",
         "recorded": str(max((t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete),
@@ -119,6 +115,9 @@ def export(study_folder: Path, out: Path, command: str) -> Path:
     }
     atomic_write_text(out, table.to_csv(index=False))
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
+    if meta["contended_rows"]:
+        print(f"warning: {meta['contended_rows']} recorded trial(s) ran beside a busy neighbour (column `contended`): "
+              f"their speed, and so their loss in a time budget, is too low. Record on a quiet machine.")
     return out
 
 
@@ -130,6 +129,7 @@ class Table:
     meta: dict[str, Any]
     space: Space
     points: np.ndarray  # (rows, 6): each configuration in the unit cube of the space (log scales), for lookups
+    rows: tuple[dict[str, Any], ...]  # the frame's rows as dicts, made once: every replayed trial reads one
 
     @property
     def fractions(self) -> tuple[float, ...]:
@@ -152,6 +152,14 @@ class Table:
     def best(self) -> float:
         """The lowest validation loss at the target of any recorded configuration: regret is measured from it."""
         return float(self.frame.loc[self.frame["status"] == "ok", "val_loss"].min())
+
+    def rung_column(self, fraction: float) -> str:
+        """The column holding the loss at `fraction` of the target; a one-line error for a rung not recorded."""
+        for k, f in enumerate(self.fractions, start=1):
+            if math.isclose(f, fraction, rel_tol=1e-6):
+                return f"loss_rung_{k}"
+        raise UserError(f"a rung at {fraction:.3g} of the target, but the table recorded rungs at "
+                        f"{', '.join(f'{f:.3g}' for f in self.fractions)} only")
 
     def nearest(self, values: dict[str, Any]) -> int:
         """Row position of the recorded configuration nearest to `values` (Euclidean in the unit cube)."""
@@ -190,4 +198,5 @@ def load_table(path: Path) -> Table:
         raise UserError(f"--table {path}: not a recorded tuner table (missing {', '.join(absent)})")
     space = Space(**{k: tuple(v) for k, v in meta["space"].items()})
     points = np.stack([unit_point(row, space) for row in frame[list(PARAMS)].to_dict("records")])
-    return Table(frame.reset_index(drop=True), meta, space, points)
+    frame = frame.reset_index(drop=True)
+    return Table(frame, meta, space, points, tuple(frame.to_dict("records")))

@@ -185,10 +185,14 @@ def originals(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["confirm_of"].isna()]
 
 
+def flagged(notes: pd.Series) -> pd.Series:
+    """Rows whose warning column (`contended`, `budget_warning`) holds a note; missing or empty: none."""
+    return notes.notna() & (notes != "")
+
+
 def _flags(df: pd.DataFrame) -> pd.Series:
     """'contended' and/or 'short' (budget too short) per trial: figures to take with care."""
-    contended = df["contended"].notna() & (df["contended"] != "")
-    short = df["budget_warning"].notna() & (df["budget_warning"] != "")
+    contended, short = flagged(df["contended"]), flagged(df["budget_warning"])
     return pd.Series([", ".join(f for f, on in (("contended", c), ("short", b)) if on)
                       for c, b in zip(contended, short)], index=df.index, dtype=object)
 
