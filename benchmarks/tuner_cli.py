@@ -118,20 +118,24 @@ def default_strategies() -> tuple:
     """Every strategy the tuner offers (tune.strategy); cmaes only where its package is installed (said so)."""
     from benchmarks.tuner_replay import STRATEGIES
 
-    try:
-        import cmaes  # noqa: F401
-    except ImportError:
+    if not _installed("cmaes"):
         print("note: the cmaes rows are left out (pip install -e '.[replay]' to include them)")
         return tuple(s for s in STRATEGIES if s.sampler != "cmaes")
     return STRATEGIES
 
 
-def _need(module: str, what: str) -> None:
+def _installed(module: str) -> bool:
     try:
         __import__(module)
     except ImportError:
+        return False
+    return True
+
+
+def _need(module: str, what: str) -> None:
+    if not _installed(module):
         raise UserError(f"--strategies: {what} needs {module}: pip install -e '.[replay]' (or leave it out of "
-                        f"--strategies)") from None
+                        f"--strategies)")
 
 
 def replay_markdown(summary: pd.DataFrame, meta: dict, args: argparse.Namespace, best: float) -> str:
