@@ -90,6 +90,43 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, fused=device.type == "cuda")
 
 
+@dataclass
+class StepParts:
+    """What one optimiser step works on: the model (compiled or not), its AdamW, the loss scaler, the config."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    device: torch.device
+
+
+def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+               phase: list[str] | None = None) -> torch.Tensor:
+    """One optimiser step: grad_accum_steps forward/backward passes, clip, AdamW, zero the grads; the last loss.
+
+    The training loop and the memory tracer (gptcore.memtrace) both run this, so the step whose peak memory is
+    predicted is the step that trains. `phase[0]` says where it is (an OOM is reported with its phase).
+    """
+    phase = phase if phase is not None else [""]
+    cfg, accum = parts.cfg, parts.cfg.grad_accum_steps
+    for _ in range(accum):
+        x, y = next_batch()  # (B, T) each
+        phase[0] = "forward"
+        with hw.autocast(parts.device, cfg.dtype):
+            _, loss = parts.model(x, y)
+        phase[0] = "backward"
+        parts.scaler.scale(loss / accum).backward()
+    phase[0] = "optimizer"
+    if cfg.grad_clip > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Learning rate: linear warm-up, then constant, cosine, or warm-up-stable-decay to lr/10 by the budget's end.
 
@@ -189,9 +226,13 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
     step_model = torch.compile(model) if train_cfg.compile else model
     # GradScaler keeps small float16 gradients from underflowing; bf16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.dtype == "float16")
+    parts = StepParts(step_model, optimizer, scaler, train_cfg, device)
 
     T, accum = model_cfg.block_size, train_cfg.grad_accum_steps
     tokens_per_step = train_cfg.batch_size * T * accum
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        return data.get_batch("train", train_cfg.batch_size, T, gen, device)
     max_iters, max_seconds = train_cfg.max_iters, train_cfg.max_seconds
     history: list[EvalPoint] = []
     # Every interval of wall time goes to exactly one of these three by lap(): no second counting.
@@ -268,20 +309,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
             lr = lr_at(train_cfg, step, progress())
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for _ in range(accum):
-                x, y = data.get_batch("train", train_cfg.batch_size, T, gen, device)
-                phase[0] = "forward"
-                with hw.autocast(device, train_cfg.dtype):
-                    _, loss = step_model(x, y)
-                phase[0] = "backward"
-                scaler.scale(loss / accum).backward()
-            phase[0] = "optimizer"
-            if train_cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(parts, next_batch, phase)
             step += 1
             pending.append((step, loss.detach()))
             if len(pending) >= CHECK_EVERY:

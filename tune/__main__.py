@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["loss", "throughput"], default="loss")
     p.add_argument("--memory-limit", type=parse_size, default=None,
                    help="emulate a smaller device, e.g. 8GiB or 600MB (CUDA: allocator fraction; CPU: rlimit)")
+    p.add_argument("--no-predict", action="store_true",
+                   help="run configurations predicted not to fit the memory limit instead of skipping them (the "
+                        "prediction is still made and recorded: to check it)")
     p.add_argument("--pruner", choices=PRUNERS, default=DEFAULT_PRUNER,
                    help=f"asha: asynchronous successive halving over the rungs; median; hyperband; none (default "
                         f"{DEFAULT_PRUNER}, chosen by `python -m benchmarks tuner replay`)")
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, study_name=args.study_name,
         warm_start=args.warm_start,
         storage=args.storage, results=args.results, space=args.space, space_overrides=overrides,
-        objective=args.objective, memory_limit=args.memory_limit, pruner=args.pruner, sampler=args.sampler,
+        objective=args.objective, memory_limit=args.memory_limit,
+        predict=not args.no_predict, pruner=args.pruner, sampler=args.sampler,
         seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout, progress=not args.no_progress,
         workers=args.workers, gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, confirm=args.confirm,

@@ -18,10 +18,11 @@ _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _TRIED = re.compile(r"[Tt]ried to allocate ([\d.]+) ?(B|KiB|MiB|GiB|TiB)")
 _CPU_BYTES = re.compile(r"you tried to allocate (\d+) bytes")
 
-STATUSES = ("ok", "pruned", "oom", "diverged", "timeout", "error", "interrupted", "running", "queued")
+STATUSES = ("ok", "pruned", "oom", "predicted_oom", "diverged", "timeout", "error", "interrupted", "running",
+            "queued")
 # Outcomes that say something about the configuration: they count toward --trials. The others (a crash, an
 # interruption) stay in the tables and are queued again once; running and queued trials have no outcome yet.
-COUNTED_STATUSES = ("ok", "pruned", "oom", "diverged", "timeout")
+COUNTED_STATUSES = ("ok", "pruned", "oom", "predicted_oom", "diverged", "timeout")
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,19 @@ def current_rss_bytes() -> int | None:
         return None
 
 
+def measured_peak(peak_memory: dict[str, int]) -> int | None:
+    """The peak that a memory limit counts, and the one predictions are judged against: on CUDA the bytes the
+    caching allocator reserved (what set_per_process_memory_fraction limits), on the CPU the data segment (what
+    RLIMIT_DATA limits); the peak RSS where neither is known."""
+    for key in ("peak_reserved_bytes", "peak_data_bytes", "peak_rss_bytes"):
+        if peak_memory.get(key) is not None:
+            return int(peak_memory[key])
+    return None
+
+
 def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict[str, Any],
-           extra: dict[str, Any]) -> None:
-    """Every per-trial figure as a user attribute (the results table is built from these)."""
+           extra: dict[str, Any]) -> dict[str, Any]:
+    """Every per-trial figure as a user attribute (the results table is built from these); the figures."""
     attrs: dict[str, Any] = {"status": run.status, **params, **extra, "device": env["device_name"],
                              "parent_rss_bytes": current_rss_bytes(),
                              "trial_seconds": run.trial_seconds, "startup_seconds": run.startup_seconds,
@@ -50,6 +60,7 @@ def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict
                      warmup_seconds=r["warmup_seconds"], eval_share=eval_share,
                      peak_allocated_bytes=mem.get("peak_allocated_bytes"),
                      peak_reserved_bytes=mem.get("peak_reserved_bytes"), peak_rss_bytes=mem.get("peak_rss_bytes"),
+                     peak_data_bytes=mem.get("peak_data_bytes"), measured_peak_bytes=measured_peak(mem),
                      n_params=r["n_params"], mfu=r["mfu"])
         # A pruned trial stopped early on purpose: its step count says nothing about the budget.
         warnings = health.budget_warnings(timed_steps if run.status == "ok" else None, eval_share)
@@ -61,8 +72,9 @@ def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict
     attrs["budget_warning"] = "; ".join(warnings) or None
     for key, value in attrs.items():
         if isinstance(value, float) and not math.isfinite(value):
-            value = None  # JSON storage has no NaN
+            attrs[key] = value = None  # JSON storage has no NaN
         trial.set_user_attr(key, value)
+    return attrs
 
 
 def describe_run(label: str, run: TrialRun, attrs: dict[str, Any]) -> str:
@@ -72,9 +84,11 @@ def describe_run(label: str, run: TrialRun, attrs: dict[str, Any]) -> str:
            f"layers {a['n_layer']} lr {a['learning_rate']:.2e}")
     r = run.result
     if r is not None:
-        mem = r["peak_memory"].get("peak_allocated_bytes") or r["peak_memory"]["peak_rss_bytes"]
+        mem = f"{measured_peak(r['peak_memory']) / 2**20:,.0f} MiB"
+        if a.get("predicted_peak_bytes"):
+            mem += f" (predicted {a['predicted_peak_bytes'] / 2**20:,.0f})"
         figures = (f"val {r['val_loss']:.4f} at rung {a.get('rung')}/{a.get('rungs')} | "
-                   f"{r['tokens_per_s']:,.0f} tok/s | {mem / 2**20:,.0f} MiB | {r['steps']} steps")
+                   f"{r['tokens_per_s']:,.0f} tok/s | {mem} | {r['steps']} steps")
     else:
         figures = run.message or ""
     line = f"{label} {run.status:<8} {figures} | {cfg} | {run.trial_seconds:.1f} s"

@@ -40,13 +40,16 @@ _TABLE = threading.Lock()  # multiprocessing's table of child processes (see the
 
 # on_eval(k, step, train_loss, val_loss) -> True to stop (prune) the trial.
 EvalHandler = Callable[[int, int, float, float], bool]
+# on_predicted(memory) -> True to skip the trial: memory is the traced step (gptcore.memory.StepMemory as a dict,
+# plus baseline_bytes), or None when the trace failed.
+PredictHandler = Callable[[dict[str, Any] | None], bool]
 
 
 @dataclass
 class TrialRun:
     """How one trial process ended, as the parent saw it."""
 
-    status: str  # ok | pruned | oom | diverged | timeout | error | interrupted
+    status: str  # ok | pruned | oom | predicted_oom | diverged | timeout | error | interrupted
     result: dict[str, Any] | None = None
     message: str | None = None
     phase: str | None = None
@@ -55,6 +58,7 @@ class TrialRun:
     trial_seconds: float = 0.0
     evals: list[tuple[int, int, float, float]] = field(default_factory=list)
     measure: dict[str, Any] = field(default_factory=dict)  # what share of the machine it got (tune.health)
+    memory: dict[str, Any] | None = None  # the traced step and the process baseline, when the job asked for it
 
 
 def _context() -> mp.context.BaseContext:
@@ -104,15 +108,17 @@ class TrialRunner:
         return payload
 
     def run(self, job: dict[str, Any], on_eval: EvalHandler, timeout: float,
-            stop: threading.Event | None = None) -> TrialRun:
+            stop: threading.Event | None = None, on_predicted: PredictHandler | None = None) -> TrialRun:
         """Run one trial; never raises for anything the trial does. Safe to call from several threads at once.
 
-        Ctrl-C (main thread) or `stop` being set (any thread) kills the trial and gives status interrupted.
+        Ctrl-C (main thread) or `stop` being set (any thread) kills the trial and gives status interrupted. With
+        on_predicted, the job traces its step first and the handler says whether to skip it (predicted_oom).
         """
         from tune import worker
 
         # The job may name them itself (tests do); by default the trial ends with this process and its timeout.
-        job = {"tuner_pid": os.getpid(), "deadline_s": timeout + DEADLINE_GRACE_S, **job}
+        job = {"tuner_pid": os.getpid(), "deadline_s": timeout + DEADLINE_GRACE_S, **job,
+               "predict": on_predicted is not None}
         parent, child = self.ctx.Pipe()
         t0 = time.perf_counter()
         proc = self.ctx.Process(target=worker.run_trial, args=(child, job), daemon=True)
@@ -145,6 +151,13 @@ class TrialRunner:
                     break
                 if msg[0] == "ready":
                     run.startup_seconds = time.perf_counter() - t0
+                elif msg[0] == "predicted":
+                    run.memory = msg[1]
+                    skip = on_predicted is not None and on_predicted(run.memory)
+                    parent.send("skip" if skip else "run")
+                    if skip:
+                        run.status, run.message = "predicted_oom", "predicted out of memory: not run"
+                        break
                 elif msg[0] == "eval":
                     _, k, step, train_loss, val_loss = msg
                     run.evals.append((k, step, train_loss, val_loss))

@@ -29,6 +29,7 @@ from tune.budget import (
     schedule_fields,
 )
 from tune.dispatch import CONFIRM_RUNS, fail_orphans, requeue
+from tune.memory import limit_for
 from tune.runner import TrialRunner
 from tune.slots import Slot, plan_slots
 from tune.space import Space, load_space
@@ -78,6 +79,7 @@ class TuneSettings:
     space_overrides: dict[str, Any] = field(default_factory=dict)
     objective: str = "loss"
     memory_limit: int | None = None
+    predict: bool = True  # skip a configuration predicted over the memory limit (False: trace and record only)
     pruner: str = DEFAULT_PRUNER  # tune.strategy: chosen by the replay benchmark
     sampler: str = DEFAULT_SAMPLER
     schedule: str = "cosine"  # the learning rate against the target budget
@@ -147,6 +149,11 @@ class Session:
     lock: Any  # tune.storage.study_lock: one decision at a time across every tuner on this study
     hold: Any = None  # the SQLite file's one-tuner hold, kept while the study runs
     confirms: optuna.Study | None = None  # the confirmation runs (--confirm), None when off
+
+    @property
+    def memory_limit(self) -> int | None:
+        """The bytes a trial may hold (tune.memory.limit_for); None: no limit to predict against."""
+        return limit_for(self.settings.memory_limit, self.env)
 
     def close(self) -> None:
         """Let go of the SQLite hold and the lock's file or connection (the process's exit does the same)."""

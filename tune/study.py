@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from tune import dispatch, health, liveness
+from tune import memory as mem
 from tune.dispatch import DONE, WAIT, Claim
 from tune.pool import Beater, run_workers
 from tune.record import describe_run, record
@@ -55,6 +56,9 @@ STATE_OF = {
     # sampler, which would keep proposing configurations that do not fit.
     "pruned": TrialState.PRUNED,
     "oom": TrialState.PRUNED,
+    # Predicted not to fit, never run: PRUNED with no report, and infeasible by its memory constraint (see
+    # tune.memory.violation_mib), which TPE ranks below every feasible trial, the least excess first.
+    "predicted_oom": TrialState.PRUNED,
     "diverged": TrialState.PRUNED,
     "timeout": TrialState.PRUNED,
     # An unexplained error or an interruption says nothing about the configuration: kept out of the sampler's
@@ -221,19 +225,36 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
             return True
         return claim.searched and k < n and trial.should_prune()  # the target itself is never pruned
 
+    limit, judged = session.memory_limit, {}
+
+    def on_predicted(memory: dict[str, Any] | None) -> bool:
+        # Calibrated on every run measured so far (any tuner's), and kept with the study for the report.
+        judged["calibration"] = calibration = mem.calibrate((session.study, session.references, session.confirms))
+        session.study.set_user_attr(mem.CALIBRATION_ATTR, calibration.to_dict())
+        # Only a searched configuration is skipped: a reference or a confirmation run is always measured.
+        judged["verdict"] = verdict = mem.Verdict.judge(memory, calibration, limit, s.predict and claim.searched)
+        return verdict.skip
+
     try:
         with closed_on_failure(trial, tuner):
-            run = tuner.runner.run(job, on_eval, session.timeout, stop=tuner.stop)
+            run = tuner.runner.run(job, on_eval, session.timeout, stop=tuner.stop, on_predicted=on_predicted)
             if lost:
                 raise TrialLost()
             rung = n if run.status == "ok" else min(len(run.evals), n)
+            memory = mem.record_fields(run.memory, judged.get("verdict"), judged.get("calibration"), limit)
+            if run.status == "predicted_oom":
+                run.message = (f"predicted {memory['predicted_peak_bytes'] / 2**20:,.0f} MiB, over the "
+                               f"{limit / 2**20:,.0f} MiB limit by more than {mem.SKIP_MARGIN:.0%}: not run")
             try:
                 # A confirmation run of a reference is no reference row: it is told apart by its confirm_of.
-                record(trial, run, params, session.env, {
+                attrs = record(trial, run, params, session.env, {
                     "reference": claim.preset if claim.confirm is None else None, "rung": rung, "rungs": n,
                     "reached_target": run.status == "ok", "checkpoint": (run.result or {}).get("checkpoint"),
-                    "retry_of": claim.retry_of,
+                    "retry_of": claim.retry_of, **memory,
                 })
+                violation = mem.violation_mib(run.status, attrs, limit)
+                if violation is not None:
+                    trial.set_constraint("memory_MiB", violation)
             except UpdateFinishedTrialError:
                 raise TrialLost() from None
             value = None

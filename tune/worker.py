@@ -4,7 +4,8 @@ Runs in a child forked from a forkserver that has torch preloaded (cheap to star
 leak or a hang stays inside one trial. The parent owns the Optuna storage; this side only talks through
 the pipe: ("ready",), ("eval", k, step, train_loss, val_loss) -> "continue" | "stop", then ("done", result, measure)
 or ("failed", status, message, phase, requested_bytes, measure); `measure` is how much of the machine the trial
-got (tune.health), so the parent can flag a contended trial.
+got (tune.health), so the parent can flag a contended trial. With `predict` in the job, ("predicted", memory)
+comes after "ready" (the traced peak of the step: gptcore.memtrace) and the parent answers "run" or "skip".
 
 Optional job fields: `cores` (pin to these cores, one torch thread per core), `gpu` (train on that GPU alone,
 through CUDA_VISIBLE_DEVICES), `tuner_pid` and `deadline_s` (end with the tuner, and at the latest `deadline_s`
@@ -17,7 +18,6 @@ import contextlib
 import faulthandler
 import importlib
 import os
-import re
 import resource
 import signal
 import sys
@@ -29,13 +29,6 @@ from typing import Any
 
 TRAIN_TARGET = "gptcore.train:train"
 DEADLINE_EXIT = 124  # the exit code of a trial process that ended itself at its deadline (as timeout(1) does)
-
-
-def vm_data_bytes() -> int:
-    """This process's data segment (VmData): what RLIMIT_DATA limits."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        m = re.search(r"VmData:\s+(\d+) kB", f.read())
-    return int(m.group(1)) * 1024 if m else 0
 
 
 def apply_memory_limit(device_type: str, limit: int | None, device_index: int | None = None) -> None:
@@ -182,6 +175,28 @@ def _keep_model(job: dict[str, Any], result: Any, model_cfg: Any, train_cfg: Any
     return path
 
 
+def _predict_and_ask(conn: Connection, model_cfg: Any, train_cfg: Any, device: Any) -> str:
+    """Trace the step's peak memory, tell the parent, and return its answer: "run" or "skip".
+
+    The baseline is what this process holds before training: on the CPU the data segment the memory limit counts
+    (measured here, after torch and the limit, before the data and the model), on CUDA nothing (the allocator's
+    reserved bytes start at zero). A trace that fails (an op with no fake kernel) is said in the log and the
+    trial runs unpredicted: the prediction is an aid, never a reason not to train.
+    """
+    from gptcore.hardware import vm_status
+
+    baseline = vm_status().get("VmData", 0) if device.type == "cpu" else 0
+    try:
+        from gptcore.memtrace import trace_step
+
+        memory = trace_step(model_cfg, train_cfg, device).to_dict()
+    except Exception:
+        traceback.print_exc()
+        memory = None
+    conn.send(("predicted", memory and {**memory, "baseline_bytes": baseline}))
+    return conn.recv()
+
+
 def run_trial(conn: Connection, job: dict[str, Any]) -> None:
     """Child entry point: train one configuration and report through `conn`."""
     # Ctrl-C reaches the whole process group; the parent decides, and stops this process itself.
@@ -217,6 +232,8 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
         placement = {"gpu_index": job.get("gpu", device.index if device.type == "cuda" else None),
                      "gpu_uuid": uuid}
         conn.send(("ready",))
+        if job.get("predict") and _predict_and_ask(conn, model_cfg, train_cfg, device) == "skip":
+            return
         evals = 0
 
         def on_eval(step: int, train_loss: float, val_loss: float) -> str:
@@ -283,7 +300,7 @@ def probe(conn: Connection, device_name: str, tuner_pid: int | None = None, dead
         device = hw.resolve_device(device_name)
         env = hw.environment(device)
         env["device_type"] = device.type
-        env["vm_data_bytes"] = vm_data_bytes()
+        env["vm_data_bytes"] = hw.vm_status().get("VmData", 0)
         env["bf16_supported"] = device.type != "cuda" or torch.cuda.is_bf16_supported()
         # The GPUs only when the tuner will use CUDA: listing them initialises CUDA, which a CPU study skips.
         env["gpus"] = gpus() if device.type == "cuda" else []

@@ -1,0 +1,148 @@
+"""Memory of one training step, before it runs: an analytic estimate, and the calibration that turns tensor bytes
+into what the device really holds.
+
+Torch-free on purpose: the tuner's parent (which never imports torch) fits and applies the calibration, and
+uses the estimate. The exact figure, the traced peak of the real step on fake tensors, is gptcore.memtrace.
+
+Shapes: B = batch, T = block, C = n_embed, nh = n_head, L = n_layer, V = vocab, P = parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gptcore.config import ModelConfig, TrainConfig
+
+FLOAT32 = 4
+# Saved for backward per layer and token, in float32 elements per unit of C, counted from the autograd graph
+# (torch.autograd.graph.saved_tensors_hooks on the course's block): the block input, q/k/v, the attention
+# output, its re-assembled heads, LayerNorm inputs and outputs and the 4C ReLU output make 12 C. Dropout adds
+# its masks and outputs (2 C), and sends attention through SDPA's math kernel, which keeps three (nh, T, T)
+# float matrices (scores, probabilities, dropped probabilities) per sequence.
+ACT_PER_C = 12
+ACT_PER_C_DROPOUT = 14
+ATT_MATRICES_DROPOUT = 3
+# The head: ln_f's input and output (2 C) and the logits, their float32 copy for the loss and its gradient
+# (about 3 V per token at the start of backward).
+HEAD_PER_C, HEAD_PER_V = 2, 3
+# Backward's temporaries at the peak: the gradients of the feed-forward's 4C hidden layer (two of them) and of
+# its output, per token.
+TEMP_PER_C = 9
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Tensor bytes at the peak of one training step, in total and by what holds them."""
+
+    peak_bytes: int
+    parts: dict[str, int] = field(default_factory=dict)  # parameters, gradients, optimizer, activations, ...
+    method: str = "traced"  # "traced" (gptcore.memtrace) or "analytic" (estimate_step below)
+    seconds: float = 0.0  # what finding it cost
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+
+def num_params(model: ModelConfig) -> int:
+    """The GPT's parameter count, from its config alone (gptcore.model.GPT builds exactly this many)."""
+    C, V, L, T, b = model.n_embed, model.vocab_size, model.n_layer, model.block_size, int(model.bias)
+    per_layer = (3 * C * C + 3 * C * b) + (C * C + C * b)  # qkv and the output projection
+    per_layer += (4 * C * C + 4 * C * b) + (4 * C * C + C * b)  # the feed-forward pair
+    per_layer += 2 * (C + C * b)  # two LayerNorms
+    return V * C + T * C + L * per_layer + (C + C * b) + (C * V + V * b)
+
+
+def estimate_step(model: ModelConfig, train: TrainConfig) -> StepMemory:
+    """Analytic peak of a training step: weights and AdamW state, plus activations at the start of backward.
+
+    A cross-check on the trace and a fast first bracket (tune max-batch); float32 activations, so under
+    bfloat16/float16 autocast it errs high.
+    """
+    B, T, C, L, V = train.batch_size, model.block_size, model.n_embed, model.n_layer, model.vocab_size
+    P = num_params(model)
+    weights = P * FLOAT32
+    optimizer = 2 * P * FLOAT32  # AdamW's exp_avg and exp_avg_sq, float32 like the weights
+    tokens = B * T
+    per_layer = tokens * C * (ACT_PER_C_DROPOUT if model.dropout > 0 else ACT_PER_C)
+    if model.dropout > 0:
+        per_layer += ATT_MATRICES_DROPOUT * B * model.n_head * T * T
+    activations = FLOAT32 * (L * per_layer + tokens * (HEAD_PER_C * C + HEAD_PER_V * V))
+    # The gradients appear layer by layer while the activations are freed; at the start of backward only the
+    # head's are there. The peak is taken there.
+    gradients = (C * V + V) * FLOAT32
+    temporary = FLOAT32 * tokens * TEMP_PER_C * C
+    parts = {"parameters": weights, "optimizer": optimizer, "activations": activations, "gradients": gradients,
+             "temporary": temporary}
+    return StepMemory(peak_bytes=sum(parts.values()), parts=parts, method="analytic")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Device bytes = baseline + ratio x traced tensor bytes + overhead, fitted from measured peaks.
+
+    The baseline is what the process holds before training (measured in each trial: on the CPU the data segment
+    the memory limit counts, on CUDA zero); ratio and overhead are what the device holds beyond the tensors
+    (the allocator's rounding, caching and fragmentation; on the CPU, malloc's). Uncalibrated (no runs yet) it
+    predicts the tensors alone: a lower bound, so that a skip before any evidence is never a false one.
+    """
+
+    ratio: float = 1.0
+    overhead_bytes: float = 0.0
+    points: int = 0
+
+    def predict(self, traced_bytes: int, baseline_bytes: int = 0) -> int:
+        """Predicted device bytes of a step whose traced tensor peak is `traced_bytes`."""
+        return int(baseline_bytes + self.ratio * traced_bytes + self.overhead_bytes)
+
+    @classmethod
+    def fit(cls, runs: Sequence[tuple[int, int]]) -> Calibration:
+        """Fit from (traced bytes, measured bytes beyond the baseline) of runs that trained.
+
+        Fewer than MIN_FIT_POINTS runs: ratio 1 and the smallest overhead seen (it never over-predicts those
+        runs). Then weighted least squares on relative error, since a limit is a relative matter: ratio at least 1
+        (the tensors themselves are there).
+        """
+        runs = [(t, m) for t, m in runs if t > 0 and m > 0]
+        if not runs:
+            return cls()
+        if len(runs) < MIN_FIT_POINTS or len({t for t, _ in runs}) < 2:
+            return cls(1.0, max(0.0, min(m - t for t, m in runs)), len(runs))
+        # minimise sum(((a t + b - m) / m)^2): linear least squares in (a, b) with rows scaled by 1/m
+        sw = sum(1 / m**2 for _, m in runs)
+        st = sum(t / m**2 for t, m in runs)
+        stt = sum(t * t / m**2 for t, m in runs)
+        sm = sum(1 / m for _, m in runs)
+        stm = sum(t / m for t, m in runs)
+        det = stt * sw - st * st
+        ratio = (stm * sw - st * sm) / det if det > 0 else 1.0
+        if not math.isfinite(ratio) or ratio < 1.0:
+            ratio = 1.0
+        overhead = (sm - ratio * st) / sw
+        return cls(ratio, overhead, len(runs))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (stored with the study)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Calibration:
+        """Inverse of to_dict; None or {} is the uncalibrated default."""
+        return cls(**data) if data else cls()
+
+
+MIN_FIT_POINTS = 3
+
+
+def relative_errors(pairs: Sequence[tuple[float, float]]) -> list[float]:
+    """|predicted - measured| / measured for (predicted, measured) pairs with a measurement."""
+    return [abs(p - m) / m for p, m in pairs if m and m > 0]
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    """The median, or None for no values."""
+    return statistics.median(values) if values else None
