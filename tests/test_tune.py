@@ -172,7 +172,7 @@ def test_memory_limit_gives_oom_rows_and_every_trial_is_recorded(tmp_path):
     space = {"batch_size": [2, 64], "block_size": [8, 128], "n_embed": [64, 1024], "n_head": [1, 1],
              "n_layer": [1, 4], "learning_rate": [1e-3, 1e-3]}
     out = run_study(settings(tmp_path, trials=6, space_overrides=space, memory_limit=baseline + 150 * 2**20,
-                             trial_seconds=0.5, seed=3))
+                             trial_seconds=0.5, seed=3, predict=False))  # real OOMs: tests/test_tune_memory.py
     df = trials_frame(out.study)
     assert len(df) == 6 and df["status"].notna().all()
     oom = df[df["status"] == "oom"]

@@ -183,11 +183,77 @@ def main_report(argv: list[str]) -> int:
     return 0
 
 
+def build_maxbatch_parser() -> argparse.ArgumentParser:
+    """Flags of `python -m tune max-batch`."""
+    from gptcore.cliutil import add_config_flags
+    from tune import maxbatch
+
+    p = Parser(prog="python -m tune max-batch", conflict_handler="resolve",
+               description="The largest batch that trains --steps full optimizer steps at each block size under "
+                           "the memory limit, with --margin to spare: bracketed by the memory predictor, confirmed "
+                           "by bisection, each probe in its own process. The model: --preset < --config < flags; "
+                           "its batch size, step budget and evaluation are the probes' own.")
+    p.add_argument("--preset", choices=list(PRESETS), default="baby", help="named starting configuration")
+    p.add_argument("--config", type=Path, help="JSON config (e.g. the tuner's best.json); flags override it")
+    add_config_flags(p)
+    # Replaces the model's --block-size flag (conflict_handler="resolve"): one block size or several.
+    p.add_argument("--block-size", dest="block_sizes", type=maxbatch.block_size_list, default=None,
+                   metavar="64,128,256", help="block size(s) to search, comma-separated (default: the model's)")
+    p.add_argument("--memory-limit", type=parse_size, default=None,
+                   help="the memory a run may hold, e.g. 8GiB or 600MB (CUDA: allocator fraction, default the "
+                        "card less 512 MiB; CPU: rlimit, required)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="corpus (.txt or prepared folder): the vocabulary and the training batches")
+    p.add_argument("--steps", type=int_range(2, 10**6), default=maxbatch.DEFAULT_STEPS,
+                   help=f"full optimizer steps each probe trains (default {maxbatch.DEFAULT_STEPS}; 2 at least: "
+                        f"AdamW's state appears in the first)")
+    p.add_argument("--margin", type=maxbatch.margin_flag, default=maxbatch.DEFAULT_MARGIN,
+                   help=f"a batch counts only if its peak stays this share under the limit (default "
+                        f"{maxbatch.DEFAULT_MARGIN})")
+    p.add_argument("--out", type=Path, default=maxbatch.DEFAULT_OUT,
+                   help=f"JSON of the settings, machine and rows (default {maxbatch.DEFAULT_OUT})")
+    p.add_argument("--no-progress", action="store_true", help="no line per probe")
+    return p
+
+
+def main_maxbatch(argv: list[str]) -> int:
+    """Search the largest batch per block size, print the table, write the JSON."""
+    import time
+
+    from tune import maxbatch
+    from tune.runner import TrialRunner
+
+    args = build_maxbatch_parser().parse_args(argv)
+    runner = TrialRunner()
+    settings = maxbatch.settings_from_args(args, runner)
+    t0 = time.perf_counter()
+    try:
+        rows = maxbatch.run_max_batch(settings, runner, args.out)
+    except maxbatch.ProbeFailed as exc:
+        print(f"python -m tune max-batch: error: {exc}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - t0
+    path = maxbatch.write_json(args.out, settings, rows, {"preset": args.preset, "config": args.config,
+                                                          "seconds": seconds})
+    print(f"{settings.env['device_name']}: memory limit {settings.limit / 2**20:,.0f} MiB, margin "
+          f"{settings.margin:.0%}: a batch fits if {settings.steps} steps peak at or under "
+          f"{settings.allowed / 2**20:,.0f} MiB ('?': the next batch up was not confirmed)")
+    print(maxbatch.table(rows))
+    print(f"wrote {path} ({seconds:.0f} s)")
+    short = [str(r.block_size) for r in rows if not r.max_batch]
+    if short:  # predicted to fit at batch 1, but it did not
+        print(f"python -m tune max-batch: block size {', '.join(short)}: not even batch 1 trains within the limit "
+              f"less the margin", file=sys.stderr)
+    return 1 if short else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         return main_report(argv[1:])
+    if argv[:1] == ["max-batch"]:
+        return main_maxbatch(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.grace_period <= args.heartbeat_interval:

@@ -19,6 +19,7 @@ from gptcore.files import atomic_dir, atomic_write, atomic_write_text
 from tune import health
 from tune.budget import Budget, schedule_fields
 from tune.dispatch import CONFIRM_RUNS, confirm_label, source_name
+from tune.memreport import memory_plot, memory_section
 from tune.outcomes import COUNTED_STATUSES, STATUSES
 from tune.space import PARAMS, Space, preset_params
 from tune.storage import load_confirms, load_references
@@ -27,12 +28,15 @@ COLUMNS = ["number", "reference", "status", "state", "retry_of", "warm_start",
            "confirm_of", "confirm_run", "confirm_seed", *PARAMS, "rung", "rungs", "rung_loss",
            "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
            "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
-           "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "n_params", "mfu",
+           "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "peak_data_bytes",
+           "measured_peak_bytes", "predicted_peak_bytes", "mem_traced_bytes", "mem_baseline_bytes",
+           "mem_predict_seconds", "mem_ratio", "mem_overhead_bytes", "mem_limit_bytes", "n_params", "mfu",
            "device", "host", "tuner_pid", "worker", "threads", "cpu_share", "others_cores", "load_1m",
            "gpu_uuid", "gpu_other_processes", "gpu_util_percent",
            "contended", "budget_warning", "oom_phase", "oom_requested_bytes", "error", "checkpoint",
            "parent_rss_bytes"]
-PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png")
+PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
+         "memory.png")
 
 
 # What a confirmation run's row says it repeats when its tuner died before recording it.
@@ -48,8 +52,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     if confirms is not None:
         frames.append(_frame(confirms, "confirm"))
     df = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
-    # Peak memory that matters for the device: CUDA max allocated, else the trial process's peak RSS.
-    df["peak_memory_bytes"] = df["peak_allocated_bytes"].fillna(df["peak_rss_bytes"])
+    # The peak a memory limit counts (tune.record.measured_peak); studies recorded before it: CUDA max allocated,
+    # else the trial process's peak RSS.
+    peaks = df[["measured_peak_bytes", "peak_allocated_bytes", "peak_rss_bytes"]].apply(pd.to_numeric, errors="coerce")
+    df["peak_memory_bytes"] = peaks.bfill(axis=1).iloc[:, 0]
     _fill_from_source(df)
     return df
 
@@ -133,7 +139,8 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         "lr": df["learning_rate"].map(lambda v: f"{v:.2e}" if pd.notna(v) else ""),
         "rung": [f"{int(r)}/{int(n)}" if pd.notna(r) and pd.notna(n) else "" for r, n in zip(df["rung"], df["rungs"])],
         "loss_at_rung": df["rung_loss"].round(4), "tokens/s": whole(df["tokens_per_s"]),
-        "peak_MiB": whole(df["peak_memory_bytes"] / 2**20), "params_M": (df["n_params"] / 1e6).round(2),
+        "peak_MiB": whole(df["peak_memory_bytes"] / 2**20), "pred_MiB": whole(df["predicted_peak_bytes"] / 2**20),
+        "params_M": (df["n_params"] / 1e6).round(2),
         "steps": whole(df["steps"]), "trial_s": df["trial_seconds"].round(1),
         "flags": _flags(df),
     })
@@ -397,18 +404,20 @@ def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
     d["shape"] = d["batch_size"].astype(int).astype(str) + " x " + d["block_size"].astype(int).astype(str)
     ran = d[d["status"].isin(["ok", "pruned", "diverged"])]
     oom = d[d["status"] == "oom"]
+    skipped = d[d["status"] == "predicted_oom"]
     rows = []
     for (layers, embed), _ in d.groupby(["n_layer", "n_embed"]):
-        r = ran[(ran["n_layer"] == layers) & (ran["n_embed"] == embed)]
-        o = oom[(oom["n_layer"] == layers) & (oom["n_embed"] == embed)]
+        r, o, s = (f[(f["n_layer"] == layers) & (f["n_embed"] == embed)] for f in (ran, oom, skipped))
         biggest = r.loc[r["tokens_per_step"].idxmax()] if not r.empty else None
         smallest = o.loc[o["tokens_per_step"].idxmin()] if not o.empty else None
+        first_skip = s.loc[s["tokens_per_step"].idxmin()] if not s.empty else None
         rows.append({
             "layers": int(layers), "embed": int(embed),
             "largest batch x block that ran": biggest["shape"] if biggest is not None else "-",
             "its peak MiB": _mib(pd.Series([biggest["peak_memory_bytes"]])).iloc[0] if biggest is not None else "-",
             "smallest batch x block that OOM'd": smallest["shape"] if smallest is not None else "-",
-            "trials": len(r) + len(o),
+            "smallest skipped (predicted OOM)": first_skip["shape"] if first_skip is not None else "-",
+            "trials": len(r) + len(o) + len(s),
         })
     return pd.DataFrame(rows)
 
@@ -443,8 +452,8 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
     retries = int(search["retry_of"].notna().sum())
     lines += ["## Trials per status", "",
               f"{counted} counted trial(s) of the {settings.get('trials', counted)} asked for (ok, pruned, oom, "
-              f"diverged, timeout: outcomes of the configuration). Errors and interruptions are kept here but not "
-              f"counted; each is queued again once with the same parameters ({retries} retr"
+              f"predicted_oom, diverged, timeout: outcomes of the configuration). Errors and interruptions are "
+              f"kept here but not counted; each is queued again once with the same parameters ({retries} retr"
               f"{'y' if retries == 1 else 'ies'} so far).", "",
               counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
     lines += rung_section(search, len(rungs))
@@ -459,10 +468,12 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
         lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references "
                   "(one run each: the confirmation runs are in their own section).",
                   "", readable(top.head(10)).to_markdown(index=False), ""]
+    lines += memory_section(runs, settings, study.user_attrs, label)
     frontier = oom_frontier(runs)
     if not frontier.empty:
-        lines += ["## Out-of-memory frontier", "", "Per model size, the largest batch x block that trained and the "
-                  "smallest that ran out of memory.", "", frontier.to_markdown(index=False), ""]
+        lines += ["## Out-of-memory frontier", "", "Per model size, the largest batch x block that trained, the "
+                  "smallest that ran out of memory, and the smallest skipped as predicted out of memory (the "
+                  "predicted boundary: memory.png draws it).", "", frontier.to_markdown(index=False), ""]
     space = settings.get("space")
     if space:
         lines += ["## Search space", "", pd.DataFrame(space, index=["low", "high"]).T.to_markdown(), ""]
@@ -742,7 +753,8 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str
     ax.set(xlabel="peak memory (MiB)", ylabel="training tokens/s", title="Throughput vs peak memory")
     ax.legend()
     save(fig, "throughput_vs_memory.png")
-    return notes
+    note = memory_plot(df, limit, save)
+    return notes + ([note] if note else [])
 
 
 def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd.DataFrame:
