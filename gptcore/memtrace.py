@@ -15,7 +15,7 @@ import time
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed._tools.mem_tracker import MemTracker, _UpdateType
 
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.memory import StepMemory
@@ -23,27 +23,53 @@ from gptcore.model import build_model
 from gptcore.train import StepParts, configure_optimizer, train_step
 
 TRACED_STEPS = 2
+# Allocations this large are mmapped by glibc (its largest dynamic mmap threshold, DEFAULT_MMAP_THRESHOLD_MAX on
+# 64-bit) and returned when freed. CUDA's caching allocator has no such split: None.
+LARGE_FROM = {"cpu": 32 * 2**20}
 PARTS = {"Parameter": "parameters", "Gradient": "gradients", "Optstate": "optimizer", "Activation": "activations",
          "Temp": "temporary", "Buffer": "buffers", "Other": "inputs"}
 
 
 class _PeakTracker(MemTracker):
-    """MemTracker keeping only the global peak.
+    """MemTracker keeping only the global peak, and how much of it sits in large allocations.
 
     MemTracker also updates every module's own peak after every op, which costs O(ops x modules): 4 s to trace
-    an 8-layer step instead of 1.3 s (measured). The global figures are the same (tests/test_memtrace.py checks
-    it against MemTracker itself).
+    an 8-layer step instead of 1.3 s (measured). The global figures are the same (tests/test_memory.py checks
+    it against MemTracker itself). Allocations of at least `large_from` bytes are counted apart: on the CPU glibc
+    serves them with mmap and unmaps them when freed, so they cost what they hold, where smaller ones come from a
+    heap that fragments (see gptcore.memory.Calibration).
     """
+
+    def __init__(self, large_from: int | None = None) -> None:
+        super().__init__()
+        self.large_from = large_from
+        self.large = 0  # bytes in storages of at least large_from, now
+        self.large_at_peak = 0
+
+    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
+        super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+        if self.large_from is None:
+            return
+        def big(n: int | None) -> int:
+            return n if n is not None and n >= self.large_from else 0
+
+        if u_type == _UpdateType.ADD:
+            self.large += big(winfo.mem_consumed)
+        elif u_type == _UpdateType.DEL:
+            self.large -= big(winfo.mem_consumed)
+        elif u_type == _UpdateType.SIZE:
+            self.large += big(winfo.mem_consumed) - big(old_mem_consumed)
 
     def _update_peak_stats(self, peak_state) -> None:
         for dev, snap in self._curr_mem_snap.items():
             if self._peak_mem.get(dev, 0) < snap["Total"]:
                 self._peak_mem[dev] = snap["Total"]
                 self._peak_mem_snap[dev] = dict(snap)
+                self.large_at_peak = self.large
 
 
 def trace_step(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | torch.device = "cpu",
-               tracker: type[MemTracker] = _PeakTracker) -> StepMemory:
+               tracker: type[MemTracker] | None = None) -> StepMemory:
     """Peak tensor bytes of a training step of this model and batch on `device`, and what holds them."""
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -53,7 +79,7 @@ def trace_step(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | tor
         model.train()
         optimizer = configure_optimizer(model, train_cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.dtype == "float16")
-        mt = tracker()
+        mt = tracker() if tracker is not None else _PeakTracker(LARGE_FROM.get(device.type))
         mt.track_external(model, optimizer)
 
         def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +93,13 @@ def trace_step(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | tor
         with mt:
             for _ in range(TRACED_STEPS):
                 train_step(parts, next_batch)
-        peak = max(mt._peak_mem.values(), default=0)
-        snap = next(iter(mt.get_tracker_snapshot("peak").values()), {})
+        dev = max(mt._peak_mem, key=mt._peak_mem.get)  # the device the step runs on
+        snap = mt.get_tracker_snapshot("peak")[dev]
+        # Between steps only what lives the whole run is left: weights, buffers, AdamW's state (not its scratch).
+        resident = mt.get_tracker_snapshot("current")[dev]["Total"]
+        # Large transient bytes at the peak: the large ones then, less the large ones that stay (a huge embedding).
+        large = getattr(mt, "large_at_peak", 0) - getattr(mt, "large", 0)
     by_part = {PARTS.get(getattr(k, "value", str(k)), str(k)): int(v) for k, v in snap.items() if k != "Total"}
-    return StepMemory(peak_bytes=int(peak), parts=by_part, method="traced", seconds=time.perf_counter() - t0)
+    return StepMemory(peak_bytes=int(mt._peak_mem[dev]), parts=by_part, resident_bytes=int(resident),
+                      large_bytes=int(large), method="traced", seconds=time.perf_counter() - t0)
 

@@ -12,6 +12,7 @@ from gptcore.memory import Calibration, estimate_step, num_params
 from gptcore.memtrace import trace_step
 from gptcore.model import build_model
 from gptcore.train import StepParts, configure_optimizer, train_step
+from tests.conftest import cuda
 
 MODEL = ModelConfig(vocab_size=65, block_size=32, n_embed=64, n_head=2, n_layer=2, dropout=0.1)
 TRAIN = TrainConfig(batch_size=8)
@@ -43,6 +44,9 @@ def test_the_trace_equals_memtracker_on_real_tensors_of_the_same_steps():
             train_step(parts, batch)
     assert traced.peak_bytes == max(mt._peak_mem.values())
     assert traced.method == "traced" and traced.parts["optimizer"] > 0 and traced.parts["activations"] > 0
+    # Resident between steps: the weights, the mask buffers and AdamW's two states (and its step counters).
+    weights, buffers = 4 * num_params(MODEL), sum(b.nbytes for b in model.buffers())
+    assert 3 * weights + buffers <= traced.resident_bytes <= 3 * weights + buffers + 1024
     assert trace_step(MODEL, TRAIN, tracker=MemTracker).peak_bytes == traced.peak_bytes  # the lean tracker's peak
 
 
@@ -87,3 +91,24 @@ def test_peak_data_counts_an_allocation_that_is_gone_again():
     x = torch.ones((before - now + 64 * 2**20) // 4)
     del x
     assert peak_data_bytes() >= before + 60 * 2**20
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_the_cuda_trace_predicts_what_the_allocator_reserves(dtype):
+    """Fused AdamW, autocast and (float16) the loss scaler, on fake CUDA tensors; then the real step."""
+    train = dataclasses.replace(TRAIN, batch_size=32, dtype=dtype, device="cuda")
+    model_cfg = dataclasses.replace(MODEL, n_embed=256, block_size=128)
+    traced = trace_step(model_cfg, train, "cuda")
+    torch.cuda.reset_peak_memory_stats()
+    model = build_model(model_cfg).cuda()
+    optimizer = configure_optimizer(model, train, torch.device("cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "float16")
+    parts = StepParts(model, optimizer, scaler, train, torch.device("cuda"))
+    w = torch.randint(0, model_cfg.vocab_size, (32, model_cfg.block_size + 1), device="cuda")
+    for _ in range(2):
+        train_step(parts, lambda: (w[:, :-1], w[:, 1:]))
+    torch.cuda.synchronize()
+    allocated = torch.cuda.max_memory_allocated()
+    # The tracker counts every storage the step creates; the allocator, the same storages rounded to 512 bytes.
+    assert 0.9 < traced.peak_bytes / allocated < 1.1, (traced.peak_bytes, allocated)

@@ -52,6 +52,8 @@ def test_a_trial_that_fits_is_feasible_and_teaches_the_calibration(tmp_path, lim
     assert Calibration.from_dict(out.study.user_attrs["memory_calibration"]).points == 1
     summary = (out.results_dir / "summary.md").read_text()
     assert "prediction error |predicted - measured| / measured over 2 trial(s)" in summary
+    assert "fitted on all 2 measured run(s)" in summary  # the report refits on every record
+    assert (df["mem_resident_bytes"] > 0).all() and (df["mem_resident_bytes"] < df["mem_traced_bytes"]).all()
 
 
 def test_verdict_skips_only_past_the_margin_and_only_when_allowed():

@@ -144,6 +144,7 @@ class Prober:
         self.say = say
         # Before any probe: what the device probe saw (on the CPU the data segment before training; CUDA 0).
         self.baseline = settings.env.get("vm_data_bytes", 0) if settings.env["device_type"] != "cuda" else 0
+        self.estimated: set[tuple[int, int]] = set()  # (block size, batch) whose trace failed: analytic instead
 
     def configs(self, block_size: int, batch: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Model and train fields of a probe: --steps full steps, one evaluation window (never above the batch)."""
@@ -176,8 +177,9 @@ class Prober:
         run = self.runner.run(self.job(block_size, batch), _never_stop, TRACE_TIMEOUT_S, on_predicted=skip)
         _check_interrupted(run.status)
         memory = seen[0] if seen else None
-        if memory is None:  # no fake kernel for some op, or the process died: the estimate is the next best
-            why = run.message or "no trace"
+        if memory is None or memory.get("peak_bytes") is None:  # no fake kernel for an op, or the process died
+            why = (memory or {}).get("error") or run.message or "no trace"
+            self.estimated.add((block_size, batch))  # the estimate is the next best, but no lower bound
             self.say(f"block {block_size}: batch {batch} could not be traced ({why}); using the analytic estimate")
             return self.analytic(block_size, batch)
         self.baseline = int(memory.get("baseline_bytes", self.baseline))
@@ -200,7 +202,7 @@ class Prober:
         if run.status not in ("ok", "oom"):
             raise ProbeFailed(f"block {block_size}, batch {batch}: probe {run.status}: {run.message}"
                               f"{self.keep_log(Path(job['log']))}")
-        traced_bytes = int(memory["peak_bytes"]) if memory else None
+        traced_bytes = int(memory["peak_bytes"]) if memory and memory.get("peak_bytes") is not None else None
         predicted = calibration.predict(traced_bytes, self.baseline) if traced_bytes is not None else None
         measured = measured_peak(run.result["peak_memory"]) if run.result else None
         return Probe(batch, run.status, traced_bytes, self.baseline, predicted, measured, run.trial_seconds,
@@ -366,9 +368,13 @@ def describe(block_size: int, probe: Probe, allowed: int) -> str:
             f"{allowed / MiB:,.0f}) in {probe.seconds:.1f} s")
 
 
-def check_fits_at_one(traces: dict[int, int], baseline: int, settings: MaxBatchSettings) -> None:
-    """Refuse a block size whose step, traced at batch 1, cannot fit: the tensors alone are a lower bound."""
+def check_fits_at_one(traces: dict[int, int], baseline: int, settings: MaxBatchSettings,
+                      estimated: set[tuple[int, int]] = frozenset()) -> None:
+    """Refuse a block size whose step, traced at batch 1, cannot fit: the tensors alone are a lower bound (an
+    analytic estimate is none: under autocast it errs high, so it refuses nothing)."""
     for block_size, traced in traces.items():
+        if (block_size, 1) in estimated:
+            continue
         predicted = Calibration().predict(traced, baseline)
         if predicted > settings.allowed:
             raise UserError(f"--block-size {block_size}: the model does not fit even at batch 1: predicted peak "
@@ -426,7 +432,7 @@ def run_max_batch(settings: MaxBatchSettings, runner: TrialRunner, out: Path,
         prober = Prober(settings, runner, Path(logs), out.parent / f"{out.stem}-logs", say)
         # Every block size's batch 1 is checked before any training: a refusal costs seconds, not a search.
         ones = {t: prober.trace(t, 1) for t in settings.block_sizes}
-        check_fits_at_one(ones, prober.baseline, settings)
+        check_fits_at_one(ones, prober.baseline, settings, prober.estimated)
         shared: list[tuple[int, int]] = []
         return [search(prober, t, ones[t], shared) for t in settings.block_sizes]
 

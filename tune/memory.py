@@ -38,26 +38,30 @@ def limit_for(memory_limit: int | None, env: dict[str, Any]) -> int | None:
     return None
 
 
-def measured_runs(trials: Iterable[optuna.trial.FrozenTrial]) -> list[tuple[int, int]]:
-    """(traced bytes, measured bytes beyond the baseline) of every trial that trained with a prediction."""
-    runs = []
-    for t in trials:
-        a = t.user_attrs
-        if t.state == TrialState.FAIL or a.get("status") not in MEASURED_STATUSES:
+def calibration_points(records: Iterable[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Calibration.fit's points: (traced bytes less the exact ones, measured bytes beyond the baseline and the
+    exact ones) of every trial record that trained with a prediction."""
+    points = []
+    for a in records:
+        if a.get("status") not in MEASURED_STATUSES:
             continue
         traced, measured, base = a.get("mem_traced_bytes"), a.get("measured_peak_bytes"), a.get("mem_baseline_bytes")
-        if traced and measured and base is not None:
-            runs.append((int(traced), int(measured) - int(base)))
-    return runs
+        if _known(traced) and _known(measured) and _known(base):
+            exact = Calibration.exact({k: a.get(f"mem_{k}") if _known(a.get(f"mem_{k}")) else 0
+                                       for k in ("resident_bytes", "large_bytes")})
+            points.append((int(traced) - exact, int(measured) - int(base) - exact))
+    return points
+
+
+def _known(value: Any) -> bool:
+    return value is not None and value == value  # not None, not NaN (a table's missing figure)
 
 
 def calibrate(studies: Iterable[optuna.Study | None]) -> Calibration:
     """Fit the calibration on every measured run of the study, its references and its confirmation runs."""
-    runs: list[tuple[int, int]] = []
-    for study in studies:
-        if study is not None:
-            runs += measured_runs(study.get_trials(deepcopy=False))
-    return Calibration.fit(runs)
+    records = [t.user_attrs for study in studies if study is not None
+               for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+    return Calibration.fit(calibration_points(records))
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,10 @@ class Verdict:
     @staticmethod
     def judge(memory: dict[str, Any] | None, calibration: Calibration, limit: int | None, skip: bool) -> Verdict:
         """Predict device bytes; skip (when `skip` is allowed) only past the limit plus SKIP_MARGIN."""
-        if memory is None:
+        if not memory or memory.get("peak_bytes") is None:  # no trace, or a failed one: run it
             return Verdict(None, False)
-        predicted = calibration.predict(memory["peak_bytes"], memory.get("baseline_bytes", 0))
+        predicted = calibration.predict(memory["peak_bytes"], memory.get("baseline_bytes", 0),
+                                        Calibration.exact(memory))
         over = limit is not None and predicted > limit * (1 + SKIP_MARGIN)
         return Verdict(predicted, skip and over)
 
@@ -82,6 +87,8 @@ def record_fields(memory: dict[str, Any] | None, verdict: Verdict | None, calibr
     """The memory figures a trial's record keeps (tune.record writes them as user attributes)."""
     memory = memory or {}
     return {"mem_traced_bytes": memory.get("peak_bytes"), "mem_baseline_bytes": memory.get("baseline_bytes"),
+            "mem_resident_bytes": memory.get("resident_bytes"), "mem_large_bytes": memory.get("large_bytes"),
+            "mem_trace_error": memory.get("error"),
             "mem_predict_seconds": memory.get("seconds"),
             "predicted_peak_bytes": verdict.predicted_bytes if verdict else None,
             "mem_ratio": calibration.ratio if verdict and verdict.predicted_bytes else None,

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from gptcore.memory import Calibration
-from tune.memory import MEASURED_STATUSES, SKIP_MARGIN
+from tune.memory import MEASURED_STATUSES, SKIP_MARGIN, calibration_points
 
 MiB = 2**20
 
@@ -27,13 +27,22 @@ def predicted_vs_measured(df: pd.DataFrame) -> pd.DataFrame:
     return ran
 
 
-def memory_section(df: pd.DataFrame, settings: dict[str, Any], study_attrs: dict[str, Any],
-                   label: Callable[[pd.Series], str]) -> list[str]:
+def study_limit(df: pd.DataFrame) -> float | None:
+    """The limit the trials were judged against (the last recorded: a resumed study may have changed it)."""
+    known = df["mem_limit_bytes"].dropna() if "mem_limit_bytes" in df else pd.Series(dtype=float)
+    return float(known.iloc[-1]) if not known.empty else None
+
+
+def memory_section(df: pd.DataFrame, settings: dict[str, Any], label: Callable[[pd.Series], str]) -> list[str]:
     """summary.md's memory section: limit, calibration, skips, predicted vs measured per trial, median error."""
+    failed = df["mem_trace_error"].dropna() if "mem_trace_error" in df else pd.Series(dtype=object)
     if "predicted_peak_bytes" not in df or df["predicted_peak_bytes"].isna().all():
-        return []
-    limit = df["mem_limit_bytes"].dropna().iloc[0] if df["mem_limit_bytes"].notna().any() else None
-    cal = Calibration.from_dict(study_attrs.get("memory_calibration"))
+        if failed.empty:
+            return []
+        return ["## Memory: predicted and measured", "", f"- no prediction: the step's trace failed in {len(failed)} "
+                f"trial(s), e.g. {failed.iloc[0]} (the trial logs have the tracebacks)", ""]
+    limit = study_limit(df)
+    cal = Calibration.fit(calibration_points(r.to_dict() for _, r in df.iterrows()))
     skipped = df[df["status"] == "predicted_oom"]
     oom = df[df["status"] == "oom"]
     ran = predicted_vs_measured(df)
@@ -41,10 +50,13 @@ def memory_section(df: pd.DataFrame, settings: dict[str, Any], study_attrs: dict
     measure = ("bytes reserved by the CUDA caching allocator" if df["peak_reserved_bytes"].notna().any()
                else "the trial process's data segment, what the CPU's --memory-limit (RLIMIT_DATA) counts")
     lines.append(f"- measured peak: {measure}; predicted: the training step traced on fake tensors "
-                 f"(gptcore.memtrace) x ratio + overhead, plus the process's own baseline. Each trial was predicted "
-                 f"before it ran, with the calibration fitted on the runs measured by then; fitted on all "
-                 f"{cal.points} measured run(s) now: ratio {cal.ratio:.3f}, overhead "
-                 f"{cal.overhead_bytes / MiB:,.0f} MiB")
+                 f"(gptcore.memtrace): what costs exactly what it holds (weights, AdamW state, tensors the "
+                 f"allocator returns when freed) as it is, the other transient tensors x ratio, + overhead, plus "
+                 f"the process's own baseline. Each trial was predicted before it "
+                 f"ran, with the calibration fitted on the runs measured by then; fitted on all {cal.points} "
+                 f"measured run(s): ratio {cal.ratio:.3f}, overhead {cal.overhead_bytes / MiB:,.0f} MiB")
+    if not failed.empty:
+        lines.append(f"- the step's trace failed in {len(failed)} trial(s), which ran unpredicted: {failed.iloc[0]}")
     if limit is not None:
         skip_rule = ("skipped when predicted over it by more than "
                      f"{SKIP_MARGIN:.0%}" if settings.get("predict", True) else "never skipped (--no-predict)")
@@ -73,11 +85,12 @@ def memory_section(df: pd.DataFrame, settings: dict[str, Any], study_attrs: dict
     return lines
 
 
-def memory_plot(df: pd.DataFrame, limit: float | None, save: Callable[[Any, str], None]) -> str | None:
+def memory_plot(df: pd.DataFrame, save: Callable[[Any, str], None]) -> str | None:
     """memory.png: measured against predicted peak, the limit, the skip boundary, OOMs and skips; a note if not
     drawn."""
     import matplotlib.pyplot as plt
 
+    limit = study_limit(df)
     if "predicted_peak_bytes" not in df or df["predicted_peak_bytes"].isna().all():
         return "memory.png: not drawn (no trial has a memory prediction)"
     ran = predicted_vs_measured(df)

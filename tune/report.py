@@ -29,8 +29,9 @@ COLUMNS = ["number", "reference", "status", "state", "retry_of", "warm_start",
            "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
            "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
            "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "peak_data_bytes",
-           "measured_peak_bytes", "predicted_peak_bytes", "mem_traced_bytes", "mem_baseline_bytes",
-           "mem_predict_seconds", "mem_ratio", "mem_overhead_bytes", "mem_limit_bytes", "n_params", "mfu",
+           "measured_peak_bytes", "predicted_peak_bytes", "mem_traced_bytes", "mem_resident_bytes", "mem_large_bytes",
+           "mem_baseline_bytes", "mem_predict_seconds", "mem_ratio", "mem_overhead_bytes", "mem_limit_bytes",
+           "mem_trace_error", "n_params", "mfu",
            "device", "host", "tuner_pid", "worker", "threads", "cpu_share", "others_cores", "load_1m",
            "gpu_uuid", "gpu_other_processes", "gpu_util_percent",
            "contended", "budget_warning", "oom_phase", "oom_requested_bytes", "error", "checkpoint",
@@ -468,7 +469,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str
         lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references "
                   "(one run each: the confirmation runs are in their own section).",
                   "", readable(top.head(10)).to_markdown(index=False), ""]
-    lines += memory_section(runs, settings, study.user_attrs, label)
+    lines += memory_section(runs, settings, label)
     frontier = oom_frontier(runs)
     if not frontier.empty:
         lines += ["## Out-of-memory frontier", "", "Per model size, the largest batch x block that trained, the "
@@ -753,7 +754,7 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str
     ax.set(xlabel="peak memory (MiB)", ylabel="training tokens/s", title="Throughput vs peak memory")
     ax.legend()
     save(fig, "throughput_vs_memory.png")
-    note = memory_plot(df, limit, save)
+    note = memory_plot(df, save)
     return notes + ([note] if note else [])
 
 

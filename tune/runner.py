@@ -41,7 +41,7 @@ _TABLE = threading.Lock()  # multiprocessing's table of child processes (see the
 # on_eval(k, step, train_loss, val_loss) -> True to stop (prune) the trial.
 EvalHandler = Callable[[int, int, float, float], bool]
 # on_predicted(memory) -> True to skip the trial: memory is the traced step (gptcore.memory.StepMemory as a dict,
-# plus baseline_bytes), or None when the trace failed.
+# plus baseline_bytes), or {"error": ..., "baseline_bytes": ...} when the trace failed.
 PredictHandler = Callable[[dict[str, Any] | None], bool]
 
 

@@ -190,10 +190,12 @@ def _predict_and_ask(conn: Connection, model_cfg: Any, train_cfg: Any, device: A
         from gptcore.memtrace import trace_step
 
         memory = trace_step(model_cfg, train_cfg, device).to_dict()
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
-        memory = None
-    conn.send(("predicted", memory and {**memory, "baseline_bytes": baseline}))
+        from tune.outcomes import first_line
+
+        memory = {"error": first_line(exc)}  # recorded (mem_trace_error): a study whose traces all fail says so
+    conn.send(("predicted", {**memory, "baseline_bytes": baseline}))
     return conn.recv()
 
 
