@@ -99,8 +99,9 @@ class Calibration:
     freed (StepMemory.large_bytes). The other transient tensors (activations, temporaries, gradients), freed and
     allocated again every step from a heap that fragments, cost `ratio` times what they hold.
     Chosen on 87 CPU trials of the medium space here (leave-one-out relative error median 2.7 %, 90th percentile
-    5.9 %, largest 19 %; one ratio on all transient bytes: 2.5 %, 5.7 % but largest 32 %, its misses the
-    large-tensor configurations that decide skips near the limit: docs/memory.md).
+    5.9 %, largest 19 %; one ratio on all transient bytes: 2.5 %, 5.7 %, but largest 32 %: it misses the
+    large-tensor configurations that decide skips near the limit; one ratio on all bytes: 3.1 %, 8.2 %, 23 %.
+    docs/memory.md).
     Uncalibrated (no runs yet) it predicts the tensors alone: a lower bound, so that a skip before any evidence is
     never a false one.
     """

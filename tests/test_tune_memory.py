@@ -81,3 +81,11 @@ def test_the_limit_is_the_flag_else_the_card_less_its_context():
     assert limit_for(5 * MiB, {"device_type": "cpu"}) == 5 * MiB
     assert limit_for(None, {"device_type": "cpu"}) is None
     assert limit_for(None, {"device_type": "cuda", "gpu_memory_bytes": 8192 * MiB}) == 7680 * MiB
+
+
+def test_a_study_refuses_to_resume_under_another_memory_limit(tmp_path, limit):
+    from gptcore.errors import UserError
+
+    run_study(settings(tmp_path, trials=1, space_overrides=HUGE, memory_limit=limit))
+    with pytest.raises(UserError, match=r"memory_limit: \d+ -> \d+"):
+        run_study(settings(tmp_path, trials=2, space_overrides=HUGE, memory_limit=limit + 64 * MiB))

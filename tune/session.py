@@ -278,7 +278,9 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
                            make_pruner(settings.pruner, plan), display=spec.display)
         fingerprint = {**env, "corpus": corpus_fingerprint(meta), "dtype": dtype, "budget": str(budget),
-                       "objective": settings.objective, "space": space.to_dict(), "schedule": settings.schedule}
+                       "objective": settings.objective, "space": space.to_dict(), "schedule": settings.schedule,
+                       # what fits (run, OOM, skipped as predicted OOM) is judged against it
+                       "memory_limit": settings.memory_limit}
         if env["device_type"] == "cpu":  # a time budget on fewer cores trains fewer tokens: another question
             fingerprint["threads_per_trial"] = len(slots[0].cores)
         check_fingerprint(study, fingerprint)

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 from gptcore.errors import UserError
 
 FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
-                    "budget", "objective", "space", "schedule", "threads_per_trial")
+                    "budget", "objective", "space", "schedule", "threads_per_trial", "memory_limit")
 JOURNAL_SUFFIXES = (".log", ".journal")
 STORAGE_FORMS = "sqlite:///FILE, journal:PATH (or a path ending .log/.journal), or postgresql://USER:PASSWORD@HOST/DB"
 # Tries and back-off for races between tuners that start at once on one database (table creation, study rows).
