@@ -3,6 +3,7 @@
     python -m tune --trials 50                      # the shipped corpus, auto device, space and target budget
     python -m tune --budget 1h --trials 50          # the best configuration for a one-hour training run
     python -m tune report --study-name NAME         # regenerate tables and plots from the storage
+    python -m tune max-batch --preset course --block-size 64,128,256 --memory-limit 8GiB   # the largest batch
 """
 
 from __future__ import annotations
