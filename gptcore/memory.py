@@ -10,7 +10,6 @@ Shapes: B = batch, T = block, C = n_embed, nh = n_head, L = n_layer, V = vocab, 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +31,8 @@ HEAD_PER_C, HEAD_PER_V = 2, 3
 # Backward's temporaries at the peak: the gradients of the feed-forward's 4C hidden layer (two of them) and of
 # its output, per token.
 TEMP_PER_C = 9
+# Calibration.fit draws a slope from this many measured runs; fewer give ratio 1 and the smallest overhead.
+MIN_FIT_POINTS = 3
 
 
 @dataclass(frozen=True)
@@ -157,14 +158,3 @@ class Calibration:
         return cls(**data) if data else cls()
 
 
-MIN_FIT_POINTS = 3
-
-
-def relative_errors(pairs: Sequence[tuple[float, float]]) -> list[float]:
-    """|predicted - measured| / measured for (predicted, measured) pairs with a measurement."""
-    return [abs(p - m) / m for p, m in pairs if m and m > 0]
-
-
-def median_or_none(values: Sequence[float]) -> float | None:
-    """The median, or None for no values."""
-    return statistics.median(values) if values else None

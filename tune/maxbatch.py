@@ -28,10 +28,10 @@ from gptcore.config import ModelConfig, TrainConfig
 from gptcore.errors import UserError
 from gptcore.files import atomic_write_text, check_output_dir
 from gptcore.memory import Calibration, estimate_step
+from tune.memory import MiB
 from tune.record import measured_peak
 from tune.runner import TrialRunner
 
-MiB = 2**20
 MAX_BATCH = 2**20  # no search goes past this batch: a bound, so that the search always ends
 MAX_PROBES = 16  # real probes per block size, at most (typically 3 to 6)
 # The prediction placed this many probes in a row one past a bound without ending the search: it keeps missing,

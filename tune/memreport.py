@@ -12,9 +12,7 @@ from typing import Any
 import pandas as pd
 
 from gptcore.memory import Calibration
-from tune.memory import MEASURED_STATUSES, SKIP_MARGIN, calibration_points
-
-MiB = 2**20
+from tune.memory import MEASURED_STATUSES, SKIP_MARGIN, MiB, calibration_points
 
 
 def predicted_vs_measured(df: pd.DataFrame) -> pd.DataFrame:
