@@ -10,7 +10,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "data" / "wizard_of_oz.txt"
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+_needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda(test):
+    """A CUDA test: `pytest -m cuda` selects it, and it skips where no GPU is found."""
+    # Both marks: skipif alone carries no `cuda` mark, so `pytest -m cuda` selected nothing.
+    return pytest.mark.cuda(_needs_gpu(test))
 
 
 @pytest.fixture(autouse=True)

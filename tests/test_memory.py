@@ -95,20 +95,39 @@ def test_peak_data_counts_an_allocation_that_is_gone_again():
 
 @cuda
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_the_cuda_trace_predicts_what_the_allocator_reserves(dtype):
-    """Fused AdamW, autocast and (float16) the loss scaler, on fake CUDA tensors; then the real step."""
+def test_the_cuda_trace_is_memtracker_on_the_real_step_and_bounds_the_allocator(dtype):
+    """Fused AdamW, autocast and (float16) the loss scaler on fake CUDA tensors: MemTracker's count of the real step."""
     train = dataclasses.replace(TRAIN, batch_size=32, dtype=dtype, device="cuda")
     model_cfg = dataclasses.replace(MODEL, n_embed=256, block_size=128)
     traced = trace_step(model_cfg, train, "cuda")
+    torch._C._cuda_clearCublasWorkspaces()  # earlier tests' workspaces: the step below makes its own
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
     model = build_model(model_cfg).cuda()
+    model.train()
     optimizer = configure_optimizer(model, train, torch.device("cuda"))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == "float16")
     parts = StepParts(model, optimizer, scaler, train, torch.device("cuda"))
-    w = torch.randint(0, model_cfg.vocab_size, (32, model_cfg.block_size + 1), device="cuda")
-    for _ in range(2):
-        train_step(parts, lambda: (w[:, :-1], w[:, 1:]))
+    mt = MemTracker()
+    mt.track_external(model, optimizer)
+
+    def batch():
+        mt.reset_mod_stats()
+        w = torch.randint(0, model_cfg.vocab_size, (32, model_cfg.block_size + 1), device="cuda")
+        return w[:, :-1], w[:, 1:]
+
+    with mt:
+        for _ in range(2):
+            train_step(parts, batch)
     torch.cuda.synchronize()
-    allocated = torch.cuda.max_memory_allocated()
-    # The tracker counts every storage the step creates; the allocator, the same storages rounded to 512 bytes.
-    assert 0.9 < traced.peak_bytes / allocated < 1.1, (traced.peak_bytes, allocated)
+    # Within 0.01 %: on an H200 the float32 trace was 2 KiB over the tracker's 152 MiB, the 16-bit ones exact.
+    assert traced.peak_bytes == pytest.approx(max(mt._peak_mem.values()), rel=1e-4)
+    # The allocator holds more than the tensors: it rounds blocks up, and keeps cuBLAS's workspaces (one per
+    # handle: the forward's thread and autograd's) for the process's life. On an H200 (torch 2.11) that was
+    # 1.03x (float32) to 1.19x (16-bit) the trace, plus 65 MiB of workspaces: the calibration's ratio and overhead.
+    allocated = torch.cuda.max_memory_allocated() - base
+    held = torch.cuda.memory_allocated()
+    torch._C._cuda_clearCublasWorkspaces()
+    workspaces = held - torch.cuda.memory_allocated()
+    assert traced.peak_bytes <= allocated - workspaces <= 1.25 * traced.peak_bytes, (traced, allocated, workspaces)

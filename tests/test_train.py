@@ -10,7 +10,7 @@ from tests.conftest import cuda
 
 
 def configs(**overrides):
-    model_cfg, train_cfg = from_name("tiny", device="cpu", **overrides)
+    model_cfg, train_cfg = from_name("tiny", **{"device": "cpu", **overrides})
     return model_cfg, train_cfg
 
 

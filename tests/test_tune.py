@@ -320,6 +320,11 @@ def test_contention_rules():
     # One thread on two cores leaves a core free: a neighbour on it is not contention.
     assert contention({**quiet, "threads": 1, "others_cores": 1.0}, "cpu") is None
     assert "1 other process(es) on its GPU" in contention({**quiet, "gpu_other_processes": 1}, "cuda")
+    # A GPU trial pinned to 16 cores keeps about one busy launching kernels: a neighbour on 0.3 of the other 15
+    # is not contention (seen on an H200), one on 15.5 of them is.
+    gpu = {"cpu_share": 1.2 / 16, "others_cores": 0.3, "threads": 16, "cores": list(range(16)), "cores_owned": True}
+    assert contention(gpu, "cuda") is None and "kept 0.3 of its 16 own" in contention(gpu, "cpu")
+    assert "kept 15.5 of its 16 own core(s) busy" in contention({**gpu, "others_cores": 15.5}, "cuda")
     assert budget_warnings(10, 0.5) == ["only 10 timed steps (< 50)", "evaluation took 50% of its time (> 25%)"]
     assert budget_warnings(500, 0.05) == []
 

@@ -171,16 +171,21 @@ def contention(measure: dict[str, Any], device_type: str) -> str | None:
     if device_type == "cuda" and (measure.get("gpu_other_processes") or 0) > 0:
         reasons.append(f"{measure['gpu_other_processes']} other process(es) on its GPU")
     others, cores, threads = measure.get("others_cores"), measure.get("cores"), measure.get("threads")
+    share = measure.get("cpu_share")
     if isinstance(cores, list):  # the cores it ran on (older records: how many)
         cores = len(cores)
     if others is not None and cores and threads:
         # Owned (pinned) cores: others_cores is what other processes took from them, and every one of them has a
         # thread of this trial, so no spare; machine-wide, the cores its threads leave free absorb neighbours.
-        spare = max(cores - threads, 0)
+        # On a GPU the host only launches kernels: the trial needs the cores it kept busy (at least one), not one
+        # per intra-op thread, so a neighbour on the other 15 of 16 owned cores does not slow it.
+        demand = threads
+        if device_type != "cpu" and share is not None:
+            demand = min(threads, max(1.0, share * threads))
+        spare = max(cores - demand, 0)
         if others > spare + SPARE_CORES_SLACK:
             where = f"its {cores} own core(s)" if measure.get("cores_owned") else f"{cores} cores"
             reasons.append(f"other processes kept {others:.1f} of {where} busy")
-    share = measure.get("cpu_share")
     if device_type == "cpu" and share is not None and share < MIN_CPU_SHARE:
         reasons.append(f"it got {share:.0%} of the CPU time its {threads} thread(s) could use")
     return "; ".join(reasons) or None
