@@ -151,32 +151,13 @@ def build_report_parser() -> argparse.ArgumentParser:
 
 def main_report(argv: list[str]) -> int:
     """Rebuild trials.csv, summary.md, best.json and plots from the storage alone."""
-    import optuna
-
+    from tune.load import load_study
     from tune.report import readable, write_report
-    from tune.storage import make_storage, resolve_storage, study_file_problem
     from tune.study import check_writable
 
     args = build_report_parser().parse_args(argv)
-    name = args.study_name
-    if name is None:
-        found = sorted(p.parent.name for p in args.results.glob("*/study.db"))
-        if len(found) != 1:
-            raise UserError(f"--study-name is needed: {len(found)} studies under {args.results} "
-                            f"({', '.join(found) or 'none'})")
-        name = found[0]
-    folder = args.results / name
-    spec = resolve_storage(args.storage, folder / "study.db")
-    where = f"--storage {spec.display}" if args.storage else str(folder / "study.db")
-    problem = study_file_problem(spec)  # a report only reads: never a new, empty storage
-    if problem:
-        raise UserError(f"{where}: {problem}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(spec)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise UserError(f"--study-name {name}: no such study in {spec.display}") from None
+    loaded = load_study(args.study_name, storage=args.storage, results=args.results)
+    study, folder = loaded.study, loaded.folder
     check_writable(folder)
     df = write_report(study, folder)
     print(readable(df).to_string(index=False))
