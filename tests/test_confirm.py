@@ -23,12 +23,13 @@ from tests.test_tune import TINY_SPACE
 from tune import dispatch
 from tune.budget import Budget, RungPlan
 from tune.dispatch import DONE, WAIT, Claim, Confirm, Source
-from tune.report import COLUMNS, choose_winner, confirmation_section, readable, trials_frame
+from tune.report import COLUMNS, choose_winner, readable, trials_frame
 from tune.session import Session, reference_configs, trial_configs
 from tune.slots import Slot
 from tune.space import Space, preset_params
 from tune.storage import confirm_study_name, load_confirms, make_storage, resolve_storage
 from tune.study import TuneSettings, job_for, run_study
+from tune.summary import confirmation_section
 
 STEADY, CROSSING, SEED_ONE_FAILS = (f"tests.tune_faults:{n}" for n in ("steady", "crossing", "seed_one_fails"))
 

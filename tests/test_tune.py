@@ -54,8 +54,8 @@ def test_every_suggestion_is_a_valid_config(name):
 
 
 def test_fixed_trial_gives_the_configs_a_trial_trains():
-    trial = optuna.trial.FixedTrial({"log2_batch_size": 3, "log2_block_size": 5, "n_embed": 128,
-                                     "log2_n_head": 2, "n_layer": 2, "learning_rate": 1e-3})
+    trial = optuna.trial.FixedTrial({"log2(batch_size)": 3, "log2(block_size)": 5, "n_embed": 128,
+                                     "log2(n_head)": 2, "n_layer": 2, "learning_rate": 1e-3})
     params = Space().suggest(trial)
     assert params == {"batch_size": 8, "block_size": 32, "n_embed": 128, "n_head": 4, "n_layer": 2,
                       "learning_rate": 1e-3}
@@ -143,25 +143,41 @@ def test_parse_size(text, value):
 def test_study_completes_and_writes_every_file(tmp_path):
     out = run_study(settings(tmp_path))
     folder = out.results_dir
-    for name in ("trials.csv", "summary.md", "best.json", "study.db", "rungs.png", "history.png", "importances.png",
+    for name in ("trials.csv", "summary.md", "best.json", "study.db", "rungs.png", "history.png",
                  "loss_vs_memory.png", "throughput_vs_memory.png"):
         assert (folder / name).stat().st_size > 0, name
     df = pd.read_csv(folder / "trials.csv")
     assert len(df) == 4 and set(df["status"]) <= {"ok", "pruned"}
     ok = df[df["status"] == "ok"]
-    assert (ok["val_loss"] > 0).all() and (ok["tokens_per_s"] > 0).all() and (ok["peak_rss_bytes"] > 0).all()
+    # Human units: MiB and seconds, the objective value, when each trial started and how long it took.
+    assert (ok["val_loss"] > 0).all() and (ok["tokens_per_s"] > 0).all() and (ok["peak_rss_MiB"] > 50).all()
+    assert (ok["objective_value"].round(4) == ok["val_loss"]).all() and df["started"].notna().all()
+    train_tokens = out.study.user_attrs["corpus_tokens"]["train"]  # epochs: tokens seen / the training split
+    assert (df["epochs"] > 0).all() and list(df["epochs"]) == pytest.approx(list(df["tokens_M"] * 1e6 / train_tokens),
+                                                                              abs=0.01)
     # Every second of a trial is booked once: training, warm-up and evaluation fit in the trial's wall time.
-    inside = df["train_seconds"] + df["warmup_seconds"] + df["eval_seconds"] + df["startup_seconds"]
-    assert (inside <= df["trial_seconds"]).all() and (df["warmup_steps"] == 2).all()
+    inside = df["train_s"] + df["warmup_s"] + df["eval_s"] + df["startup_s"]
+    assert (inside <= df["duration_s"] + 0.05).all() and (df["warmup_steps"] == 2).all()
     assert ((df["eval_share"] > 0) & (df["eval_share"] < 1)).all() and (df["cpu_share"] > 0).all()
     assert df["batch_size"].isin([2, 4]).all() and df["block_size"].isin([8, 16]).all()
+    assert "parent_rss_bytes" not in df and not any(c.endswith("_bytes") for c in df.columns)
     summary = (folder / "summary.md").read_text()
-    for section in ("## Environment", "## Target and rungs", "## Trials per status", "## Verdict", "## Top 10",
-                    "## Out-of-memory frontier", "## Search space"):
+    for section in ("## What was run", "## Verdict", "## Top 10", "## Out-of-memory frontier", "## Search space",
+                    "## Environment", "## trials.csv"):
         assert section in summary
-    model_cfg, train_cfg = from_dict(json.loads((folder / "best.json").read_text()))
+    assert "No configuration ran out of memory; the largest tried used" in summary
+    # Too few trials trained to the target for parameter importances: not drawn, and the summary says why.
+    assert not (folder / "importances.png").exists() and "importances.png: not drawn (4 trial(s)" in summary
+    best_json = json.loads((folder / "best.json").read_text())
+    model_cfg, train_cfg = from_dict(best_json)
     best = ok.loc[ok["val_loss"].idxmin()]
     assert (model_cfg.n_embed, train_cfg.batch_size, model_cfg.vocab_size) == (best["n_embed"], best["batch_size"], 80)
+    # The complete config: what the trial itself trained (its row keeps it), less the device and the rung-only
+    # evaluation; provenance says where it comes from.
+    trained = json.loads(best["config"])
+    assert ModelConfig(**trained["model"]) == model_cfg and train_cfg.seed == trained["train"]["seed"]
+    assert best_json["provenance"]["trial"] == int(best["number"]) and train_cfg.device == "auto"
+    assert best_json["provenance"]["val_loss_at_target"] == pytest.approx(best["val_loss"], abs=1e-4)
     assert sorted(p.name for p in (folder / "logs").iterdir()) == [f"trial_{i:04d}.log" for i in range(4)]
 
 
@@ -492,8 +508,8 @@ def test_the_readable_table_leaves_missing_figures_blank_and_names_an_unrecorded
     df = pd.DataFrame([{"number": 3, "status": "pruned", "batch_size": 8, "block_size": 16, "n_embed": 64,
                         "n_head": 2, "n_layer": 1, "learning_rate": 1e-3, "rung": 1, "rungs": 2},
                        {"number": None, "reference": None, "status": "interrupted"}]).reindex(
-                           columns=[*COLUMNS, "peak_memory_bytes"])
+                           columns=COLUMNS)
     table = readable(df)
     assert list(table["trial"]) == ["3", "ref (unrecorded)"]
-    assert table.loc[0, "retry_of"] == "" and table.loc[0, "tokens/s"] == "" and table.loc[0, "batch"] == 8
+    assert "retry_of" not in table and table.loc[0, "k tok/s"] == "" and table.loc[0, "batch"] == 8
     assert "<NA>" not in table.to_string() and "nan" not in table.to_markdown()

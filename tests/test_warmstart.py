@@ -67,7 +67,7 @@ def params_of(row: pd.Series) -> dict:
 
 def test_encode_inverts_decode_and_contains_is_what_suggest_can_draw():
     params = Space.encode(A)
-    assert params == {"log2_batch_size": 1, "log2_block_size": 3, "log2_n_head": 0, "n_embed": 64, "n_layer": 1,
+    assert params == {"log2(batch_size)": 1, "log2(block_size)": 3, "log2(n_head)": 0, "n_embed": 64, "n_layer": 1,
                       "learning_rate": 0.0012345678901234567}
     assert Space.decode(params) == A and SPACE.suggest(optuna.trial.FixedTrial(params)) == A
     assert SPACE.contains(A) and SPACE.contains({k: np.float64(v) for k, v in A.items()})  # as read from a table

@@ -152,7 +152,8 @@ def build_report_parser() -> argparse.ArgumentParser:
 def main_report(argv: list[str]) -> int:
     """Rebuild trials.csv, summary.md, best.json and plots from the storage alone."""
     from tune.load import load_study
-    from tune.report import readable, write_report
+    from tune.outputs import write_report
+    from tune.report import readable
     from tune.study import check_writable
 
     args = build_report_parser().parse_args(argv)

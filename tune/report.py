@@ -1,10 +1,10 @@
-"""Results of a study, from the storage alone: trials.csv, summary.md, best.json and plots."""
+"""A study's results as data, from the storage alone: the trial table, the winner (confirmed or single-run),
+best.json's config and provenance, the OOM frontier. tune.outputs writes them; tune.summary and tune.plots show
+them."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,31 +14,18 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from gptcore.config import from_name, to_dict
-from gptcore.files import atomic_dir, atomic_write, atomic_write_text
-from tune import health
+from gptcore.config import ModelConfig, TrainConfig, from_name, to_dict
+from gptcore.files import atomic_dir
+from tune import schema
 from tune.budget import Budget, schedule_fields
 from tune.dispatch import CONFIRM_RUNS, confirm_label, source_name
-from tune.memreport import memory_plot, memory_section
-from tune.outcomes import COUNTED_STATUSES, STATUSES
+from tune.outcomes import COUNTED_STATUSES
+from tune.provenance import versions
 from tune.space import PARAMS, Space, preset_params
 from tune.storage import load_confirms, load_references
 
-COLUMNS = ["number", "reference", "status", "state", "retry_of", "warm_start",
-           "confirm_of", "confirm_run", "confirm_seed", *PARAMS, "rung", "rungs", "rung_loss",
-           "reached_target", "val_loss", "train_loss", "steps", "tokens", "tokens_per_s",
-           "train_seconds", "eval_seconds", "eval_share", "warmup_steps", "warmup_seconds", "trial_seconds",
-           "startup_seconds", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "peak_data_bytes",
-           "measured_peak_bytes", "predicted_peak_bytes", "mem_traced_bytes", "mem_resident_bytes", "mem_large_bytes",
-           "mem_baseline_bytes", "mem_predict_seconds", "mem_ratio", "mem_overhead_bytes", "mem_limit_bytes",
-           "mem_trace_error", "n_params", "mfu",
-           "device", "host", "tuner_pid", "worker", "threads", "cpu_share", "others_cores", "load_1m",
-           "gpu_uuid", "gpu_other_processes", "gpu_util_percent",
-           "contended", "budget_warning", "oom_phase", "oom_requested_bytes", "error", "checkpoint",
-           "parent_rss_bytes"]
-PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
-         "memory.png")
-
+# trials_frame's columns: the record (tune.schema), the figures the tables are built from, and bookkeeping.
+COLUMNS = [*(f.name for f in schema.FIELDS), "state", "measured_peak_bytes", "tuner_pid", "parent_rss_bytes"]
 
 # What a confirmation run's row says it repeats when its tuner died before recording it.
 UNRECORDED = "(unrecorded)"
@@ -53,11 +40,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     if confirms is not None:
         frames.append(_frame(confirms, "confirm"))
     df = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
+    corpus = study.user_attrs.get("corpus_tokens") or {}
+    # Epochs: how often the trial saw the training split (unknown for studies that did not record its size).
+    df["epochs"] = pd.to_numeric(df["tokens"], errors="coerce") / corpus["train"] if corpus.get("train") else None
     # The peak a memory limit counts (tune.record.measured_peak); studies recorded before it: CUDA max allocated,
     # else the trial process's peak RSS.
     peaks = df[["measured_peak_bytes", "peak_allocated_bytes", "peak_rss_bytes"]].apply(pd.to_numeric, errors="coerce")
     df["peak_memory_bytes"] = peaks.bfill(axis=1).iloc[:, 0]
     _fill_from_source(df)
+    df["trial"] = [label(r) for _, r in df.iterrows()]
     return df
 
 
@@ -88,7 +79,10 @@ def _frame(study: optuna.Study, kind: str) -> pd.DataFrame:
         drawn = t.params or t.system_attrs.get("fixed_params") or {}
         row = {"number": t.number if search else None, **Space.decode(drawn), **t.user_attrs,
                "state": t.state.name,
-               "status": status_of(t), "retry_of": history[-1] if history and search else None}
+               "status": status_of(t), "retry_of": history[-1] if history and search else None,
+               "objective_value": t.value if t.state == TrialState.COMPLETE else None,
+               "started": t.datetime_start.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+               if t.datetime_start else None}
         if kind == "reference" and t.user_attrs.get("reference"):
             row.update({k: v for k, v in preset_params(t.user_attrs["reference"]).items() if pd.isna(row.get(k))})
         if kind == "confirm" and not t.user_attrs.get("confirm_of"):
@@ -139,12 +133,16 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         "heads": whole(df["n_head"]), "layers": whole(df["n_layer"]),
         "lr": df["learning_rate"].map(lambda v: f"{v:.2e}" if pd.notna(v) else ""),
         "rung": [f"{int(r)}/{int(n)}" if pd.notna(r) and pd.notna(n) else "" for r, n in zip(df["rung"], df["rungs"])],
-        "loss_at_rung": df["rung_loss"].round(4), "tokens/s": whole(df["tokens_per_s"]),
-        "peak_MiB": whole(df["peak_memory_bytes"] / 2**20), "pred_MiB": whole(df["predicted_peak_bytes"] / 2**20),
-        "params_M": (df["n_params"] / 1e6).round(2),
-        "steps": whole(df["steps"]), "trial_s": df["trial_seconds"].round(1),
+        "loss_at_rung": df["rung_loss"].round(4),
+        "k tok/s": (pd.to_numeric(df["tokens_per_s"], errors="coerce") / 1e3).round(1),
+        "peak MiB": whole(df["peak_memory_bytes"] / 2**20), "pred MiB": whole(df["predicted_peak_bytes"] / 2**20),
+        "params M": (df["n_params"] / 1e6).round(2),
+        "steps": whole(df["steps"]), "epochs": pd.to_numeric(df["epochs"], errors="coerce").round(1),
+        "trial s": df["trial_seconds"].round(1),
         "flags": _flags(df),
     })
+    if df["retry_of"].isna().all():  # a column of blanks says nothing
+        table = table.drop(columns="retry_of")
     # Where each trial ran, when the study used more than one worker or machine.
     where = df["worker"].fillna("").astype(str)
     if df["host"].nunique() > 1:
@@ -343,29 +341,33 @@ def confirmation_provenance(winner: Winner, seed: int | None) -> dict[str, Any]:
 
 
 def best_config(row: pd.Series, settings: dict[str, Any], vocab_size: int | None) -> dict[str, Any]:
-    """The winner as a gptcore config that trains it from scratch exactly as the study did, to the same target.
-
-    Same shape, batch, learning rate and schedule, the same budget (seconds of timed training or steps), the
-    same validation windows (so its val loss compares with the study's figures); 10 evaluations on the way.
+    """The winner as a complete gptcore config (the config's own to_dict) that trains it from scratch exactly as
+    the study did: the same shape, batch, learning rate, schedule, seed, precision and validation windows, for the
+    same target budget (seconds of timed training, or steps); 10 evaluations on the way; the device left to auto.
     """
-    steps = int(row["steps"]) if pd.notna(row["steps"]) else 1000
-    budget = Budget(settings["budget_amount"], settings["budget_unit"]).train_fields()
-    shared = {**budget, "eval_interval": max(1, steps // 10), "eval_iters": settings.get("eval_iters", 4),
-              "eval_batch_size": settings.get("eval_batch_size", 32), "eval_train_split": False,
-              "dtype": settings.get("dtype", "float32"), "seed": settings.get("seed", 0)}
-    preset = reference_of(row)
-    if preset:
-        cfg = to_dict(*from_name(preset))  # a preset won: its own shape, dropout and schedule
-        model, train = cfg["model"], {**cfg["train"], **shared}
-        train.pop("device", None)
-    else:
-        model = {"block_size": int(row["block_size"]), "n_embed": int(row["n_embed"]),
-                 "n_head": int(row["n_head"]), "n_layer": int(row["n_layer"]), "dropout": 0.0}
-        train = {"batch_size": int(row["batch_size"]), "learning_rate": float(row["learning_rate"]),
-                 **schedule_fields(settings.get("schedule", "cosine")), **shared}
-    if vocab_size:
-        model["vocab_size"] = vocab_size
-    return {"model": model, "train": train}
+    recorded = row.get("config")
+    if isinstance(recorded, dict):  # what the trial itself trained
+        model, train = dict(recorded["model"]), dict(recorded["train"])
+    else:  # a study recorded before trials kept their config: rebuilt as tune.session builds a trial's
+        budget = Budget(settings["budget_amount"], settings["budget_unit"]).train_fields()
+        shared = {**budget, "eval_iters": settings.get("eval_iters", 4),
+                  "eval_batch_size": settings.get("eval_batch_size", 32), "eval_train_split": False,
+                  "dtype": settings.get("dtype", "float32"), "seed": settings.get("seed", 0)}
+        preset = reference_of(row)
+        if preset:
+            cfg = to_dict(*from_name(preset))  # a preset won: its own shape, dropout and schedule
+            model, train = cfg["model"], {**cfg["train"], **shared}
+        else:
+            model = {"block_size": int(row["block_size"]), "n_embed": int(row["n_embed"]),
+                     "n_head": int(row["n_head"]), "n_layer": int(row["n_layer"]), "dropout": 0.0}
+            train = {"batch_size": int(row["batch_size"]), "learning_rate": float(row["learning_rate"]),
+                     **schedule_fields(settings.get("schedule", "cosine")), **shared}
+        if vocab_size:
+            model["vocab_size"] = vocab_size
+    steps = int(row["steps"]) if pd.notna(row.get("steps")) else 1000
+    # The study evaluated only at its rungs; a person training it wants to watch the loss: 10 evaluations.
+    train.update(eval_interval=max(1, steps // 10), device="auto")
+    return to_dict(ModelConfig(**model), TrainConfig(**train))
 
 
 def provenance(row: pd.Series, study: optuna.Study) -> dict[str, Any]:
@@ -373,8 +375,11 @@ def provenance(row: pd.Series, study: optuna.Study) -> dict[str, Any]:
     settings, env = study.user_attrs.get("settings", {}), study.user_attrs.get("environment", {})
     return {
         "study": study.study_name, "trial": trial_of(row), "val_loss_at_target": _number(row["val_loss"]),
-        "target_budget": settings.get("budget"), "schedule": settings.get("schedule"),
-        "device": env.get("device_name"), "torch": env.get("torch"), "optuna": optuna.__version__,
+        "tokens_per_s": _number(row["tokens_per_s"]), "peak_memory_MiB": _number(row["peak_memory_bytes"] / 2**20),
+        "epochs_seen": _number(row.get("epochs")), "target_budget": settings.get("budget"),
+        "schedule": settings.get("schedule"), "objective": settings.get("objective"), "corpus": settings.get("corpus"),
+        "device": env.get("device_name"), "dtype": settings.get("dtype"),
+        "versions": {**versions(), "torch": env.get("torch")},
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "rule": "trains this configuration from scratch for the study's target budget (max_seconds of timed "
                 "training, or max_iters), with the same learning-rate schedule and the same validation windows "
@@ -423,362 +428,3 @@ def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path) -> str:
-    """summary.md: environment, budget, counts, best, confirmation, top 10, OOM frontier, search space."""
-    env = study.user_attrs.get("environment", {})
-    settings = study.user_attrs.get("settings", {})
-    objective = settings.get("objective", "loss")
-    lines = [f"# Study `{study.study_name}`", ""]
-    lines += ["## Environment", "", pd.DataFrame({"": list(env), "value": [str(v) for v in env.values()]})
-              .to_markdown(index=False), ""]
-    limit = settings.get("memory_limit_bytes")
-    meaning = "validation loss, lower is better" if objective == "loss" else "training tokens/s, higher is better"
-    rungs = settings.get("rungs") or [1.0]
-    lines += ["## Target and rungs", "",
-              f"- target: **{settings.get('budget')}** of training per configuration (evaluation excluded); the "
-              f"winner is the configuration with the best {meaning.split(',')[0]} *at that budget*",
-              f"- rungs at {', '.join(f'{f:.3g}' for f in rungs)} of the target (reduction factor "
-              f"{settings.get('reduction_factor')}, pruner {settings.get('pruner')}): only the best 1/"
-              f"{settings.get('reduction_factor')} at a rung train on; learning-rate schedule "
-              f"**{settings.get('schedule')}** to the target, the same in every trial and in best.json",
-              f"- objective: **{objective}** ({meaning}), validation on {settings.get('eval_iters')} batches "
-              f"of {settings.get('eval_batch_size')} windows, the same for every trial",
-              f"- precision {settings.get('dtype')}, sampler {settings.get('sampler')}, "
-              f"memory limit {f'{limit / 2**20:,.0f} MiB' if limit else 'none (the whole device)'}",
-              f"- corpus {settings.get('corpus')}", ""]
-    runs = originals(df)
-    search = runs[runs["reference"].isna()]
-    counts = search["status"].value_counts().reindex(STATUSES, fill_value=0)
-    counted = int(search["status"].isin(COUNTED_STATUSES).sum())
-    retries = int(search["retry_of"].notna().sum())
-    lines += ["## Trials per status", "",
-              f"{counted} counted trial(s) of the {settings.get('trials', counted)} asked for (ok, pruned, oom, "
-              f"predicted_oom, diverged, timeout: outcomes of the configuration). Errors and interruptions are "
-              f"kept here but not counted; each is queued again once with the same parameters ({retries} retr"
-              f"{'y' if retries == 1 else 'ies'} so far).", "",
-              counts[counts > 0].rename("trials").to_frame().to_markdown(), ""]
-    lines += rung_section(search, len(rungs))
-    winner = choose_winner(df, settings)
-    lines += verdict_section(winner, df, objective, folder)
-    lines += confirmation_section(winner, objective)
-    lines += measurement_section(study, df)
-    lines += warm_start_section(study, runs, objective)
-    ok = runs[runs["status"] == "ok"]
-    if not ok.empty:
-        top = ok.sort_values("val_loss" if objective == "loss" else "tokens_per_s", ascending=objective == "loss")
-        lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references "
-                  "(one run each: the confirmation runs are in their own section).",
-                  "", readable(top.head(10)).to_markdown(index=False), ""]
-    lines += memory_section(runs, settings, label)
-    frontier = oom_frontier(runs)
-    if not frontier.empty:
-        lines += ["## Out-of-memory frontier", "", "Per model size, the largest batch x block that trained, the "
-                  "smallest that ran out of memory, and the smallest skipped as predicted out of memory (the "
-                  "predicted boundary: memory.png draws it).", "", frontier.to_markdown(index=False), ""]
-    space = settings.get("space")
-    if space:
-        lines += ["## Search space", "", pd.DataFrame(space, index=["low", "high"]).T.to_markdown(), ""]
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in PLOTS] + [""]
-    return "\n".join(lines)
-
-
-def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, folder: Path) -> list[str]:
-    """The winner at the target, and by how much it beats each reference preset (or that it does not): by their
-    means over their runs where their confirmation completed, else by their single runs."""
-    if winner is None:
-        return ["## Verdict", "", "No configuration trained to the target yet.", ""]
-    best = winner.row
-    key, lower = objective_key(objective)
-    name = f"the `{reference_of(best)}` preset (a reference)" if reference_of(best) else f"trial {int(best['number'])}"
-    score, what = _figure(winner, best, key)
-    over = f" over {int(winner.line['n'])} runs (see Confirmation)" if winner.line is not None else ""
-    lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {score:.4g}{over}.", ""]
-    tried = originals(df)
-    for _, ref in tried[tried["reference"].notna()].iterrows():
-        if ref["status"] != "ok":
-            lines.append(f"- reference `{ref['reference']}`: {ref['status']} ({ref['error'] or 'no value'})")
-            continue
-        value, its = _figure(winner, ref, key)
-        gain = (value - score) if lower else (score - value)
-        if ref["reference"] == best["reference"]:
-            lines.append(f"- reference `{ref['reference']}` ({its} {value:.4g}) is the winner: no searched "
-                         f"configuration beat it at this budget")
-        else:
-            lines.append(f"- beats reference `{ref['reference']}` ({its} {value:.4g}) by {gain:.4g} "
-                         f"({gain / abs(value):.1%})" if gain > 0 else
-                         f"- does not beat reference `{ref['reference']}` ({its} {value:.4g})")
-    lines += ["", readable(best.to_frame().T).to_markdown(index=False), "",
-              f"Train it from scratch, the same way and for the same budget: "
-              f"`python -m gptcore train --config {folder / 'best.json'}`.",
-              f"Or use the model it trained in the study: `python -m gptcore sample --checkpoint "
-              f"{folder / 'best-model'}` (continue it with `train --out {folder / 'best-model'} --resume`).", ""]
-    return lines
-
-
-def _figure(winner: Winner, row: pd.Series, key: str) -> tuple[float, str]:
-    """What the verdict compares for a configuration, and its name: its mean where its confirmation completed,
-    else its single run's figure."""
-    t = winner.table
-    if not t.empty:
-        hit = t[(t["configuration"] == source_of(row)) & (t["state"] == "complete")]
-        if not hit.empty:
-            return float(hit.iloc[0]["mean"]), f"mean {key}"
-    return float(row[key]), key
-
-
-def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
-    """The confirmed configurations (runs, mean ± sd, min..max), whether the mean changed the winner, and whether
-    the top configurations are within noise of each other."""
-    if winner is None or winner.table.empty:
-        return []
-    key, _ = objective_key(objective)
-    t = winner.table
-    extra = int(t["runs"].max()) - 1
-    lines = ["## Confirmation", "",
-             f"The best configurations that trained to the target were trained {extra} more time(s) each with fresh "
-             f"seeds, to the full target and never pruned. A configuration's figure is its mean {key} over its runs "
-             f"(the original run and the confirmation runs); one with a run that did not train to the target "
-             f"(an error, divergence, out of memory, a timeout) cannot win on the runs that happened to succeed.", "",
-             f"| configuration | runs that trained to the target | mean ± sd of {key} | min..max | |",
-             "| --- | --- | --- | --- | --- |"]
-    for _, r in t.iterrows():
-        runs = f"{int(r['n'])} of {int(r['runs'])}" + (f" ({r['failed']})" if r["failed"] else "")
-        runs += f", {int(r['pending'])} pending" if r["pending"] else ""
-        sd = f" ± {r['sd']:.2g}" if pd.notna(r["sd"]) else ""
-        note = ("**winner**" if winner.line is not None and r["configuration"] == winner.line["configuration"]
-                else "cannot win: a run failed" if r["state"] == "failed"
-                else "not judged yet" if r["state"] == "pending" else "")
-        lines.append(f"| {r['configuration']} | {runs} | {r['mean']:.4g}{sd} | {r['min']:.4g}..{r['max']:.4g} | "
-                     f"{note} |")
-    lines.append("")
-    single, single_name = winner.single, source_of(winner.single)
-    if winner.line is None:
-        row = winner.row
-        if row.name == single.name:
-            lines.append(f"No confirmed configuration has trained to the target in every run yet: the winner is the "
-                         f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run), unconfirmed.")
-        else:
-            lines.append(f"No confirmed configuration has trained to the target in every run: the winner is the best "
-                         f"single run of a configuration that did not fail one, {source_of(row)} ({key} "
-                         f"{row[key]:.4g}), unconfirmed; the single-run winner, {single_name}, failed a "
-                         f"confirmation run.")
-        return [*lines, ""]
-    line = winner.line
-    if winner.row.name == single.name:
-        lines.append(f"The confirmed winner is also the single-run winner: **{line['configuration']}**.")
-    else:
-        lines.append(f"The confirmed winner, **{line['configuration']}** (mean {line['mean']:.4g}), is not the "
-                     f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run): that run was partly "
-                     f"luck.")
-    noise = within_noise(winner)
-    if not noise.empty:
-        others = ", ".join(f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g})" for _, r in noise.iterrows())
-        lines.append(f"The winner's range over its runs ({line['min']:.4g}..{line['max']:.4g}) overlaps that of "
-                     f"{others}: the top configurations are within noise of each other at this budget, and the "
-                     f"differences between their means are not to be trusted. Choose among them on other grounds "
-                     f"(speed, memory), or confirm with more runs.")
-    else:
-        rest = t[(t["state"] == "complete") & (t["configuration"] != line["configuration"])]
-        if not rest.empty:
-            r = rest.iloc[0]
-            lines.append(f"The winner's range ({line['min']:.4g}..{line['max']:.4g}) does not overlap the runner-up's, "
-                         f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g}): its lead held in every run.")
-    return [*lines, ""]
-
-
-def rung_section(search: pd.DataFrame, n_rungs: int) -> list[str]:
-    """How many trials reached each rung, and how well each rung's loss predicted the loss at the target."""
-    lines = ["## Rungs", "", "| rung | trials that reached it | rank correlation with the loss at the target |",
-             "| --- | --- | --- |"]
-    finished = search[search["status"] == "ok"]
-    for k in range(1, n_rungs + 1):
-        reached = int((search["rung"] >= k).sum())
-        col = f"loss_rung_{k}"
-        rho = "-"
-        if k < n_rungs and col in finished and finished[col].notna().sum() >= 4:
-            pairs = finished[[col, "val_loss"]].dropna()
-            rho = f"{spearman(pairs[col], pairs['val_loss']):.2f} over {len(pairs)} trials"
-        lines.append(f"| {k} | {reached} | {rho} |")
-    return [*lines, "", "Rank correlation (Spearman) is measured over the trials that trained to the target: 1.00 "
-            "means the rung ordered them exactly as the target did.", ""]
-
-
-def spearman(a: pd.Series, b: pd.Series) -> float:
-    """Spearman's rank correlation: Pearson's on the ranks (no SciPy needed)."""
-    return float(a.rank().corr(b.rank()))
-
-
-def measurement_section(study: optuna.Study, df: pd.DataFrame) -> list[str]:
-    """How far the figures can be trusted: contention at the start and per trial, budgets too short."""
-    lines = ["## Measurement", ""]
-    busy = study.user_attrs.get("busy_cores_at_start")
-    if busy is not None:
-        state = "busy" if busy > 0.5 else "quiet"
-        lines.append(f"- before the first trial other processes kept {busy:.2f} cores busy ({state})")
-    ran = df[df["cpu_share"].notna()]
-    if not ran.empty:
-        lines.append(f"- CPU share each trial got of what its threads could use: median "
-                     f"{ran['cpu_share'].median():.0%}, lowest {ran['cpu_share'].min():.0%} (threads per trial: "
-                     f"{', '.join(str(int(t)) for t in sorted(ran['threads'].dropna().unique()))})")
-    total = df["train_seconds"].fillna(0) + df["eval_seconds"].fillna(0) + df["warmup_seconds"].fillna(0)
-    lines.append(f"- time inside trials: {df['train_seconds'].sum():,.0f} s timed training, "
-                 f"{df['warmup_seconds'].sum():,.0f} s warm-up steps, {df['eval_seconds'].sum():,.0f} s evaluation, "
-                 f"of {df['trial_seconds'].sum():,.0f} s of trial wall time ({total.sum():,.0f} s accounted)")
-    warnings = health.study_warnings({label(r): r.dropna().to_dict() for _, r in df.iterrows()})
-    lines += [f"- **warning**: {w}" for w in warnings] or ["- no trial was contended or had too short a budget"]
-    flagged = df[df["contended"].notna() | df["budget_warning"].notna()]
-    if not flagged.empty:
-        lines += ["", "| trial | status | contended | budget |", "| --- | --- | --- | --- |"]
-        lines += [f"| {label(r)} | {r['status']} | {r['contended'] if pd.notna(r['contended']) else ''} | "
-                  f"{r['budget_warning'] if pd.notna(r['budget_warning']) else ''} |" for _, r in flagged.iterrows()]
-    return [*lines, ""]
-
-
-def warm_start_section(study: optuna.Study, df: pd.DataFrame, objective: str) -> list[str]:
-    """Where the study was warm-started from (tune.warmstart), and its warm-start trials against the sampled ones."""
-    warm = study.user_attrs.get("warm_start")
-    if not warm:
-        return []
-    key = "val_loss" if objective == "loss" else "tokens_per_s"
-    search = df[df["reference"].isna()]
-    started, sampled = search[search["warm_start"].notna()], search[search["warm_start"].isna()]
-    skipped = [f", {len(warm[k])} {what}" for k, what in (("outside", "outside this search space skipped"),
-                                                          ("over_trials", "beyond --trials left out")) if warm.get(k)]
-    lines = ["## Warm start", "",
-             f"Warm-started from `{warm['given']}` ({warm['source']}): its best configurations that trained to the "
-             f"target, ranked by its objective ({warm['objective']}); {len(warm['enqueued'])} enqueued as this "
-             f"study's first trials{''.join(skipped)}.", ""]
-    best_warm, best_sampled = best_row(started, objective), best_row(sampled, objective)
-    for what, best in (("warm-start", best_warm), ("sampled", best_sampled)):
-        source = f" ({best['warm_start']})" if best is not None and pd.notna(best["warm_start"]) else ""
-        lines.append(f"- best {what} trial: " + (f"{int(best['number'])}{source}, {key} {best[key]:.4g}"
-                                                  if best is not None else "none trained to the target"))
-    if best_warm is not None and best_sampled is not None:
-        gain = best_warm[key] - best_sampled[key] if objective == "loss" else best_sampled[key] - best_warm[key]
-        lines.append(f"- the sampler improved on the warm start by {gain:.4g} ({gain / abs(best_warm[key]):.1%})"
-                     if gain > 0 else "- no sampled trial beat the warm start")
-    return [*lines, "", readable(started).to_markdown(index=False), ""]
-
-
-def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Points not dominated in (lower x, lower y)."""
-    p = points.sort_values([x, y])
-    return p[p[y] < p[y].cummin().shift(fill_value=float("inf"))]
-
-
-def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> None:
-    """Validation loss at every rung: each trial a line (pruned ones fade), the references dashed and named."""
-    import matplotlib.pyplot as plt
-
-    fractions = settings.get("rungs") or [1.0]
-    amount, unit = settings.get("budget_amount", 1.0), settings.get("budget_unit", "s")
-    x = [f * amount for f in fractions]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, row in df.iterrows():
-        ys = [row.get(f"loss_rung_{k}") for k in range(1, len(x) + 1)]
-        pts = [(xi, yi) for xi, yi in zip(x, ys) if pd.notna(yi)]
-        if not pts:
-            continue
-        xs, ys = zip(*pts)
-        if reference_of(row):
-            ax.plot(xs, ys, "--o", lw=2, color="C3", label=f"reference {row['reference']}")
-            ax.annotate(row["reference"], (xs[-1], ys[-1]), fontsize=8, xytext=(4, 0), textcoords="offset points")
-        elif row["status"] == "ok":
-            ax.plot(xs, ys, "-o", color="C0", alpha=0.8)
-            ax.annotate(str(int(row["number"])), (xs[-1], ys[-1]), fontsize=7, xytext=(4, 0),
-                        textcoords="offset points")
-        else:
-            ax.plot(xs, ys, "-", marker=".", color="0.6", alpha=0.5)
-    ax.plot([], [], "-o", color="C0", label="trained to the target (trial number)")
-    ax.plot([], [], "-", marker=".", color="0.6", label="stopped at a lower rung")
-    ax.set_xscale("log")
-    ax.set(xlabel=f"training budget ({'seconds' if unit == 's' else 'steps'}, log scale)",
-           ylabel="validation loss", title="Validation loss at each rung")
-    ax.legend(fontsize=8)
-    save(fig, "rungs.png")
-
-
-def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str]:
-    """The four PNGs; returns notes for plots that could not be drawn (too few trials)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    notes = []
-    settings = study.user_attrs.get("settings", {})
-
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        atomic_write(folder / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)
-
-    n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, plot in (("history.png", ovm.plot_optimization_history),
-                           ("importances.png", ovm.plot_param_importances)):
-            if n_complete < 2:
-                notes.append(f"{name}: not drawn (needs 2 completed trials, the study has {n_complete})")
-                continue
-            try:
-                ax = plot(study)
-                save(ax.figure, name)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                notes.append(f"{name}: not drawn ({exc})")
-                plt.close("all")
-
-    rungs_plot(df, settings, save)
-    mem_mib = df["peak_memory_bytes"] / 2**20
-    ok = df.assign(mem=mem_mib)[df["status"] == "ok"]
-    limit = settings.get("memory_limit_bytes") or study.user_attrs.get("environment", {}).get("gpu_memory_bytes")
-    oom = df[df["status"] == "oom"]
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(ok["mem"], ok["val_loss"], label="ok", alpha=0.7)
-    front = _pareto(ok.dropna(subset=["mem", "val_loss"]), "mem", "val_loss")
-    ax.step(front["mem"], front["val_loss"], where="post", color="C3", label="Pareto front")
-    ax.scatter(front["mem"], front["val_loss"], color="C3", zorder=3)
-    ax.set(xlabel="peak memory (MiB)", ylabel="validation loss", title="Validation loss vs peak memory")
-    ax.legend()
-    save(fig, "loss_vs_memory.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(ok["mem"], ok["tokens_per_s"], label="ok", alpha=0.7)
-    if limit:
-        ax.axvline(limit / 2**20, color="C3", linestyle="--", label="memory limit")
-    if not oom.empty:
-        x = [limit / 2**20] * len(oom) if limit else [ok["mem"].max() if not ok.empty else 0] * len(oom)
-        ax.scatter(x, [0] * len(oom), marker="x", color="C3", s=60, label=f"out of memory ({len(oom)})")
-    ax.set(xlabel="peak memory (MiB)", ylabel="training tokens/s", title="Throughput vs peak memory")
-    ax.legend()
-    save(fig, "throughput_vs_memory.png")
-    note = memory_plot(df, save)
-    return notes + ([note] if note else [])
-
-
-def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd.DataFrame:
-    """Write trials.csv, summary.md, best.json (when there is a best) and the plots into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    df = trials_frame(study)
-    atomic_write(folder / "trials.csv", lambda tmp: df.drop(columns="peak_memory_bytes").to_csv(tmp, index=False))
-    settings = study.user_attrs.get("settings", {})
-    winner = choose_winner(df, settings)
-    notes = []
-    if winner is not None:
-        vocab = study.user_attrs.get("vocab_size")
-        origin = provenance(winner.row, study)
-        if not winner.table.empty:
-            origin["confirmation"] = confirmation_provenance(winner, settings.get("seed"))
-        cfg = {**best_config(winner.row, settings, vocab), "provenance": origin}
-        atomic_write_text(folder / "best.json", json.dumps(cfg, indent=1) + "\n")
-        note = keep_best_model(winner.row, folder)  # the original run's model: confirmation runs keep none
-        notes += [note] if note else []
-    text = summary_markdown(study, df, folder)
-    if plots:
-        notes += write_plots(study, originals(df), folder)  # one point per configuration tried
-    if notes:
-        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    atomic_write_text(folder / "summary.md", text)
-    return df

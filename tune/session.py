@@ -5,11 +5,15 @@ Everything here runs in the tuner's parent, which never imports torch: the devic
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
+import socket
 import tempfile
+import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,10 @@ from tune.budget import (
 )
 from tune.dispatch import CONFIRM_RUNS, fail_orphans, requeue
 from tune.memory import limit_for
+from tune.provenance import INVOCATION_PREFIX, command_line, versions
 from tune.runner import TrialRunner
 from tune.slots import Slot, plan_slots
-from tune.space import Space, load_space
+from tune.space import Space, load_space, uses_legacy_names
 from tune.storage import (
     StorageSpec,
     check_fingerprint,
@@ -53,6 +58,7 @@ BUSY_AT_START_CORES = 0.5
 # can say by how much the winner beats them (or that it does not).
 REFERENCES = {"cpu": ("course-default", "baby"), "mps": ("course-default", "baby"),
               "cuda": ("course-default", "baby", "gpu")}
+METRIC_NAMES = {"loss": "val_loss", "throughput": "tokens_per_s"}  # what Optuna is told, per objective
 STEP_BUDGET_TIMEOUT_S = 3600.0  # hard timeout of a trial with a step budget (time unknown in advance)
 # --confirm: the best this many configurations train CONFIRM_RUNS more times with fresh seeds once the study is
 # done, and the winner is the best mean. The lead sets the final value from measurements.
@@ -149,6 +155,7 @@ class Session:
     lock: Any  # tune.storage.study_lock: one decision at a time across every tuner on this study
     hold: Any = None  # the SQLite file's one-tuner hold, kept while the study runs
     confirms: optuna.Study | None = None  # the confirmation runs (--confirm), None when off
+    legacy_params: bool = False  # a study started before 0.2 draws its exponents as log2_batch_size (Space.suggest)
 
     @property
     def memory_limit(self) -> int | None:
@@ -313,6 +320,19 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     study.sampler = make_sampler(settings.sampler, seed % 2**32)
     study.set_user_attr("environment", env)
     study.set_user_attr("vocab_size", meta["vocab_size"])
+    # The corpus's size: the report says how many epochs of it each trial saw.
+    # The dashboard names the objective (optuna-dashboard shows "Objective 0" without).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since 3.2 in all but name
+        for companion in (study, refs, confirms):
+            if companion is not None:
+                companion.set_metric_names([METRIC_NAMES[settings.objective]])
+    study.set_user_attr("corpus_tokens", {"train": meta["train_tokens"], "val": meta["val_tokens"]})
+    # Every invocation, under a key of its own (several tuners may start at once: no read-modify-write).
+    started = datetime.now(timezone.utc)
+    study.set_user_attr(f"{INVOCATION_PREFIX}{started:%Y%m%dT%H%M%S.%fZ}-{socket.gethostname()}-{os.getpid()}", {
+        "command": command_line(), "started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
+        "versions": versions()})
     study.set_user_attr("settings", {
         "budget": str(budget), "budget_amount": budget.amount, "budget_unit": budget.unit,
         "rungs": list(plan.fractions), "reduction_factor": plan.eta, "schedule": settings.schedule,
@@ -323,8 +343,9 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         "sampler": settings.sampler, "trials": settings.trials,
         "confirm": settings.confirm, "confirm_runs": CONFIRM_RUNS,
     })
+    legacy = uses_legacy_names([t.params for t in study.get_trials(deepcopy=False)])
     return Session(settings, study, refs, space, env, meta, data_dir, results_dir, dtype, spec, budget, plan,
-                   slots, references, lock, hold, confirms)
+                   slots, references, lock, hold, confirms, legacy)
 
 
 def plan_message(session: Session, remaining: int, references: list[str], confirms: int = 0) -> str:

@@ -21,6 +21,16 @@ POW2 = ("batch_size", "block_size", "n_head")  # searched over powers of two
 GiB = 2**30
 
 
+def exponent_name(name: str) -> str:
+    """The Optuna parameter a power of two is drawn as: its exponent, named so the dashboard reads it."""
+    return f"log2({name})"
+
+
+def uses_legacy_names(params: list[dict[str, Any]]) -> bool:
+    """Whether a study's trials drew their exponents under the old names (log2_batch_size)."""
+    return any(k.startswith("log2_") for p in params for k in p)
+
+
 @dataclass(frozen=True)
 class Space:
     """Inclusive (low, high) ranges. Powers of two for batch, block and heads; n_embed in steps of 64."""
@@ -53,12 +63,14 @@ class Space:
         if self.n_head[1] > 64:
             raise UserError(f"n_head must be at most 64, got {self.n_head[1]}")
 
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Draw the six values. Powers of two are drawn as integer exponents, so TPE sees their order."""
+    def suggest(self, trial: optuna.Trial, legacy: bool = False) -> dict[str, Any]:
+        """Draw the six values. Powers of two are drawn as integer exponents, so TPE sees their order; `legacy`:
+        under the names studies started before 0.2 used (log2_batch_size), so a resumed one keeps its history."""
         out: dict[str, Any] = {}
         for name in POW2:
             lo, hi = getattr(self, name)
-            out[name] = 2 ** trial.suggest_int(f"log2_{name}", int(math.log2(lo)), int(math.log2(hi)))
+            key = f"log2_{name}" if legacy else exponent_name(name)
+            out[name] = 2 ** trial.suggest_int(key, int(math.log2(lo)), int(math.log2(hi)))
         out["n_embed"] = trial.suggest_int("n_embed", *self.n_embed, step=64)
         out["n_layer"] = trial.suggest_int("n_layer", *self.n_layer)
         out["learning_rate"] = trial.suggest_float("learning_rate", *self.learning_rate, log=True)
@@ -70,9 +82,10 @@ class Space:
         never recorded anything (their tuner was killed), so every row shows its configuration."""
         out = {}
         for key, value in params.items():
-            name = key.removeprefix("log2_")
+            exponent = key.startswith(("log2(", "log2_"))
+            name = key.removeprefix("log2_").removeprefix("log2(").removesuffix(")")
             if name in PARAMS:
-                out[name] = 2 ** int(value) if key.startswith("log2_") else value
+                out[name] = 2 ** int(value) if exponent else value
         return out
 
     @staticmethod
@@ -82,7 +95,7 @@ class Space:
         for name in PARAMS:
             value = values[name]
             if name in POW2:
-                out[f"log2_{name}"] = int(math.log2(value))
+                out[exponent_name(name)] = int(math.log2(value))
             else:  # plain Python numbers: the storage writes them as JSON, which has no numpy types
                 out[name] = float(value) if name == "learning_rate" else int(value)
         return out

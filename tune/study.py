@@ -167,7 +167,7 @@ def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
             if isinstance(claim, Claim):
                 with closed_on_failure(claim.trial, tuner):
                     # Drawn inside the lock: TPE's constant liar sees every trial running anywhere.
-                    claim.params = session.space.suggest(claim.trial)
+                    claim.params = session.space.suggest(claim.trial, legacy=session.legacy_params)
             elif claim == DONE and session.confirms is not None:
                 claim = dispatch.claim_confirm(session.study, session.references, session.confirms,
                                                session.settings.confirm, session.settings.seed)
@@ -251,6 +251,7 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
                     "reference": claim.preset if claim.confirm is None else None, "rung": rung, "rungs": n,
                     "reached_target": run.status == "ok", "checkpoint": (run.result or {}).get("checkpoint"),
                     "retry_of": claim.retry_of, **memory,
+                    "config": {"model": job["model"], "train": job["train"]},  # complete: what best.json writes
                 })
                 violation = mem.violation_mib(run.status, attrs, limit)
                 if violation is not None:
@@ -322,7 +323,7 @@ def run_study(settings: TuneSettings, runner: TrialRunner | None = None, target:
 
 
 def _run_session(session: Session, runner: TrialRunner, target: str | None) -> StudyOutcome:
-    from tune.report import write_report
+    from tune.outputs import write_report
 
     settings, study = session.settings, session.study
     counted = dispatch.tally(study)["counted"]

@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 
 from gptcore.errors import UserError
+from tune import schema
 from tune.report import RANK_BY, trials_frame
 from tune.space import PARAMS, Space
 from tune.storage import StorageSpec, make_storage, resolve_storage, sqlite_tables, study_file_problem
@@ -133,7 +134,7 @@ def read_source(text: str, settings: TuneSettings, spec: StorageSpec, study_name
         # Learning rates read back exactly as written (a range may end at one): pandas 3 parses floats that way,
         # pandas 2 only when asked (pandas 3 deprecates the option).
         exact = {"float_precision": "round_trip"} if pd.__version__.startswith("2.") else {}
-        frame = pd.read_csv(csv, **exact)
+        frame = schema.from_csv(pd.read_csv(csv, **exact))  # back in the record's names and units
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas' parser errors are ValueErrors
         raise UserError(f"--warm-start {text}: not a readable CSV ({str(exc).splitlines()[0][:200]}); "
                         f"{EXPECTED}") from None
