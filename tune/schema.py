@@ -83,7 +83,7 @@ FIELDS: tuple[Field, ...] = (
     Field("steps", "steps", "optimizer steps trained"),
     Field("tokens", "tokens_M", "training tokens seen, millions", scale=1e6, digits=3),
     Field("epochs", "epochs", "passes over the corpus's training split (tokens seen / training tokens): many "
-                              "epochs on a small corpus rewards memorising", digits=2, label="epochs of the corpus"),
+                              "epochs on a small corpus rewards memorising", digits=3, label="epochs of the corpus"),
     Field("tokens_per_s", "tokens_per_s", "training tokens per second over the timed steps (warm-up and evaluation "
                                           "excluded)", digits=0, label="training tokens/s"),
     _s("train_seconds", "train_s", "timed training seconds (what a time budget counts)"),
