@@ -24,7 +24,7 @@ from gptcore.cliutil import Parser
 from gptcore.errors import UserError
 from gptcore.files import atomic_write, atomic_write_text, check_output_dir
 from tune.load import DEFAULT_RESULTS, load_named
-from tune.report import trials_frame
+from tune.report import flagged, trials_frame
 
 PROG = "python -m tune compare"
 # The model and batch shape: what a run's speed depends on. The learning rate changes what a step learns, not
@@ -39,6 +39,7 @@ class Side:
     """One study of the comparison: its column name, every run it holds, its environment and settings."""
 
     name: str
+    given: str  # as named on the command line: a results folder or a study name
     study: optuna.Study
     folder: Path
     df: pd.DataFrame  # tune.report.trials_frame: references, searched trials, confirmation runs
@@ -96,8 +97,8 @@ def load_sides(args: list[str], *, storage: str | None, results: Path) -> list[S
     raw = [(lo, lo.study.user_attrs.get("environment", {}), lo.study.user_attrs.get("settings", {}))
            for lo in loaded]
     names = column_names([(env, settings, lo.study.study_name) for lo, env, settings in raw])
-    return [Side(n, lo.study, lo.folder, trials_frame(lo.study), env, settings)
-            for n, (lo, env, settings) in zip(names, raw)]
+    return [Side(n, arg, lo.study, lo.folder, trials_frame(lo.study), env, settings)
+            for n, arg, (lo, env, settings) in zip(names, args, raw)]
 
 
 def column_names(studies: list[tuple[dict[str, Any], dict[str, Any], str]]) -> list[str]:
@@ -118,16 +119,19 @@ def default_folder(sides: list[Side]) -> str:
 
 
 def speeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Per shape (SHAPE, the index): the median tokens/s over every run that measured it, and how many runs."""
+    """Per shape (SHAPE, the index): the median tokens/s over every run that measured it, how many runs, and how
+    many of them other processes competed with (tune's contention check: their tokens/s understate the shape)."""
     runs = df[df["status"].isin(SPEED_STATUSES) & df["tokens_per_s"].notna()].dropna(subset=list(SHAPE))
-    runs = runs.astype({k: int for k in SHAPE})
-    grouped = runs.groupby(list(SHAPE))["tokens_per_s"]
-    return pd.DataFrame({"tokens_per_s": grouped.median().astype(float), "runs": grouped.size()})
+    runs = runs.astype({k: int for k in SHAPE}).assign(contended=flagged(runs["contended"]))
+    grouped = runs.groupby(list(SHAPE))
+    return pd.DataFrame({"tokens_per_s": grouped["tokens_per_s"].median().astype(float), "runs": grouped.size(),
+                         "contended": grouped["contended"].sum().astype(int)})
 
 
 def shared_speeds(sides: list[Side]) -> pd.DataFrame:
-    """The shapes every study ran: per study i, its median tokens/s (`tokens_per_s_i`) and runs (`runs_i`); per
-    later study, its speed-up over the first (`speedup_i`: study i's tokens/s over the baseline's)."""
+    """The shapes every study ran: per study i, its median tokens/s (`tokens_per_s_i`), runs (`runs_i`) and
+    contended runs (`contended_i`); per later study, its speed-up over the first (`speedup_i`: study i's tokens/s
+    over the baseline's)."""
     tables = [speeds(s.df) for s in sides]
     common = tables[0].index
     for t in tables[1:]:
@@ -136,6 +140,7 @@ def shared_speeds(sides: list[Side]) -> pd.DataFrame:
     for i, t in enumerate(tables):
         out[f"tokens_per_s_{i}"] = t["tokens_per_s"].reindex(out.index)
         out[f"runs_{i}"] = t["runs"].reindex(out.index)
+        out[f"contended_{i}"] = t["contended"].reindex(out.index)
     for i in range(1, len(tables)):
         out[f"speedup_{i}"] = out[f"tokens_per_s_{i}"] / out["tokens_per_s_0"]
     return out

@@ -163,20 +163,31 @@ def speed_section(sides: list[Side]) -> list[str]:
              f"Configurations measured: {measured}; shared by all: {len(shared)}.", ""]
     if shared.empty:
         return [*lines, f"No configuration ran in all studies, so no speed-up can be measured. To get shared "
-                f"ones, run the later study with `--warm-start {base.folder}` (the baseline's best configurations "
+                f"ones, run the later study with `--warm-start {base.given}` (the baseline's best configurations "
                 f"become its first trials), or with the same `--seed`, search space and `--references` (the "
                 f"reference presets always run the same shapes).", ""]
     header = ["batch", "block", "embed", "heads", "layers", *(f"{s.name} k tokens/s (runs)" for s in sides),
               *((f"speed-up {s.name}" for s in sides[1:]) if len(sides) > 2 else ["speed-up"])]
-    rows = [[*map(str, key), *(f"{KTOK(r[f'tokens_per_s_{i}'])} ({int(r[f'runs_{i}'])})" for i in range(len(sides))),
+    rows = [[*map(str, key), *(_speed_cell(r, i) for i in range(len(sides))),
              *(RATIO(r[f"speedup_{i}"]) for i in range(1, len(sides)))] for key, r in shared.iterrows()]
     lines += _table(header, rows)
     for i, s in enumerate(sides[1:], start=1):
         ratios = shared[f"speedup_{i}"]
-        mean = RATIO(geometric_mean(ratios))
-        lines.append(f"- **{s.name}** over **{base.name}**: geometric-mean speed-up **{mean}** over "
-                     f"{len(ratios)} shared configuration(s) (from {RATIO(ratios.min())} to {RATIO(ratios.max())})")
+        spread = f" (from {RATIO(ratios.min())} to {RATIO(ratios.max())})" if len(ratios) > 1 else ""
+        lines.append(f"- **{s.name}** over **{base.name}**: geometric-mean speed-up "
+                     f"**{RATIO(geometric_mean(ratios))}** over {len(ratios)} shared configuration(s){spread}")
+    contended = sum(int(shared[f"contended_{i}"].sum()) for i in range(len(sides)))
+    if contended:
+        lines.append(f"- **warning**: {contended} of these runs were contended (other processes competed for the "
+                     f"device; marked in the table): their tokens/s understate the configuration, which skews its "
+                     f"speed-up. Re-run on a quiet machine.")
     return [*lines, ""]
+
+
+def _speed_cell(r: pd.Series, i: int) -> str:
+    """'2.48 (3)': study i's median k tokens/s and runs, with how many were contended."""
+    runs, contended = int(r[f"runs_{i}"]), int(r[f"contended_{i}"])
+    return f"{KTOK(r[f'tokens_per_s_{i}'])} ({runs}{f', {contended} contended' if contended else ''})"
 
 
 def _frontier_cells(side: Side) -> dict[tuple[int, int], str]:
@@ -207,9 +218,11 @@ def frontier_section(sides: list[Side]) -> list[str]:
         if oom or skipped:
             lines.append(f"- {s.name}: {oom} run(s) out of memory, {skipped} skipped as predicted out of memory "
                          f"({limit_text})")
-        else:
+        elif runs["peak_memory_bytes"].notna().any():
             lines.append(f"- {s.name}: none ran out of memory, largest tried {MIB(runs['peak_memory_bytes'].max())} "
                          f"MiB peak ({limit_text})")
+        else:
+            lines.append(f"- {s.name}: no run measured its memory ({limit_text})")
     lines.append("")
     if not sizes:
         return lines
