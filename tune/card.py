@@ -21,7 +21,7 @@ from gptcore.cliutil import EXIT_USAGE, Parser, run
 from gptcore.errors import UserError
 from tune import card_matmul
 from tune.card_html import esc, fmt
-from tune.card_sections import SECTIONS
+from tune.card_sections import SECTIONS, named
 from tune.load import DEFAULT_RESULTS, load_named, load_study
 from tune.report import choose_winner, label, oom_frontier, originals, trials_frame
 from tune.space import PARAMS
@@ -165,7 +165,7 @@ def write_card(args: argparse.Namespace) -> int:
     if not args.quiet:
         w = data["winner"]
         print(f"study {data['study']}: {len(data['trials'])} configurations, best "
-              + (f"{w['label']} (val loss {fmt('loss', w['val_loss'])})" if w else "none yet"))
+              + (f"{named(w['label'])} (val loss {fmt('loss', w['val_loss'])})" if w else "none yet"))
     print(f"wrote {out}")
     return 0
 

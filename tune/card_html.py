@@ -138,7 +138,10 @@ def size_plot(trials: list[dict[str, Any]]) -> Any:
             ax.annotate(t["label"], (xi, yi), fontsize=8, xytext=(5, 4), textcoords="offset points")
     sizes = [t["n_params"] for t in trials]
     if max(sizes) > 10 * min(sizes):
+        from matplotlib.ticker import ScalarFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 0.1 and 1, not 10^-1 and 10^0
     ax.set(xlabel="model size (M parameters)", ylabel="training throughput (k tokens/s)",
            title="Throughput against model size")
     ax.legend(fontsize=8)

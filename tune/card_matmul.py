@@ -101,7 +101,10 @@ def quick_pass(env: dict[str, Any], quiet: bool) -> Matmul:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=QUICK_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             return Matmul(f"quick pass run now ({shown})", missing=f"the quick pass ran over {QUICK_TIMEOUT_S} s")
-        source = f"quick pass run now ({shown})"
+        # A few seconds per size: enough to place the device, not a measurement to quote (another process on
+        # the same cores moves it); the full benchmark's JSON, given with --matmul, is.
+        source = (f"quick pass run now ({shown}): a rough figure, for a careful one run `python -m benchmarks "
+                  f"matmul` and give its JSON with --matmul")
         if done.returncode != 0:
             lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit code {done.returncode}"

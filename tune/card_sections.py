@@ -34,7 +34,8 @@ def facts(data: dict[str, Any]) -> str:
         ["objective", f"{s.get('objective') or '-'} (sampler {s.get('sampler') or '-'}, pruner "
                       f"{s.get('pruner') or '-'})"],
         ["memory limit", fmt("mib", limit, True) if limit else "none (the whole device)"],
-        ["configurations tried", f"{len(data['trials'])}: " + ", ".join(f"{n} {k}" for k, n in data["counts"].items())],
+        ["configurations tried", f"{len(data['trials'])} (" + ", ".join(f"{n} {k}" for k, n in data["counts"].items())
+         + ")"],
     ]
     return '<section id="facts">' + table(None, rows, "facts") + "</section>"
 
