@@ -109,7 +109,9 @@ def quick_pass(env: dict[str, Any], quiet: bool) -> Matmul:
         if done.returncode != 0:
             lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit code {done.returncode}"
-            return Matmul(source, missing=f"the quick pass failed: {why}")
+            device = env.get("device_name", "the study's device")
+            return Matmul(source, missing=f"the quick pass failed: {why} (give --matmul with a `python -m "
+                                          f"benchmarks matmul` JSON measured on {device})")
         return from_doc(read_json(Path(tmp) / "matmul.json", "quick pass"), source)
 
 
