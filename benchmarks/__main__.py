@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.flags import add_output_flags, progress_mode
 from gptcore.cliutil import Parser, int_range, positive_float, positive_int, run
 from gptcore.errors import UserError
 
@@ -46,47 +47,63 @@ def _sizes(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+PROG = "python -m benchmarks"
+
+
+def add_training_flags(p: argparse.ArgumentParser, steps: int, steps_help: str, data_help: str) -> None:
+    """--steps, --threads, --data and the output flags of the commands that train the GPT."""
+    p.add_argument("--steps", type=positive_int, default=steps, help=f"{steps_help} (default {steps})")
+    p.add_argument("--threads", type=THREADS, default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"{data_help} (default data/wizard_of_oz.txt)")
+    add_output_flags(p)
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """Flags of every subcommand."""
-    p = Parser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from benchmarks import matmul as mm  # --sizes' parser and the reference size; imports torch
+
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     m = sub.add_parser("matmul", help="CPU vs GPU matrix multiplication")
     m.add_argument("--sizes", type=_sizes, default=_sizes(DEFAULT_SIZES), help=f"N or MxNxK, comma-separated "
                    f"(default {DEFAULT_SIZES})")
-    m.add_argument("--devices", type=_csv(DEVICES, "device"), default=None, help="default: cpu, plus cuda if present")
+    m.add_argument("--devices", type=_csv(DEVICES, "device"), default=None,
+                   help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if present)")
     m.add_argument("--dtypes", type=_csv(DTYPES, "dtype"), default=None,
                    help="default: float32 on the CPU; float32 and bfloat16 on a GPU (tf32 = float32 on TF32 cores)")
-    m.add_argument("--libs", type=_csv(LIBS, "library"), default=["torch", "numpy"], help="CPU libraries")
-    m.add_argument("--threads", type=THREADS, default=None, help="CPU threads for torch and NumPy's BLAS")
-    m.add_argument("--repeat", type=positive_int, default=5, help="at least this many timed blocks per case")
-    m.add_argument("--min-time", type=positive_float, default=0.5, help="at least this many seconds of timed blocks")
-    m.add_argument("--include-transfer", action="store_true", help="also time copies to and from the GPU")
+    m.add_argument("--libs", type=_csv(LIBS, "library"), default=["torch", "numpy"],
+                   help="CPU libraries, comma-separated (default torch,numpy; a GPU always runs torch)")
+    m.add_argument("--threads", type=THREADS, default=None,
+                   help="CPU threads for torch and NumPy's BLAS (default: theirs, recorded in matmul.json)")
+    m.add_argument("--repeat", type=positive_int, default=5, help="at least this many timed blocks per case "
+                   "(default 5)")
+    m.add_argument("--min-time", type=positive_float, default=0.5,
+                   help="at least this many seconds of timed blocks per case (default 0.5)")
+    m.add_argument("--include-transfer", action="store_true",
+                   help="also time copies to and from the GPU (pinned host memory) as '+transfer' rows")
     m.add_argument("--cpu-peak-gflops", type=positive_float, default=None,
-                   help="CPU peak (default: best measured here)")
+                   help=f"the CPU peak for share_of_peak, in GFLOP/s (default: the reference measurement, torch at "
+                        f"{mm.REFERENCE_SIZE} cubed in each CPU dtype on this run's threads, measured even if not "
+                        f"in --sizes)")
     m.add_argument("--check-timer", type=_sizes, default=None, metavar="N",
                    help="also measure torch float32 at this size with torch.utils.benchmark.Timer")
-    m.add_argument("--out", type=Path, default=Path("results/bench"))
-    m.add_argument("--no-progress", action="store_true")
+    add_output_flags(m)
 
     t = sub.add_parser("train-step", help="training throughput of the gptcore GPT")
     t.add_argument("--configs", type=_csv(("tiny", "baby", "course-default", "course", "gpu"), "preset"),
-                   default=["baby", "course"])
-    t.add_argument("--devices", type=_csv(DEVICES, "device"), default=None)
+                   default=["baby", "course"], help="gptcore presets, comma-separated (default baby,course)")
+    t.add_argument("--devices", type=_csv(DEVICES, "device"), default=None,
+                   help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if present)")
     t.add_argument("--dtypes", type=_csv(("float32", "bfloat16", "float16"), "dtype"), default=None,
-                   help="default: float32 and bfloat16")
-    t.add_argument("--steps", type=positive_int, default=20)
-    t.add_argument("--threads", type=THREADS, default=None)
-    t.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    t.add_argument("--out", type=Path, default=Path("results/bench"))
-    t.add_argument("--no-progress", action="store_true")
+                   help="comma-separated (default float32,bfloat16)")
+    add_training_flags(t, 20, "timed training steps per case",
+                       "corpus: a text file or a prepared folder")
 
     v = sub.add_parser("vs-course", help="gptcore vs the course's model and batch reader (tokens/s, batches/s)")
-    v.add_argument("--rounds", type=positive_int, default=12)
-    v.add_argument("--steps", type=positive_int, default=10, help="training steps per round")
-    v.add_argument("--threads", type=THREADS, default=None)
-    v.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    v.add_argument("--out", type=Path, default=Path("results/bench"))
-    v.add_argument("--no-progress", action="store_true")
+    v.add_argument("--rounds", type=positive_int, default=12,
+                   help="alternating rounds per comparison; ratios are their medians (default 12)")
+    add_training_flags(v, 10, "training steps per round",
+                       "the plain text corpus both readers read")
 
     from benchmarks.tuner_cli import add_tuner_parser
 
@@ -116,6 +133,16 @@ def default_devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+def no_gpu_line(command: str, devices: list[str]) -> str | None:
+    """What to say when a run measures no GPU (None when it measures one): why, and what to run on a GPU."""
+    if any(d != "cpu" for d in devices):
+        return None
+    import torch
+
+    why = "CPU only (--devices cpu)" if torch.cuda.is_available() else "no CUDA GPU found: CPU only"
+    return f"{why}. On a GPU machine run: {PROG} {command} --devices cpu,cuda"
+
+
 def check_devices(devices: list[str]) -> None:
     """A CUDA device asked for must exist."""
     import torch
@@ -125,15 +152,10 @@ def check_devices(devices: list[str]) -> None:
             raise UserError(f"--devices {d}: CUDA is not available on this machine")
 
 
-def cmd_matmul(args: argparse.Namespace) -> int:
-    """Run the sweep, print the table and the crossover, write csv/json/png."""
+def matmul_cases(args: argparse.Namespace, devices: list[str]) -> list:
+    """Every device x dtype x library x size asked for (NumPy: float32 only)."""
     from benchmarks import matmul as mm
-    from benchmarks.report import print_table, write_matmul
 
-    settings = mm.Settings(args.min_time, args.repeat, args.cpu_peak_gflops)
-    set_threads(args.threads)
-    devices = args.devices or default_devices()
-    check_devices(devices)
     cases = []
     for dev in devices:
         dtypes = args.dtypes or (["float32"] if dev == "cpu" else ["float32", "bfloat16"])
@@ -148,16 +170,44 @@ def cmd_matmul(args: argparse.Namespace) -> int:
                     cases.append(mm.Case(dev, dtype, lib, size))
                     if args.include_transfer and dev != "cpu":
                         cases.append(mm.Case(dev, dtype, lib, size, transfer=True))
+    return cases
+
+
+def cmd_matmul(args: argparse.Namespace) -> int:
+    """Run the sweep (plus the CPU peak's reference case), print the table and notes, write csv/json/png."""
+    from dataclasses import asdict
+
+    import torch
+
+    from benchmarks import matmul as mm
+    from benchmarks.report import print_table, write_matmul
+
+    settings = mm.Settings(args.min_time, args.repeat, args.cpu_peak_gflops)
+    set_threads(args.threads)
+    devices = args.devices or default_devices()
+    check_devices(devices)
+    cases = matmul_cases(args, devices)
+    cpu_dtypes = list(dict.fromkeys(c.dtype for c in cases if c.device == "cpu"))
+    # The CPU peak's reference case runs with the others (same settings, same bar) unless --sizes has it.
+    extra = [] if settings.cpu_peak_gflops is not None else [
+        c for c in mm.reference_cases(cpu_dtypes) if c not in cases]
     check_at = args.check_timer[0] if args.check_timer else None
-    df = mm.run(cases, settings, progress=not args.no_progress, check_timer_at=check_at)
+    measured = mm.run(cases + extra, settings, progress=progress_mode(args), check_timer_at=check_at)
+    cpu_peak = mm.cpu_peaks(measured, cpu_dtypes, settings.cpu_peak_gflops, torch.get_num_threads())
+    df = measured.iloc[:len(cases)]  # the reference case is a note, not a row of the sweep
     env = mm.environment(devices)
-    df = mm.add_comparisons(df, settings.cpu_peak_gflops, env.get("device_name"))
+    df = mm.add_comparisons(df, cpu_peak, env.get("device_name"))
     cross = {**mm.crossover(df, transfer=False), **(mm.crossover(df, transfer=True) if args.include_transfer else {})}
-    print_table(df)
-    for series, size in cross.items():
-        print(f"crossover {series}: " + (f"the GPU is faster from size {size} on" if size else
-                                         "the GPU never beats the CPU at these sizes"))
-    paths = write_matmul(df, env, cross, args.out)
+    print_table(df, notes=not args.quiet)
+    missing = no_gpu_line("matmul", devices)
+    if not args.quiet:
+        for series, size in cross.items():
+            print(f"crossover {series}: " + (f"the GPU is faster from size {size} on" if size else
+                                             "the GPU never beats the CPU at these sizes"))
+        if missing:
+            print(missing)
+    note = mm.no_gpu_note(torch.cuda.is_available()) if missing else None
+    paths = write_matmul(df, env, cross, args.out, note, {k: asdict(v) for k, v in cpu_peak.items()})
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -173,8 +223,11 @@ def cmd_train_step(args: argparse.Namespace) -> int:
     check_devices(devices)
     dtypes = {d: args.dtypes or ["float32", "bfloat16"] for d in devices}
     data = TokenData.open(args.data)
-    df = train_step.run(args.configs, devices, dtypes, data, steps=args.steps, progress=not args.no_progress)
+    df = train_step.run(args.configs, devices, dtypes, data, steps=args.steps, progress=progress_mode(args))
     print(df.round(3).to_string(index=False))
+    missing = no_gpu_line("train-step", devices)
+    if missing and not args.quiet:
+        print(missing)
     print("wrote " + str(write_frame(df, args.out / "train_step.csv")))
     return 0
 
@@ -190,20 +243,21 @@ def cmd_vs_course(args: argparse.Namespace) -> int:
     data = TokenData.open(args.data)
     m, t = from_name("baby")
     df = vs_course.run(data, str(args.data), m.with_vocab(data.vocab_size), t.batch_size, steps=args.steps,
-                       rounds=args.rounds, progress=not args.no_progress)
+                       rounds=args.rounds, progress=progress_mode(args))
     import torch
 
-    print(f"baby config, CPU, {torch.get_num_threads()} threads; medians over {args.rounds} alternating rounds")
+    if not args.quiet:
+        print(f"baby config, CPU, {torch.get_num_threads()} threads; medians over {args.rounds} alternating rounds")
     print(df.round(3).to_string(index=False))
     print("wrote " + str(write_frame(df, args.out / "vs_course.csv")))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Entry point."""
     from benchmarks.report import check_out_dir
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     check_out_dir(args.out)  # every subcommand writes there: refuse a bad --out before any work
     from benchmarks.tuner_cli import cmd_tuner
 
@@ -211,5 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     return commands[args.command](args)
 
 
+def cli() -> None:
+    """The console command gptcore-bench: main() with its name in usage and errors, as `python -m benchmarks` runs."""
+    run(lambda argv: main(argv, prog="gptcore-bench"), prog="gptcore-bench")
+
+
 if __name__ == "__main__":
-    run(main, prog="python -m benchmarks")
+    run(main, prog=PROG)

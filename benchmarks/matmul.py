@@ -5,9 +5,26 @@ first call on its own ("cold start"), warm up, then time blocks of calls until a
 Each block is read on two clocks at once: wall time (time.perf_counter) and CPU time (time.process_time,
 every thread of this process). CUDA work is synchronised before each clock read, so what is timed is the
 work, not the launch. Reported: median and IQR per call of both clocks, their ratio (total CPU / total wall
-of the same blocks), GFLOP/s = 2*M*N*K/t, share of the device's peak (GPU: its spec sheet; CPU:
---cpu-peak-gflops, else the median rate at sizes >= REFERENCE_SIZE; each row names its source), speed-up over
-the CPU, and the crossover size.
+of the same blocks), GFLOP/s = 2*M*N*K/t, share of the device's peak, speed-up over the CPU, and the
+crossover size.
+
+The peak each row is compared with, and where it comes from (every row and the JSON name the source):
+- GPU: the spec sheet of the GPU model (gptcore.hardware), per dtype.
+- CPU: --cpu-peak-gflops when given ("given on the command line"); else the reference measurement: torch at
+  REFERENCE_SIZE x REFERENCE_SIZE x REFERENCE_SIZE in that dtype on this run's thread count, the median of its
+  timed blocks, measured even when that size is not in --sizes (reused when it is).
+
+matmul.json, as written by benchmarks.report.write_matmul (readers: tune's hardware card):
+    {"environment": {...},                 # CPU, BLAS and threads, torch/CUDA/driver, GPU (environment())
+     "crossover": {"cuda float32": "512" | null, ...}   # per GPU series: smallest size the GPU wins from on
+                | {"note": "no GPU: nothing to cross over"},   # a CPU-only run says why it is empty
+     "gpu": true | false,                  # whether any GPU was measured
+     "cpu_peak": {"float32": {"gflops": 95.1 | null, "source": "...", "size": 2048, "threads": 2,
+                              "blocks": 5, "wall_ms": 180.6}},   # size..wall_ms: null when given
+     "peaks": [{"device", "dtype", "peak_gflops", "peak_source"}, ...],
+     "results": [{one row per case: device, dtype, lib, size, m, n, k, transfer, wall_ms, wall_q1_ms,
+                  wall_q3_ms, wall_iqr_ms, cpu_ms, cpu_iqr_ms, cpu_per_wall, gflops, share_of_peak,
+                  peak_gflops, peak_source, speedup_vs_cpu (null on the CPU), cold_ms, rel_error, ...}, ...]}
 """
 
 from __future__ import annotations
@@ -22,8 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
+from benchmarks.progress import Mode, as_mode, bar, line
 from benchmarks.stats import cpu_per_wall, quartiles
 from gptcore import hardware as hw
 from gptcore.errors import UserError
@@ -31,9 +48,12 @@ from gptcore.hardware import TORCH_DTYPES
 
 BLOCK_S = 0.01  # a timed block lasts at least this long, so clock resolution and overhead vanish
 Size = tuple[int, int, int]  # (M, N, K): (M, K) @ (K, N)
-# Without --cpu-peak-gflops, the CPU's peak is the median rate over the sizes from here on (cube root of
-# M*N*K), where BLAS runs at its full rate: a stated reference, never the single best point of a run.
-REFERENCE_SIZE = 512
+# Without --cpu-peak-gflops, the CPU's peak is one fixed case measured on its own: torch at this size. A rate
+# taken from the table itself (its best point, or a median over its large sizes) moves with whichever sizes a
+# run happens to include and with their outliers, so a row could reach 110 % of "peak". At 2048 a BLAS is
+# compute-bound (the packing and threading overheads of small sizes are amortised), and one call takes a
+# fraction of a second even on one core, so the reference costs seconds, not minutes.
+REFERENCE_SIZE = 2048
 
 
 def _positive_number(value: object) -> bool:
@@ -231,7 +251,7 @@ def _run_case(case: Case, *, min_time: float, min_blocks: int) -> dict[str, Any]
         "m": case.size[0], "n": case.size[1], "k": case.size[2],
         "rel_error": err,
         "cold_ms": cold_wall * 1e3, "cold_cpu_ms": cold_cpu * 1e3,
-        "wall_ms": wmed * 1e3, "wall_iqr_ms": (wq3 - wq1) * 1e3,
+        "wall_ms": wmed * 1e3, "wall_iqr_ms": (wq3 - wq1) * 1e3, "wall_q1_ms": wq1 * 1e3, "wall_q3_ms": wq3 * 1e3,
         "cpu_ms": cmed * 1e3, "cpu_iqr_ms": (cq3 - cq1) * 1e3,
         "cpu_per_wall": cpu_per_wall(t.cpu, t.wall),  # same blocks on both clocks, not median over median
         "gflops": case.flops / wmed / 1e9, "blocks": len(t.wall), "calls_per_block": t.calls_per_block,
@@ -250,31 +270,57 @@ def timer_check(case: Case, min_time: float) -> float:
     return case.flops / m.median / 1e9
 
 
-def cpu_peaks(df: pd.DataFrame, given: float | None) -> dict[str, tuple[float | None, str]]:
-    """Per CPU dtype: the peak GFLOP/s to compare with, and its source (given, or the reference measurement)."""
-    peaks: dict[str, tuple[float | None, str]] = {}
-    for dtype, rows in df[df["device"] == "cpu"].groupby("dtype"):
+@dataclass(frozen=True)
+class CpuPeak:
+    """The CPU peak one dtype's rows are compared with, and where it comes from."""
+
+    gflops: float | None
+    source: str
+    size: int | None = None  # the reference measurement's size, threads, timed blocks and median wall time
+    threads: int | None = None
+    blocks: int | None = None
+    wall_ms: float | None = None
+
+
+def reference_cases(dtypes: list[str]) -> list[Case]:
+    """The CPU peak's reference measurement per CPU dtype: torch at REFERENCE_SIZE cubed."""
+    return [Case("cpu", dtype, "torch", (REFERENCE_SIZE,) * 3) for dtype in dtypes]
+
+
+def _is_case(row: pd.Series, case: Case) -> bool:
+    return (row["device"], row["dtype"], row["lib"], bool(row["transfer"]), (row["m"], row["n"], row["k"])) == (
+        case.device, case.dtype, case.lib, case.transfer, case.size)
+
+
+def cpu_peaks(df: pd.DataFrame, dtypes: list[str], given: float | None, threads: int) -> dict[str, CpuPeak]:
+    """Per CPU dtype: --cpu-peak-gflops when given, else the reference case's row of df (see REFERENCE_SIZE)."""
+    peaks: dict[str, CpuPeak] = {}
+    for case in reference_cases(dtypes):
         if given is not None:
-            peaks[dtype] = (given, "--cpu-peak-gflops")
+            peaks[case.dtype] = CpuPeak(given, "given on the command line (--cpu-peak-gflops)")
             continue
-        ref = rows[rows["m"] * rows["n"] * rows["k"] >= REFERENCE_SIZE**3]
-        if ref.empty:
-            peaks[dtype] = (None, f"none: no CPU {dtype} size >= {REFERENCE_SIZE} measured; give --cpu-peak-gflops")
-        else:
-            peaks[dtype] = (float(ref["gflops"].median()),
-                            f"median of the {len(ref)} CPU {dtype} rates at sizes >= {REFERENCE_SIZE}")
+        rows = df[df.apply(_is_case, axis=1, case=case)] if len(df) else df
+        if rows.empty:
+            peaks[case.dtype] = CpuPeak(None, f"none: the reference torch {case.dtype} {REFERENCE_SIZE} was not "
+                                              f"measured; give --cpu-peak-gflops")
+            continue
+        r = rows.iloc[0]
+        peaks[case.dtype] = CpuPeak(
+            float(r["gflops"]), f"reference measurement: torch {case.dtype} {REFERENCE_SIZE}x{REFERENCE_SIZE}x"
+            f"{REFERENCE_SIZE} on {threads} thread(s), median of {int(r['blocks'])} timed blocks",
+            REFERENCE_SIZE, threads, int(r["blocks"]), float(r["wall_ms"]))
     return peaks
 
 
-def add_comparisons(df: pd.DataFrame, cpu_peak_gflops: float | None, gpu_name: str | None) -> pd.DataFrame:
+def add_comparisons(df: pd.DataFrame, cpu_peak: dict[str, CpuPeak], gpu_name: str | None) -> pd.DataFrame:
     """Share of peak (with the peak's source), and speed-up over the CPU (torch, same size and dtype, else float32)."""
     df = df.copy()
     cpu = df[(df["device"] == "cpu") & (df["lib"] == "torch") & ~df["transfer"]]
-    cpu_peak = cpu_peaks(df, cpu_peak_gflops)
 
     def peak(row: pd.Series) -> tuple[float | None, str]:
         if row["device"] == "cpu":
-            return cpu_peak[row["dtype"]]
+            p = cpu_peak.get(row["dtype"], CpuPeak(None, f"none: no CPU {row['dtype']} reference measured"))
+            return p.gflops, p.source
         dtype = "float32" if row["dtype"] == "tf32" else row["dtype"]
         p = hw.gpu_peak_flops(gpu_name or "", dtype, tf32=row["dtype"] == "tf32")
         if p is None:
@@ -338,13 +384,22 @@ def environment(devices: list[str]) -> dict[str, Any]:
     return env
 
 
-def run(cases: list[Case], settings: Settings, *, progress: bool = True,
+def run(cases: list[Case], settings: Settings, *, progress: bool | Mode = True,
         check_timer_at: Size | None = None) -> pd.DataFrame:
-    """Time every case (tqdm over cases); with check_timer_at, cross-check torch float32 there with Timer."""
+    """Time every case (a bar, or a line per case: see benchmarks.progress); check_timer_at: cross-check with Timer."""
+    mode = as_mode(progress)
     rows = []
-    for case in tqdm(cases, desc="matmul", unit="case", disable=not progress):
+    for i, case in enumerate(bar(cases, mode, "matmul", "case"), 1):
         row = run_case(case, min_time=settings.min_time, min_blocks=settings.min_blocks)
         if check_timer_at == case.size and case.lib == "torch" and case.dtype == "float32" and not case.transfer:
             row["timer_gflops"] = timer_check(case, settings.min_time)
         rows.append(row)
+        line(mode, f"matmul {i}/{len(cases)}: {case.label} {row['size']}: {row['wall_ms']:.4g} ms, "
+                   f"{row['gflops']:.4g} GFLOP/s")
     return pd.DataFrame(rows)
+
+
+def no_gpu_note(cuda_available: bool) -> dict[str, str]:
+    """matmul.json's crossover on a run without a GPU: why it is empty, instead of {}."""
+    why = "no GPU in --devices" if cuda_available else "no GPU"
+    return {"note": f"{why}: nothing to cross over"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,21 @@ def peaks(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Each device and dtype's peak GFLOP/s and where it comes from (spec sheet, flag or reference measurement)."""
     cols = ["device", "dtype", "peak_gflops", "peak_source"]
     rows = df[cols].drop_duplicates(subset=["device", "dtype"])
-    return json.loads(rows.to_json(orient="records"))
+    return json.loads(rows.to_json(orient="records", double_precision=15))
 
 
-def print_table(df: pd.DataFrame) -> None:
-    """The readable matmul table on the terminal."""
+def print_table(df: pd.DataFrame, notes: bool = True) -> None:
+    """The readable matmul table on the terminal; with notes, each peak's source and the Timer cross-checks."""
     cols = [c for c in TABLE if c in df] + (["timer_gflops"] if "timer_gflops" in df else [])
+    if "speedup_vs_cpu" in df and df["speedup_vs_cpu"].isna().all():
+        cols.remove("speedup_vs_cpu")  # no GPU row: a column of blanks says nothing (the no-GPU line says why)
     shown = df[cols].copy()
     shown["transfer"] = shown["transfer"].map({True: "yes", False: ""})
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format",
                            lambda v: f"{v:.4g}"):
-        print(shown.to_string(index=False))
+        print(shown.to_string(index=False, na_rep=""))
+    if not notes:
+        return
     if "peak_source" in df:
         for p in peaks(df):
             rate = "unknown" if p["peak_gflops"] is None else f"{p['peak_gflops']:.4g} GFLOP/s"
@@ -54,11 +59,17 @@ def write_frame(df: pd.DataFrame, path: Path) -> Path:
     return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
-def write_matmul(df: pd.DataFrame, env: dict[str, Any], crossover: dict[str, str | None], out: Path) -> list[Path]:
-    """matmul.csv, matmul.json (environment, crossover, rows) and matmul.png."""
+def write_matmul(df: pd.DataFrame, env: dict[str, Any], crossover: dict[str, str | None], out: Path,
+                 note: dict[str, str] | None = None, cpu_peak: dict[str, Any] | None = None) -> list[Path]:
+    """matmul.csv, matmul.json (shape: benchmarks.matmul's docstring) and matmul.png.
+
+    crossover: per GPU series (what the plot marks); note: what the JSON's crossover says instead on a run
+    without a GPU; cpu_peak: per CPU dtype, the benchmarks.matmul.CpuPeak fields.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"environment": env, "crossover": crossover, "peaks": peaks(df) if "peak_source" in df else [],
-           "results": json.loads(df.to_json(orient="records"))}
+    doc = {"environment": env, "crossover": crossover or note or {}, "gpu": bool((df["device"] != "cpu").any()),
+           "cpu_peak": cpu_peak or {}, "peaks": peaks(df) if "peak_source" in df else [],
+           "results": json.loads(df.to_json(orient="records", double_precision=15))}
     paths = [write_frame(df, out / "matmul.csv"),
              atomic_write_text(out / "matmul.json", json.dumps(doc, indent=1, default=str) + "\n"),
              plot_matmul(df, crossover, out / "matmul.png")]
@@ -66,31 +77,76 @@ def write_matmul(df: pd.DataFrame, env: dict[str, Any], crossover: dict[str, str
 
 
 def plot_matmul(df: pd.DataFrame, crossover: dict[str, str | None], path: Path) -> Path:
-    """GFLOP/s vs size, one line per device x dtype x library, crossover sizes marked."""
+    """matmul.png: the two panels of matmul_figure."""
+    import matplotlib.pyplot as plt
+
+    fig = matmul_figure(df, crossover)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def _series(df: pd.DataFrame):
+    d = df.assign(x=(df["m"] * df["n"] * df["k"]) ** (1 / 3)).sort_values("x")
+    for (device, dtype, lib, transfer), rows in d.groupby(["device", "dtype", "lib", "transfer"], sort=False):
+        yield f"{device} {dtype} {lib}" + (" +transfer" if transfer else ""), bool(transfer), rows
+
+
+def _quartiles_ms(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Q1 and Q3 of the wall time; rows from before they were recorded get median -/+ IQR/2."""
+    if {"wall_q1_ms", "wall_q3_ms"} <= set(rows):
+        return rows["wall_q1_ms"], rows["wall_q3_ms"]
+    half = rows["wall_iqr_ms"] / 2 if "wall_iqr_ms" in rows else 0 * rows["wall_ms"]
+    return rows["wall_ms"] - half, rows["wall_ms"] + half
+
+
+def matmul_figure(df: pd.DataFrame, crossover: dict[str, str | None]):
+    """Wall time (ms) and GFLOP/s against size, side by side; IQR bars on both; each peak as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    d = df.assign(flops=df["m"] * df["n"] * df["k"]).sort_values("flops")
-    for (device, dtype, lib, transfer), rows in d.groupby(["device", "dtype", "lib", "transfer"], sort=False):
-        label = f"{device} {dtype} {lib}" + (" +transfer" if transfer else "")
-        ax.plot(rows["flops"] ** (1 / 3), rows["gflops"], marker="o", linestyle="--" if transfer else "-",
-                label=label)
+    fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(14, 5.5))
+    colours = {}
+    for i, (label, transfer, rows) in enumerate(_series(df)):
+        colour = colours.setdefault(label, f"C{i % 10}")
+        q1, q3 = _quartiles_ms(rows)
+        style = dict(marker="o", linestyle="--" if transfer else "-", color=colour, capsize=3, label=label)
+        ax_t.errorbar(rows["x"], rows["wall_ms"], yerr=[rows["wall_ms"] - q1, q3 - rows["wall_ms"]], **style)
+        # A rate's quartiles are the wall time's, swapped: the slowest quarter of blocks gives the lowest rate.
+        flops = 2 * rows["m"] * rows["n"] * rows["k"]
+        low, high = flops / (q3 / 1e3) / 1e9, flops / (q1 / 1e3) / 1e9
+        ax_r.errorbar(rows["x"], rows["gflops"], yerr=[rows["gflops"] - low, high - rows["gflops"]], **style)
+    if "peak_gflops" in df:
+        for p in peaks(df):
+            if p["peak_gflops"] is None:
+                continue
+            colour = next((c for lbl, c in colours.items() if lbl.startswith(f"{p['device']} {p['dtype']} ")), "k")
+            ax_r.axhline(p["peak_gflops"], color=colour, linestyle="--", linewidth=1,
+                         label=f"peak {p['device']} {p['dtype']}: {p['peak_gflops']:.5g} GFLOP/s\n"
+                               f"{textwrap.fill(p['peak_source'], 48)}")
+    d = df.assign(x=(df["m"] * df["n"] * df["k"]) ** (1 / 3))
     for series, size in crossover.items():
         if size is None:
             continue
-        row = d[d["size"] == size].iloc[0]
-        x = (row["m"] * row["n"] * row["k"]) ** (1 / 3)
-        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"crossover\n{series}: {size}", (x, ax.get_ylim()[1] * 0.5), fontsize=7, rotation=90,
-                    ha="right", va="center")
-    ax.set(xscale="log", yscale="log", xlabel="matrix size (cube root of M*N*K)", ylabel="GFLOP/s",
-           title="Matrix multiplication throughput")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        x = float(d[d["size"] == size]["x"].iloc[0])
+        for ax in (ax_t, ax_r):
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax_r.annotate(f"crossover {series}: {size}", (x, 0.5), xycoords=("data", "axes fraction"), fontsize=7,
+                      rotation=90, ha="right", va="center")
+    xlabel = "matrix size (N, or MxNxK at the cube root of M*N*K; log scale)"
+    ax_t.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="wall time per call (ms, log scale)",
+             title="Wall time per matmul (median, IQR bars)")
+    ax_r.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="GFLOP/s (2*M*N*K / wall time, log scale)",
+             title="Throughput (median, IQR bars; dashed: peak)")
+    ticks = d.drop_duplicates("x").sort_values("x")
+    for ax in (ax_t, ax_r):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xticks(ticks["x"], ticks["size"], minor=False)  # the sizes measured, as the table names them
+        ax.set_xticks([], minor=True)
+    ax_t.legend(fontsize=8, loc="upper left")
+    ax_r.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    return fig
+

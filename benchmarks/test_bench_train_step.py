@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks.clocks import CpuClock
-from benchmarks.conftest import cuda, record
+from benchmarks.conftest import TIMERS, cuda, group, record
 from gptcore.config import from_name
 from gptcore.data import TokenData
 from gptcore.hardware import autocast
@@ -45,22 +45,24 @@ def make_step(preset: str, device: str, dtype: str, data: TokenData):
     return step, tokens, model.flops_per_token() * tokens
 
 
+@pytest.mark.parametrize("timer", TIMERS)
 @pytest.mark.parametrize("preset, dtype", [("tiny", "float32"), ("baby", "float32"), ("baby", "bfloat16")])
-def test_train_step_cpu(benchmark, data, preset, dtype):
+def test_train_step_cpu(benchmark, data, preset, dtype, timer):
     step, tokens, flops = make_step(preset, "cpu", dtype, data)
-    benchmark.group = f"train step {preset}"
+    benchmark.group = group(f"train step {preset}", timer)
     clock = CpuClock(step)
     loss = benchmark(clock)
-    record(benchmark, clock, flops, tokens)
+    record(benchmark, clock, flops, tokens, timer=timer)
     assert math.isfinite(loss) and loss < math.log(data.vocab_size) + 0.5
 
 
 @cuda
+@pytest.mark.parametrize("timer", TIMERS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_train_step_cuda(benchmark, data, dtype):
+def test_train_step_cuda(benchmark, data, dtype, timer):
     step, tokens, flops = make_step("baby", "cuda", dtype, data)
-    benchmark.group = "train step baby"
+    benchmark.group = group("train step baby", timer)
     clock = CpuClock(step)
     loss = benchmark(clock)
-    record(benchmark, clock, flops, tokens)
+    record(benchmark, clock, flops, tokens, timer=timer)
     assert math.isfinite(loss)

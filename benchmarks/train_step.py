@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
+from benchmarks.progress import Mode, as_mode, bar, line
 from gptcore import hardware as hw
 from gptcore.config import from_name
 from gptcore.data import TokenData
@@ -38,11 +38,14 @@ def run_one(preset: str, device: str, dtype: str, data: TokenData, *, steps: int
 
 
 def run(presets: list[str], devices: list[str], dtypes: dict[str, list[str]], data: TokenData, *, steps: int = 20,
-        warmup: int = 3, progress: bool = True) -> pd.DataFrame:
-    """Every preset x device x dtype."""
+        warmup: int = 3, progress: bool | Mode = True) -> pd.DataFrame:
+    """Every preset x device x dtype (a bar, or a line per case: see benchmarks.progress)."""
+    mode = as_mode(progress)
     cases = [(p, d, dt) for p in presets for d in devices for dt in dtypes[d]]
     rows = []
-    for preset, device, dtype in tqdm(cases, desc="train-step", unit="case", disable=not progress):
+    for i, (preset, device, dtype) in enumerate(bar(cases, mode, "train-step", "case"), 1):
         hw.check_dtype(torch.device(device), dtype)
         rows.append(run_one(preset, device, dtype, data, steps=steps, warmup=warmup))
+        line(mode, f"train-step {i}/{len(cases)}: {preset} {device} {dtype}: "
+                   f"{rows[-1]['tokens_per_s'] / 1e3:.3g} k tokens/s")
     return pd.DataFrame(rows)

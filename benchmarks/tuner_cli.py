@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.flags import add_output_flags, progress_mode
+from benchmarks.progress import LineCounter
 from benchmarks.tuner_table import DEFAULT_TABLE, RECORDED_TABLE, RecordSettings, check_out, load_table, record
 from gptcore.cliutil import int_range, positive_int
 from gptcore.errors import UserError
@@ -47,28 +49,35 @@ def add_tuner_parser(sub: argparse._SubParsersAction, parser_class: type) -> Non
     actions = t.add_subparsers(dest="action", required=True, parser_class=parser_class)
     r = actions.add_parser("record", help="record the learning curves with the tuner itself (an hour or so)")
     defaults = RecordSettings()
-    r.add_argument("--trials", type=positive_int, default=defaults.trials)
+    r.add_argument("--trials", type=positive_int, default=defaults.trials,
+                   help=f"configurations to record (default {defaults.trials})")
     r.add_argument("--budget", default=defaults.budget, help=f"target per configuration (default {defaults.budget})")
-    r.add_argument("--rungs", type=int_range(1, 8), default=defaults.rungs)
+    r.add_argument("--rungs", type=int_range(1, 8), default=defaults.rungs,
+                   help=f"losses recorded per run below the target, for the replayed pruners "
+                        f"(default {defaults.rungs})")
     r.add_argument("--reduction-factor", type=int_range(2, 10), default=defaults.reduction_factor,
                    help="rungs at target / factor**k: the replay can then compare plans of this factor")
     r.add_argument("--workers", type=positive_int, default=defaults.workers,
                    help="trials at once, one core each on a CPU (default 2)")
-    r.add_argument("--seed", type=int, default=defaults.seed)
-    r.add_argument("--data", type=Path, default=defaults.data)
+    r.add_argument("--seed", type=int, default=defaults.seed,
+                   help=f"seed of the recording study's random sampler (default {defaults.seed})")
+    r.add_argument("--data", type=Path, default=defaults.data, help=f"corpus to train on (default {defaults.data})")
     r.add_argument("--table", type=Path, default=RECORDED_TABLE,
                    help=f"the CSV to write (default {RECORDED_TABLE}; replay it with --table)")
-    r.add_argument("--out", type=Path, default=defaults.results, help="where the recording study runs")
+    r.add_argument("--out", type=Path, default=defaults.results,
+                   help=f"results folder the recording study runs in (default {defaults.results})")
+    add_output_flags(r, out=False)
 
     p = actions.add_parser("replay", help="replay whole studies per strategy and seed against a recorded table")
-    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE,
+                   help=f"recorded curves to replay against (default {DEFAULT_TABLE}; make your own with "
+                        f"`tuner record`)")
     p.add_argument("--strategies", type=strategies_flag, default=None,
                    help="SAMPLER+PRUNER[:RUNGS],... or all (default: every sampler and pruner the tuner offers; "
                         "all adds gp+none and gp+asha, ~1 h per 100 seeds)")
     p.add_argument("--seeds", type=int_range(1, 10_000), default=30, help="studies per strategy (default 30)")
     p.add_argument("--trials", type=int_range(1, 10_000), default=50, help="trials per study (default 50)")
-    p.add_argument("--out", type=Path, default=Path("results/bench"))
-    p.add_argument("--no-progress", action="store_true")
+    add_output_flags(p)
 
 
 def cmd_tuner(args: argparse.Namespace) -> int:
@@ -78,7 +87,7 @@ def cmd_tuner(args: argparse.Namespace) -> int:
         settings = RecordSettings(trials=args.trials, budget=args.budget, rungs=args.rungs,
                                   reduction_factor=args.reduction_factor, workers=args.workers,
                                   seed=args.seed, data=args.data, results=args.out, out=args.table)
-        print(f"wrote {record(settings)} and {args.table.with_suffix('.json')}")
+        print(f"wrote {record(settings, quiet=args.quiet)} and {args.table.with_suffix('.json')}")
         return 0
     return replay_command(args)
 
@@ -92,7 +101,7 @@ def replay_command(args: argparse.Namespace) -> int:
     from gptcore.files import atomic_write_text
 
     table = load_table(args.table)
-    strategies = args.strategies or default_strategies()
+    strategies = args.strategies or default_strategies(args.quiet)
     if TODAY not in strategies:
         strategies = (TODAY, *strategies)  # every ratio is against today's defaults
     if any(s.sampler == "gp" for s in strategies):
@@ -100,8 +109,12 @@ def replay_command(args: argparse.Namespace) -> int:
     if any(s.sampler == "cmaes" for s in strategies):
         _need("cmaes", "the cmaes sampler")
     check_strategies(table, strategies)
-    with tqdm(total=len(strategies) * args.seeds, desc="replay", unit="study", disable=args.no_progress) as bar:
-        runs = compare(table, strategies, args.seeds, args.trials, progress=bar)
+    mode = progress_mode(args)
+    total = len(strategies) * args.seeds
+    with tqdm(total=total, desc="replay", unit="study", disable=mode != "bar") as bar:
+        # Off a terminal: a plain line each time a strategy's seeds are done, not a redrawn bar.
+        counter = LineCounter(mode, "replay", total, args.seeds, "studies") if mode == "lines" else bar
+        runs = compare(table, strategies, args.seeds, args.trials, progress=counter)
     summary = summarise(runs)
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format",
                            lambda v: f"{v:.4g}"):
@@ -114,12 +127,13 @@ def replay_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_strategies() -> tuple:
+def default_strategies(quiet: bool = False) -> tuple:
     """Every strategy the tuner offers (tune.strategy); cmaes only where its package is installed (said so)."""
     from benchmarks.tuner_replay import STRATEGIES
 
     if not _installed("cmaes"):
-        print("note: the cmaes rows are left out (pip install -e '.[replay]' to include them)")
+        if not quiet:
+            print("note: the cmaes rows are left out (pip install -e '.[replay]' to include them)")
         return tuple(s for s in STRATEGIES if s.sampler != "cmaes")
     return STRATEGIES
 

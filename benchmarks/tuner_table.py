@@ -59,12 +59,15 @@ def record_command(s: RecordSettings) -> list[str]:
             "--results", str(s.results), "--data", str(s.data), "--no-progress"]
 
 
-def record(s: RecordSettings) -> Path:
-    """Run (or resume) the recording study, then write the table and its description to `s.out`."""
+def record(s: RecordSettings, quiet: bool = False) -> Path:
+    """Run (or resume) the recording study, then write the table and its description to `s.out`.
+
+    quiet: the study's own output (its per-trial lines) is dropped; its warnings and errors still show.
+    """
     check_out(s.out)
     s.out.parent.mkdir(parents=True, exist_ok=True)
     command = record_command(s)
-    done = subprocess.run(command, check=False)
+    done = subprocess.run(command, check=False, stdout=subprocess.DEVNULL if quiet else None)
     if done.returncode != 0:
         raise UserError(f"the recording study stopped (exit {done.returncode}); run the same command again to "
                         f"resume it")

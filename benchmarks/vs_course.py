@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from benchmarks.course_reference import CourseReader, GPTLanguageModel
+from benchmarks.progress import Mode, as_mode, bar, line
 from benchmarks.stats import quartiles
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.data import TokenData
@@ -60,7 +60,7 @@ def make_step(model: torch.nn.Module, dtype: str) -> Callable[[torch.Tensor, tor
 
 def train_speed(
     cfg: ModelConfig, data: TokenData, batch_size: int, dtype: str, *, steps: int = 10, rounds: int = 12,
-    warmup: int = 3, progress: bool = True,
+    warmup: int = 3, progress: bool | Mode = True,
 ) -> dict[str, list[float]]:
     """Tokens/s of both models per round (rounds alternate between them)."""
     gen = torch.Generator().manual_seed(0)
@@ -73,12 +73,14 @@ def train_speed(
             step(x, y)
     rates: dict[str, list[float]] = {name: [] for name in steppers}
     tokens = steps * batch_size * cfg.block_size
-    for _ in tqdm(range(rounds), desc=f"train {dtype} dropout {cfg.dropout}", disable=not progress, leave=False):
+    mode = as_mode(progress)
+    for _ in bar(range(rounds), mode, f"train {dtype} dropout {cfg.dropout}", "round", leave=False):
         for name, step in steppers.items():
             t0 = time.perf_counter()
             for x, y in batches:
                 step(x, y)
             rates[name].append(tokens / (time.perf_counter() - t0))
+    line(mode, f"vs-course: train {dtype} dropout {cfg.dropout}: {rounds} rounds done")
     return rates
 
 
@@ -126,7 +128,8 @@ def check_inputs(data: TokenData, text_file: str, block_size: int, batch_size: i
 
 def run(
     data: TokenData, text_file: str, cfg: ModelConfig, batch_size: int, *, dtypes: tuple[str, ...] = ("float32",
-    "bfloat16"), dropouts: tuple[float, ...] = (0.0, 0.2), steps: int = 10, rounds: int = 12, progress: bool = True,
+    "bfloat16"), dropouts: tuple[float, ...] = (0.0, 0.2), steps: int = 10, rounds: int = 12,
+    progress: bool | Mode = True,
 ) -> pd.DataFrame:
     """Every (dropout, dtype) training comparison plus the reader comparison, as one table.
 

@@ -203,3 +203,115 @@ def test_prepare_memory_bad_flags_are_one_line_and_exit_2(argv, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1 and f"argument {argv[0]}" in err[0]
     assert not (tmp_path / "bench").exists()
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_is_a_bar_on_a_terminal_lines_elsewhere_and_off_when_asked(capsys):
+    from benchmarks import progress
+
+    assert progress.choose(stream=_Stream(True)) == "bar" and progress.choose(stream=_Stream(False)) == "lines"
+    assert progress.choose(no_progress=True, stream=_Stream(True)) == "off"
+    assert progress.choose(quiet=True, stream=_Stream(False)) == "off"
+    assert [progress.as_mode(x) for x in (True, False, "lines")] == ["bar", "off", "lines"]
+    with pytest.raises(ValueError, match="progress must be"):
+        progress.as_mode("loud")
+    assert list(progress.bar(range(3), "lines", "x", "case")) == [0, 1, 2]
+    progress.line("off", "hidden")
+    progress.line("bar", "hidden too")
+    progress.line("lines", "shown")
+    counter = progress.LineCounter("lines", "replay", total=7, every=3, unit="studies")
+    for _ in range(7):
+        counter.update(1)
+    out, err = capsys.readouterr()
+    assert out == "" and "\r" not in err
+    assert err.splitlines() == ["shown", "replay: 3/7 studies", "replay: 6/7 studies", "replay: 7/7 studies"]
+
+
+def test_the_cpu_time_run_records_no_rate_from_its_cpu_median():
+    """A CPU-time median is no wall time: GFLOP/s and tokens/s come from the wall run only."""
+    work, wall, cpu = fake_clocks(2.0)
+    clock = CpuClock(work, wall=wall, cpu=cpu)
+    clock(0.5)
+    bench = SimpleNamespace(extra_info={}, stats=SimpleNamespace(stats=SimpleNamespace(median=1.0)))
+    record(bench, clock, flops=1e9, tokens=100, timer="cpu time")
+    assert bench.extra_info["cpu_per_wall"] == pytest.approx(2.0) and bench.extra_info["timer"] == "cpu time"
+    assert "gflops" not in bench.extra_info and "tokens_per_s" not in bench.extra_info
+
+
+def test_pytest_benchmark_shows_cpu_time_in_its_table_and_in_compare(tmp_path):
+    """One tiny case on both clocks: two groups in the table, the JSON and `pytest-benchmark compare`."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "bench.json"
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_bench_matmul.py", "-q", "-p",
+                           "no:cacheprovider", "-k", "torch_cpu and 128", "--benchmark-json", str(out),
+                           "--benchmark-columns=min,median,iqr,ops,rounds", "--benchmark-sort=name"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = proc.stdout
+    assert "benchmark 'matmul 128x128 float32, wall'" in table
+    assert "benchmark 'matmul 128x128 float32, cpu time'" in table
+    assert re.search(r"test_matmul_torch_cpu\[128-cpu-time\]\s+CPU/wall\s+\d\.\d\d\s+on \d+ thread", table), table
+    doc = json.loads(out.read_text())
+    runs = {b["group"]: b for b in doc["benchmarks"]}
+    assert set(runs) == {"matmul 128x128 float32, wall", "matmul 128x128 float32, cpu time"}
+    assert runs["matmul 128x128 float32, cpu time"]["options"]["timer"] == "process_time"
+    assert runs["matmul 128x128 float32, wall"]["options"]["timer"] == "perf_counter"
+    assert "gflops" in runs["matmul 128x128 float32, wall"]["extra_info"]
+    assert runs["matmul 128x128 float32, cpu time"]["extra_info"]["cpu_per_wall"] > 0
+    again = tmp_path / "again.json"  # compare needs two files: one named twice is loaded once, then fails
+    again.write_text(out.read_text())
+    compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(out), str(again),
+                              "--columns=median,iqr", "--group-by=group"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+    assert compare.returncode == 0, compare.stderr
+    assert "benchmark 'matmul 128x128 float32, cpu time'" in compare.stdout
+    assert "benchmark 'matmul 128x128 float32, wall'" in compare.stdout
+
+
+def test_train_step_without_a_gpu_says_so_and_quiet_keeps_the_table(prepared, tmp_path, capsys, monkeypatch):
+    from benchmarks.__main__ import main, no_gpu_line
+    from gptcore.cliutil import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = "no CUDA GPU found: CPU only. On a GPU machine run: python -m benchmarks train-step --devices cpu,cuda"
+    assert no_gpu_line("train-step", ["cpu"]) == line and no_gpu_line("matmul", ["cpu", "cuda"]) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert no_gpu_line("matmul", ["cpu"]).startswith("CPU only (--devices cpu). On a GPU machine run:")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["train-step", "--configs", "tiny", "--dtypes", "float32", "--steps", "1", "--threads", "1",
+            "--data", str(prepared), "--out", str(tmp_path)]
+    for quiet in (False, True):
+        with pytest.raises(SystemExit) as info:
+            run(main, [*argv, *(["-q"] if quiet else [])], prog="python -m benchmarks")
+        out, err = capsys.readouterr()
+        assert info.value.code == 0, err
+        assert (line in out.splitlines()) is not quiet and out.splitlines()[-1].startswith("wrote ")
+        assert "tokens_per_s" in out.splitlines()[0] and "\r" not in err
+        assert err.startswith("train-step 1/1: tiny cpu float32: ") if not quiet else err == ""
+
+
+def test_replay_off_a_terminal_prints_a_line_per_strategy_and_quiet_prints_none(tmp_path, capsys):
+    from test_tuner_replay import synthetic_table
+
+    from benchmarks.__main__ import main
+    from gptcore.cliutil import run
+
+    table = synthetic_table(tmp_path)
+    argv = ["tuner", "replay", "--table", str(table), "--seeds", "2", "--trials", "6", "--strategies",
+            "random+none", "--out", str(tmp_path / "o")]
+    for quiet in (False, True):
+        with pytest.raises(SystemExit) as info:
+            run(main, [*argv, *(["-q"] if quiet else [])], prog="python -m benchmarks")
+        out, err = capsys.readouterr()
+        assert info.value.code == 0, err
+        # today's defaults are added to every comparison: two strategies of two seeds each
+        assert err.splitlines() == ([] if quiet else ["replay: 2/4 studies", "replay: 4/4 studies"]), err
+        assert out.splitlines()[-1].startswith("wrote ") and "note:" not in (out if quiet else "")

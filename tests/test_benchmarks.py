@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 
 import pandas as pd
 import pytest
@@ -99,37 +100,52 @@ def synthetic():
 
 
 def test_speedup_and_crossover_on_a_synthetic_table():
-    df = mm.add_comparisons(synthetic(), cpu_peak_gflops=None, gpu_name="NVIDIA H100 80GB HBM3")
+    peak = {"float32": mm.CpuPeak(50.0, "given on the command line (--cpu-peak-gflops)")}
+    df = mm.add_comparisons(synthetic(), peak, gpu_name="NVIDIA H100 80GB HBM3")
     gpu = df[df["device"] == "cuda"].set_index("size")
     assert gpu.loc["1024", "speedup_vs_cpu"] == pytest.approx(25.0)
     assert gpu.loc["1024", "peak_gflops"] == pytest.approx(67e3)  # fp32 without TF32
     assert gpu.loc["1024", "peak_source"] == "spec sheet of NVIDIA H100 80GB HBM3, float32"
     cpu = df[df["device"] == "cpu"].set_index("size")
-    # CPU peak: the median over the sizes >= 512 (here 512 and 1024), the same for every CPU row.
-    reference = (cpu.loc["512", "gflops"] + cpu.loc["1024", "gflops"]) / 2
-    assert cpu["peak_gflops"].tolist() == pytest.approx([reference] * 5)
-    assert set(cpu["peak_source"]) == {"median of the 2 CPU float32 rates at sizes >= 512"}
+    assert cpu["peak_gflops"].tolist() == [50.0] * 5 and cpu["speedup_vs_cpu"].isna().all()
+    assert cpu["share_of_peak"].tolist() == pytest.approx((cpu["gflops"] / 50.0).tolist())
     assert mm.crossover(df, transfer=False) == {"cuda float32": "512"}
     never = synthetic().assign(wall_ms=lambda d: d["wall_ms"].where(d["device"] == "cpu", 1e9))
-    assert mm.crossover(mm.add_comparisons(never, None, None), transfer=False) == {"cuda float32": None}
+    assert mm.crossover(mm.add_comparisons(never, {}, None), transfer=False) == {"cuda float32": None}
 
 
-def test_cpu_peak_is_a_stated_reference_not_an_outlier():
-    """Fake rates with an outlier at 128: the peak is the median at sizes >= 512, or the given one."""
-    rates = {64: 5.0, 128: 400.0, 256: 40.0, 512: 60.0, 1024: 80.0, 2048: 70.0}
-    rows = [{"device": "cpu", "dtype": "float32", "lib": lib, "size": str(n), "m": n, "n": n, "k": n,
-             "transfer": False, "gflops": g * (1.1 if lib == "numpy" else 1.0),
-             "wall_ms": 2 * n**3 / (g * 1e9) * 1e3} for n, g in rates.items() for lib in ("torch", "numpy")]
-    df = mm.add_comparisons(pd.DataFrame(rows), cpu_peak_gflops=None, gpu_name=None).set_index(["size", "lib"])
-    reference = [r["gflops"] for r in rows if r["m"] >= 512]
-    assert df["peak_gflops"].unique().tolist() == pytest.approx([pd.Series(reference).median()])
-    assert df.loc[("128", "torch"), "share_of_peak"] > 5  # the outlier shows as one, not as "the peak"
-    assert df["peak_source"].unique().tolist() == ["median of the 6 CPU float32 rates at sizes >= 512"]
-    given = mm.add_comparisons(pd.DataFrame(rows), cpu_peak_gflops=100.0, gpu_name=None)
-    assert (given["peak_gflops"] == 100.0).all() and set(given["peak_source"]) == {"--cpu-peak-gflops"}
-    small = mm.add_comparisons(pd.DataFrame(rows[:6]), cpu_peak_gflops=None, gpu_name=None)  # sizes 64..256 only
-    assert small["peak_gflops"].isna().all() and small["share_of_peak"].isna().all()
-    assert small["peak_source"].iloc[0].startswith("none: no CPU float32 size >= 512 measured")
+def cpu_rows(rates: dict[int, float]) -> pd.DataFrame:
+    """CPU torch and NumPy float32 rows at the given GFLOP/s (NumPy 10 % faster), 7 timed blocks each."""
+    return pd.DataFrame([{"device": "cpu", "dtype": "float32", "lib": lib, "size": str(n), "m": n, "n": n, "k": n,
+                          "transfer": False, "gflops": g * (1.1 if lib == "numpy" else 1.0), "blocks": 7,
+                          "wall_ms": 2 * n**3 / (g * 1e9) * 1e3} for n, g in rates.items()
+                         for lib in ("torch", "numpy")])
+
+
+def test_cpu_peak_is_the_reference_case_not_an_outlier_of_the_table(monkeypatch):
+    """Rates with an outlier at 128 and NumPy above torch: the peak is torch at REFERENCE_SIZE alone."""
+    monkeypatch.setattr(mm, "REFERENCE_SIZE", 1024)
+    df = cpu_rows({64: 5.0, 128: 400.0, 256: 40.0, 512: 60.0, 1024: 80.0, 2048: 70.0})
+    peak = mm.cpu_peaks(df, ["float32"], given=None, threads=3)["float32"]
+    assert (peak.gflops, peak.size, peak.threads, peak.blocks) == (80.0, 1024, 3, 7)
+    assert peak.wall_ms == pytest.approx(2 * 1024**3 / 80e9 * 1e3)
+    assert peak.source == ("reference measurement: torch float32 1024x1024x1024 on 3 thread(s), median of 7 timed "
+                           "blocks")
+    out = mm.add_comparisons(df, {"float32": peak}, gpu_name=None).set_index(["size", "lib"])
+    assert (out["peak_gflops"] == 80.0).all() and set(out["peak_source"]) == {peak.source}
+    assert out.loc[("128", "torch"), "share_of_peak"] == pytest.approx(5.0)  # the outlier shows as one
+    given = mm.cpu_peaks(df, ["float32"], given=100.0, threads=3)["float32"]
+    assert given == mm.CpuPeak(100.0, "given on the command line (--cpu-peak-gflops)")
+    missing = mm.cpu_peaks(df[df["m"] < 1024], ["float32"], given=None, threads=3)["float32"]
+    assert missing.gflops is None and missing.source.startswith("none: the reference torch float32 1024 was not")
+    blank = mm.add_comparisons(df, {}, gpu_name=None)
+    assert blank["peak_gflops"].isna().all() and blank["share_of_peak"].isna().all()
+
+
+def test_reference_cases_are_torch_at_the_reference_size(monkeypatch):
+    monkeypatch.setattr(mm, "REFERENCE_SIZE", 96)
+    assert mm.reference_cases(["float32", "bfloat16"]) == [mm.Case("cpu", "float32", "torch", (96, 96, 96)),
+                                                           mm.Case("cpu", "bfloat16", "torch", (96, 96, 96))]
 
 
 @pytest.mark.parametrize("settings, needle", [
@@ -194,21 +210,168 @@ def test_cuda_asked_for_without_cuda(capsys):
     assert info.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 
-def test_matmul_command_writes_well_formed_files(tmp_path, capsys):
+def run_matmul(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`python -m benchmarks matmul ...` in this process: exit code, stdout, stderr."""
     with pytest.raises(SystemExit) as info:
-        run(main, ["matmul", "--sizes", "32,64", "--min-time", "0.02", "--repeat", "2", "--threads", "1",
-                   "--check-timer", "64", "--out", str(tmp_path), "--no-progress"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
+        run(main, ["matmul", *argv], prog="python -m benchmarks")
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+TINY = ["--sizes", "32,64", "--min-time", "0.02", "--repeat", "2", "--threads", "1"]
+
+
+def test_matmul_command_writes_well_formed_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mm, "REFERENCE_SIZE", 48)  # a reference case not in --sizes, measured anyway
+    code, out, _ = run_matmul([*TINY, "--check-timer", "64", "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 0
     assert "torch.utils.benchmark.Timer" in out and "numpy" in out
     df = pd.read_csv(tmp_path / "matmul.csv")
     assert set(df["lib"]) == {"torch", "numpy"} and len(df) == 4 and (df["gflops"] > 0).all()
-    assert {"wall_ms", "wall_iqr_ms", "cpu_ms", "cpu_per_wall", "cold_ms", "rel_error", "share_of_peak"} <= set(df)
+    assert {"wall_ms", "wall_iqr_ms", "wall_q1_ms", "wall_q3_ms", "cpu_ms", "cpu_per_wall", "cold_ms", "rel_error",
+            "share_of_peak"} <= set(df)
+    assert (df["wall_q1_ms"] <= df["wall_ms"]).all() and (df["wall_ms"] <= df["wall_q3_ms"]).all()
     doc = json.loads((tmp_path / "matmul.json").read_text())
     assert doc["environment"]["torch_threads"] == 1 and "numpy_blas" in doc["environment"]
-    assert len(doc["results"]) == 4 and "crossover" in doc
-    # Sizes 32 and 64 only: no reference measurement for the CPU peak, and the files say so.
-    assert doc["peaks"] == [{"device": "cpu", "dtype": "float32", "peak_gflops": None,
-                             "peak_source": "none: no CPU float32 size >= 512 measured; give --cpu-peak-gflops"}]
-    assert "peak cpu float32: unknown (none: no CPU float32 size >= 512" in out
+    assert len(doc["results"]) == 4 and "48" not in set(df["size"].astype(str))  # the reference is no row
+    ref = doc["cpu_peak"]["float32"]
+    source = "reference measurement: torch float32 48x48x48 on 1 thread(s), median of"
+    assert ref["size"] == 48 and ref["threads"] == 1 and ref["blocks"] >= 2 and ref["source"].startswith(source)
+    assert ref["gflops"] == pytest.approx(2 * 48**3 / (ref["wall_ms"] / 1e3) / 1e9)
+    assert doc["peaks"] == [{"device": "cpu", "dtype": "float32", "peak_gflops": pytest.approx(ref["gflops"]),
+                             "peak_source": ref["source"]}]
+    assert df["share_of_peak"].tolist() == pytest.approx((df["gflops"] / ref["gflops"]).tolist())
+    assert f"peak cpu float32: {ref['gflops']:.4g} GFLOP/s ({source}" in out
     assert (tmp_path / "matmul.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_reference_case_is_reused_when_sizes_has_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mm, "REFERENCE_SIZE", 64)
+    timed = []
+    real_run = mm.run
+    monkeypatch.setattr(mm, "run", lambda cases, *a, **k: timed.append(cases) or real_run(cases, *a, **k))
+    assert run_matmul([*TINY, "--libs", "torch", "--out", str(tmp_path), "--no-progress"], capsys)[0] == 0
+    assert [c.size[0] for c in timed[0]] == [32, 64]  # nothing measured twice
+    doc = json.loads((tmp_path / "matmul.json").read_text())
+    row = next(r for r in doc["results"] if r["size"] == "64")
+    assert doc["cpu_peak"]["float32"]["gflops"] == pytest.approx(row["gflops"], rel=1e-12)
+    assert row["share_of_peak"] == pytest.approx(1.0)
+
+
+def test_a_given_cpu_peak_is_used_and_nothing_extra_is_measured(tmp_path, capsys, monkeypatch):
+    timed = []
+    real_run = mm.run
+    monkeypatch.setattr(mm, "run", lambda cases, *a, **k: timed.append(cases) or real_run(cases, *a, **k))
+    code, out, _ = run_matmul([*TINY, "--libs", "torch", "--cpu-peak-gflops", "250", "--out", str(tmp_path),
+                               "--no-progress"], capsys)
+    assert code == 0 and [c.size[0] for c in timed[0]] == [32, 64]
+    doc = json.loads((tmp_path / "matmul.json").read_text())
+    assert doc["cpu_peak"]["float32"] == {"gflops": 250.0, "source": "given on the command line (--cpu-peak-gflops)",
+                                          "size": None, "threads": None, "blocks": None, "wall_ms": None}
+    assert "peak cpu float32: 250 GFLOP/s (given on the command line (--cpu-peak-gflops))" in out
+    assert [r["share_of_peak"] for r in doc["results"]] == pytest.approx([r["gflops"] / 250 for r in doc["results"]])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA says")
+def test_without_a_gpu_matmul_says_so_and_what_to_run(tmp_path, capsys):
+    code, out, err = run_matmul([*TINY, "--cpu-peak-gflops", "100", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    line = "no CUDA GPU found: CPU only. On a GPU machine run: python -m benchmarks matmul --devices cpu,cuda"
+    assert line in out.splitlines()
+    header = out.splitlines()[0].split()
+    assert "speedup_vs_cpu" not in header and "gflops" in header and "None" not in out and "NaN" not in out
+    doc = json.loads((tmp_path / "matmul.json").read_text())
+    assert doc["crossover"] == {"note": "no GPU: nothing to cross over"} and doc["gpu"] is False
+    # stderr is no terminal here: a plain line per case, and no bar redrawn with carriage returns
+    assert "\r" not in err and [x.split(":")[0] for x in err.splitlines()] == [f"matmul {i}/4" for i in (1, 2, 3, 4)]
+
+
+def test_quiet_prints_the_table_and_the_paths_only(tmp_path, capsys):
+    code, out, err = run_matmul([*TINY, "--cpu-peak-gflops", "100", "--check-timer", "64", "-q", "--out",
+                                 str(tmp_path)], capsys)
+    lines = out.splitlines()
+    assert code == 0 and err == "" and len(lines) == 1 + 4 + 1, out  # header, 4 rows, the paths
+    assert lines[0].split()[:3] == ["device", "dtype", "lib"] and lines[-1].startswith("wrote ")
+    assert lines[-1].endswith("matmul.png") and (tmp_path / "matmul.json").exists()
+
+
+def synthetic_with_peaks() -> pd.DataFrame:
+    """synthetic() with quartiles and both peaks, as the CLI hands it to the plot."""
+    df = synthetic().assign(wall_q1_ms=lambda d: d["wall_ms"] * 0.9, wall_q3_ms=lambda d: d["wall_ms"] * 1.2)
+    return mm.add_comparisons(df, {"float32": mm.CpuPeak(30.0, "given on the command line (--cpu-peak-gflops)")},
+                              gpu_name="NVIDIA H100 80GB HBM3")
+
+
+def test_matmul_png_has_time_and_rate_panels_with_iqr_bars_and_peak_lines():
+    from matplotlib.container import ErrorbarContainer
+
+    from benchmarks.report import matmul_figure
+
+    df = synthetic_with_peaks()
+    fig = matmul_figure(df, {"cuda float32": "512"})
+    time_ax, rate_ax = fig.axes  # exactly two panels
+    assert "ms" in time_ax.get_ylabel() and "GFLOP/s" in rate_ax.get_ylabel()
+    assert "Wall time" in time_ax.get_title() and "Throughput" in rate_ax.get_title()
+    assert time_ax.get_xscale() == time_ax.get_yscale() == "log"
+    for ax, column in ((time_ax, "wall_ms"), (rate_ax, "gflops")):
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert sorted(c.get_label() for c in bars) == ["cpu float32 torch", "cuda float32 torch"]
+        cpu = next(c for c in bars if c.get_label().startswith("cpu"))
+        line, _, (segments,) = cpu.lines
+        assert list(line.get_ydata()) == pytest.approx(df[df["device"] == "cpu"][column].tolist())
+        # IQR bars: from Q1 to Q3 of the wall time (for the rate: the rate at Q3 to the rate at Q1)
+        spans = [v for a, b in segments.get_segments() for v in sorted((a[1], b[1]))]
+        rows = df[df["device"] == "cpu"]
+        q1, q3 = rows["wall_q1_ms"], rows["wall_q3_ms"]
+        if column == "gflops":
+            q1, q3 = 2 * rows["m"] ** 3 / q3 / 1e6, 2 * rows["m"] ** 3 / q1 / 1e6
+        assert spans == pytest.approx([v for pair in zip(q1, q3) for v in pair])
+    peak_lines = {ln.get_label(): ln for ln in rate_ax.get_lines() if ln.get_label().startswith("peak")}
+    assert len(peak_lines) == 2 and all(ln.get_linestyle() == "--" for ln in peak_lines.values())
+    cpu_peak = next(label for label in peak_lines if label.startswith("peak cpu float32"))
+    assert "30 GFLOP/s" in cpu_peak and "--cpu-peak-gflops" in cpu_peak
+    assert list(peak_lines[cpu_peak].get_ydata()) == [30.0, 30.0]
+    assert any("spec sheet" in label and "67000" in label for label in peak_lines)
+    assert not [ln for ln in time_ax.get_lines() if ln.get_label().startswith("peak")]
+
+
+def _options(parser, path=()):
+    """(command path, option strings, help) of every option of a parser and of its subcommands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, (*path, name))
+        elif action.option_strings and not isinstance(action, argparse._HelpAction):
+            yield path, action.option_strings, action.help
+
+
+def test_every_flag_of_every_subcommand_has_help():
+    from benchmarks.__main__ import build_parser
+
+    options = list(_options(build_parser()))
+    commands = {p for p, _, _ in options}
+    assert {("matmul",), ("train-step",), ("vs-course",), ("tuner", "record"), ("tuner", "replay")} <= commands
+    for path, flags, text in options:
+        words = (text or "").replace("-", " ").split()
+        bare = {f.lstrip("-").replace("-", " ") for f in flags}
+        assert text and len(words) >= 3 and text.strip() not in bare, (path, flags, text)
+    quiet = [(p, f) for p, f, _ in options if "--quiet" in f]
+    assert sorted(p for p, f in quiet) == sorted(commands) and all("-q" in f for _, f in quiet)
+
+
+def test_cli_runs_main_as_python_m_does_under_its_own_name(tmp_path, capsys, monkeypatch):
+    from benchmarks.__main__ import cli
+
+    monkeypatch.setattr(sys, "argv", ["gptcore-bench", "matmul", "--sizes", "64,abc"])
+    with pytest.raises(SystemExit) as info:
+        cli()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("gptcore-bench matmul: error: argument --sizes") and \
+        len(err.strip().splitlines()) == 1, err
+    monkeypatch.setattr(sys, "argv", ["gptcore-bench", "matmul", *TINY, "--libs", "numpy", "--cpu-peak-gflops",
+                                      "9", "-q", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as info:
+        cli()
+    assert info.value.code == 0 and (tmp_path / "matmul.csv").exists()
