@@ -220,7 +220,7 @@ def test_an_interrupted_trial_is_retried_and_trials_ends_with_n_counted(tmp_path
     params = ["batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate"]
     assert (retry.iloc[0][params] == first[params]).all()
     summary = (results / "w" / "summary.md").read_text()
-    assert "trials: 3 asked, 3 counted (" in summary and "1 interrupted); 1 retried after" in summary
+    assert "trials: 3 asked, 3 counted (" in summary and "; not counted: 1 interrupted, 1 retried with" in summary
 
 
 def test_a_configuration_that_crashes_every_time_is_tried_twice_and_the_tuner_stops(tmp_path):

@@ -111,9 +111,12 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
     retries = int(search["retry_of"].notna().sum())
     refs = runs[runs["reference"].notna()]
     repeats = len(df) - len(runs)
-    outcome = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    # Counted: outcomes of the configuration. Errors and interruptions say nothing about it: queued again once.
+    outcome = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s in COUNTED_STATUSES)
+    others = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s not in COUNTED_STATUSES)
     lines.append(f"- trials: {settings.get('trials', counted)} asked, {counted} counted ({outcome or 'none yet'})"
-                 f"{f'; {retries} retried after an error or interruption' if retries else ''}; "
+                 f"{f'; not counted: {others}' if others else ''}"
+                 f"{f', {retries} retried with the same parameters' if retries else ''}; "
                  f"{len(refs)} reference run(s); {repeats} confirmation run(s)")
     objective = settings.get("objective", "loss")
     meaning = "validation loss, lower is better" if objective == "loss" else "training tokens/s, higher is better"
