@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     from gptcore.config import PRESETS
 
     parser = Parser(prog=prog(PROG), description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND",
-                                help="what to do (COMMAND --help: its flags)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                help="what to do (each has --help for its flags)")
 
     p = sub.add_parser("prepare", help="text or a folder of .txt/.xz shards -> train.bin, val.bin, meta.json")
     p.add_argument("src", type=Path, help="a .txt/.xz file, or a folder of them (OpenWebText layout)")
