@@ -1,4 +1,4 @@
-"""python -m gptcore {prepare,train,sample,chat}: the course's scripts as one command line."""
+"""python -m gptcore {prepare,train,sample,chat}: the course's scripts as one command line (installed: `gptcore`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from gptcore.cliutil import Parser, add_config_flags, config_overrides, run
+from gptcore.cliutil import PROGRESS_HELP, Parser, add_config_flags, add_quiet, config_overrides, console, prog
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.errors import UserError
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 DEFAULT_OUT = Path("results") / "model"
+PROG = "python -m gptcore"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,38 +25,57 @@ def build_parser() -> argparse.ArgumentParser:
     from gptcore import cliutil as flag
     from gptcore.config import PRESETS
 
-    parser = Parser(prog="python -m gptcore", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser = Parser(prog=prog(PROG), description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                help="what to do (each has --help for its flags)")
 
     p = sub.add_parser("prepare", help="text or a folder of .txt/.xz shards -> train.bin, val.bin, meta.json")
     p.add_argument("src", type=Path, help="a .txt/.xz file, or a folder of them (OpenWebText layout)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--val-fraction", type=flag.fraction, default=0.1, help="share of files (or of the text) for val")
-    p.add_argument("--workers", type=flag.positive_int, default=min(4, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: a new one, or one prepared before (replaced)")
+    p.add_argument("--val-fraction", type=flag.fraction, default=0.1,
+                   help="share of the files (of the text, for one file) held out for validation (default 0.1)")
+    p.add_argument("--workers", type=flag.positive_int, default=min(4, os.cpu_count() or 1),
+                   help="processes encoding files in parallel (default: the CPU count, at most 4)")
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt .xz files instead of failing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
+    add_quiet(p)
 
     t = sub.add_parser("train", help="train a GPT and save a checkpoint")
-    t.add_argument("--data", type=Path, default=DEFAULT_DATA, help="prepared folder or .txt file")
-    t.add_argument("--preset", choices=list(PRESETS), default="baby", help="named starting configuration")
+    t.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="corpus: a prepared folder or a .txt file (default: the shipped wizard_of_oz.txt)")
+    t.add_argument("--preset", choices=list(PRESETS), default="baby",
+                   help="named starting configuration, which --config and the field flags override (default baby)")
     t.add_argument("--config", type=Path, help="JSON config (e.g. the tuner's best.json); flags override it")
-    t.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint folder")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    t.add_argument("--model", choices=["gpt", "bigram"], default="gpt", help="model kind")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"checkpoint folder (default {DEFAULT_OUT})")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (its model; training flags may change)")
+    t.add_argument("--model", choices=["gpt", "bigram"], default="gpt",
+                   help="gpt: the transformer; bigram: the course's one-table baseline (default gpt)")
+    t.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
+    add_quiet(t)
     add_config_flags(t)
 
     for name in ("sample", "chat"):
         s = sub.add_parser(name, help="generate text from a checkpoint" if name == "sample" else "talk to a model")
-        s.add_argument("--checkpoint", type=Path, default=DEFAULT_OUT, help="checkpoint folder")
+        s.add_argument("--checkpoint", type=Path, default=DEFAULT_OUT,
+                       help=f"checkpoint folder (default {DEFAULT_OUT})")
         if name == "sample":
-            s.add_argument("--prompt", default="", help="text to continue")
-        s.add_argument("--max-new-tokens", type=flag.non_negative_int, default=500 if name == "sample" else 200)
-        s.add_argument("--temperature", type=flag.non_negative_float, default=1.0, help="0 = greedy")
-        s.add_argument("--top-k", type=flag.positive_int, default=None, help="sample from the k likeliest tokens only")
-        s.add_argument("--seed", type=flag.seed, default=None, help="fixes the sample (default: random)")
-        s.add_argument("--device", default="auto")
-        s.add_argument("--drop-unknown", action="store_true", help="drop characters not in the vocabulary")
+            s.add_argument("--prompt", default="", help="text to continue (default: none, start from a newline)")
+        tokens = 500 if name == "sample" else 200
+        s.add_argument("--max-new-tokens", type=flag.non_negative_int, default=tokens,
+                       help=f"characters to generate{' per reply' if name == 'chat' else ''} (default {tokens})")
+        s.add_argument("--temperature", type=flag.non_negative_float, default=1.0,
+                       help="softmax temperature: below 1 safer, above 1 wilder, 0 greedy (default 1.0)")
+        s.add_argument("--top-k", type=flag.positive_int, default=None,
+                       help="sample from the k likeliest characters only (default: from all)")
+        s.add_argument("--seed", type=flag.seed, default=None,
+                       help="random seed: the same seed, the same text (default: a random one)")
+        s.add_argument("--device", default="auto",
+                       help="auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps (default auto)")
+        s.add_argument("--drop-unknown", action="store_true",
+                       help="drop characters of the prompt (or of what you type) not in the vocabulary (default: "
+                            "refuse them)")
     return parser
 
 
@@ -64,8 +84,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from gptcore.prepare import prepare
 
     summary = prepare(args.src, args.out, val_fraction=args.val_fraction, workers=args.workers,
-                      skip_bad=args.skip_bad, progress=not args.no_progress)
-    print(summary.line())
+                      skip_bad=args.skip_bad, progress=not (args.no_progress or args.quiet))
+    print(summary.line())  # the result: printed with --quiet too
     return 0
 
 
@@ -103,7 +123,7 @@ def ctrl_c_stops(event: threading.Event) -> Iterator[None]:
         if event.is_set():
             raise KeyboardInterrupt
         event.set()
-        print("python -m gptcore train: Ctrl-C: stopping after this step to save the checkpoint "
+        print(f"{prog(PROG)} train: Ctrl-C: stopping after this step to save the checkpoint "
               "(Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, handler)
@@ -124,8 +144,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gptcore.train import train
 
     check_save_path(args.out)  # before any work: not after an hour of training
+    name = f"{prog(PROG)} train"
+    say = (lambda line: None) if args.quiet else tqdm.write  # through tqdm: a live bar is redrawn below the line
     ckpt = load_checkpoint(args.out) if args.resume else None
-    data = TokenData.open(args.data, progress=not args.no_progress)
+    data = TokenData.open(args.data, progress=not (args.no_progress or args.quiet))
     if ckpt is not None:
         if ckpt.tokenizer.chars != data.tokenizer.chars:
             raise UserError(f"{args.out}: checkpoint vocabulary differs from the corpus in {args.data}")
@@ -134,12 +156,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         args, data.vocab_size, (ckpt.model_cfg, ckpt.train_cfg) if ckpt else None)
     if ckpt and model_cfg != ckpt.model_cfg:
         raise UserError("--resume: model flags differ from the checkpoint's model; only training flags may change")
-    print(f"data: {data.folder} (vocab {data.vocab_size}, train {len(data.tokens('train')):,}, "
-          f"val {len(data.tokens('val')):,} tokens)")
-    print(f"model: {model_cfg}\ntrain: {train_cfg}")
+    say(f"data: {data.folder} (vocab {data.vocab_size}, train {len(data.tokens('train')):,}, "
+        f"val {len(data.tokens('val')):,} tokens)")
+    say(f"model: {model_cfg}\ntrain: {train_cfg}")
 
     def on_eval(step: int, train_loss: float, val_loss: float) -> None:
-        tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+        say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
 
     model = ckpt.build_model() if ckpt else None
     if model is not None:
@@ -150,20 +172,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = train(model_cfg, train_cfg, data, on_eval=on_eval, model=model,
                            optimizer_state=ckpt.optimizer_state if ckpt else None,
                            start_step=ckpt.step if ckpt else 0,
-                           progress=None if not args.no_progress else False, kind=args.model, interrupt=stop)
+                           progress=False if args.no_progress or args.quiet else None,  # None: on a terminal
+                           kind=args.model, interrupt=stop)
         except Diverged as exc:
-            print(f"python -m gptcore train: training diverged: {exc}; try a lower --lr or --dtype float32",
+            print(f"{name}: training diverged: {exc}; try a lower --lr or --dtype float32",
                   file=sys.stderr)
             return 1
         step = (ckpt.step if ckpt else 0) + result.steps
         if result.stopped_by == "interrupted" and result.steps == 0:
-            print("python -m gptcore train: interrupted before the first step; nothing saved", file=sys.stderr)
+            print(f"{name}: interrupted before the first step; nothing saved", file=sys.stderr)
             return EXIT_INTERRUPTED
         path = save_checkpoint(args.out, result.model, model_cfg, train_cfg, data.tokenizer,
                                optimizer=result.optimizer, step=step, kind=args.model,
                                extra={"result": result.to_dict()})
     if result.stopped_by == "interrupted":
-        print(f"python -m gptcore train: interrupted: checkpoint saved at step {step} ({result.steps} steps this "
+        print(f"{name}: interrupted: checkpoint saved at step {step} ({result.steps} steps this "
               f"run) to {path}; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     mem = result.peak_memory
@@ -201,5 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     return handler[args.command](args)
 
 
+def cli() -> None:
+    """The `gptcore` console command: main() with one-line errors and exit codes, as `python -m gptcore`."""
+    console(main, PROG)
+
+
 if __name__ == "__main__":
-    run(main, prog="python -m gptcore")
+    cli()

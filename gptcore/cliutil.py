@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, NoReturn
 
 from gptcore.config import ACTIVATIONS, DTYPES, LR_DECAYS, NORMS, SEED_MAX, ModelConfig, TrainConfig
@@ -16,17 +17,25 @@ from gptcore.errors import UserError
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 CHOICES = {"norm": NORMS, "activation": ACTIVATIONS, "dtype": DTYPES, "lr_decay": LR_DECAYS}
 ALIASES = {"learning_rate": ["--lr"]}
-HELP = {
-    "vocab_size": "vocabulary size (0: take it from the corpus)",
-    "max_iters": "training steps budget ('none' for no step limit)",
-    "max_seconds": "training seconds budget, evaluation excluded ('none' for no time limit)",
-    "grad_clip": "clip the gradient norm to this (0 disables)",
-    "device": "auto, cpu, cuda, cuda:N or mps",
-}
+QUIET_HELP = "print only warnings, errors and the final result (where the results went); no progress bar"
+PROGRESS_HELP = "no progress bar (a bar shows only when stderr is a terminal)"
+_invoked_as: dict[str, str] = {}  # `python -m tune` -> the console command running now (gptcore-tune)
+
+
+def prog(default: str) -> str:
+    """The command as the user typed it: the console command (gptcore-tune) while one runs, else `default`."""
+    return _invoked_as.get(default, default)
 
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit code 2 (no usage dump)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A bare type=int or type=float says "expected an integer, got 'x'" like every other flag, not argparse's
+        # "invalid int value"; the registry is shared with this parser's argument groups.
+        self.register("type", int, number(int, "an integer"))
+        self.register("type", float, finite_float)
 
     def error(self, message: str) -> NoReturn:
         """Print `prog: error: message` and exit 2."""
@@ -44,6 +53,29 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print(f"{prog}: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code or 0)
+
+
+def console(main: Callable[[list[str] | None], int | None], default: str) -> NoReturn:
+    """A console command's entry point ([project.scripts]): run(main) with usage and errors naming the command
+    the user typed (`gptcore-tune`), or `default` (`python -m tune`) when run as a module."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if name in ("", "-c", "__main__.py"):  # python -m PACKAGE puts the package's __main__.py in argv[0]
+        name = default
+    _invoked_as[default] = name
+    try:
+        run(main, prog=name)
+    finally:
+        del _invoked_as[default]
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    """-q/--quiet: only warnings, errors and the final result."""
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+
+
+def with_article(noun: str) -> str:
+    """'integer' -> 'an integer', 'number' -> 'a number': the article English wants before a type's name."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 # --- flag types: every CLI's numbers, sizes and seeds are parsed here, so one rule (finite, in range) holds
@@ -127,20 +159,24 @@ def parse_size(text: str) -> int:
 
 # Config fields: the flag refuses what is not a finite number; ranges are the config dataclasses' to check.
 _TYPES: dict[str, Callable[[str], Any]] = {
-    "int": number(int, "an integer"), "float": finite_float, "str": str,
-    "int | None": optional(number(int, "an integer")), "float | None": optional(finite_float),
+    "int": number(int, with_article("integer")), "float": finite_float, "str": str,
+    "int | None": optional(number(int, with_article("integer"))), "float | None": optional(finite_float),
     "tuple[float, float]": float_pair,
 }
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ModelConfig/TrainConfig field (--n-layer, --learning-rate/--lr, --bias/--no-bias, ...)."""
+    """One flag per ModelConfig/TrainConfig field (--n-layer, --learning-rate/--lr, --bias/--no-bias, ...), its
+    help from the field's metadata (gptcore.config: the one place hyperparameters, and what they mean, live)."""
     for cls in (ModelConfig, TrainConfig):
-        group = parser.add_argument_group(f"{cls.__name__} fields (override the preset and --config)")
+        group = parser.add_argument_group(
+            f"{cls.__name__} fields", "each overrides the preset and --config; the default shown is the field's own, "
+                                      "which a preset may change")
         for f in fields(cls):
             flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
             default = f.default if f.default is not MISSING else None
-            help_text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default {default})"
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default).lower()
+            help_text = f"{f.metadata['help']} (default {shown})".replace("%", "%%")  # argparse formats help with %
             if f.type == "bool":
                 group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=help_text)

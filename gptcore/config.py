@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,11 @@ LR_DECAYS = ("none", "cosine", "wsd")
 
 SEED_MAX = 2**32 - 1  # NumPy and Optuna take 32-bit seeds (torch takes more): one range for every seed
 INT_MAX = 2**63 - 1  # what a torch int64 holds: larger "integers" would overflow deep inside torch
+
+
+def _field(default: Any, help_text: str) -> Any:
+    """A config field with its command-line help (cliutil.add_config_flags makes the flag from it)."""
+    return field(default=default, metadata={"help": help_text})
 
 
 def _is_int(value: object) -> bool:
@@ -52,15 +57,16 @@ def _choice(obj: object, name: str, allowed: tuple[str, ...]) -> None:
 class ModelConfig:
     """Shape of the GPT. Defaults are the course's architecture (post-norm Add & Norm, ReLU)."""
 
-    vocab_size: int = 0  # 0 = "take it from the corpus"; set before building a model
-    block_size: int = 64
-    n_embed: int = 128
-    n_head: int = 4
-    n_layer: int = 4
-    dropout: float = 0.2
-    norm: str = "post"  # "post": x = LN(x + f(x)) as in the course; "pre": x = x + f(LN(x)) as in GPT-2
-    bias: bool = True
-    activation: str = "relu"
+    vocab_size: int = _field(0, "vocabulary size in characters (0: take it from the corpus)")  # set before building
+    block_size: int = _field(64, "context length: tokens (characters) the model sees at once")
+    n_embed: int = _field(128, "embedding width: numbers per token in the residual stream (divisible by --n-head)")
+    n_head: int = _field(4, "attention heads per layer (--n-embed must divide by it)")
+    n_layer: int = _field(4, "transformer blocks stacked")
+    dropout: float = _field(0.2, "dropout probability in [0, 1) on attention weights and block outputs (0: none)")
+    norm: str = _field("post", "LayerNorm placement: post, x = LN(x + f(x)) as in the course; pre, x = x + f(LN(x)) as "
+                               "in GPT-2")
+    bias: bool = _field(True, "bias terms in the Linear and LayerNorm layers (--no-bias: none)")
+    activation: str = _field("relu", "feed-forward activation: relu (the course) or gelu (GPT-2)")
 
     def __post_init__(self) -> None:
         _positive_int(self, "block_size", "n_embed", "n_head", "n_layer")
@@ -92,26 +98,30 @@ class ModelConfig:
 class TrainConfig:
     """How to train: optimiser, evaluation, budget, precision and device."""
 
-    batch_size: int = 12
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0  # 0 disables clipping
-    grad_accum_steps: int = 1
-    warmup_iters: int = 0
+    batch_size: int = _field(12, "sequences per micro-batch")
+    learning_rate: float = _field(1e-3, "AdamW peak learning rate")
+    weight_decay: float = _field(0.1, "AdamW weight decay on the weight matrices (0 disables)")
+    betas: tuple[float, float] = _field((0.9, 0.99), "AdamW's beta1,beta2: two numbers in [0, 1), e.g. 0.9,0.95")
+    grad_clip: float = _field(1.0, "clip the gradient norm to this (0: no clipping)")
+    grad_accum_steps: int = _field(1, "micro-batches per optimizer step (sequences per step: --batch-size x this)")
+    warmup_iters: int = _field(0, "optimizer steps of linear learning-rate warm-up from 0 (0: none)")
     # "cosine" decays to lr/10 over the budget (steps or seconds, whichever ends first); "wsd" (warm-up, stable,
     # decay) holds the rate and decays linearly to lr/10 over the budget's last 20 %.
-    lr_decay: str = "none"
-    eval_interval: int = 250
-    eval_iters: int = 20
-    eval_batch_size: int | None = None  # None: batch_size. The tuner fixes it so every trial sees the same val set
-    eval_train_split: bool = True  # False: train loss = mean training loss since the last eval (half the cost)
-    max_iters: int | None = 2000
-    max_seconds: float | None = None
-    dtype: str = "float32"
-    compile: bool = False
-    seed: int = 1337
-    device: str = "auto"
+    lr_decay: str = _field("none", "learning-rate schedule over the budget: none (constant), cosine (to lr/10), wsd "
+                                   "(constant, then linear to lr/10 over the last 20 %)")
+    eval_interval: int = _field(250, "evaluate every this many optimizer steps")
+    eval_iters: int = _field(20, "batches averaged per loss estimate at each evaluation")
+    # The tuner fixes eval_batch_size so every trial sees the same validation set.
+    eval_batch_size: int | None = _field(None, "sequences per evaluation batch ('none': --batch-size)")
+    eval_train_split: bool = _field(True, "also estimate the loss on the train split (--no-eval-train-split: the mean "
+                                          "training loss since the last evaluation, half the cost)")
+    max_iters: int | None = _field(2000, "training budget in optimizer steps ('none': no step limit)")
+    max_seconds: float | None = _field(None, "training budget in seconds, evaluation excluded ('none': no time "
+                                             "limit); with --max-iters too, whichever ends first")
+    dtype: str = _field("float32", "precision: float32, or bfloat16 / float16 mixed precision (float16: GPU only)")
+    compile: bool = _field(False, "torch.compile the model (a slower start for faster steps, mostly on a GPU)")
+    seed: int = _field(1337, "random seed of the weights, dropout and batch positions (0 to 4294967295)")
+    device: str = _field("auto", "auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps")
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the frozen config hashable and comparable.

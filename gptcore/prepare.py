@@ -216,7 +216,9 @@ class PrepareSummary:
 def _map(fn: Callable, args: list[tuple], workers: int, desc: str, total_bytes: int, sizes: list[int],
          progress: bool) -> Iterator:
     """Run fn(*a) for each a, in order, over a process pool (or in-process for 1 worker), with tqdm."""
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False)
+    # disable=None: tqdm draws only when stderr is a terminal (redirected, its \r redraws would fill the log).
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=None if progress else True,
+               leave=False)
     try:
         if workers <= 1:
             results = (_call(fn, a) for a in args)

@@ -192,6 +192,7 @@ def train(
     eval_interval steps: the tuner's rungs, the same points of the budget for trials of any speed.
     When `interrupt` is set (the CLI sets it on Ctrl-C) the loop stops at the next step boundary, with no final
     evaluation, so the model and optimizer are consistent and can be saved.
+    `progress=False` shows no bar; otherwise a bar shows when stderr is a terminal.
     """
     phase = ["setup"]  # what the loop is doing; attached to any exception (the tuner reports where an OOM hit)
     try:
@@ -241,7 +242,8 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_e
     eval_points = sorted(f for f in eval_at or () if 0 < f < 1)  # the end of the budget is always evaluated
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
     recent: list[float] = []  # training losses since the last evaluation
-    show = sys.stderr.isatty() if progress is None else progress
+    # A bar only on a terminal, even when asked for: redirected, its \r redraws would fill the log.
+    show = progress is not False and sys.stderr.isatty()
     bar = tqdm(total=max_iters, initial=start_step, unit="step", disable=not show, leave=False,
                desc="train", dynamic_ncols=True)
     stopped_by = "max_iters"

@@ -1,14 +1,28 @@
 """The gptcore command line: the happy path once, and every user error as one line with exit code 2."""
 
+import argparse
+import dataclasses
+import importlib
+import io
 import json
+import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from gptcore.__main__ import main
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's copy of the same parser
+    from pip._vendor import tomli as tomllib
+
+from gptcore import cliutil
+from gptcore.__main__ import build_parser, main
 from gptcore.cliutil import run
 from tests.conftest import CORPUS, ROOT
+
+STEADY = "tests.tune_faults:steady"
 
 TINY = ["--preset", "tiny", "--max-iters", "30", "--device", "cpu", "--no-progress"]
 
@@ -119,3 +133,219 @@ def test_truncated_checkpoint_from_a_real_process(checkpoint, tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "model.safetensors: unreadable or truncated" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- conventions: console commands, help on every flag, progress only on a terminal, --quiet ----------------
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal (what a bar needs to draw)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def tiny_study(tmp_path, **kw):
+    """Settings of a study whose trials 'train' at once (tests.tune_faults.steady)."""
+    from tests.test_tune import TINY_SPACE
+    from tune.budget import Budget
+    from tune.study import TuneSettings
+
+    base = dict(trials=2, budget=Budget(60, "steps"), references=(), data=CORPUS, device="cpu",
+                results=tmp_path / "results", study_name="q", space_overrides=TINY_SPACE, progress=True, seed=0,
+                confirm=0, save_models=False)
+    return TuneSettings(**{**base, **kw})
+
+
+def test_console_commands_are_declared_and_run_main():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"gptcore": "gptcore.__main__:cli", "gptcore-tune": "tune.__main__:cli",
+                       "gptcore-bench": "benchmarks.__main__:cli"}
+    for name in ("gptcore", "gptcore-tune"):
+        module, func = scripts[name].split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+
+
+@pytest.mark.parametrize("module, argv0, argv, prefix", [
+    ("tune.__main__", "/venv/bin/gptcore-tune", ["--trials", "0"],
+     "gptcore-tune: error: argument --trials: expected a positive integer, got '0'"),
+    ("tune.__main__", "/venv/bin/gptcore-tune", ["report", "--bogus"], "gptcore-tune report: error:"),
+    ("tune.__main__", str(ROOT / "tune" / "__main__.py"), ["--trials", "0"], "python -m tune: error:"),
+    ("gptcore.__main__", "/venv/bin/gptcore", ["train", "--n-layer", "x"],
+     "gptcore train: error: argument --n-layer: expected an integer, got 'x'"),
+    ("gptcore.__main__", str(ROOT / "gptcore" / "__main__.py"), ["sample", "--seed", "-1"],
+     "python -m gptcore sample: error: argument --seed: expected an integer from 0 to"),
+])
+def test_cli_names_the_command_the_user_typed(module, argv0, argv, prefix, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [argv0, *argv])
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).cli()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(prefix) and len(err.strip().splitlines()) == 1, err
+    assert cliutil.prog("python -m tune") == "python -m tune"  # the name is the running command's only
+
+
+def parsers() -> list[argparse.ArgumentParser]:
+    """Every parser of the command lines, subcommands included (benchmarks' once it has its console command)."""
+    import benchmarks.__main__ as bench
+    import gptcore.__main__ as core
+    import tune.__main__ as tune
+
+    found = [core.build_parser(), tune.build_parser(), tune.build_report_parser(), tune.build_maxbatch_parser()]
+    if hasattr(bench, "cli"):  # the benchmarks' own conventions arrive with their console command
+        found.append(bench.build_parser())
+    todo, seen = list(found), []
+    while todo:
+        parser = todo.pop()
+        seen.append(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return seen
+
+
+def test_every_flag_of_every_parser_has_help_a_person_can_act_on():
+    checked, bad = 0, []
+    for parser in parsers():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {c.dest: c.help for c in action._choices_actions}
+                bad += [f"{parser.prog} {name}" for name in action.choices if not (helps.get(name) or "").strip()]
+                continue
+            names = {s.lstrip("-").replace("-", " ").replace("_", " ") for s in action.option_strings}
+            names.add(action.dest.replace("_", " "))
+            text = (action.help or "").strip()
+            if not text or text == argparse.SUPPRESS or text.lower() in names or len(text.split()) < 3:
+                bad.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}: {action.help!r}")
+            checked += 1
+    assert not bad, bad
+    assert checked > 120  # the walk reached the subcommands and the config fields
+
+
+def test_config_fields_carry_their_help_and_the_flags_use_it():
+    from gptcore.config import ModelConfig, TrainConfig
+
+    for f in (*dataclasses.fields(ModelConfig), *dataclasses.fields(TrainConfig)):
+        assert len(f.metadata["help"].split()) >= 3, f.name
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "embedding width" in text and "(default 128)" in text and "n embed (" not in text
+
+
+def test_a_bare_int_or_float_flag_says_an_integer_not_a_int(capsys):
+    parser = cliutil.Parser(prog="p")
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--rate", type=float)
+    assert parser.parse_args(["--count", "3", "--rate", "0.5"]) == argparse.Namespace(count=3, rate=0.5)
+    for argv, message in ((["--count", "x"], "argument --count: expected an integer, got 'x'"),
+                          (["--rate", "nan"], "argument --rate: expected a number, got 'nan'")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert capsys.readouterr().err == f"p: error: {message}\n"
+    assert [cliutil.with_article(n) for n in ("integer", "int", "number")] == ["an integer", "an int", "a number"]
+
+
+def test_train_and_prepare_draw_no_bar_off_a_terminal(tmp_path):
+    """No --no-progress, output piped (as `2>&1 | cat`): no carriage return, the summary lines still there."""
+    for argv in (["prepare", str(CORPUS), "--out", str(tmp_path / "p")],
+                 ["train", "--data", str(CORPUS), "--out", str(tmp_path / "c"), *TINY[:-1]]):
+        proc = subprocess.run([sys.executable, "-m", "gptcore", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        assert proc.returncode == 0 and "\r" not in proc.stdout, proc.stdout
+        assert ("prepared 1 file(s)" if argv[0] == "prepare" else "checkpoint:") in proc.stdout
+
+
+def test_quiet_train_and_prepare_print_only_the_result(tmp_path, capsys):
+    code, out, err = call(["train", "--data", str(CORPUS), "--out", str(tmp_path / "c"), *TINY, "-q"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 and lines[0].startswith("done: ") and lines[1].startswith("checkpoint:")
+    assert err == ""
+    code, out, err = call(["prepare", str(CORPUS), "--out", str(tmp_path / "p"), "--quiet"], capsys)
+    assert code == 0 and out.startswith("prepared 1 file(s)") and len(out.splitlines()) == 1 and err == ""
+
+
+def test_tune_off_a_terminal_prints_a_plain_line_per_trial_and_no_carriage_return(tmp_path):
+    """The real tuner, piped (as `python -m tune ... 2>&1 | cat`), with no --no-progress."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tune", "--trials", "1", "--budget", "4steps", "--references", "none", "--confirm",
+         "0", "--device", "cpu", "--results", str(tmp_path / "r"), "--study-name", "p", "--batch-size", "2",
+         "--block-size", "8", "--n-embed", "64", "--n-head", "1", "--n-layer", "1", "--learning-rate", "1e-3"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, proc.stdout
+    assert "\r" not in proc.stdout
+    assert any(line.startswith("trial   0 ok ") for line in proc.stdout.splitlines()), proc.stdout
+
+
+def test_the_tune_bar_counts_only_the_searched_trials_and_names_the_running_one(tmp_path, monkeypatch, capsys):
+    """With a reference and confirmation runs beside 2 trials, the bar ends at 2/2 (it went on to '3trial')."""
+    from tune.study import run_study
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run_study(tiny_study(tmp_path, references=("tiny",), confirm=1), target=STEADY)
+    bar = terminal.getvalue()
+    frames = bar.split("\r")
+    assert "2/2" in frames[-1] and not any(re.search(r": \d+trial \[", f) for f in frames), bar  # tqdm's past-total
+    assert "trial   0 ok" in capsys.readouterr().out  # the lines go above the bar
+
+    from tune.console import Console
+
+    console = Console(total=1, progress=True, stream=Terminal())
+
+    class Runner:
+        def run(self, job, *args, **kwargs):
+            console._draw()  # what the timer thread does every second
+            return "ran"
+
+    assert console.watch(Runner()).run({"log": "logs/trial_0007.log"}) == "ran"
+    console.close()
+    assert "tune (trial_0007 0s)" in console.stream.getvalue()
+
+
+def test_the_tune_console_off_a_terminal_has_no_bar(capsys):
+    from tune.console import Console
+
+    stream = io.StringIO()
+    console = Console(total=3, progress=True, stream=stream)
+    runner = object()
+    assert console.watch(runner) is runner  # nothing to show the running trials on
+    console.say("trial   0 ok       val 2.5")
+    console.bar.update(1)
+    console.close()
+    assert stream.getvalue() == "" and capsys.readouterr().out == "trial   0 ok       val 2.5\n"
+
+
+def test_quiet_tune_prints_warnings_and_where_the_results_went(tmp_path, monkeypatch, capsys):
+    import tune.__main__ as tune_cli
+    import tune.study
+    from tests.test_tune import TINY_SPACE
+
+    real = tune.study.run_study
+    monkeypatch.setattr(tune.study, "run_study", lambda settings: real(settings, target=STEADY))
+    space = [a for k, v in TINY_SPACE.items() for a in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
+    argv = ["--trials", "2", "--budget", "60steps", "--references", "none", "--confirm", "0", "--device", "cpu",
+            "--results", str(tmp_path / "r"), "--study-name", "q", "--no-save-models", *space]
+    assert tune_cli.main([*argv, "-q"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if not line.lstrip().startswith("warning:")]
+    assert lines == [f"results: {tmp_path / 'r' / 'q'} (summary.md, trials.csv, best.json, best-model/, plots)"]
+    assert tune_cli.main(["report", "--results", str(tmp_path / "r"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {tmp_path / 'r' / 'q'}/trials.csv") and len(out.splitlines()) == 1
+    assert tune_cli.main(argv) == 0  # without -q: the plan, the table (the study is complete: no trial runs)
+    out = capsys.readouterr().out
+    assert "study q: 2 counted trial(s) so far" in out and "loss_at_rung" in out
+
+
+def test_quiet_max_batch_prints_where_the_json_went(tmp_path, monkeypatch, capsys):
+    import tune.__main__ as tune_cli
+    from tune import maxbatch
+
+    seen = {}
+    monkeypatch.setattr(maxbatch, "settings_from_args", lambda args, runner: seen.setdefault("args", args))
+    monkeypatch.setattr(maxbatch, "run_max_batch", lambda settings, runner, out: [SimpleNamespace(max_batch=8)])
+    monkeypatch.setattr(maxbatch, "write_json", lambda out, settings, rows, extra: out)
+    out_path = tmp_path / "mb.json"
+    assert tune_cli.main(["max-batch", "--memory-limit", "1GiB", "--out", str(out_path), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert seen["args"].no_progress  # no line per probe either
+    assert out.startswith(f"wrote {out_path} (") and len(out.splitlines()) == 1 and err == ""

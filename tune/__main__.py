@@ -4,6 +4,11 @@
     python -m tune --budget 1h --trials 50          # the best configuration for a one-hour training run
     python -m tune report --study-name NAME         # regenerate tables and plots from the storage
     python -m tune max-batch --preset course --block-size 64,128,256 --memory-limit 8GiB   # the largest batch
+    python -m tune card [STUDY]  # one HTML page: this device's matmul speed, best configuration, OOM frontier
+    python -m tune compare STUDY_A STUDY_B  # studies side by side: best configs, tokens/s, speed-ups
+
+Each subcommand's flags: python -m tune SUBCOMMAND --help. Installed (pip install -e .), `gptcore-tune` is the
+same command.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from pathlib import Path
 from gptcore.cliutil import (
     EXIT_INTERRUPTED,
     Parser,
+    add_quiet,
+    console,
     index_list,
     int_range,
     non_negative_int,
     parse_size,
     positive_float,
     positive_int,
-    run,
+    prog,
     seed,
 )
 from gptcore.config import PRESETS
@@ -34,6 +41,8 @@ from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 from tune.warmstart import WARM_START_TOP
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+PROG = "python -m tune"
+RESULTS_HELP = "the folder holding each study's results folder (default results/)"
 
 
 def budget_flag(text: str) -> Budget:
@@ -67,7 +76,7 @@ def workers_flag(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the study command."""
-    p = Parser(prog="python -m tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog(PROG), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=positive_int, default=50, help="trials the study should hold (default 50)")
     defaults = ", ".join(f"{k} {v}" for k, v in DEFAULT_BUDGET.items())
     p.add_argument("--budget", type=budget_flag, default=None,
@@ -95,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not keep the models of the trials that train to the target (best-model/ is one of them)")
     p.add_argument("--trial-timeout", type=positive_float, default=None,
                    help="kill a trial after this many seconds (default 3 x a time budget + 120 s; 1 h for steps)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="corpus: .txt file or prepared folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--study-name", default=None, help="default: <device>-<corpus>")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="corpus: a .txt file or a prepared folder (default: the shipped wizard_of_oz.txt)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--study-name", default=None,
+                   help="the study's name in the storage; the same name resumes it (default: <device>-<corpus>)")
     p.add_argument("--storage", default=None,
                    help="where the study lives (default: SQLite in the results folder, for one tuner process); "
                         "journal:PATH or a PATH ending .journal/.log for several tuners on one machine or a shared "
@@ -116,12 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int_range(2, 86400), default=60,
                    help="a running trial with no liveness record for this many seconds is failed and queued again "
                         "by any tuner on the study (default 60; must exceed the heartbeat interval)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
-    p.add_argument("--space", default="auto", help=f"{'|'.join(SPACES)}|auto|FILE.json (default auto)")
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="the study's results go to RESULTS/STUDY_NAME/ (default results/)")
+    p.add_argument("--space", default="auto",
+                   help=f"search space: a named one ({', '.join(SPACES)}), auto (by device) or a JSON file of "
+                        f"ranges (default auto)")
     for name in PARAMS:
         p.add_argument(f"--{name.replace('_', '-')}", dest=f"space_{name}", type=parse_range, default=None,
-                       metavar="LOW,HIGH", help=f"override the {name} range (one value pins it)")
-    p.add_argument("--objective", choices=["loss", "throughput"], default="loss")
+                       metavar="LOW,HIGH",
+                       help=f"search {name} from LOW to HIGH instead of the space's range; one value pins it")
+    p.add_argument("--objective", choices=["loss", "throughput"], default="loss",
+                   help="what the study minimises or maximises: loss, the validation loss at the target budget; "
+                        "throughput, training tokens per second (default loss)")
     p.add_argument("--memory-limit", type=parse_size, default=None,
                    help="emulate a smaller device, e.g. 8GiB or 600MB (CUDA: allocator fraction; CPU: rlimit)")
     p.add_argument("--no-predict", action="store_true",
@@ -133,19 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                    help=f"tpe: multivariate TPE; tpe-univariate; random and qmc (Sobol): baselines; cmaes (pip "
                         f"install cmaes) (default {DEFAULT_SAMPLER}, chosen by the replay benchmark)")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0,
+                   help="random seed of the sampler and of every trial's training (confirmation runs use SEED+1, "
+                        "SEED+2, ...): one tuner on SQLite with the same seed draws the same configurations "
+                        "(default 0)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="auto: bfloat16 on a GPU that has it, else float32")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="training precision of every trial: auto, bfloat16 on a GPU that has it, else float32 "
+                        "(default auto)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (a bar shows only when stderr is a terminal; otherwise a line per trial)")
+    add_quiet(p)
     return p
 
 
 def build_report_parser() -> argparse.ArgumentParser:
     """Flags of `python -m tune report`."""
-    p = Parser(prog="python -m tune report", description="Regenerate a study's tables and plots from its storage.")
-    p.add_argument("--study-name", default=None, help="default: the only study under --results")
-    p.add_argument("--storage", default=None, help="default: SQLite in the study's results folder")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p = Parser(prog=f"{prog(PROG)} report", description="Regenerate a study's tables and plots from its storage.")
+    p.add_argument("--study-name", default=None,
+                   help="the study to report (default: the only study under --results)")
+    p.add_argument("--storage", default=None,
+                   help="where the study lives, as given to the tuner (default: SQLite in the study's results "
+                        "folder)")
+    p.add_argument("--results", type=Path, default=Path("results"), help=RESULTS_HELP)
+    add_quiet(p)
     return p
 
 
@@ -161,7 +189,8 @@ def main_report(argv: list[str]) -> int:
     study, folder = loaded.study, loaded.folder
     check_writable(folder)
     df = write_report(study, folder)
-    print(readable(df).to_string(index=False))
+    if not args.quiet:
+        print(readable(df).to_string(index=False))
     print(f"wrote {folder}/trials.csv, summary.md, best.json and plots")
     return 0
 
@@ -171,12 +200,13 @@ def build_maxbatch_parser() -> argparse.ArgumentParser:
     from gptcore.cliutil import add_config_flags
     from tune import maxbatch
 
-    p = Parser(prog="python -m tune max-batch", conflict_handler="resolve",
+    p = Parser(prog=f"{prog(PROG)} max-batch", conflict_handler="resolve",
                description="The largest batch that trains --steps full optimizer steps at each block size under "
                            "the memory limit, with --margin to spare: bracketed by the memory predictor, confirmed "
                            "by bisection, each probe in its own process. The model: --preset < --config < flags; "
                            "its batch size, step budget and evaluation are the probes' own.")
-    p.add_argument("--preset", choices=list(PRESETS), default="baby", help="named starting configuration")
+    p.add_argument("--preset", choices=list(PRESETS), default="baby",
+                   help="named starting configuration of the model (default baby)")
     p.add_argument("--config", type=Path, help="JSON config (e.g. the tuner's best.json); flags override it")
     add_config_flags(p)
     # Replaces the model's --block-size flag (conflict_handler="resolve"): one block size or several.
@@ -195,7 +225,8 @@ def build_maxbatch_parser() -> argparse.ArgumentParser:
                         f"{maxbatch.DEFAULT_MARGIN})")
     p.add_argument("--out", type=Path, default=maxbatch.DEFAULT_OUT,
                    help=f"JSON of the settings, machine and rows (default {maxbatch.DEFAULT_OUT})")
-    p.add_argument("--no-progress", action="store_true", help="no line per probe")
+    p.add_argument("--no-progress", action="store_true", help="no line per probe on stderr")
+    add_quiet(p)
     return p
 
 
@@ -207,25 +238,27 @@ def main_maxbatch(argv: list[str]) -> int:
     from tune.runner import TrialRunner
 
     args = build_maxbatch_parser().parse_args(argv)
+    args.no_progress = args.no_progress or args.quiet
     runner = TrialRunner()
     settings = maxbatch.settings_from_args(args, runner)
     t0 = time.perf_counter()
     try:
         rows = maxbatch.run_max_batch(settings, runner, args.out)
     except maxbatch.ProbeFailed as exc:
-        print(f"python -m tune max-batch: error: {exc}", file=sys.stderr)
+        print(f"{prog(PROG)} max-batch: error: {exc}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - t0
     path = maxbatch.write_json(args.out, settings, rows, {"preset": args.preset, "config": args.config,
                                                           "seconds": seconds})
-    print(f"{settings.env['device_name']}: memory limit {settings.limit / 2**20:,.0f} MiB, margin "
-          f"{settings.margin:.0%}: a batch fits if {settings.steps} steps peak at or under "
-          f"{settings.allowed / 2**20:,.0f} MiB ('?': the next batch up was not confirmed)")
-    print(maxbatch.table(rows))
+    if not args.quiet:
+        print(f"{settings.env['device_name']}: memory limit {settings.limit / 2**20:,.0f} MiB, margin "
+              f"{settings.margin:.0%}: a batch fits if {settings.steps} steps peak at or under "
+              f"{settings.allowed / 2**20:,.0f} MiB ('?': the next batch up was not confirmed)")
+        print(maxbatch.table(rows))
     print(f"wrote {path} ({seconds:.0f} s)")
     short = [str(r.block_size) for r in rows if not r.max_batch]
     if short:  # predicted to fit at batch 1, but it did not
-        print(f"python -m tune max-batch: block size {', '.join(short)}: not even batch 1 trains within the limit "
+        print(f"{prog(PROG)} max-batch: block size {', '.join(short)}: not even batch 1 trains within the limit "
               f"less the margin", file=sys.stderr)
     return 1 if short else 0
 
@@ -233,15 +266,14 @@ def main_maxbatch(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["report"]:
-        return main_report(argv[1:])
-    if argv[:1] == ["max-batch"]:
-        return main_maxbatch(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.grace_period <= args.heartbeat_interval:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
+    from tune.console import quiet
     from tune.report import readable, trials_frame
     from tune.study import TuneSettings, run_study
 
@@ -256,18 +288,43 @@ def main(argv: list[str] | None = None) -> int:
         storage=args.storage, results=args.results, space=args.space, space_overrides=overrides,
         objective=args.objective, memory_limit=args.memory_limit,
         predict=not args.no_predict, pruner=args.pruner, sampler=args.sampler,
-        seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout, progress=not args.no_progress,
+        seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout,
+        progress=not (args.no_progress or args.quiet),
         workers=args.workers, gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period, confirm=args.confirm,
     )
-    outcome = run_study(settings)
-    df = readable(trials_frame(outcome.study))
-    print(df.to_string(index=False))
+    with quiet(args.quiet):
+        outcome = run_study(settings)
+    if not args.quiet:
+        print(readable(trials_frame(outcome.study)).to_string(index=False))
     print(f"results: {outcome.results_dir} (summary.md, trials.csv, best.json, best-model/, plots)")
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 1 if outcome.stopped_because else 0  # stopped short of --trials by the error brake
 
 
+def main_card(argv: list[str]) -> int:
+    """`python -m tune card`: one HTML page on this device (tune.card)."""
+    from tune import card
+
+    return card.main(argv)
+
+
+def main_compare(argv: list[str]) -> int:
+    """`python -m tune compare`: studies side by side (tune.compare)."""
+    from tune import compare
+
+    return compare.main(argv)
+
+
+# The study itself takes no subcommand: its flags follow `python -m tune` directly.
+SUBCOMMANDS = {"report": main_report, "max-batch": main_maxbatch, "card": main_card, "compare": main_compare}
+
+
+def cli() -> None:
+    """The `gptcore-tune` console command: main() with one-line errors and exit codes, as `python -m tune`."""
+    console(main, PROG)
+
+
 if __name__ == "__main__":
-    run(main, prog="python -m tune")
+    cli()

@@ -24,10 +24,10 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
-from tqdm import tqdm
 
 from tune import dispatch, health, liveness
 from tune import memory as mem
+from tune.console import Console
 from tune.dispatch import DONE, WAIT, Claim
 from tune.pool import Beater, run_workers
 from tune.record import describe_run, record
@@ -285,7 +285,7 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
         name += f" (retry of {claim.retry_of})" if claim.retry_of is not None else ""
     where = f" [{slot.describe()}]" if len(session.slots) > 1 else ""
     tuner.say(describe_run(name + where, run, trial.user_attrs))
-    tuner.book(run, counted and claim.confirm is None)  # the bar counts the study's trials, not the re-runs
+    tuner.book(run, counted and claim.searched)  # the bar counts the searched trials: not references, not re-runs
 
 
 def work(tuner: Tuner, slot: Slot) -> None:
@@ -330,23 +330,24 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     remaining = max(settings.trials - counted, 0)
     references = dispatch.references_pending(session.references, session.presets)
     confirms = dispatch.confirm_runs_pending(study, session.references, session.confirms, settings.confirm)
-    say = tqdm.write
-    say(f"study {study.study_name}: {counted} counted trial(s) so far, running {remaining} more on "
-        f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
-    say(plan_message(session, remaining, references, confirms))
-    say(f"storage {session.storage.display}\nresults {session.results_dir}\n"
-        f"search space:\n{session.space.describe()}")
+    # The bar counts the searched trials still to run (not references, not confirmation runs: see book()).
+    console = Console(remaining, settings.progress)
+    say, info = console.say, console.info
+    info(f"study {study.study_name}: {counted} counted trial(s) so far, running {remaining} more on "
+         f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
+    info(plan_message(session, remaining, references, confirms))
+    info(f"storage {session.storage.display}\nresults {session.results_dir}\n"
+         f"search space:\n{session.space.describe()}")
     if remaining or references or confirms:
         study.set_user_attr("busy_cores_at_start", warn_if_busy(say))
-    bar = tqdm(total=remaining, unit="trial", desc="tune", disable=not settings.progress)
     beater = Beater(lambda trial_id: liveness.beat(study._storage, trial_id), settings.heartbeat_interval,
                     lambda line: say(f"warning: {line}"))
-    tuner = Tuner(session, runner, target, say, bar, beater)
+    tuner = Tuner(session, console.watch(runner), target, say, console.bar, beater)
     try:
         interrupted = run_workers(session.slots, lambda slot: work(tuner, slot), tuner.stop)
     finally:
         beater.close()
-        bar.close()
+        console.close()
     if tuner.stopped_because:
         say(f"stopped: {tuner.stopped_because} (see {session.results_dir / 'logs'})")
         study.set_user_attr("stopped_because", tuner.stopped_because)

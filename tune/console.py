@@ -1,0 +1,157 @@
+"""What a tuner prints: a live bar on a terminal, plain lines otherwise, and less with --quiet.
+
+On a terminal the bar counts the study's trials and, redrawn every second by a small timer thread, names the
+trials running now and how long each has run, so it never looks frozen during a long trial. Off a terminal
+(redirected to a file, CI) there is no bar and no carriage return at all: each finished trial is one plain line.
+With --quiet only warnings, errors and the final lines are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+TICK_SECONDS = 1.0
+# describe_run's per-trial lines ("trial   3 ok ...", "ref baby ok ...", "confirm trial 3 #1 ok ..."): what --quiet
+# drops from the tuner's messages. Their warning lines, a worker's error and a lost trial's note are kept.
+TRIAL_LINE = re.compile(r"^(trial|ref|confirm) ")
+_quiet = threading.Event()
+
+
+@contextlib.contextmanager
+def quiet(on: bool = True) -> Iterator[None]:
+    """While active (`python -m tune -q`), tuners print only warnings, errors and their final lines."""
+    was = _quiet.is_set()
+    if on:
+        _quiet.set()
+    try:
+        yield
+    finally:
+        if not was:
+            _quiet.clear()
+
+
+def is_quiet() -> bool:
+    """Whether --quiet is in force."""
+    return _quiet.is_set()
+
+
+def on_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal (a bar's redraws belong there and nowhere else)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+class Console:
+    """A tuner's output: say() for the lines, `bar` for the count, watch() to show the running trials."""
+
+    def __init__(self, total: int, progress: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = is_quiet()
+        self.live = progress and not self.quiet and on_terminal(self.stream)
+        self.bar = tqdm(total=total, unit="trial", desc="tune", disable=not self.live, file=self.stream,
+                        dynamic_ncols=True)
+        self._running: dict[int, tuple[str, float]] = {}  # id of a run in flight -> (label, start time)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="tune-bar", daemon=True) if self.live else None
+        if self._ticker is not None:
+            self._ticker.start()
+
+    def info(self, text: str) -> None:
+        """A line of narration (the plan, the storage): dropped with --quiet."""
+        if not self.quiet:
+            self._write(text)
+
+    def say(self, text: str) -> None:
+        """One of the tuner's messages; with --quiet a finished trial's line is dropped (its warnings are not)."""
+        if self.quiet:
+            lines = text.splitlines()
+            if lines and TRIAL_LINE.match(lines[0]):
+                lines = [line.strip() for line in lines[1:]]
+            text = "\n".join(lines)
+        if text:
+            self._write(text)
+
+    def watch(self, runner: Any) -> Any:
+        """`runner`, whose runs show on the bar while they run (the same object when there is no bar)."""
+        return _Watched(runner, self) if self.live else runner
+
+    def close(self) -> None:
+        """Stop the timer and close the bar."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        self.bar.close()
+
+    def started(self, key: int, label: str) -> None:
+        """A run began (shown from the next tick)."""
+        with self._lock:
+            self._running[key] = (label, time.monotonic())
+
+    def ended(self, key: int) -> None:
+        """A run ended."""
+        with self._lock:
+            self._running.pop(key, None)
+
+    def running(self) -> str:
+        """The runs in flight and their elapsed time: 'trial_0003 1:05, ref_baby 12s'."""
+        now = time.monotonic()
+        with self._lock:
+            runs = sorted(self._running.values(), key=lambda r: r[1])
+        return ", ".join(f"{label} {_elapsed(now - start)}" for label, start in runs)
+
+    def _write(self, text: str) -> None:
+        if self.live:  # above the bar, which tqdm redraws below the line
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            self._draw()
+
+    def _draw(self) -> None:
+        """Redraw the bar with the runs in flight; also moves its elapsed time on while no trial finishes."""
+        now = self.running()
+        self.bar.set_description_str(f"tune ({now})" if now else "tune", refresh=False)
+        self.bar.refresh()
+
+
+class _Watched:
+    """A trial runner whose runs the console shows while they run; anything else is the runner's own."""
+
+    def __init__(self, runner: Any, console: Console) -> None:
+        self._runner, self._console = runner, console
+
+    def run(self, job: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        """The runner's run(), on the bar while it runs (labelled by its log file: trial_0003, ref_baby)."""
+        key = id(job)
+        self._console.started(key, Path(job.get("log") or "trial").stem)
+        try:
+            return self._runner.run(job, *args, **kwargs)
+        finally:
+            self._console.ended(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+
+def _elapsed(seconds: float) -> str:
+    """12s, 1:05, 1:02:03."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
