@@ -308,10 +308,22 @@ def test_the_tune_console_off_a_terminal_has_no_bar(capsys):
     console = Console(total=3, progress=True, stream=stream)
     runner = object()
     assert console.watch(runner) is runner  # nothing to show the running trials on
-    console.say("trial   0 ok       val 2.5")
+    console.trial("trial   0 ok       val 2.5", [])
     console.bar.update(1)
     console.close()
     assert stream.getvalue() == "" and capsys.readouterr().out == "trial   0 ok       val 2.5\n"
+
+
+def test_a_quiet_tune_console_keeps_a_trials_warnings_and_drops_its_line(capsys):
+    from tune.console import Console
+
+    console = Console(total=2, progress=True, stream=io.StringIO(), quiet=True)
+    console.trial("trial   0 ok       val 2.5", [])
+    console.trial("trial   1 ok       val 2.4", ["contended: other processes kept 1.0 of 2 cores busy"])
+    console.say("worker 0 [cores 0]: the storage went away")
+    console.close()
+    assert capsys.readouterr().out.splitlines() == ["warning: contended: other processes kept 1.0 of 2 cores busy",
+                                                    "worker 0 [cores 0]: the storage went away"]
 
 
 def test_quiet_tune_prints_warnings_and_where_the_results_went(tmp_path, monkeypatch, capsys):

@@ -273,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.grace_period <= args.heartbeat_interval:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
-    from tune.console import quiet
     from tune.report import readable, trials_frame
     from tune.study import TuneSettings, run_study
 
@@ -291,10 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout,
         progress=not (args.no_progress or args.quiet),
         workers=args.workers, gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period, confirm=args.confirm,
+        grace_period=args.grace_period, confirm=args.confirm, quiet=args.quiet,
     )
-    with quiet(args.quiet):
-        outcome = run_study(settings)
+    outcome = run_study(settings)
     if not args.quiet:
         print(readable(trials_frame(outcome.study)).to_string(index=False))
     print(f"results: {outcome.results_dir} (summary.md, trials.csv, best.json, best-model/, plots)")

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from gptcore.cliutil import EXIT_USAGE, Parser, run
+from gptcore.cliutil import EXIT_USAGE, Parser, prog, run
 from gptcore.errors import UserError
 from tune import card_matmul
 from tune.card_html import esc, fmt
@@ -27,12 +27,16 @@ from tune.report import choose_winner, label, oom_frontier, originals, trials_fr
 from tune.space import PARAMS
 
 OOM_STATUSES = ("oom", "predicted_oom")
-PROG = "python -m tune card"
+
+
+def _prog() -> str:
+    """`python -m tune card`, or `gptcore-tune card` under the console command."""
+    return f"{prog('python -m tune')} card"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of `python -m tune card`."""
-    p = Parser(prog=PROG, description="A one-page hardware report card of a study: matmul rate "
+    p = Parser(prog=_prog(), description="A one-page hardware report card of a study: matmul rate "
                "against the device's peak, the best configuration, the out-of-memory frontier, loss vs throughput "
                "vs memory, throughput against model size. One HTML file; viewing it needs no network.")
     p.add_argument("study", nargs="?", default=None, metavar="STUDY",
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return write_card(args)
     except UserError as exc:  # here, not only in cliutil.run: callers of main() get the same one line
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{_prog()}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -171,4 +175,4 @@ def write_card(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    run(main, prog=PROG)
+    run(main, prog=_prog())

@@ -20,13 +20,16 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from gptcore.cliutil import Parser
+from gptcore.cliutil import Parser, prog
 from gptcore.errors import UserError
 from gptcore.files import atomic_write, atomic_write_text, check_output_dir
 from tune.load import DEFAULT_RESULTS, load_named
 from tune.report import flagged, trials_frame
 
-PROG = "python -m tune compare"
+
+def _prog() -> str:
+    """`python -m tune compare`, or `gptcore-tune compare` under the console command."""
+    return f"{prog('python -m tune')} compare"
 # The model and batch shape: what a run's speed depends on. The learning rate changes what a step learns, not
 # what it costs, so runs that differ only in it are the same configuration here.
 SHAPE = ("batch_size", "block_size", "n_embed", "n_head", "n_layer")
@@ -49,7 +52,7 @@ class Side:
 
 def build_parser() -> Parser:
     """Flags of `python -m tune compare`."""
-    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=_prog(), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="+", metavar="STUDY",
                    help="two or more studies: a results folder holding study.db, or a study name (in --storage, "
                         "else in RESULTS/NAME/study.db); the first is the baseline of every speed-up")

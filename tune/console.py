@@ -8,40 +8,15 @@ With --quiet only warnings, errors and the final lines are printed.
 
 from __future__ import annotations
 
-import contextlib
-import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 TICK_SECONDS = 1.0
-# describe_run's per-trial lines ("trial   3 ok ...", "ref baby ok ...", "confirm trial 3 #1 ok ..."): what --quiet
-# drops from the tuner's messages. Their warning lines, a worker's error and a lost trial's note are kept.
-TRIAL_LINE = re.compile(r"^(trial|ref|confirm) ")
-_quiet = threading.Event()
-
-
-@contextlib.contextmanager
-def quiet(on: bool = True) -> Iterator[None]:
-    """While active (`python -m tune -q`), tuners print only warnings, errors and their final lines."""
-    was = _quiet.is_set()
-    if on:
-        _quiet.set()
-    try:
-        yield
-    finally:
-        if not was:
-            _quiet.clear()
-
-
-def is_quiet() -> bool:
-    """Whether --quiet is in force."""
-    return _quiet.is_set()
 
 
 def on_terminal(stream: Any) -> bool:
@@ -56,9 +31,9 @@ def on_terminal(stream: Any) -> bool:
 class Console:
     """A tuner's output: say() for the lines, `bar` for the count, watch() to show the running trials."""
 
-    def __init__(self, total: int, progress: bool, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, progress: bool, stream: TextIO | None = None, quiet: bool = False) -> None:
         self.stream = stream or sys.stderr
-        self.quiet = is_quiet()
+        self.quiet = quiet  # --quiet: only warnings, errors and the final lines
         self.live = progress and not self.quiet and on_terminal(self.stream)
         self.bar = tqdm(total=total, unit="trial", desc="tune", disable=not self.live, file=self.stream,
                         dynamic_ncols=True)
@@ -75,12 +50,13 @@ class Console:
             self._write(text)
 
     def say(self, text: str) -> None:
-        """One of the tuner's messages; with --quiet a finished trial's line is dropped (its warnings are not)."""
-        if self.quiet:
-            lines = text.splitlines()
-            if lines and TRIAL_LINE.match(lines[0]):
-                lines = [line.strip() for line in lines[1:]]
-            text = "\n".join(lines)
+        """One of the tuner's messages (a warning, an error, a lost trial): always printed."""
+        self._write(text)
+
+    def trial(self, line: str, warnings: list[str]) -> None:
+        """A finished trial's line and its warnings; with --quiet, the warnings only."""
+        text = "\n".join([*([] if self.quiet else [line]), *(f"{'' if self.quiet else '    '}warning: {w}"
+                                                             for w in warnings)])
         if text:
             self._write(text)
 

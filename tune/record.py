@@ -77,8 +77,8 @@ def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict
     return attrs
 
 
-def describe_run(label: str, run: TrialRun, attrs: dict[str, Any]) -> str:
-    """One line per finished trial (from its record), and a warning line when its figures are not to be trusted."""
+def describe_run(label: str, run: TrialRun, attrs: dict[str, Any]) -> tuple[str, list[str]]:
+    """One line per finished trial (from its record), and the warnings when its figures are not to be trusted."""
     a = attrs
     cfg = (f"batch {a['batch_size']} block {a['block_size']} embed {a['n_embed']} heads {a['n_head']} "
            f"layers {a['n_layer']} lr {a['learning_rate']:.2e}")
@@ -93,4 +93,4 @@ def describe_run(label: str, run: TrialRun, attrs: dict[str, Any]) -> str:
         figures = run.message or ""
     line = f"{label} {run.status:<8} {figures} | {cfg} | {run.trial_seconds:.1f} s"
     notes = [f"contended: {a['contended']}" if a.get("contended") else None, a.get("budget_warning")]
-    return line + "".join(f"\n    warning: {note}" for note in notes if note)
+    return line, [note for note in notes if note]

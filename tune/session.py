@@ -106,6 +106,7 @@ class TuneSettings:
     eval_iters: int = 4
     eval_batch_size: int = 32
     progress: bool = True
+    quiet: bool = False  # only warnings, errors and the final lines (tune.console)
 
 
 @dataclass

@@ -83,7 +83,8 @@ class Tuner:
     session: Session
     runner: TrialRunner
     target: str | None  # tests swap in a misbehaving stand-in for gptcore.train.train
-    say: Callable[[str], None]
+    say: Callable[[str], None]  # a warning, an error: always printed
+    trial_line: Callable[[str, list[str]], None]  # a finished trial's line and its warnings (Console.trial)
     bar: Any
     beater: Beater
     stop: threading.Event = field(default_factory=threading.Event)  # Ctrl-C: end the running trials now
@@ -284,7 +285,7 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
         name = f"ref {claim.preset}" if claim.preset else f"trial {trial.number:3d}"
         name += f" (retry of {claim.retry_of})" if claim.retry_of is not None else ""
     where = f" [{slot.describe()}]" if len(session.slots) > 1 else ""
-    tuner.say(describe_run(name + where, run, trial.user_attrs))
+    tuner.trial_line(*describe_run(name + where, run, trial.user_attrs))
     tuner.book(run, counted and claim.searched)  # the bar counts the searched trials: not references, not re-runs
 
 
@@ -331,7 +332,7 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     references = dispatch.references_pending(session.references, session.presets)
     confirms = dispatch.confirm_runs_pending(study, session.references, session.confirms, settings.confirm)
     # The bar counts the searched trials still to run (not references, not confirmation runs: see book()).
-    console = Console(remaining, settings.progress)
+    console = Console(remaining, settings.progress, quiet=settings.quiet)
     say, info = console.say, console.info
     info(f"study {study.study_name}: {counted} counted trial(s) so far, running {remaining} more on "
          f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
@@ -342,7 +343,7 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
         study.set_user_attr("busy_cores_at_start", warn_if_busy(say))
     beater = Beater(lambda trial_id: liveness.beat(study._storage, trial_id), settings.heartbeat_interval,
                     lambda line: say(f"warning: {line}"))
-    tuner = Tuner(session, console.watch(runner), target, say, console.bar, beater)
+    tuner = Tuner(session, console.watch(runner), target, say, console.trial, console.bar, beater)
     try:
         interrupted = run_workers(session.slots, lambda slot: work(tuner, slot), tuner.stop)
     finally:
