@@ -23,8 +23,8 @@ from tune.storage import reference_study_name
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 2**20
-DISTRIBUTIONS = {"log2_batch_size": IntDistribution(2, 5), "log2_block_size": IntDistribution(4, 7),
-                 "n_embed": IntDistribution(64, 256, step=64), "log2_n_head": IntDistribution(0, 3),
+DISTRIBUTIONS = {"log2(batch_size)": IntDistribution(2, 5), "log2(block_size)": IntDistribution(4, 7),
+                 "n_embed": IntDistribution(64, 256, step=64), "log2(n_head)": IntDistribution(0, 3),
                  "n_layer": IntDistribution(1, 4), "learning_rate": FloatDistribution(1e-4, 3e-3, log=True)}
 ENV = {"device": "cpu", "device_name": "Test CPU", "device_type": "cpu", "cpu": "Test CPU", "cpu_threads": 1,
        "torch": "2.13.0+cpu", "python": "3.11.7", "gpus": [], "gpu_count": 0}

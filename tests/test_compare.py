@@ -9,12 +9,12 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from gptcore.cliutil import run
-from tune.compare import PROG, column_names, geometric_mean, load_sides, main, shared_speeds
+from tune.compare import column_names, geometric_mean, load_sides, main, shared_speeds
 from tune.space import Space, preset_params
 from tune.storage import make_storage, resolve_storage
 
-DISTRIBUTIONS = {"log2_batch_size": IntDistribution(0, 8), "log2_block_size": IntDistribution(0, 10),
-                 "log2_n_head": IntDistribution(0, 6), "n_embed": IntDistribution(64, 1024, step=64),
+DISTRIBUTIONS = {"log2(batch_size)": IntDistribution(0, 8), "log2(block_size)": IntDistribution(0, 10),
+                 "log2(n_head)": IntDistribution(0, 6), "n_embed": IntDistribution(64, 1024, step=64),
                  "n_layer": IntDistribution(1, 16), "learning_rate": FloatDistribution(1e-5, 1e-1, log=True)}
 MiB = 2**20
 S1, S2, S3, S4, S5 = (8, 32, 64, 1, 1), (16, 64, 128, 2, 2), (32, 128, 128, 4, 2), (4, 16, 64, 1, 1), (8, 8, 64, 2, 1)
@@ -86,7 +86,7 @@ def two(tmp_path_factory):
 
 def compare(argv, capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exc:
-        run(main, argv, prog=PROG)
+        run(main, argv, prog="python -m tune compare")
     out, err = capsys.readouterr()
     return exc.value.code, out, err
 
@@ -184,5 +184,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(two, tmp_path, capsys, 
     argv = [a.format(blocker=blocker) for a in argv] + ["--results", str(two)]
     code, out, err = compare(argv, capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and needle in err
-    assert err.startswith(f"{PROG}: error: ")
+    assert err.startswith("python -m tune compare: error: ")
     assert sorted([*tmp_path.rglob("*"), *two.rglob("*")]) == before
