@@ -345,6 +345,24 @@ def test_contention_rules():
     assert budget_warnings(500, 0.05) == []
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: a neighbour on one, trials on the other")
+def test_a_neighbour_on_another_core_does_not_make_the_trials_cores_busy():
+    """The busy-at-start check looks at the trials' cores only (a tuner given --cores 0 beside a job on core 1)."""
+    from tune.health import busy_now
+
+    mine, theirs = sorted(os.sched_getaffinity(0))[:2]
+    spin = (f"import os, time\nos.sched_setaffinity(0, {{{theirs}}})\nend = time.time() + 20\n"
+            f"while time.time() < end: pass\n")
+    hog = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.5)
+        # The hog alone keeps its core busy; the trials' core stays (nearly) idle, whatever else the OS runs there.
+        assert busy_now(1.0, [theirs]) > 0.8 and busy_now(1.0, [mine]) < 0.5
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 def test_a_busy_neighbour_flags_the_trials_it_slowed(tmp_path):
     """Two busy-looping processes on a 2-core machine: the trial that runs beside them is flagged contended."""
     spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass\n"

@@ -76,13 +76,14 @@ def usable_cores() -> int:
     return len(affinity())
 
 
-def busy_now(seconds: float = 1.0) -> float | None:
-    """Cores that other processes kept busy over the next `seconds` (this process is idle meanwhile)."""
-    start = system_busy_seconds()
+def busy_now(seconds: float = 1.0, cores: list[int] | None = None) -> float | None:
+    """Cores that other processes kept busy over the next `seconds` (this process is idle meanwhile): on `cores`
+    only, or on the whole machine."""
+    start = busy_seconds(cores)
     if start is None:
         return None
     time.sleep(seconds)
-    end = system_busy_seconds()
+    end = busy_seconds(cores)
     return None if end is None else max(end - start, 0.0) / seconds
 
 

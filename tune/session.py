@@ -232,14 +232,16 @@ def check_memory_limit(limit: int | None, env: dict[str, Any]) -> None:
         raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")
 
 
-def warn_if_busy(say: Any) -> float | None:
-    """Before the first trial: are other processes already using the machine? Returns the cores they kept busy."""
-    cores = health.busy_now(1.0)
-    if cores is not None and cores > BUSY_AT_START_CORES:
-        say(f"warning: the machine is busy before the study starts: other processes keep {cores:.1f} of "
-            f"{health.usable_cores()} cores busy. Trials will run slower (and learn less in a time budget); "
-            f"each one is checked and flagged as contended in trials.csv and summary.md.")
-    return cores
+def warn_if_busy(say: Any, cores: list[int]) -> float | None:
+    """Before the first trial: are other processes already using the cores the trials will run on? Returns the
+    cores they kept busy."""
+    # Only the trials' cores: a neighbour pinned to another core (a second tuner given --cores 1) slows nothing.
+    busy = health.busy_now(1.0, sorted(set(cores)) or None)
+    if busy is not None and busy > BUSY_AT_START_CORES:
+        say(f"warning: the machine is busy before the study starts: other processes keep {busy:.1f} of the "
+            f"{len(set(cores))} core(s) the trials run on busy. Trials will run slower (and learn less in a time "
+            f"budget); each one is checked and flagged as contended in trials.csv and summary.md.")
+    return busy
 
 
 def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:

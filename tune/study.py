@@ -340,7 +340,8 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     info(f"storage {session.storage.display}\nresults {session.results_dir}\n"
          f"search space:\n{session.space.describe()}")
     if remaining or references or confirms:
-        study.set_user_attr("busy_cores_at_start", warn_if_busy(say))
+        cores = [c for slot in session.slots for c in slot.cores]
+        study.set_user_attr("busy_cores_at_start", warn_if_busy(say, cores))
     beater = Beater(lambda trial_id: liveness.beat(study._storage, trial_id), settings.heartbeat_interval,
                     lambda line: say(f"warning: {line}"))
     tuner = Tuner(session, console.watch(runner), target, say, console.trial, console.bar, beater)

@@ -210,7 +210,11 @@ def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, fol
     name = f"the `{reference_of(best)}` preset (a reference)" if reference_of(best) else f"trial {int(best['number'])}"
     score, what = _figure(winner, best, key)
     over = f" over {int(winner.line['n'])} runs (see Confirmation)" if winner.line is not None else ""
-    lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {score:.4g}{over}.", ""]
+    shape = (f"batch {int(best['batch_size'])} x block {int(best['block_size'])}, {int(best['n_layer'])} layer(s) of "
+             f"width {int(best['n_embed'])} with {int(best['n_head'])} head(s), learning rate "
+             f"{best['learning_rate']:.2e}" + (f", {best['n_params'] / 1e6:.2f} M parameters"
+                                                if pd.notna(best.get("n_params")) else ""))
+    lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {score:.4g}{over}: {shape}.", ""]
     tried = originals(df)
     for _, ref in tried[tried["reference"].notna()].iterrows():
         if ref["status"] != "ok":
