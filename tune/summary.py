@@ -90,7 +90,8 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
     lines = ["## What was run", ""]
     calls = invocations(study)
     for call in calls:
-        lines.append(f"- `{call.get('command')}` (started {call.get('started', '?').replace('T', ' ')} UTC"
+        started = str(call.get("started", "?")).replace("T", " ").removesuffix("+00:00")
+        lines.append(f"- `{call.get('command')}` (started {started} UTC"
                      f"{' on ' + call['host'] if call.get('host') else ''})")
     starts = [(_when(s), d) for s, d in zip(df["started"], df["trial_seconds"]) if _when(s) is not None]
     if starts:
@@ -171,7 +172,7 @@ def frontier_section(runs: pd.DataFrame) -> list[str]:
             return [*lines, "No configuration ran out of memory, and none measured its peak yet.", ""]
         big = ran.loc[ran["peak_memory_bytes"].idxmax()]
         return [*lines, f"No configuration ran out of memory; the largest tried used "
-                f"{big['peak_memory_bytes'] / 2**20:,.0f} MiB ({label(big)}: batch {int(big['batch_size'])} x "
+                f"{big['peak_memory_bytes'] / 2**20:,.0f} MiB ({source_of(big)}: batch {int(big['batch_size'])} x "
                 f"block {int(big['block_size'])}, {int(big['n_layer'])} layers of width {int(big['n_embed'])}).",
                 ""]
     frontier = oom_frontier(runs)
@@ -183,7 +184,7 @@ def frontier_section(runs: pd.DataFrame) -> list[str]:
 def environment_section(env: dict[str, Any]) -> list[str]:
     """The machine, in units a person reads."""
     rows = [("device", f"{env.get('device_name', '?')} ({env.get('device', '?')})")]
-    if env.get("cpu"):
+    if env.get("cpu") and env["cpu"] != env.get("device_name"):
         rows.append(("CPU", str(env["cpu"])))
     if env.get("cpu_threads"):
         cores = env.get("cores")
@@ -194,7 +195,7 @@ def environment_section(env: dict[str, Any]) -> list[str]:
     if env.get("gpu_count"):
         rows.append(("GPUs", f"{env['gpu_count']}: {', '.join(str(g) for g in env.get('gpus') or [])}"))
     if env.get("vm_data_bytes"):
-        rows.append(("tuner's data segment at start", f"{env['vm_data_bytes'] / 2**20:,.0f} MiB"))
+        rows.append(("a trial process before its model (data segment)", f"{env['vm_data_bytes'] / 2**20:,.0f} MiB"))
     if "bf16_supported" in env:
         rows.append(("bfloat16 supported", "yes" if env["bf16_supported"] else "no"))
     return ["## Environment", "", "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
