@@ -48,8 +48,7 @@ class FinetuneResult:
 
 
 def fit_vocabulary(model: LanguageModel, tokenizer: Any, pairs: list[Pair], extend_vocab: bool) -> tuple[Any, list]:
-    """(tokenizer, added): characters of the pairs added (with extend_vocab) or refused, an EOS added if missing,
-    and the model's embedding and output rows grown to match."""
+    """(tokenizer, added): pairs' new characters added or refused, an EOS added, the model's rows grown to match."""
     missing = tokenizer.unknown("".join(p.prompt + p.completion for p in pairs))
     added: list[str] = []
     if missing and not extend_vocab:

@@ -24,8 +24,7 @@ def sample_text(
     seed: int | None = None,
     drop_unknown: bool = False,
 ) -> str:
-    """Continue `prompt` up to max_new_tokens or an EOS; returns only the new text, without the EOS. Unknown
-    characters are a UserError unless dropped."""
+    """Continue `prompt` until max_new_tokens or an EOS; only the new text, never the EOS; unknown chars: UserError."""
     # The CLI's flag types refuse these first; this guards callers of the function (NaN fails every `>=`).
     if not max_new_tokens >= 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
