@@ -1,4 +1,4 @@
-"""python -m gptcore {prepare,train,finetune,sample,chat}: the course's scripts as one command line (installed: `gptcore`)."""
+"""python -m gptcore {prepare,train,finetune,sample,chat}: the course's scripts as one command (`gptcore`)."""
 
 from __future__ import annotations
 
