@@ -1,4 +1,4 @@
-"""python -m gptcore {prepare,train,sample,chat}: the course's scripts as one command line (installed: `gptcore`)."""
+"""python -m gptcore {prepare,train,finetune,sample,chat}: the course's scripts as one command (`gptcore`)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     add_quiet(t)
     add_config_flags(t)
+
+    f = sub.add_parser("finetune", help="fine-tune a checkpoint on prompt/completion pairs (JSONL)")
+    f.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint folder to start from")
+    f.add_argument("--data", type=Path, required=True,
+                   help='JSONL file, one {"prompt": ..., "completion": ...} object per line')
+    f.add_argument("--out", type=Path, required=True,
+                   help="folder for the fine-tuned checkpoint: a new one, or a checkpoint (replaced)")
+    f.add_argument("--val-fraction", type=flag.fraction, default=0.1,
+                   help="share of the pairs held out for validation, drawn by --seed (default 0.1)")
+    f.add_argument("--extend-vocab", action="store_true",
+                   help="add characters of the pairs missing from the checkpoint's vocabulary (default: refuse them)")
+    f.add_argument("--max-new-tokens", type=flag.positive_int, default=100,
+                   help="after tuning, greedy answers to the held-out prompts are generated up to this many tokens "
+                        "and the share that stops at EOS is reported (default 100)")
+    add_quiet(f)
+    add_config_flags(f)
 
     for name in ("sample", "chat"):
         s = sub.add_parser(name, help="generate text from a checkpoint" if name == "sample" else "talk to a model")
@@ -200,6 +216,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if stop.is_set() else 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune --checkpoint on --data; print the held-out loss before and after; save to --out."""
+    from gptcore.checkpoint import check_save_path, load_checkpoint, save_checkpoint
+    from gptcore.config import MODEL_FIELDS
+    from gptcore.finetune import eos_share, finetune, finetune_config, fit_vocabulary
+    from gptcore.pairs import encode_pairs, read_pairs, split_pairs
+
+    overrides = config_overrides(args)
+    model_flags = sorted(MODEL_FIELDS & overrides.keys())
+    if model_flags:
+        shown = ", ".join("--" + k.replace("_", "-") for k in model_flags)
+        raise UserError(f"{shown}: the model comes from --checkpoint; only training flags may change")
+    check_save_path(args.out)  # before any work: nothing is written when the output cannot be
+    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
+    cfg = finetune_config(ckpt.train_cfg, overrides)
+    pairs = read_pairs(args.data)
+    train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, cfg.seed)
+    model = ckpt.build_model()
+    tokenizer, added = fit_vocabulary(model, ckpt.tokenizer, pairs, args.extend_vocab)
+    block = model.config.block_size
+    train_ex = encode_pairs(train_pairs, tokenizer, tokenizer.eos_id, block)
+    val_ex = encode_pairs(val_pairs, tokenizer, tokenizer.eos_id, block)
+    say = (lambda line: None) if args.quiet else print
+    say(f"pairs: {len(train_pairs)} train, {len(val_pairs)} validation (seed {cfg.seed}); vocabulary "
+        f"{ckpt.tokenizer.vocab_size} -> {tokenizer.vocab_size}" + (f" (added {', '.join(map(repr, added))})"
+                                                                      if added else ""))
+    result = finetune(model, train_ex, val_ex, cfg, on_eval=lambda step, tr, va: say(
+        f"step {step}: train loss {tr:.4f}, validation loss {va:.4f} (completion tokens)"))
+    result.added_tokens = added
+    share, _ = eos_share(result.model, tokenizer, val_pairs, args.max_new_tokens)
+    path = save_checkpoint(args.out, result.model, result.model.config, cfg, tokenizer,
+                           optimizer=result.optimizer, step=ckpt.step + result.steps, kind=ckpt.kind,
+                           extra={"finetune": {**result.to_dict(), "eos_share": share, "base": str(args.checkpoint),
+                                               "data": str(args.data)}})
+    print(f"done: {result.steps} steps; validation loss on {len(val_pairs)} held-out pairs (completion + EOS "
+          f"tokens) {result.val_loss_before:.4f} before, {result.val_loss_after:.4f} after; "
+          f"{share:.0%} of greedy answers stop at EOS within {args.max_new_tokens} tokens")
+    print(f"checkpoint: {path}")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Print a continuation of --prompt, or run the chat loop."""
     from gptcore.checkpoint import load_checkpoint
@@ -220,7 +277,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    handler = {"prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "chat": cmd_sample}
+    handler = {"prepare": cmd_prepare, "train": cmd_train, "finetune": cmd_finetune, "sample": cmd_sample,
+               "chat": cmd_sample}
     return handler[args.command](args)
 
 

@@ -1,4 +1,6 @@
-"""Checkpoints: a folder of safetensors weights, JSON configs and vocabulary, optimizer state and step.
+"""Checkpoints: a folder of safetensors weights, JSON configs, the tokenizer, optimizer state and step.
+
+vocab.json holds the tokenizer's to_dict() (char or BPE, with or without EOS).
 
 Nothing here unpickles: weights are safetensors, the optimizer state is loaded with weights_only=True.
 A save goes through gptcore.files.atomic_dir: killed at any instant, the folder holds the previous checkpoint
@@ -23,7 +25,7 @@ from gptcore import config as C
 from gptcore.errors import UserError
 from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
 from gptcore.model import LanguageModel, build_model
-from gptcore.tokenizer import CharTokenizer
+from gptcore.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = 1
 WEIGHTS, OPTIMIZER, STATE = "model.safetensors", "optimizer.pt", "state.json"
@@ -36,7 +38,7 @@ class Checkpoint:
 
     model_cfg: C.ModelConfig
     train_cfg: C.TrainConfig
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any] | None
     step: int
@@ -59,9 +61,13 @@ class Checkpoint:
         return model.to(device).eval()
 
 
-def vocab_fingerprint(chars: list[str]) -> str:
-    """sha256 of the vocabulary in its stored order: any edit of vocab.json changes it."""
-    return hashlib.sha256("".join(chars).encode("utf-8", "surrogatepass")).hexdigest()
+def vocab_fingerprint(vocab: dict[str, Any]) -> str:
+    """sha256 of a stored tokenizer (its to_dict()): any edit of vocab.json changes it."""
+    if vocab.keys() == {"type", "chars"} and vocab["type"] == "char" and isinstance(vocab["chars"], list):
+        # A char vocabulary without EOS: the form checkpoints recorded before other tokenizers existed.
+        return hashlib.sha256("".join(map(str, vocab["chars"])).encode("utf-8", "surrogatepass")).hexdigest()
+    blob = json.dumps(vocab, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_save_path(path: str | Path) -> None:
@@ -74,7 +80,7 @@ def save_checkpoint(
     model: LanguageModel,
     model_cfg: C.ModelConfig,
     train_cfg: C.TrainConfig,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     *,
     optimizer: torch.optim.Optimizer | None = None,
     step: int = 0,
@@ -96,7 +102,7 @@ def save_checkpoint(
         fault_point("checkpoint:vocab")
         # state.json last: atomic_dir's recovery and check_replaceable take a folder holding it as a checkpoint.
         (tmp / STATE).write_text(json.dumps(
-            {**(extra or {}), "format": FORMAT, "step": step, "vocab_sha256": vocab_fingerprint(tokenizer.chars)},
+            {**(extra or {}), "format": FORMAT, "step": step, "vocab_sha256": vocab_fingerprint(tokenizer.to_dict())},
             indent=1))
     return path
 
@@ -130,13 +136,14 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpo
         model_cfg, train_cfg = C.from_dict({k: cfg[k] for k in ("model", "train") if k in cfg})
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path / CONFIG}: bad config ({exc})") from None
-    tokenizer = CharTokenizer.load(path / VOCAB)
+    tokenizer = load_tokenizer(path / VOCAB)
     expected = state.get("vocab_sha256")  # absent in checkpoints saved before it was recorded
-    if expected is not None and vocab_fingerprint(_read_json(path / VOCAB)["chars"]) != expected:
+    if expected is not None and vocab_fingerprint(_read_json(path / VOCAB)) != expected:
         raise UserError(f"{path / VOCAB}: not the vocabulary this checkpoint was trained with (edited or replaced)")
     if tokenizer.vocab_size != model_cfg.vocab_size:
+        unit = "characters" if tokenizer.to_dict()["type"] == "char" else "tokens"
         raise UserError(
-            f"{path}: vocabulary has {tokenizer.vocab_size} characters but the model expects {model_cfg.vocab_size}"
+            f"{path}: vocabulary has {tokenizer.vocab_size} {unit} but the model expects {model_cfg.vocab_size}"
         )
     try:
         weights = load_file(str(path / WEIGHTS))

@@ -9,7 +9,7 @@ import torch
 
 from gptcore.errors import UserError
 from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
-from gptcore.tokenizer import CharTokenizer
+from gptcore.tokenizer import tokenizer_from_dict
 
 SPLITS = ("train", "val")
 
@@ -21,7 +21,7 @@ class TokenData:
         self.folder = Path(folder)
         self.source = Path(source) if source is not None else self.folder  # what the user named, for messages
         self.meta = read_meta(self.folder)
-        self.tokenizer = CharTokenizer.from_dict(self.meta["tokenizer"])
+        self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
         self.dtype = np.dtype(self.meta["dtype"])
         self._arrays: dict[str, np.ndarray] = {}
         self._windows: dict[tuple[str, int], np.ndarray] = {}
@@ -42,7 +42,7 @@ class TokenData:
 
     @property
     def vocab_size(self) -> int:
-        """Size of the character vocabulary."""
+        """Size of the vocabulary (ids the model must embed)."""
         return self.tokenizer.vocab_size
 
     def tokens(self, split: str) -> np.ndarray:

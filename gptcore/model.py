@@ -232,3 +232,39 @@ def build_model(cfg: ModelConfig, kind: str = "gpt") -> LanguageModel:
     if kind == "bigram":
         return BigramLanguageModel(cfg)
     raise ValueError(f"model kind must be gpt or bigram, got {kind!r}")
+
+
+@torch.no_grad()
+def grow_vocab(model: LanguageModel, vocab_size: int) -> LanguageModel:
+    """Add rows for new token ids (appended at the end) to the embedding and the output layer, in place.
+
+    Each new row is the mean of the existing ones: a new token (EOS, a new character) starts as an "average" token
+    whose logit is typical rather than random, so the loss on the old tokens does not jump, and fine-tuning moves
+    it from there. Existing ids keep their rows exactly.
+    """
+    old = model.config.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"cannot shrink the vocabulary from {old} to {vocab_size}")
+    if vocab_size == old:
+        return model
+    extra = vocab_size - old
+
+    def more_rows(weight: torch.Tensor) -> nn.Parameter:
+        new = weight.mean(dim=0, keepdim=True).expand(extra, *weight.shape[1:])
+        return nn.Parameter(torch.cat([weight, new], dim=0))
+
+    table = model.token_embedding_table
+    table.weight = more_rows(table.weight)
+    table.num_embeddings = vocab_size
+    if isinstance(model, BigramLanguageModel):  # the table is also the output layer: new columns too
+        table.weight = nn.Parameter(torch.cat([table.weight, table.weight.mean(dim=1, keepdim=True).expand(
+            vocab_size, extra)], dim=1))
+        table.embedding_dim = vocab_size
+    else:
+        head = model.lm_head
+        head.weight = more_rows(head.weight)
+        if head.bias is not None:
+            head.bias = more_rows(head.bias)
+        head.out_features = vocab_size
+    model.config = model.config.with_vocab(vocab_size)
+    return model

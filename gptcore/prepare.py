@@ -30,7 +30,7 @@ from tqdm import tqdm
 from gptcore.errors import UserError
 from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
 from gptcore.procs import end_with
-from gptcore.tokenizer import CharTokenizer
+from gptcore.tokenizer import tokenizer_from_dict
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
 DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
@@ -406,7 +406,7 @@ def _meta_problem(meta: object) -> str | None:
     if meta.get("format") != META_FORMAT:
         return f"unknown format {meta.get('format')!r}"
     try:
-        tokenizer = CharTokenizer.from_dict(meta.get("tokenizer"))
+        tokenizer = tokenizer_from_dict(meta.get("tokenizer"))
     except ValueError as exc:
         return f"bad tokenizer ({exc})"
     if meta.get("vocab_size") != tokenizer.vocab_size:

@@ -24,7 +24,7 @@ def sample_text(
     seed: int | None = None,
     drop_unknown: bool = False,
 ) -> str:
-    """Continue `prompt`; returns only the new text. Unknown characters are a UserError unless dropped."""
+    """Continue `prompt` until max_new_tokens or an EOS; only the new text, never the EOS; unknown chars: UserError."""
     # The CLI's flag types refuse these first; this guards callers of the function (NaN fails every `>=`).
     if not max_new_tokens >= 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
@@ -36,7 +36,7 @@ def sample_text(
         raise UserError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed}")
     try:
         # An empty prompt still needs one token to condition on: a newline (the course started from id 0).
-        ids = tokenizer.encode(prompt, drop_unknown=drop_unknown) or [tokenizer.stoi.get("\n", 0)]
+        ids = tokenizer.encode(prompt, drop_unknown=drop_unknown) or tokenizer.encode("\n", drop_unknown=True) or [0]
     except UserError as exc:
         raise UserError(f"--prompt: {exc} (or pass --drop-unknown)") from None
     device = next(model.parameters()).device
@@ -44,8 +44,15 @@ def sample_text(
     if seed is not None:
         gen = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
-    return tokenizer.decode(out[0, len(ids):].tolist())
+    # A checkpoint from before the EOS token has none (eos_id None): it generates all max_new_tokens.
+    eos_id = getattr(tokenizer, "eos_id", None)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=eos_id, generator=gen)
+    return tokenizer.decode(until_eos(out[0, len(ids):].tolist(), eos_id))
+
+
+def until_eos(ids: list[int], eos_id: int | None) -> list[int]:
+    """The ids before the first EOS (all of them when there is none): the EOS itself is never shown."""
+    return ids[:ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
 
 
 def chat(

@@ -1,18 +1,57 @@
-"""Character tokenizer: one id per distinct character of the corpus, stored as JSON."""
+"""Tokenizers: the character tokenizer (one id per distinct character) and the interface every tokenizer has.
+
+Every tokenizer (CharTokenizer here, BPETokenizer in gptcore.bpe) offers: vocab_size, encode(text,
+drop_unknown=), decode(ids) (never outputs the EOS token's text), unknown(text), eos_id (None: no EOS yet),
+with_eos() (a copy with an EOS token; for the char tokenizer it is the LAST id, so every existing id keeps its
+meaning), to_dict() / tokenizer_from_dict(data) (dispatch on data["type"]: "char" or "bpe"), save(path) /
+load_tokenizer(path). A stored char vocabulary {"type": "char", "chars": [...]} without an "eos" key (every one
+saved before EOS existed) loads unchanged, with eos_id None.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, Protocol
 
 from gptcore.errors import UserError
 
 
-class CharTokenizer:
-    """Maps characters to ids and back; the vocabulary is sorted so it is deterministic."""
+class Tokenizer(Protocol):
+    """What every tokenizer offers (see the module docstring)."""
 
-    def __init__(self, chars: Iterable[str]) -> None:
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, EOS included."""
+
+    @property
+    def eos_id(self) -> int | None:
+        """The EOS token's id, or None when there is none."""
+
+    def encode(self, text: str, *, drop_unknown: bool = False) -> list[int]:
+        """Text -> ids (never EOS)."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text, without EOS's text."""
+
+    def unknown(self, text: str) -> list[str]:
+        """Characters of `text` it cannot encode."""
+
+    def with_eos(self) -> Tokenizer:
+        """A copy that has an EOS token."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form, for tokenizer_from_dict."""
+
+    def save(self, path: str | Path) -> None:
+        """Write to_dict() as JSON to `path`."""
+
+
+class CharTokenizer:
+    """Maps characters to ids and back; the vocabulary is sorted so it is deterministic; EOS, if any, comes last."""
+
+    def __init__(self, chars: Iterable[str], *, eos: bool = False) -> None:
         chars = list(chars)
         if any(not isinstance(c, str) or len(c) != 1 for c in chars):
             raise ValueError("every vocabulary entry must be exactly one character")
@@ -20,6 +59,7 @@ class CharTokenizer:
         if not self.chars:
             raise ValueError("a tokenizer needs at least one character")
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.has_eos = bool(eos)
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -28,15 +68,24 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of distinct characters."""
-        return len(self.chars)
+        """Number of distinct characters, plus one for EOS when it has one."""
+        return len(self.chars) + self.has_eos
+
+    @property
+    def eos_id(self) -> int | None:
+        """The EOS token's id (the last one), or None when this vocabulary has no EOS."""
+        return len(self.chars) if self.has_eos else None
+
+    def with_eos(self) -> CharTokenizer:
+        """A copy with an EOS token appended as the last id (itself again if it already has one)."""
+        return CharTokenizer(self.chars, eos=True)
 
     def unknown(self, text: str) -> list[str]:
         """Characters of `text` that are not in the vocabulary, sorted."""
         return sorted(set(text) - self.stoi.keys())
 
     def encode(self, text: str, *, drop_unknown: bool = False) -> list[int]:
-        """Text -> ids. Unknown characters raise UserError listing them, or are dropped if asked."""
+        """Text -> ids (never EOS). Unknown characters raise UserError listing them, or are dropped if asked."""
         missing = self.unknown(text)
         if missing and not drop_unknown:
             shown = ", ".join(repr(c) for c in missing[:20])
@@ -44,12 +93,20 @@ class CharTokenizer:
         return [self.stoi[c] for c in text if c in self.stoi]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> text."""
-        return "".join(self.chars[i] for i in ids)
+        """Ids -> text; the EOS token prints as nothing."""
+        n = len(self.chars)
+        return "".join(self.chars[i] for i in ids if i != n or not self.has_eos)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: {"type": "char", "chars": [...]}, plus "eos": true when it has an EOS token."""
+        data: dict[str, Any] = {"type": "char", "chars": list(self.chars)}
+        if self.has_eos:  # absent otherwise: a vocabulary without EOS is stored exactly as before EOS existed
+            data["eos"] = True
+        return data
 
     def to_json(self) -> str:
-        """The vocabulary as a JSON list of characters."""
-        return json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False)
+        """The vocabulary as JSON (see to_dict)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> CharTokenizer:
@@ -58,10 +115,13 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, data: object) -> CharTokenizer:
-        """The stored form {"type": "char", "chars": [...]}, exactly as saved: distinct characters, sorted."""
+        """The stored form {"type": "char", "chars": [...], "eos"?: bool}, exactly as saved: distinct, sorted."""
         if not isinstance(data, dict) or data.get("type") != "char" or not isinstance(data.get("chars"), list):
             raise ValueError("not a char tokenizer vocabulary")
-        tokenizer = cls(data["chars"])
+        eos = data.get("eos", False)
+        if not isinstance(eos, bool):
+            raise ValueError(f"eos must be true or false, got {eos!r}")
+        tokenizer = cls(data["chars"], eos=eos)
         # Ids are positions in this list, so a reordered or repeated entry means the file was edited or damaged:
         # re-sorting it would hide that and silently change what every id means.
         if tokenizer.chars != data["chars"]:
@@ -74,11 +134,31 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
-        """Read a vocabulary JSON; errors name the file."""
-        path = Path(path)
-        try:
-            return cls.from_json(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: vocabulary file not found") from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise UserError(f"{path}: not a valid vocabulary ({exc})") from None
+        """Read a char vocabulary JSON; errors name the file."""
+        tokenizer = load_tokenizer(path)
+        if not isinstance(tokenizer, CharTokenizer):
+            raise UserError(f"{path}: not a valid vocabulary (a {tokenizer.to_dict()['type']} tokenizer, not char)")
+        return tokenizer
+
+
+def tokenizer_from_dict(data: object) -> Tokenizer:
+    """A tokenizer from its stored dict, by data["type"] ("char" or "bpe"); ValueError if it is neither."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "char":
+        return CharTokenizer.from_dict(data)
+    if kind == "bpe":
+        from gptcore.bpe import BPETokenizer  # the tokenizers library is imported only for a BPE vocabulary
+
+        return BPETokenizer.from_dict(data)
+    raise ValueError(f"unknown tokenizer type {kind!r} (expected 'char' or 'bpe')")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Read a stored tokenizer (char or BPE) from a JSON file; errors name the file."""
+    path = Path(path)
+    try:
+        return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UserError(f"{path}: vocabulary file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: not a valid vocabulary ({exc})") from None

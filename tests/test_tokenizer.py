@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gptcore.errors import UserError
-from gptcore.tokenizer import CharTokenizer
+from gptcore.tokenizer import CharTokenizer, load_tokenizer, tokenizer_from_dict
 
 
 def test_round_trip_and_sorted_vocab(tmp_path):
@@ -41,3 +41,70 @@ def test_a_stored_vocabulary_must_be_exactly_as_saved(tmp_path, chars, needle):
     path.write_text(json.dumps({"type": "char", "chars": chars}))
     with pytest.raises(UserError, match=f"vocab.json: not a valid vocabulary .*{needle}"):
         CharTokenizer.load(path)
+
+
+def test_with_eos_appends_the_last_id_and_keeps_every_other():
+    tok = CharTokenizer.from_text("abc")
+    assert tok.eos_id is None and tok.vocab_size == 3
+    eos = tok.with_eos()
+    assert (eos.eos_id, eos.vocab_size) == (3, 4)
+    assert eos.encode("cab") == tok.encode("cab") == [2, 0, 1]
+    assert eos.decode([2, 3, 0, 3]) == "ca"  # EOS prints as nothing
+    assert tok.eos_id is None  # the original is unchanged
+    assert eos.with_eos().vocab_size == 4  # adding EOS twice adds it once
+
+
+def test_old_vocabulary_without_eos_key_loads_unchanged_and_saves_the_same(tmp_path):
+    stored = {"type": "char", "chars": ["\n", " ", "a", "b"]}
+    (tmp_path / "old.json").write_text(json.dumps(stored))
+    tok = load_tokenizer(tmp_path / "old.json")
+    assert isinstance(tok, CharTokenizer) and tok.eos_id is None and tok.vocab_size == 4
+    assert tok.to_dict() == stored  # no "eos" key added: re-saved files are byte-for-byte the old form
+
+
+def test_eos_survives_save_and_load(tmp_path):
+    tok = CharTokenizer.from_text("hello").with_eos()
+    tok.save(tmp_path / "v.json")
+    again = load_tokenizer(tmp_path / "v.json")
+    assert again.eos_id == tok.eos_id == 4 and again.to_dict() == tok.to_dict() == {
+        "type": "char", "chars": ["e", "h", "l", "o"], "eos": True}
+    assert tokenizer_from_dict(tok.to_dict()).decode([1, 0, 2, 2, 3, 4]) == "hello"
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"type": "wordpiece"}, "unknown tokenizer type 'wordpiece'"),
+    ([1, 2], "unknown tokenizer type None"),
+    ({"type": "char", "chars": ["a"], "eos": "yes"}, "eos must be true or false"),
+])
+def test_tokenizer_from_dict_refuses_what_it_cannot_read(data, needle):
+    with pytest.raises(ValueError, match=needle):
+        tokenizer_from_dict(data)
+
+
+def test_checkpoint_saves_and_loads_a_tokenizer_with_and_without_eos(tmp_path):
+    from gptcore.checkpoint import load_checkpoint, save_checkpoint
+    from gptcore.config import from_name
+    from gptcore.model import build_model
+
+    for name, tok in (("plain", CharTokenizer.from_text("abcd")), ("eos", CharTokenizer.from_text("abcd").with_eos())):
+        m, t = from_name("tiny", device="cpu")
+        m = m.with_vocab(tok.vocab_size)
+        save_checkpoint(tmp_path / name, build_model(m), m, t, tok)
+        loaded = load_checkpoint(tmp_path / name).tokenizer
+        assert loaded.to_dict() == tok.to_dict() and loaded.eos_id == tok.eos_id
+    assert json.loads((tmp_path / "plain" / "vocab.json").read_text()) == {"type": "char", "chars": list("abcd")}
+
+
+def test_checkpoint_refuses_an_edited_eos_flag(tmp_path):
+    from gptcore.checkpoint import load_checkpoint, save_checkpoint
+    from gptcore.config import from_name
+    from gptcore.model import build_model
+
+    tok = CharTokenizer.from_text("abcd").with_eos()
+    m, t = from_name("tiny", device="cpu")
+    m = m.with_vocab(tok.vocab_size)
+    save_checkpoint(tmp_path / "ck", build_model(m), m, t, tok)
+    vocab = tmp_path / "ck" / "vocab.json"
+    vocab.write_text(json.dumps({"type": "char", "chars": list("abcde")}))  # same size, EOS turned into 'e'
+    with pytest.raises(UserError, match="vocab.json: not the vocabulary this checkpoint was trained with"):
+        load_checkpoint(tmp_path / "ck")
