@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=flag.positive_int, default=min(4, os.cpu_count() or 1),
                    help="processes encoding files in parallel (default: the CPU count, at most 4)")
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt .xz files instead of failing")
+    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
+                   help="char: one id per distinct character; bpe: a byte-level BPE trained on the train split, "
+                        "saved as tokenizer.json beside meta.json (default char)")
+    p.add_argument("--vocab-size", type=flag.positive_int, default=None,
+                   help="--tokenizer bpe only: vocabulary size to train, at least 257 (256 bytes + <|endoftext|>) "
+                        "(default 2048)")
     p.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     add_quiet(p)
 
@@ -100,7 +106,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from gptcore.prepare import prepare
 
     summary = prepare(args.src, args.out, val_fraction=args.val_fraction, workers=args.workers,
-                      skip_bad=args.skip_bad, progress=not (args.no_progress or args.quiet))
+                      skip_bad=args.skip_bad, progress=not (args.no_progress or args.quiet),
+                      tokenizer=args.tokenizer, vocab_size=args.vocab_size)
     print(summary.line())  # the result: printed with --quiet too
     return 0
 

@@ -1,4 +1,4 @@
-"""Prepared data: memory-mapped train.bin / val.bin and random (x, y) windows from them."""
+"""Prepared data (char or BPE token ids): memory-mapped train.bin / val.bin and random (x, y) windows from them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from gptcore.errors import UserError
-from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
-from gptcore.tokenizer import tokenizer_from_dict
+from gptcore.prepare import corpus_fingerprint, ensure_prepared, meta_tokenizer, read_meta
 
 SPLITS = ("train", "val")
 
@@ -21,7 +20,7 @@ class TokenData:
         self.folder = Path(folder)
         self.source = Path(source) if source is not None else self.folder  # what the user named, for messages
         self.meta = read_meta(self.folder)
-        self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
+        self.tokenizer = meta_tokenizer(self.folder, self.meta)  # checked by read_meta
         self.dtype = np.dtype(self.meta["dtype"])
         self._arrays: dict[str, np.ndarray] = {}
         self._windows: dict[tuple[str, int], np.ndarray] = {}

@@ -5,6 +5,10 @@ Two streaming passes over the sources, parallel over files:
   2. encode: clean again and write token ids straight into their place in train.bin / val.bin
      (pass 1 gave every file's token count, so each worker knows its offset; no concatenation step).
 Memory stays flat: nothing ever holds more than one chunk of one document.
+With --tokenizer bpe, pass 2 differs: a byte-level BPE (gptcore.bpe) is trained by streaming the train split's
+text through the `tokenizers` trainer, written as tokenizer.json beside meta.json (meta's "tokenizer" entry is
+{"type": "bpe", "file": "tokenizer.json", "sha256": ..., "vocab_size": N}), and the text is then streamed again
+through it, appending ids to train.bin / val.bin (uint16 up to 65,536 ids, else uint32) in one process.
 Everything is written into a temporary folder that replaces `out` at the end (gptcore.files.atomic_dir: a kill
 at any instant leaves the old or the new folder). Pool workers end with the process that started them.
 """
@@ -19,6 +23,7 @@ import math
 import os
 import tarfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,7 +35,7 @@ from tqdm import tqdm
 from gptcore.errors import UserError
 from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
 from gptcore.procs import end_with
-from gptcore.tokenizer import tokenizer_from_dict
+from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
 DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
@@ -254,8 +259,11 @@ def prepare(
     workers: int = 1,
     skip_bad: bool = False,
     progress: bool = True,
+    tokenizer: str = "char",
+    vocab_size: int | None = None,
 ) -> PrepareSummary:
     """Prepare a corpus (a .txt file or a folder of .txt/.xz) into `out`; see the module docstring."""
+    vocab_size = check_tokenizer_choice(tokenizer, vocab_size)
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if workers < 1:
@@ -298,15 +306,18 @@ def prepare(
     total = sum(s.tokens for s in stats)
     if total == 0:
         raise UserError(f"{src}: corpus is empty (no text after cleaning)")
+    if tokenizer == "bpe":
+        n_train = _train_chars(total, stats, split, by_file, val_fraction)
+        if n_train <= 0 or total - n_train <= 0:
+            raise UserError(f"{src}: corpus too small to split ({total} characters)")
+        return _prepare_bpe(out, files, stats, split, first_sep, by_file, n_train, vocab_size, skipped,
+                            val_fraction, t0)
     if len(chars) > 65536:
         raise UserError(f"{src}: {len(chars)} distinct characters do not fit uint16 token ids")
     dtype = "uint8" if len(chars) <= 256 else "uint16"
 
     # Token ranges of every file in train.bin / val.bin.
-    if by_file:
-        n_train = sum(s.tokens for s, sp in zip(stats, split) if sp == "train")
-    else:
-        n_train = total - math.ceil(total * val_fraction)
+    n_train = _train_chars(total, stats, split, by_file, val_fraction)
     n_val = total - n_train
     if n_train <= 0 or n_val <= 0:
         raise UserError(f"{src}: corpus too small to split ({total} tokens)")
@@ -339,6 +350,8 @@ def prepare(
             "dtype": dtype,
             "train_tokens": n_train,
             "val_tokens": n_val,
+            "train_chars": n_train,
+            "val_chars": n_val,
             "split_by": "file" if by_file else "tail",
             "val_fraction": val_fraction,
             "invalid_utf8_bytes": invalid,
@@ -356,6 +369,138 @@ def prepare(
     )
 
 
+TOKENIZERS = ("char", "bpe")
+DEFAULT_BPE_VOCAB = 2048
+BPE_FILE = "tokenizer.json"
+
+
+def check_tokenizer_choice(tokenizer: str, vocab_size: int | None) -> int | None:
+    """The BPE vocabulary size to train (None for char); bad choices are UserErrors naming the flag."""
+    if tokenizer not in TOKENIZERS:
+        raise UserError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
+    if tokenizer == "char":
+        if vocab_size is not None:
+            raise UserError("--vocab-size applies to --tokenizer bpe only (the char vocabulary is the corpus's "
+                            "characters)")
+        return None
+    from gptcore.bpe import EOS_TOKEN, MIN_VOCAB_SIZE
+
+    vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} (the 256-byte alphabet + {EOS_TOKEN}) "
+                        f"for --tokenizer bpe, got {vocab_size}")
+    return vocab_size
+
+
+def _train_chars(total: int, stats: list[SourceStats], split: list[str], by_file: bool, val_fraction: float) -> int:
+    """Characters of the train split: whole train files, or the head of the one file."""
+    if by_file:
+        return sum(s.tokens for s, sp in zip(stats, split) if sp == "train")
+    return total - math.ceil(total * val_fraction)
+
+
+def _split_text(files: list[Path], split: list[str], first_sep: list[bool], by_file: bool,
+                n_train: int) -> Iterator[tuple[str, str]]:
+    """(split, cleaned text chunk) over the whole corpus, in order: the same split as the char preparation."""
+    seen = 0
+    try:
+        for i, path in enumerate(files):
+            for text in iter_clean_text(path, None, first_sep[i]):
+                if by_file:
+                    yield split[i], text
+                    continue
+                if seen < n_train:  # one file: its first n_train characters are train, the rest val
+                    head = text[:n_train - seen]
+                    yield "train", head
+                    text = text[len(head):]
+                    seen += len(head)
+                if text:
+                    yield "val", text
+    except BadSource as exc:
+        raise UserError(str(exc)) from None
+
+
+def _line_chunks(pieces: Iterator[tuple[str, str]], size: int = CHUNK_BYTES) -> Iterator[tuple[str, str]]:
+    """The same text re-cut at line ends into chunks of about `size` characters, never across splits."""
+    # Cutting at "\n" rather than anywhere keeps chunk boundaries from splitting words (BPE merges across them).
+    name, buf = None, ""
+    for split_name, text in pieces:
+        if split_name != name:
+            if buf:
+                yield name, buf
+            name, buf = split_name, ""
+        buf += text
+        while len(buf) >= size:
+            cut = buf.rfind("\n", 0, size) + 1 or size  # no line end in the chunk: cut anyway
+            yield name, buf[:cut]
+            buf = buf[cut:]
+    if buf:
+        yield name, buf
+
+
+def _prepare_bpe(out: Path, files: list[Path], stats: list[SourceStats], split: list[str], first_sep: list[bool],
+                 by_file: bool, n_train: int, vocab_size: int, skipped: list[str], val_fraction: float,
+                 t0: float) -> PrepareSummary:
+    """Pass 2 for --tokenizer bpe: train the BPE on the train split, then encode both splits (see module doc)."""
+    from gptcore.bpe import BPETokenizer
+
+    def chunks(only: str | None = None) -> Iterator[tuple[str, str]]:
+        pieces = _split_text(files, split, first_sep, by_file, n_train)
+        return ((n, t) for n, t in _line_chunks(pieces) if only is None or n == only)
+
+    bpe = BPETokenizer.train((t for _, t in chunks("train")), vocab_size)
+    dtype = "uint16" if bpe.vocab_size <= 2**16 else "uint32"
+    counts = {"train": 0, "val": 0}
+    with atomic_dir(out, "meta.json", "prepared-data folder") as tmp:
+        (tmp / BPE_FILE).write_text(bpe.to_json(), encoding="utf-8")
+        outs = {name: open(tmp / f"{name}.bin", "wb") for name in counts}  # noqa: SIM115 (closed below)
+        try:
+            names: deque[str] = deque()  # the split of each chunk taken by the encoder and not yet written
+
+            def texts() -> Iterator[str]:
+                for name, text in chunks():
+                    names.append(name)
+                    yield text
+
+            for ids in bpe.encode_chunks(texts()):
+                name = names.popleft()
+                outs[name].write(np.asarray(ids, dtype=dtype).tobytes())
+                counts[name] += len(ids)
+        finally:
+            for f in outs.values():
+                f.close()
+        fault_point("prepare:encoded")
+        if not counts["train"] or not counts["val"]:
+            raise UserError(f"{files[0]}: corpus too small to split ({sum(counts.values())} tokens)")
+        invalid = sum(s.invalid_utf8_bytes for s in stats)
+        total_chars = sum(s.tokens for s in stats)
+        meta = {
+            "format": META_FORMAT,
+            "tokenizer": {"type": "bpe", "file": BPE_FILE, "sha256": bpe.sha256(), "vocab_size": bpe.vocab_size},
+            "vocab_size": bpe.vocab_size,
+            "dtype": dtype,
+            "train_tokens": counts["train"],
+            "val_tokens": counts["val"],
+            "train_chars": n_train,
+            "val_chars": total_chars - n_train,
+            "split_by": "file" if by_file else "tail",
+            "val_fraction": val_fraction,
+            "invalid_utf8_bytes": invalid,
+            "skipped": skipped,
+            "sources": [
+                {**{k: v for k, v in asdict(s).items() if k not in ("chars", "tokens")}, "chars": s.tokens,
+                 "split": split[i] if by_file else "both"}
+                for i, s in enumerate(stats)
+            ],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    return PrepareSummary(
+        out=str(out), vocab_size=bpe.vocab_size, dtype=dtype, train_tokens=counts["train"],
+        val_tokens=counts["val"], files=len(files), skipped=skipped, invalid_utf8_bytes=invalid,
+        seconds=time.perf_counter() - t0, source_bytes=sum(p.stat().st_size for p in files),
+    )
+
+
 def cache_root() -> Path:
     """Where on-the-fly preparations of plain text files go ($GPTCORE_CACHE, else ~/.cache/gptcore)."""
     env = os.environ.get("GPTCORE_CACHE")
@@ -364,7 +509,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptcore"
 
 
-def ensure_prepared(path: str | Path, *, progress: bool = False) -> Path:
+def ensure_prepared(path: str | Path, *, progress: bool = False, tokenizer: str = "char",
+                    vocab_size: int | None = None) -> Path:
     """A prepared-data folder for `path`: the folder itself, or a cached preparation of a text/.xz file."""
     path = Path(path)
     recover(path, "meta.json")  # a prepare killed between its two renames is finished here
@@ -376,11 +522,15 @@ def ensure_prepared(path: str | Path, *, progress: bool = False) -> Path:
         raise UserError(f"{path}: not a prepared-data folder (no meta.json); run `python -m gptcore prepare` on it")
     # Key the cache on the file's identity and version, so an edited corpus is prepared again.
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    vocab_size = check_tokenizer_choice(tokenizer, vocab_size)
+    identity = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if tokenizer != "char":  # char keys stay as they were (existing caches valid); others can never equal them
+        identity += f"|{tokenizer}|{vocab_size}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     out = cache_root() / f"{path.stem}-{key}"
     recover(out, "meta.json")
     if not (out / "meta.json").exists():
-        prepare(path, out, progress=progress)
+        prepare(path, out, progress=progress, tokenizer=tokenizer, vocab_size=vocab_size)
     return out
 
 
@@ -393,25 +543,43 @@ def read_meta(folder: str | Path) -> dict:
         raise UserError(f"{meta_path}: not found; is {folder} a prepared-data folder?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{meta_path}: unreadable ({exc})") from None
-    problem = _meta_problem(meta)
+    problem = _meta_problem(meta, Path(folder))
     if problem:
         raise UserError(f"{meta_path}: {problem}; prepare the corpus again")
     return meta
 
 
-def _meta_problem(meta: object) -> str | None:
+def meta_tokenizer(folder: str | Path, meta: dict) -> Tokenizer:
+    """The tokenizer a prepared folder's meta.json names: stored in it (char) or in its file (BPE)."""
+    entry = meta.get("tokenizer")
+    if isinstance(entry, dict) and entry.get("type") == "bpe" and "file" in entry:
+        from gptcore.bpe import BPETokenizer
+
+        file = Path(folder) / str(entry["file"])
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file.name}: unreadable ({exc})") from None
+        # The fingerprint covers the file through this hash: a replaced tokenizer.json must not pass unnoticed.
+        if hashlib.sha256(text.encode()).hexdigest() != entry.get("sha256"):
+            raise ValueError(f"{file.name} is not the tokenizer this data was encoded with (edited or replaced)")
+        return BPETokenizer.from_json(text)
+    return tokenizer_from_dict(entry)
+
+
+def _meta_problem(meta: object, folder: Path) -> str | None:
     """What is wrong with a meta.json's content (None: nothing), checked before any of it is used."""
     if not isinstance(meta, dict):
         return "expected a JSON object"
     if meta.get("format") != META_FORMAT:
         return f"unknown format {meta.get('format')!r}"
     try:
-        tokenizer = tokenizer_from_dict(meta.get("tokenizer"))
+        tokenizer = meta_tokenizer(folder, meta)
     except ValueError as exc:
         return f"bad tokenizer ({exc})"
     if meta.get("vocab_size") != tokenizer.vocab_size:
         return f"vocab_size {meta.get('vocab_size')!r} but the tokenizer has {tokenizer.vocab_size} characters"
-    fits = {"uint8": 2**8, "uint16": 2**16}
+    fits = {"uint8": 2**8, "uint16": 2**16, "uint32": 2**32}
     if meta.get("dtype") not in fits or tokenizer.vocab_size > fits[meta["dtype"]]:
         return f"dtype {meta.get('dtype')!r} cannot hold {tokenizer.vocab_size} token ids"
     for key in ("train_tokens", "val_tokens"):
@@ -422,7 +590,8 @@ def _meta_problem(meta: object) -> str | None:
 
 
 def corpus_fingerprint(meta: dict) -> str:
-    """A short hash of what a prepared corpus is (sources, sizes, counts, vocabulary); cheap at any size."""
+    """A short hash of what a prepared corpus is (sources, sizes, counts, tokenizer); cheap at any size."""
+    # The tokenizer entry names the type and, for BPE, the vocabulary size and tokenizer.json's sha256.
     keys = ("tokenizer", "train_tokens", "val_tokens", "sources", "split_by", "val_fraction")
     blob = json.dumps({k: meta.get(k) for k in keys}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -93,3 +93,30 @@ def test_the_short_corpus_error_names_the_users_file_not_the_cache(tmp_path, mon
     with pytest.raises(UserError) as info:
         data.check_block_size(16)
     assert str(info.value).startswith(f"{text}: val split has") and "cache" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def bpe_prepared(tmp_path_factory):
+    from gptcore.prepare import prepare
+
+    out = tmp_path_factory.mktemp("bpe") / "woz"
+    prepare(CORPUS, out, progress=False, tokenizer="bpe", vocab_size=300)
+    return out
+
+
+def test_bpe_batches_are_windows_of_token_ids(bpe_prepared):
+    data = TokenData(bpe_prepared)
+    assert data.vocab_size == 300 and data.tokenizer.eos_id == 0
+    x, y = data.get_batch("val", 4, 16, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < 300
+    assert data.tokenizer.decode(x[0].tolist()) in data.tokenizer.decode(data.tokens("val").tolist())
+
+
+def test_a_replaced_tokenizer_json_is_refused(bpe_prepared, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bpe_prepared, copy)
+    tok = json.loads((copy / "tokenizer.json").read_text())
+    tok["added_tokens"][0]["content"] = "<|end|>"
+    (copy / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(UserError, match="meta.json: bad tokenizer .*tokenizer.json is not the tokenizer this data"):
+        TokenData(copy)

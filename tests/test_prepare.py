@@ -10,6 +10,7 @@ from gptcore.__main__ import main
 from gptcore.cliutil import run
 from gptcore.errors import UserError
 from gptcore.prepare import DOC_SEPARATOR, prepare
+from tests.conftest import CORPUS
 
 
 def write_tar_xz(path, docs: dict[str, bytes]) -> None:
@@ -140,3 +141,80 @@ def test_cli_refuses_an_out_under_a_file_before_any_work(tmp_path, capsys):
     assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert f"{tmp_path / 'f'} is a file, not a folder; cannot create the prepared-data folder there" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "t.txt"]
+
+
+def _bpe_text(out, split):
+    from gptcore.data import TokenData
+
+    data = TokenData(out)
+    return data.tokenizer.decode(data.tokens(split).tolist()), data.meta
+
+
+def test_bpe_folder_round_trips_and_keeps_the_char_split(corpus, tmp_path):
+    prepare(corpus, tmp_path / "char", progress=False)
+    summary = prepare(corpus, tmp_path / "bpe", progress=False, tokenizer="bpe", vocab_size=300)
+    assert sorted(p.name for p in (tmp_path / "bpe").iterdir()) == [
+        "meta.json", "tokenizer.json", "train.bin", "val.bin"]
+    for split in ("train", "val"):
+        text, meta = _bpe_text(tmp_path / "bpe", split)
+        assert text == decode(tmp_path / "char", split)[0]  # the same text, split the same way
+        assert meta[f"{split}_chars"] == len(text)
+    assert meta["dtype"] == "uint16" and meta["tokenizer"]["type"] == "bpe" and meta["tokenizer"]["file"] == (
+        "tokenizer.json")
+    assert summary.vocab_size == meta["vocab_size"] <= 300
+    assert (tmp_path / "bpe" / "train.bin").stat().st_size == 2 * meta["train_tokens"]
+
+
+def test_bpe_of_one_file_merges_frequent_pairs_and_splits_the_tail(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("the wizard of oz and the wicked witch\n" * 200, encoding="utf-8")
+    prepare(src, tmp_path / "bpe", progress=False, tokenizer="bpe", vocab_size=400)
+    train, meta = _bpe_text(tmp_path / "bpe", "train")
+    val, _ = _bpe_text(tmp_path / "bpe", "val")
+    assert train + val == src.read_text() and len(val) == meta["val_chars"] == 760  # ceil(10% of 7600)
+    assert meta["train_tokens"] < meta["train_chars"] / 3  # repeated words become few tokens
+
+
+def test_uint32_ids_when_the_vocabulary_exceeds_uint16(tmp_path, monkeypatch):
+    import gptcore.bpe as bpe_module
+
+    src = tmp_path / "t.txt"
+    src.write_text("abc abd abe\n" * 50, encoding="utf-8")
+    real = bpe_module.BPETokenizer.vocab_size
+    # Training 65,537 tokens is slow; a reported size above uint16 must still pick 4-byte ids.
+    monkeypatch.setattr(bpe_module.BPETokenizer, "vocab_size", property(lambda self: 70_000))
+    prepare(src, tmp_path / "bpe", progress=False, tokenizer="bpe", vocab_size=300)
+    monkeypatch.setattr(bpe_module.BPETokenizer, "vocab_size", real)
+    meta = json.loads((tmp_path / "bpe" / "meta.json").read_text())
+    assert meta["dtype"] == "uint32"
+    assert (tmp_path / "bpe" / "val.bin").stat().st_size == 4 * meta["val_tokens"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--tokenizer", "bpe", "--vocab-size", "256"], "--vocab-size must be at least 257"),
+    (["--vocab-size", "300"], "--vocab-size applies to --tokenizer bpe only"),
+])
+def test_cli_refuses_a_bad_vocab_size_and_writes_nothing(tmp_path, capsys, flags, needle):
+    src = tmp_path / "t.txt"
+    src.write_text("hello world " * 20)
+    with pytest.raises(SystemExit) as info:
+        run(main, ["prepare", str(src), "--out", str(tmp_path / "out"), "--no-progress", *flags],
+            prog="python -m gptcore")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+
+
+def test_char_and_bpe_preparations_of_one_file_do_not_collide(tmp_path, monkeypatch):
+    from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
+
+    monkeypatch.setenv("GPTCORE_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "t.txt"
+    src.write_text(CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")  # enough for 300 tokens
+    char = ensure_prepared(src)
+    bpe300 = ensure_prepared(src, tokenizer="bpe", vocab_size=300)
+    bpe280 = ensure_prepared(src, tokenizer="bpe", vocab_size=280)
+    assert len({char, bpe300, bpe280}) == 3
+    assert ensure_prepared(src, tokenizer="bpe", vocab_size=300) == bpe300  # cached
+    prints = {corpus_fingerprint(read_meta(f)) for f in (char, bpe300, bpe280)}
+    assert len(prints) == 3 and {read_meta(f)["vocab_size"] for f in (bpe300, bpe280)} == {300, 280}

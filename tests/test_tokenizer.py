@@ -108,3 +108,56 @@ def test_checkpoint_refuses_an_edited_eos_flag(tmp_path):
     vocab.write_text(json.dumps({"type": "char", "chars": list("abcde")}))  # same size, EOS turned into 'e'
     with pytest.raises(UserError, match="vocab.json: not the vocabulary this checkpoint was trained with"):
         load_checkpoint(tmp_path / "ck")
+
+
+def _bpe(vocab_size=300):
+    from gptcore.bpe import BPETokenizer
+
+    return BPETokenizer.train(["the wizard of oz\n", "the wicked witch of the west\n"] * 50, vocab_size)
+
+
+def test_bpe_round_trips_any_text_and_reserves_eos():
+    tok = _bpe()
+    text = "The Wizard of Öz 🦁 <|endoftext|> and\ttabs\n"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and tok.unknown(text) == []
+    assert tok.eos_id == 0 and tok.eos_id not in ids  # the string in text is plain bytes, not EOS
+    assert tok.decode([*tok.encode("the"), tok.eos_id]) == "the"  # EOS prints as nothing
+    assert len(tok.encode("the wizard of oz")) < len("the wizard of oz")  # merges learned
+    assert tok.with_eos() is tok and tok.vocab_size <= 300
+
+
+def test_bpe_survives_to_dict_and_load_tokenizer(tmp_path):
+    tok = _bpe()
+    tok.save(tmp_path / "v.json")
+    again = load_tokenizer(tmp_path / "v.json")
+    assert type(again) is type(tok) and again.to_dict() == tok.to_dict() and again.eos_id == tok.eos_id
+    assert again.encode("the west wind") == tok.encode("the west wind")
+    with pytest.raises(UserError, match="v.json: not a valid vocabulary .*a bpe tokenizer, not char"):
+        CharTokenizer.load(tmp_path / "v.json")
+
+
+def test_bpe_refuses_a_vocabulary_below_the_byte_alphabet():
+    with pytest.raises(ValueError, match="at least 257"):
+        _bpe(256)
+
+
+def test_train_then_sample_on_a_bpe_folder_end_to_end(tmp_path, capsys):
+    from gptcore.__main__ import main
+    from gptcore.checkpoint import load_checkpoint
+    from tests.conftest import CORPUS
+
+    assert main(["prepare", str(CORPUS), "--out", str(tmp_path / "bpe"), "--tokenizer", "bpe",
+                 "--vocab-size", "300", "--no-progress"]) == 0
+    assert main(["train", "--data", str(tmp_path / "bpe"), "--preset", "tiny", "--max-iters", "5",
+                 "--out", str(tmp_path / "ck"), "--quiet"]) == 0
+    ckpt = load_checkpoint(tmp_path / "ck")
+    assert ckpt.model_cfg.vocab_size == ckpt.tokenizer.vocab_size == 300 and ckpt.tokenizer.eos_id == 0
+    assert json.loads((tmp_path / "ck" / "vocab.json").read_text())["type"] == "bpe"
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "ck"), "--prompt", "Dorothy", "--max-new-tokens", "8",
+                 "--seed", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Dorothy") and len(out) > len("Dorothy\n")
+    (tmp_path / "ck" / "vocab.json").write_text(json.dumps({**ckpt.tokenizer.to_dict(), "type": "bpe"}) + " ")
+    assert load_checkpoint(tmp_path / "ck").step == 5  # whitespace only: the same tokenizer, still accepted
