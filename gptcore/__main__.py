@@ -172,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.out) if args.resume else None
     data = TokenData.open(args.data, progress=not (args.no_progress or args.quiet))
     if ckpt is not None:
-        if ckpt.tokenizer.chars != data.tokenizer.chars:
+        if ckpt.tokenizer.to_dict() != data.tokenizer.to_dict():
             raise UserError(f"{args.out}: checkpoint vocabulary differs from the corpus in {args.data}")
         args.model = ckpt.kind
     model_cfg, train_cfg = resolve_configs(

@@ -49,17 +49,25 @@ class Tokenizer(Protocol):
 
 
 class CharTokenizer:
-    """Maps characters to ids and back; the vocabulary is sorted so it is deterministic; EOS, if any, comes last."""
+    """Maps characters to ids and back. The corpus's characters come first, sorted (deterministic); after them, in
+    the order they were added, the EOS token and any characters added later (finetune --extend-vocab): an id, once
+    given, never changes meaning."""
 
-    def __init__(self, chars: Iterable[str], *, eos: bool = False) -> None:
+    def __init__(self, chars: Iterable[str], *, eos: bool = False, tail: Iterable[str | None] = ()) -> None:
         chars = list(chars)
         if any(not isinstance(c, str) or len(c) != 1 for c in chars):
             raise ValueError("every vocabulary entry must be exactly one character")
         self.chars: list[str] = sorted(set(chars))
         if not self.chars:
             raise ValueError("a tokenizer needs at least one character")
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-        self.has_eos = bool(eos)
+        # After the sorted characters, in id order: added characters, and None for the EOS token.
+        tail = list(tail)
+        self.tail: list[str | None] = [*tail, *([None] if eos and None not in tail else [])]
+        extra = [c for c in self.tail if c is not None]
+        if any(not isinstance(c, str) or len(c) != 1 for c in extra) or self.tail.count(None) > 1 \
+                or len(set(extra)) != len(extra) or set(extra) & set(self.chars):
+            raise ValueError("added entries must be new, distinct single characters, with at most one EOS")
+        self.stoi = {c: i for i, c in enumerate([*self.chars, *self.tail]) if c is not None}
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -68,17 +76,22 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of distinct characters, plus one for EOS when it has one."""
-        return len(self.chars) + self.has_eos
+        """Number of ids: the characters, plus EOS when it has one."""
+        return len(self.chars) + len(self.tail)
 
     @property
     def eos_id(self) -> int | None:
-        """The EOS token's id (the last one), or None when this vocabulary has no EOS."""
-        return len(self.chars) if self.has_eos else None
+        """The EOS token's id, or None when this vocabulary has no EOS."""
+        return len(self.chars) + self.tail.index(None) if None in self.tail else None
 
     def with_eos(self) -> CharTokenizer:
         """A copy with an EOS token appended as the last id (itself again if it already has one)."""
-        return CharTokenizer(self.chars, eos=True)
+        return self if self.eos_id is not None else CharTokenizer(self.chars, tail=[*self.tail, None])
+
+    def with_chars(self, chars: Iterable[str]) -> CharTokenizer:
+        """A copy with `chars` (those it lacks) appended after the last id: every existing id keeps its meaning."""
+        new = [c for c in dict.fromkeys(chars) if c not in self.stoi]
+        return CharTokenizer(self.chars, tail=[*self.tail, *new])
 
     def unknown(self, text: str) -> list[str]:
         """Characters of `text` that are not in the vocabulary, sorted."""
@@ -94,14 +107,17 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text; the EOS token prints as nothing."""
-        n = len(self.chars)
-        return "".join(self.chars[i] for i in ids if i != n or not self.has_eos)
+        itos = [*self.chars, *self.tail]
+        return "".join(c for c in (itos[i] for i in ids) if c is not None)
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form: {"type": "char", "chars": [...]}, plus "eos": true when it has an EOS token."""
+        """The stored form: {"type": "char", "chars": [...]}, plus "eos": true when EOS is the only addition (as
+        saved before characters could be added), or "tail": [...] (null for EOS) when characters were added."""
         data: dict[str, Any] = {"type": "char", "chars": list(self.chars)}
-        if self.has_eos:  # absent otherwise: a vocabulary without EOS is stored exactly as before EOS existed
+        if self.tail == [None]:  # a vocabulary without additions is stored exactly as before they existed
             data["eos"] = True
+        elif self.tail:
+            data["tail"] = list(self.tail)
         return data
 
     def to_json(self) -> str:
@@ -118,10 +134,12 @@ class CharTokenizer:
         """The stored form {"type": "char", "chars": [...], "eos"?: bool}, exactly as saved: distinct, sorted."""
         if not isinstance(data, dict) or data.get("type") != "char" or not isinstance(data.get("chars"), list):
             raise ValueError("not a char tokenizer vocabulary")
-        eos = data.get("eos", False)
+        eos, tail = data.get("eos", False), data.get("tail", [])
         if not isinstance(eos, bool):
             raise ValueError(f"eos must be true or false, got {eos!r}")
-        tokenizer = cls(data["chars"], eos=eos)
+        if not isinstance(tail, list) or (eos and tail):
+            raise ValueError("tail must be a list of added characters (null: EOS), and not given with eos")
+        tokenizer = cls(data["chars"], eos=eos, tail=tail)
         # Ids are positions in this list, so a reordered or repeated entry means the file was edited or damaged:
         # re-sorting it would hide that and silently change what every id means.
         if tokenizer.chars != data["chars"]:

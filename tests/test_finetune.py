@@ -178,3 +178,23 @@ def test_bad_checkpoint_and_unwritable_out(checkpoint, capsys, tmp_path):  # noq
     code, _, err = call(["finetune", "--checkpoint", str(checkpoint), "--data", str(data), "--out",
                          str(blocker / "o")], capsys)
     assert code == 2 and "f is a file, not a folder; cannot create the checkpoint there" in err
+
+
+def test_extend_vocab_appends_the_new_characters_and_keeps_every_old_id(checkpoint, capsys, tmp_path):  # noqa: F811
+    from gptcore.checkpoint import load_checkpoint
+
+    base = load_checkpoint(checkpoint, with_optimizer=False).tokenizer
+    data = write_pairs(tmp_path / "p.jsonl", [{"prompt": f"{n}:", "completion": " \u00e9t\u00e9"}
+                                              for n in ("Zeb", "Jim", "Ozma", "Dorothy") * 5])
+    out = tmp_path / "ft"
+    code, stdout, err = call(["finetune", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+                              "--max-iters", "40", "--learning-rate", "3e-3", "--device", "cpu", "--extend-vocab",
+                              "--max-new-tokens", "8"], capsys)
+    assert code == 0, err
+    tok = load_checkpoint(out, with_optimizer=False).tokenizer
+    # The old characters keep their ids; the new one and EOS come after them, and the model has a row for each.
+    assert tok.encode("Zeb:") == base.encode("Zeb:") and tok.vocab_size == base.vocab_size + 2
+    assert tok.encode("\u00e9")[0] >= base.vocab_size and tok.eos_id >= base.vocab_size
+    code, stdout, _ = call(["sample", "--checkpoint", str(out), "--prompt", "Zeb:", "--temperature", "0",
+                            "--max-new-tokens", "8"], capsys)
+    assert code == 0 and stdout.startswith("Zeb:")

@@ -161,3 +161,18 @@ def test_train_then_sample_on_a_bpe_folder_end_to_end(tmp_path, capsys):
     assert out.startswith("Dorothy") and len(out) > len("Dorothy\n")
     (tmp_path / "ck" / "vocab.json").write_text(json.dumps({**ckpt.tokenizer.to_dict(), "type": "bpe"}) + " ")
     assert load_checkpoint(tmp_path / "ck").step == 5  # whitespace only: the same tokenizer, still accepted
+
+
+def test_added_characters_and_eos_go_after_every_existing_id_and_survive_a_round_trip():
+    from gptcore.tokenizer import CharTokenizer, tokenizer_from_dict
+
+    base = CharTokenizer("abc")
+    grown = base.with_eos().with_chars("z\u00e9a")  # 'a' is known: only the new ones are added, in order
+    assert grown.encode("abc") == base.encode("abc") and grown.eos_id == 3 and grown.encode("z\u00e9") == [4, 5]
+    assert grown.decode([0, 3, 5]) == "a\u00e9"  # EOS prints as nothing
+    again = tokenizer_from_dict(grown.to_dict())
+    stored = {"type": "char", "chars": ["a", "b", "c"], "tail": [None, "z", "\u00e9"]}
+    assert again.to_dict() == grown.to_dict() == stored
+    assert base.with_chars("z").with_eos().eos_id == 4  # EOS after the added character when added later
+    with pytest.raises(ValueError, match="added entries"):
+        tokenizer_from_dict({"type": "char", "chars": ["a"], "tail": ["a"]})
