@@ -1,10 +1,12 @@
-"""python -m benchmarks {matmul,train-step,vs-course,tuner}: how much faster is the GPU, really? How good is the tuner?
+"""python -m benchmarks {matmul,train-step,vs-course,inference,tuner}: how much faster is the GPU, really? How good
+is the tuner? What does lower precision cost and save at inference?
 
     python -m benchmarks matmul                       # CPU (torch and NumPy) vs CUDA if present
     python -m benchmarks matmul --threads 1 --sizes 256,1024 --check-timer 1024
     python -m benchmarks matmul --devices cuda --dtypes float32,tf32,bfloat16,float16 --sizes 256,...,8192
     python -m benchmarks train-step                   # the gptcore GPT's training step, per device
     python -m benchmarks vs-course                    # gptcore against the course's own model and reader
+    python -m benchmarks inference --checkpoint results/model --threads 1   # tokens/s, MiB, val loss per precision
     python -m benchmarks tuner replay --seeds 30      # samplers and pruners, replayed on recorded curves
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from benchmarks.flags import add_output_flags, progress_mode
 from gptcore.cliutil import Parser, int_range, positive_float, positive_int, run
+from gptcore.cliutil import seed as seed_flag
 from gptcore.errors import UserError
 
 DEFAULT_SIZES = "64,128,256,512,1024,2048,4096"
@@ -105,10 +108,38 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     add_training_flags(v, 10, "training steps per round",
                        "the plain text corpus both readers read")
 
+    add_inference_parser(sub)
     from benchmarks.tuner_cli import add_tuner_parser
 
     add_tuner_parser(sub, Parser)
     return p
+
+
+def add_inference_parser(sub: argparse._SubParsersAction) -> None:
+    """The `inference` subcommand's flags."""
+    from gptcore.precision import PRECISIONS
+
+    i = sub.add_parser("inference", help="generation tokens/s, weights MiB and validation loss at each precision")
+    i.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (from python -m gptcore train)")
+    i.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="corpus whose validation split is scored: a prepared folder or a .txt file, with the "
+                        "checkpoint's vocabulary (default data/wizard_of_oz.txt)")
+    i.add_argument("--precisions", type=_csv(PRECISIONS, "precision"), default=list(PRECISIONS),
+                   help=f"comma-separated, from {','.join(PRECISIONS)}; float32, the baseline of the loss deltas, "
+                        f"is always measured (default: all; int8 needs torchao: pip install 'gptcore-tune[quant]')")
+    i.add_argument("--max-new-tokens", type=positive_int, default=200,
+                   help="tokens per timed generation (default 200)")
+    i.add_argument("--repeat", type=positive_int, default=5,
+                   help="timed generations per precision, after one warm-up; tokens/s is their median (default 5)")
+    i.add_argument("--eval-batches", type=positive_int, default=20,
+                   help="validation batches (the checkpoint's batch and block size) scored at every precision, the "
+                        "same batches for all (default 20)")
+    i.add_argument("--seed", type=seed_flag, default=1337,
+                   help="seed of the validation batches and of sampling during generation (default 1337)")
+    i.add_argument("--threads", type=THREADS, default=None,
+                   help="CPU threads for torch, fixed for the whole run (default: torch's; recorded)")
+    i.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    add_output_flags(i)
 
 
 def set_threads(n: int | None) -> None:
@@ -253,6 +284,41 @@ def cmd_vs_course(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inference(args: argparse.Namespace) -> int:
+    """Every precision side by side: print the Markdown table, write inference.json and inference.csv."""
+    import json
+    from dataclasses import asdict
+
+    from benchmarks import inference
+    from benchmarks.report import write_frame
+    from gptcore.checkpoint import load_checkpoint
+    from gptcore.data import TokenData
+    from gptcore.files import atomic_write_text
+    from gptcore.hardware import resolve_device
+
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
+    data = TokenData.open(args.data)
+    settings = inference.Settings(max_new_tokens=args.max_new_tokens, repeat=args.repeat,
+                                  eval_batches=args.eval_batches, seed=args.seed)
+    df = inference.run(ckpt, data, args.precisions, settings, device, progress=progress_mode(args))
+    if not args.quiet:
+        import torch
+
+        print(f"{args.checkpoint} ({ckpt.model_cfg.n_layer} layers, {ckpt.model_cfg.n_embed} wide) on {device}, "
+              f"{torch.get_num_threads()} thread(s); tokens/s: median of {args.repeat} generations of "
+              f"{args.max_new_tokens} tokens; val loss over {args.eval_batches} batches of {args.data}")
+    print(inference.markdown(df))
+    doc = {"environment": inference.environment(device), "settings": asdict(settings),
+           "checkpoint": str(args.checkpoint), "data": str(args.data),
+           "results": json.loads(df.to_json(orient="records", double_precision=15))}
+    paths = [write_frame(df, args.out / "inference.csv"),
+             atomic_write_text(args.out / "inference.json", json.dumps(doc, indent=1, default=str) + "\n")]
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Entry point."""
     from benchmarks.report import check_out_dir
@@ -261,7 +327,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     check_out_dir(args.out)  # every subcommand writes there: refuse a bad --out before any work
     from benchmarks.tuner_cli import cmd_tuner
 
-    commands = {"matmul": cmd_matmul, "train-step": cmd_train_step, "vs-course": cmd_vs_course, "tuner": cmd_tuner}
+    commands = {"matmul": cmd_matmul, "train-step": cmd_train_step, "vs-course": cmd_vs_course,
+                "inference": cmd_inference, "tuner": cmd_tuner}
     return commands[args.command](args)
 
 

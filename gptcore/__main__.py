@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     from gptcore import cliutil as flag
     from gptcore.config import PRESETS
+    from gptcore.precision import PRECISIONS
 
     parser = Parser(prog=prog(PROG), description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random seed: the same seed, the same text (default: a random one)")
         s.add_argument("--device", default="auto",
                        help="auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps (default auto)")
+        s.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="weights for generation: float32, bfloat16 or float16 (cast), or int8 (Linear layers "
+                            "quantised weight-only with torchao: pip install 'gptcore-tune[quant]') (default "
+                            "float32)")
         s.add_argument("--drop-unknown", action="store_true",
                        help="drop characters of the prompt (or of what you type) not in the vocabulary (default: "
                             "refuse them)")
@@ -268,10 +273,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Print a continuation of --prompt, or run the chat loop."""
     from gptcore.checkpoint import load_checkpoint
     from gptcore.hardware import resolve_device
+    from gptcore.precision import at_precision, check_precision
     from gptcore.sample import chat, sample_text
 
+    device = resolve_device(args.device)
+    check_precision(args.precision, device)  # before reading the checkpoint: a refusal costs nothing
     ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
-    model = ckpt.build_model(resolve_device(args.device))
+    model = at_precision(ckpt.build_model(device), args.precision, device)
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   seed=args.seed)
     if args.command == "chat":

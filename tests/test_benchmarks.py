@@ -375,3 +375,70 @@ def test_cli_runs_main_as_python_m_does_under_its_own_name(tmp_path, capsys, mon
     with pytest.raises(SystemExit) as info:
         cli()
     assert info.value.code == 0 and (tmp_path / "matmul.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A `tiny` preset checkpoint trained for a few steps on the shipped corpus."""
+    from gptcore.__main__ import main as gptcore_main
+    from tests.conftest import CORPUS
+
+    out = tmp_path_factory.mktemp("inference") / "ck"
+    with pytest.raises(SystemExit) as info:
+        run(gptcore_main, ["train", "--data", str(CORPUS), "--out", str(out), "--preset", "tiny", "--max-iters", "20",
+                           "--device", "cpu", "--no-progress", "-q"])
+    assert info.value.code == 0
+    return out
+
+
+INFERENCE = ["--max-new-tokens", "6", "--repeat", "2", "--eval-batches", "2", "--threads", "1", "--no-progress"]
+
+
+def test_inference_measures_every_precision_side_by_side(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(main, ["inference", "--checkpoint", str(tiny_checkpoint), *INFERENCE, "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert "tokens/s" in table[0] and "weights MiB" in table[0] and "Δ val loss vs float32" in table[0]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["float32", "bfloat16", "float16", "int8"]
+    rows = {r["precision"]: r for r in json.loads((tmp_path / "inference.json").read_text())["results"]}
+    assert rows["float32"]["val_loss_delta"] == 0 and all(r["repeats"] == 2 for r in rows.values())
+    assert rows["bfloat16"]["weights_MiB"] == rows["float16"]["weights_MiB"] == rows["float32"]["weights_MiB"] / 2
+    assert rows["int8"]["weights_MiB"] < rows["bfloat16"]["weights_MiB"]
+    for r in rows.values():  # lower precision moves the loss a little, not by a different model's amount
+        assert r["tokens_per_s"] > 0 and abs(r["val_loss_delta"]) < 0.05
+        assert r["val_loss"] == pytest.approx(rows["float32"]["val_loss"] + r["val_loss_delta"])
+    doc = json.loads((tmp_path / "inference.json").read_text())
+    assert doc["environment"]["torch_threads"] == 1 and doc["settings"]["max_new_tokens"] == 6
+    assert len(pd.read_csv(tmp_path / "inference.csv")) == 4
+
+
+def test_inference_always_measures_the_float32_baseline(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(main, ["inference", "--checkpoint", str(tiny_checkpoint), *INFERENCE, "--precisions", "int8", "-q",
+                   "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    assert list(pd.read_csv(tmp_path / "inference.csv")["precision"]) == ["float32", "int8"]
+    assert not out.startswith(str(tiny_checkpoint))  # -q: no heading line, the table and the paths only
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--precisions", "int4"], "argument --precisions: unknown precision int4; choose from float32, bfloat16"),
+    (["--repeat", "0"], "argument --repeat: expected a positive integer"),
+    (["--checkpoint", "nowhere"], "nowhere: no such checkpoint folder"),
+    (["--data", "OTHER"], "its vocabulary is not the checkpoint's"),
+])
+def test_bad_inference_input_is_one_line_exit_2_and_writes_nothing(argv, needle, tiny_checkpoint, tmp_path,
+                                                                    capsys):
+    other = tmp_path / "other.txt"
+    other.write_text("abc def " * 400)
+    argv = [str(other) if a == "OTHER" else a for a in argv]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        run(main, ["inference", "--checkpoint", str(tiny_checkpoint), *INFERENCE, "--out", str(out), *argv],
+            prog="python -m benchmarks")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
