@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,14 @@ def cuda(test):
     """A CUDA test: `pytest -m cuda` selects it, and it skips where no GPU is found."""
     # Both marks: skipif alone carries no `cuda` mark, so `pytest -m cuda` selected nothing.
     return pytest.mark.cuda(_needs_gpu(test))
+
+
+def ctrl_c_default() -> None:
+    """preexec_fn for a child that a test sends Ctrl-C (SIGINT): the default disposition, whatever this process has.
+
+    A shell starts background jobs (`pytest ... &`) with SIGINT ignored, and children inherit an ignored signal:
+    Python would then never raise KeyboardInterrupt in them, and the test would wait for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

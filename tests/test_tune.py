@@ -14,7 +14,7 @@ import pytest
 
 from gptcore.config import ModelConfig, from_dict
 from gptcore.errors import Diverged, UserError
-from tests.conftest import CORPUS, ROOT
+from tests.conftest import CORPUS, ROOT, ctrl_c_default
 from tune.__main__ import main, parse_size
 from tune.budget import Budget, RungPlan
 from tune.outcomes import classify, requested_bytes
@@ -293,7 +293,7 @@ def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
         [sys.executable, "-m", "tune", "--trials", "3", "--budget", "30s", "--references", "none", "--device", "cpu",
          "--results",
          str(results), "--study-name", "c", "--no-progress", *space_flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_default)
     log = results / "c" / "logs" / "trial_0000.log"
     deadline = time.time() + 60
     while not log.exists() and time.time() < deadline:

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import CORPUS, ROOT
+from tests.conftest import CORPUS, ROOT, ctrl_c_default
 from tests.test_tune import TINY_SPACE
 from tune.outcomes import COUNTED_STATUSES
 
@@ -201,7 +201,7 @@ def test_an_interrupted_trial_is_retried_and_trials_ends_with_n_counted(tmp_path
     """Ctrl-C mid-trial, then resume: the interrupted trial runs again with its parameters; 3 counted trials."""
     results = tmp_path / "r"
     proc = subprocess.Popen(tune_cmd(results, None, 3, budget="1500steps"), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_default)
     log = results / "w" / "logs" / "trial_0000.log"
     deadline = time.time() + 60
     while not log.exists() and time.time() < deadline:
