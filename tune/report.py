@@ -144,13 +144,13 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
     if df["retry_of"].isna().all():  # a column of blanks says nothing
         table = table.drop(columns="retry_of")
     # Where each trial ran, when the study used more than one worker or machine.
-    where = df["worker"].fillna("").astype(str)
+    where = df["worker"].astype(object).fillna("").astype(str)  # an all-missing column is float64: no "" fill
     if df["host"].nunique() > 1:
-        where = df["host"].fillna("").astype(str) + " " + where
+        where = df["host"].astype(object).fillna("").astype(str) + " " + where
     if where.nunique() > 1:
         table["ran_on"] = where.str.strip()
     if df["warm_start"].notna().any():  # where each warm-start trial's configuration came from
-        table["warm_start"] = df["warm_start"].fillna("")
+        table["warm_start"] = df["warm_start"].astype(object).fillna("")
     # A missing figure (a pruned trial's tokens/s, a first attempt's retry_of) reads as a blank, not as <NA>.
     return table.astype(object).where(table.notna(), "")
 
