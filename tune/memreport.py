@@ -113,7 +113,8 @@ def memory_plot(df: pd.DataFrame, save: Callable[[Any, str], None]) -> str | Non
     top *= 1.05
     # Nothing is measured above the limit (it is what stops a run): the y axis ends just past it, so the trials
     # that trained are not squeezed flat by far-over predictions on the x axis.
-    high = max([v for v in (ran["measured_MiB"].max(), (limit or 0) / MiB) if pd.notna(v)] or [top]) * 1.25
+    # No run measured yet and no limit (an interrupted first trial): the x range, not an empty one.
+    high = max([v for v in (ran["measured_MiB"].max(), (limit or 0) / MiB) if pd.notna(v)] or [top]) * 1.25 or top
     ax.set(xlabel="predicted peak (MiB)", ylabel="measured peak (MiB)", xlim=(0, top), ylim=(0, min(top, high)),
            title="Peak memory: predicted vs measured")
     ax.legend(fontsize=8)
