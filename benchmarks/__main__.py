@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.flags import add_output_flags, progress_mode
-from gptcore.cliutil import Parser, int_range, positive_float, positive_int, run
+from gptcore.cliutil import Parser, console, int_range, positive_float, positive_int, prog
 from gptcore.cliutil import seed as seed_flag
 from gptcore.errors import UserError
 
@@ -319,11 +319,11 @@ def cmd_inference(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     from benchmarks.report import check_out_dir
 
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser(prog(PROG)).parse_args(argv)
     check_out_dir(args.out)  # every subcommand writes there: refuse a bad --out before any work
     from benchmarks.tuner_cli import cmd_tuner
 
@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
 def cli() -> None:
     """The console command gptcore-bench: main() with its name in usage and errors, as `python -m benchmarks` runs."""
-    run(lambda argv: main(argv, prog="gptcore-bench"), prog="gptcore-bench")
+    console(main, PROG)
 
 
 if __name__ == "__main__":
-    run(main, prog=PROG)
+    cli()
