@@ -81,8 +81,7 @@ def _frame(study: optuna.Study, kind: str) -> pd.DataFrame:
                "state": t.state.name,
                "status": status_of(t), "retry_of": history[-1] if history and search else None,
                "objective_value": t.value if t.state == TrialState.COMPLETE else None,
-               "started": t.datetime_start.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-               if t.datetime_start else None}
+               "started": t.datetime_start.astimezone(timezone.utc) if t.datetime_start else None}
         if kind == "reference" and t.user_attrs.get("reference"):
             row.update({k: v for k, v in preset_params(t.user_attrs["reference"]).items() if pd.isna(row.get(k))})
         if kind == "confirm" and not t.user_attrs.get("confirm_of"):

@@ -8,6 +8,7 @@ a figure's column name, unit, rounding and description are written here and nowh
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,12 @@ class Field:
     scale: float = 1.0  # record value / scale = the column's value (bytes / MiB = MiB)
     digits: int | None = None  # rounding in trials.csv (None: as recorded)
     label: str | None = None  # axis label / short prose name, unit included ("peak memory (MiB)")
+    text: Callable[[Any], str] | None = None  # how a value that is not a number is written (a time, a dict)
 
     def to_column(self, values: pd.Series) -> pd.Series:
         """The record's values in this column's unit, rounded."""
+        if self.text is not None:
+            return values.map(lambda v: self.text(v) if v is not None and v == v else v)  # NaN, NaT: missing
         if self.scale == 1 and self.digits is None:
             return values
         out = pd.to_numeric(values, errors="coerce") / self.scale
@@ -57,7 +61,7 @@ FIELDS: tuple[Field, ...] = (
     Field("objective_value", "objective_value",
           "the figure the study ranks: validation loss at the target (objective loss) or training tokens/s "
           "(objective throughput); blank unless the run trained to the target", digits=6),
-    Field("started", "started", "when the trial started (UTC)"),
+    Field("started", "started", "when the trial started (UTC)", text=lambda t: f"{t:%Y-%m-%d %H:%M:%S}"),
     _s("trial_seconds", "duration_s", "the trial's wall time: process start, data, tracing, training, evaluation",
        "trial wall time (s)"),
     Field("retry_of", "retry_of", "the trial this one repeats after an error or interruption"),
@@ -129,7 +133,8 @@ FIELDS: tuple[Field, ...] = (
     Field("error", "error", "the error or the reason the trial stopped"),
     Field("checkpoint", "checkpoint", "the folder of the model the trial trained (when kept)"),
     Field("config", "config", "the trial's complete gptcore config (model and train) as JSON: what "
-                              "`python -m gptcore train --config` would train"),
+                              "`python -m gptcore train --config` would train",
+          text=lambda v: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 BY_COLUMN = {f.column: f for f in FIELDS}
@@ -151,8 +156,6 @@ def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     for f in FIELDS:
         values = df[f.name] if f.name in df else pd.Series([None] * len(df), index=df.index, dtype=object)
-        if f.name == "config":
-            values = values.map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v)
         out[f.column] = f.to_column(values)
     rungs = sorted((c for c in df.columns if c.startswith("loss_rung_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     for c in rungs:

@@ -78,13 +78,6 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
     return "\n".join(lines)
 
 
-def _when(text: Any) -> datetime | None:
-    try:
-        return datetime.strptime(str(text), "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return None
-
-
 def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any], env: dict[str, Any]) -> list[str]:
     """What was run: the commands, when, how long, with which versions; trials asked and counted; the target."""
     lines = ["## What was run", ""]
@@ -93,7 +86,7 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
         started = str(call.get("started", "?")).replace("T", " ").removesuffix("+00:00")
         lines.append(f"- `{call.get('command')}` (started {started} UTC"
                      f"{' on ' + call['host'] if call.get('host') else ''})")
-    starts = [(_when(s), d) for s, d in zip(df["started"], df["trial_seconds"]) if _when(s) is not None]
+    starts = [(s, d) for s, d in zip(df["started"], df["trial_seconds"]) if isinstance(s, datetime)]
     if starts:
         first = min(s for s, _ in starts)
         last = max(s + timedelta(seconds=float(d) if pd.notna(d) else 0.0) for s, d in starts)
