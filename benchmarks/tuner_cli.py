@@ -14,7 +14,7 @@ from benchmarks.progress import LineCounter
 from benchmarks.tuner_table import DEFAULT_TABLE, RECORDED_TABLE, RecordSettings, check_out, load_table, record
 from gptcore.cliutil import int_range, positive_int
 from gptcore.errors import UserError
-from tune.strategy import PRUNERS, SAMPLERS
+from tune.search.strategy import PRUNERS, SAMPLERS
 
 REPLAY_SAMPLERS = (*SAMPLERS, "gp", "tpe-startup10")  # replay-only candidates beside the tuner's own
 
@@ -128,7 +128,7 @@ def replay_command(args: argparse.Namespace) -> int:
 
 
 def default_strategies(quiet: bool = False) -> tuple:
-    """Every strategy the tuner offers (tune.strategy); cmaes only where its package is installed (said so)."""
+    """Every strategy the tuner offers (tune.search.strategy); cmaes only where its package is installed (said so)."""
     from benchmarks.tuner_replay import STRATEGIES
 
     if not _installed("cmaes"):
@@ -174,7 +174,7 @@ def replay_markdown(summary: pd.DataFrame, meta: dict, args: argparse.Namespace,
 
 def table_budget(meta: dict) -> str:
     """'12 s' or '400 steps'."""
-    from tune.budget import Budget
+    from tune.core.budget import Budget
 
     return str(Budget(meta["budget_amount"], meta["budget_unit"]))
 

@@ -2,10 +2,10 @@
 in fewer trials and less time?
 
 A replayed study is the tuner's own study loop without the training: the same samplers and pruners
-(tune.strategy), the same search space and rung plan (tune.budget), the same mapping of outcomes to Optuna states
-(tune.study.STATE_OF). Each configuration the sampler proposes is answered by the nearest recorded one (its loss
-at every rung, its status), and the study's clock advances by what that configuration took to reach the rung where
-it stopped. Many seeds per strategy take minutes, where one real 50-trial study takes an hour.
+(tune.search.strategy), the same search space and rung plan (tune.core.budget), the same mapping of outcomes to
+Optuna states (tune.search.study.STATE_OF). Each configuration the sampler proposes is answered by the nearest
+recorded one (its loss at every rung, its status), and the study's clock advances by what that configuration took to
+reach the rung where it stopped. Many seeds per strategy take minutes, where one real 50-trial study takes an hour.
 
 What it does not model: the noise of a re-run (each configuration has one recorded run, the "truth" here) and
 parallel workers (studies are replayed one trial at a time).
@@ -26,9 +26,9 @@ from optuna.trial import TrialState
 
 from benchmarks.tuner_table import Table
 from gptcore.errors import UserError
-from tune.budget import RungPlan
-from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, make_pruner, make_sampler
-from tune.study import STATE_OF
+from tune.core.budget import RungPlan
+from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, make_pruner, make_sampler
+from tune.search.study import STATE_OF
 
 CHECKPOINTS = (10, 25, 50)  # trials at which regret is read
 WITHIN = 0.01  # "close to the best": within 1 % of the best recorded loss

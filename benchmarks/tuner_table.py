@@ -21,8 +21,8 @@ import pandas as pd
 
 from gptcore.errors import UserError
 from gptcore.files import check_output_dir
-from tune.budget import Budget
-from tune.space import PARAMS, POW2, Space
+from tune.core.budget import Budget
+from tune.core.space import PARAMS, POW2, Space
 
 DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_TABLE = DATA / "tuner_small.csv"  # the shipped table the replay reads (and docs/tuner-strategies.md cites)
@@ -89,7 +89,7 @@ def export(study_folder: Path, out: Path, command: str) -> Path:
     import optuna
 
     from gptcore.files import atomic_write_text
-    from tune.report import flagged, trials_frame
+    from tune.report.frame import flagged, trials_frame
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(study_folder / 'study.db').resolve()}"

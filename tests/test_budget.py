@@ -3,7 +3,7 @@
 import pytest
 
 from gptcore.errors import UserError
-from tune.budget import Budget, RungPlan, format_seconds, parse_budget
+from tune.core.budget import Budget, RungPlan, format_seconds, parse_budget
 
 
 @pytest.mark.parametrize("text, budget", [

@@ -15,11 +15,11 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from tune.card import main
-from tune.card_html import fmt
-from tune.report import choose_winner, label, oom_frontier, originals, trials_frame
-from tune.space import PARAMS, Space
-from tune.storage import reference_study_name
+from tune.core.space import PARAMS, Space
+from tune.report.card.command import main
+from tune.report.card.html import fmt
+from tune.report.frame import choose_winner, label, oom_frontier, originals, trials_frame
+from tune.store.storage import reference_study_name
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -195,7 +195,8 @@ def test_without_a_matching_file_a_quick_pass_runs_now(tmp_path, capsys):
     env = {**ENV, "cpu": "whatever this CPU is", "device_name": "this CPU"}
     make_study(tmp_path / "s3", trials=TRIALS[:2], env=env, reference=False)
     code = subprocess.run(
-        [sys.executable, "-c", "import sys; from tune.card import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-c",
+                           "import sys; from tune.report.card.command import main; sys.exit(main(sys.argv[1:]))",
          str(tmp_path / "s3"), "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert code.returncode == 0, code.stderr
@@ -230,7 +231,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
 
 
 def test_bad_input_from_the_command_line_exits_2_without_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-c", "import sys; from tune.card import main; sys.exit(main(sys.argv[1:]))",
+    code = "import sys; from tune.report.card.command import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code,
                            str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert done.returncode == 2 and done.stdout == ""

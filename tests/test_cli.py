@@ -148,8 +148,8 @@ class Terminal(io.StringIO):
 def tiny_study(tmp_path, **kw):
     """Settings of a study whose trials 'train' at once (tests.tune_faults.steady)."""
     from tests.test_tune import TINY_SPACE
-    from tune.budget import Budget
-    from tune.study import TuneSettings
+    from tune.core.budget import Budget
+    from tune.search.settings import TuneSettings
 
     base = dict(trials=2, budget=Budget(60, "steps"), references=(), data=CORPUS, device="cpu",
                 results=tmp_path / "results", study_name="q", space_overrides=TINY_SPACE, progress=True, seed=0,
@@ -277,7 +277,7 @@ def test_tune_off_a_terminal_prints_a_plain_line_per_trial_and_no_carriage_retur
 
 def test_the_tune_bar_counts_only_the_searched_trials_and_names_the_running_one(tmp_path, monkeypatch, capsys):
     """With a reference and confirmation runs beside 2 trials, the bar ends at 2/2 (it went on to '3trial')."""
-    from tune.study import run_study
+    from tune.search.study import run_study
 
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -287,7 +287,7 @@ def test_the_tune_bar_counts_only_the_searched_trials_and_names_the_running_one(
     assert "2/2" in frames[-1] and not any(re.search(r": \d+trial \[", f) for f in frames), bar  # tqdm's past-total
     assert "trial   0 ok" in capsys.readouterr().out  # the lines go above the bar
 
-    from tune.console import Console
+    from tune.exec.console import Console
 
     console = Console(total=1, progress=True, stream=Terminal())
 
@@ -302,7 +302,7 @@ def test_the_tune_bar_counts_only_the_searched_trials_and_names_the_running_one(
 
 
 def test_the_tune_console_off_a_terminal_has_no_bar(capsys):
-    from tune.console import Console
+    from tune.exec.console import Console
 
     stream = io.StringIO()
     console = Console(total=3, progress=True, stream=stream)
@@ -315,7 +315,7 @@ def test_the_tune_console_off_a_terminal_has_no_bar(capsys):
 
 
 def test_a_quiet_tune_console_keeps_a_trials_warnings_and_drops_its_line(capsys):
-    from tune.console import Console
+    from tune.exec.console import Console
 
     console = Console(total=2, progress=True, stream=io.StringIO(), quiet=True)
     console.trial("trial   0 ok       val 2.5", [])
@@ -328,11 +328,11 @@ def test_a_quiet_tune_console_keeps_a_trials_warnings_and_drops_its_line(capsys)
 
 def test_quiet_tune_prints_warnings_and_where_the_results_went(tmp_path, monkeypatch, capsys):
     import tune.__main__ as tune_cli
-    import tune.study
+    import tune.search.study
     from tests.test_tune import TINY_SPACE
 
-    real = tune.study.run_study
-    monkeypatch.setattr(tune.study, "run_study", lambda settings: real(settings, target=STEADY))
+    real = tune.search.study.run_study
+    monkeypatch.setattr(tune.search.study, "run_study", lambda settings: real(settings, target=STEADY))
     space = [a for k, v in TINY_SPACE.items() for a in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
     argv = ["--trials", "2", "--budget", "60steps", "--references", "none", "--confirm", "0", "--device", "cpu",
             "--results", str(tmp_path / "r"), "--study-name", "q", "--no-save-models", *space]
@@ -350,7 +350,7 @@ def test_quiet_tune_prints_warnings_and_where_the_results_went(tmp_path, monkeyp
 
 def test_quiet_max_batch_prints_where_the_json_went(tmp_path, monkeypatch, capsys):
     import tune.__main__ as tune_cli
-    from tune import maxbatch
+    from tune.memory import maxbatch
 
     seen = {}
     monkeypatch.setattr(maxbatch, "settings_from_args", lambda args, runner: seen.setdefault("args", args))

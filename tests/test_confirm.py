@@ -20,16 +20,17 @@ from optuna.trial import TrialState
 from gptcore.errors import UserError
 from tests.conftest import CORPUS, ROOT
 from tests.test_tune import TINY_SPACE
-from tune import dispatch
-from tune.budget import Budget, RungPlan
-from tune.dispatch import DONE, WAIT, Claim, Confirm, Source
-from tune.report import COLUMNS, choose_winner, readable, trials_frame
-from tune.session import Session, reference_configs, trial_configs
-from tune.slots import Slot
-from tune.space import Space, preset_params
-from tune.storage import confirm_study_name, load_confirms, make_storage, resolve_storage
-from tune.study import TuneSettings, job_for, run_study
-from tune.summary import confirmation_section
+from tune.core.budget import Budget, RungPlan
+from tune.core.space import Space, preset_params
+from tune.exec.slots import Slot
+from tune.report.frame import COLUMNS, choose_winner, readable, trials_frame
+from tune.report.summary import confirmation_section
+from tune.search import dispatch
+from tune.search.dispatch import DONE, WAIT, Claim, Confirm, Source
+from tune.search.session import Session, reference_configs, trial_configs
+from tune.search.settings import TuneSettings
+from tune.search.study import job_for, run_study
+from tune.store.storage import confirm_study_name, load_confirms, make_storage, resolve_storage
 
 STEADY, CROSSING, SEED_ONE_FAILS = (f"tests.tune_faults:{n}" for n in ("steady", "crossing", "seed_one_fails"))
 
@@ -193,8 +194,9 @@ def test_two_tuners_on_one_journal_share_the_confirmation_runs_and_run_none_twic
     script.write_text(textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from tune.budget import Budget
-        from tune.study import TuneSettings, run_study
+        from tune.core.budget import Budget
+        from tune.search.settings import TuneSettings
+        from tune.search.study import run_study
         if __name__ == "__main__":
             run_study(TuneSettings(trials=4, budget=Budget(60, "steps"), references=(), data=Path({str(CORPUS)!r}),
                                    device="cpu", results=Path(sys.argv[1]), study_name="c", storage={storage!r},

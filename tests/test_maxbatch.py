@@ -17,11 +17,11 @@ import pytest
 from gptcore.cliutil import run
 from gptcore.memory import Calibration
 from tests.conftest import ROOT
-from tune import maxbatch
 from tune.__main__ import main
-from tune.maxbatch import MaxBatchSettings, Probe, Prober, choose, fit, predicted_max, search, traced_at
-from tune.record import measured_peak
-from tune.runner import TrialRunner
+from tune.exec.record import measured_peak
+from tune.exec.runner import TrialRunner
+from tune.memory import maxbatch
+from tune.memory.maxbatch import MaxBatchSettings, Probe, Prober, choose, fit, predicted_max, search, traced_at
 
 MiB = 2**20
 # Cheap to train, heavy to hold: one layer, 8 heads over 256 tokens with dropout (SDPA's math kernel keeps three
@@ -173,8 +173,8 @@ def test_bad_inputs_are_refused_before_anything_is_created(tmp_path, prepared, b
 
 
 def test_the_parent_never_imports_torch():
-    code = ("import sys\nfrom tune.__main__ import build_maxbatch_parser\nimport tune.maxbatch, gptcore.__main__, "
-            "gptcore.prepare, tune.session, tune.memory\nbuild_maxbatch_parser()\n"
+    code = ("import sys\nfrom tune.__main__ import build_maxbatch_parser\nimport tune.memory.maxbatch, "
+            "gptcore.__main__, gptcore.prepare, tune.search.session, tune.memory.judge\nbuild_maxbatch_parser()\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
@@ -234,7 +234,7 @@ def test_the_reported_batch_trains_under_the_limit_and_a_larger_one_does_not(rea
 
 
 def test_a_probe_that_crashes_stops_the_search_and_names_its_log(tmp_path):
-    from tune.runner import TrialRun
+    from tune.exec.runner import TrialRun
 
     class Crashing:
         def run(self, job, on_eval, timeout, stop=None, on_predicted=None) -> TrialRun:

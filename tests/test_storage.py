@@ -18,8 +18,8 @@ import optuna
 import pytest
 
 from gptcore.errors import UserError
-from tune.liveness import GRACE_KEY, LEASE_KEY, beat, fail_stale
-from tune.storage import (
+from tune.store.liveness import GRACE_KEY, LEASE_KEY, beat, fail_stale
+from tune.store.storage import (
     StorageSpec,
     check_fingerprint,
     hold_sqlite,
@@ -214,7 +214,7 @@ def test_journal_in_a_folder_path_refused(tmp_path):
 CREATE = """
     import json, os, time
     from pathlib import Path
-    from tune.storage import check_fingerprint, make_storage, open_study, resolve_storage
+    from tune.store.storage import check_fingerprint, make_storage, open_study, resolve_storage
     url, barrier, me, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
     (barrier / me).touch()
     while len(list(barrier.iterdir())) < 2:  # both processes imported everything: now start together
@@ -268,7 +268,7 @@ def test_fingerprint_written_by_a_racing_tuner_is_compared(tmp_path):
 LOCKER = """
     import threading, time
     from pathlib import Path
-    from tune.storage import resolve_storage, study_lock
+    from tune.store.storage import resolve_storage, study_lock
     url, log, me, barrier = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
     spec = resolve_storage(url, Path(sys.argv[5]))
     lock = study_lock(spec, None, "s")
@@ -296,7 +296,7 @@ LOCKER = """
 HOLDER = """
     import time
     from pathlib import Path
-    from tune.storage import resolve_storage, study_lock
+    from tune.store.storage import resolve_storage, study_lock
     spec = resolve_storage(sys.argv[1], Path(sys.argv[2]))
     lock = study_lock(spec, None, "s")
     lock.__enter__()
@@ -354,8 +354,8 @@ def test_study_lock_is_released_by_kill_9(shared_spec, tmp_path):
 CHECKER = """
     import json, time
     from pathlib import Path
-    from tune.liveness import fail_stale
-    from tune.storage import make_storage, resolve_storage
+    from tune.store.liveness import fail_stale
+    from tune.store.storage import make_storage, resolve_storage
     url, default, at, calls = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 
     def on_stale(study, trial):
@@ -439,8 +439,8 @@ def test_heartbeat_storage_asks_without_warnings(tmp_path):
     # A tuner asks for trials itself (no Study.optimize): Optuna's warnings about that must not reach its console.
     code = """
         from pathlib import Path
-        from tune.liveness import beat
-        from tune.storage import make_storage, open_study, resolve_storage
+        from tune.store.liveness import beat
+        from tune.store.storage import make_storage, open_study, resolve_storage
         storage = make_storage(resolve_storage(None, Path(sys.argv[1])), 1, 2, None)
         study = open_study("s", storage, "minimize", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
         print(beat(storage, study.ask()._trial_id))
@@ -463,7 +463,7 @@ def test_fail_stale_without_heartbeat_does_nothing(tmp_path):
 SQLITE_HOLDER = """
     import time
     from pathlib import Path
-    from tune.storage import hold_sqlite, resolve_storage
+    from tune.store.storage import hold_sqlite, resolve_storage
     hold = hold_sqlite(resolve_storage(None, Path(sys.argv[1])))
     print("held", flush=True)
     time.sleep(600)

@@ -16,11 +16,12 @@ from gptcore.config import ModelConfig, from_dict
 from gptcore.errors import Diverged, UserError
 from tests.conftest import CORPUS, ROOT, ctrl_c_default
 from tune.__main__ import main, parse_size
-from tune.budget import Budget, RungPlan
-from tune.outcomes import classify, requested_bytes
-from tune.report import trials_frame
-from tune.space import SPACES, Space, load_space
-from tune.study import TuneSettings, run_study
+from tune.core.budget import Budget, RungPlan
+from tune.core.outcomes import classify, requested_bytes
+from tune.core.space import SPACES, Space, load_space
+from tune.report.frame import trials_frame
+from tune.search.settings import TuneSettings
+from tune.search.study import run_study
 
 TINY_SPACE = {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
               "n_layer": [1, 1], "learning_rate": [1e-3, 1e-2]}
@@ -60,7 +61,7 @@ def test_fixed_trial_gives_the_configs_a_trial_trains():
     assert params == {"batch_size": 8, "block_size": 32, "n_embed": 128, "n_head": 4, "n_layer": 2,
                       "learning_rate": 1e-3}
     assert Space.decode(trial.params) == params  # what a row shows for a trial that never recorded anything
-    from tune.session import Session, trial_configs
+    from tune.search.session import Session, trial_configs
 
     session = Session(TuneSettings(), None, None, Space(), {"device": "cpu"}, {"vocab_size": 80}, None, None,
                       "float32", None, Budget(10, "s"), RungPlan.for_budget(Budget(10, "s")), [], (), None)
@@ -182,7 +183,7 @@ def test_study_completes_and_writes_every_file(tmp_path):
 
 
 def test_memory_limit_gives_oom_rows_and_every_trial_is_recorded(tmp_path):
-    from tune.runner import TrialRunner
+    from tune.exec.runner import TrialRunner
 
     baseline = TrialRunner().probe("cpu")["vm_data_bytes"]
     space = {"batch_size": [2, 64], "block_size": [8, 128], "n_embed": [64, 1024], "n_head": [1, 1],
@@ -220,9 +221,9 @@ def test_the_tuner_process_never_imports_torch(tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from tune.study import TuneSettings, run_study\n"
+        "from tune.search.settings import TuneSettings\nfrom tune.search.study import run_study\n"
         "if __name__ == '__main__':\n"
-        "    from tune.budget import Budget\n"
+        "    from tune.core.budget import Budget\n"
         f"    run_study(TuneSettings(trials=1, budget=Budget(0.3, 's'), device='cpu', references=(),\n"
         f"              results=Path({str(tmp_path)!r}), data=Path({str(CORPUS)!r}),\n"
         f"              space_overrides={TINY_SPACE!r}, progress=False))\n"
@@ -311,7 +312,7 @@ def test_ctrl_c_stops_the_trial_records_it_and_exits_130(tmp_path):
 
 
 def test_median_pruner_never_prunes_at_the_first_report():
-    from tune.study import make_pruner
+    from tune.search.strategy import make_pruner
 
     study = optuna.create_study(pruner=make_pruner("median", RungPlan((1 / 27, 1 / 9, 1 / 3, 1.0), 3)))
     for value in (1.0, 1.0, 1.0, 1.0, 1.0):  # five finished trials: the pruner is past its start-up
@@ -327,7 +328,7 @@ def test_median_pruner_never_prunes_at_the_first_report():
 
 
 def test_contention_rules():
-    from tune.health import budget_warnings, contention
+    from tune.exec.health import budget_warnings, contention
 
     quiet = {"cpu_share": 0.97, "others_cores": 0.05, "threads": 2, "cores": 2}
     assert contention(quiet, "cpu") is None
@@ -348,7 +349,7 @@ def test_contention_rules():
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: a neighbour on one, trials on the other")
 def test_a_neighbour_on_another_core_does_not_make_the_trials_cores_busy():
     """The busy-at-start check looks at the trials' cores only (a tuner given --cores 0 beside a job on core 1)."""
-    from tune.health import busy_now
+    from tune.exec.health import busy_now
 
     mine, theirs = sorted(os.sched_getaffinity(0))[:2]
     spin = (f"import os, time\nos.sched_setaffinity(0, {{{theirs}}})\nend = time.time() + 20\n"
@@ -397,7 +398,7 @@ def test_objective_throughput_with_hyperband_and_random_sampler(tmp_path):
 
 
 def test_hyperband_prunes_a_losing_trial_on_loss():
-    from tune.study import make_pruner
+    from tune.search.strategy import make_pruner
 
     study = optuna.create_study(pruner=make_pruner("hyperband", RungPlan((1 / 27, 1 / 9, 1 / 3, 1.0), 3)),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
@@ -418,7 +419,7 @@ def test_hyperband_prunes_a_losing_trial_on_loss():
 
 
 def test_random_sampler_is_seeded_and_reproducible(tmp_path):
-    from tune.session import make_sampler
+    from tune.search.session import make_sampler
 
     draws = []
     for _ in range(2):
@@ -452,7 +453,7 @@ def test_a_storage_that_will_not_open_leaves_no_results_folder(tmp_path):
 
 
 def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkeypatch):
-    from tune import study as study_mod
+    from tune.search import study as study_mod
 
     def broken_record(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -521,7 +522,7 @@ def test_references_run_to_the_target_and_the_winner_model_is_kept(tmp_path):
 
 
 def test_the_readable_table_leaves_missing_figures_blank_and_names_an_unrecorded_reference():
-    from tune.report import COLUMNS, readable
+    from tune.report.frame import COLUMNS, readable
 
     df = pd.DataFrame([{"number": 3, "status": "pruned", "batch_size": 8, "block_size": 16, "n_embed": 64,
                         "n_head": 2, "n_layer": 1, "learning_rate": 1e-3, "rung": 1, "rungs": 2},

@@ -4,10 +4,10 @@ import pytest
 
 from gptcore.memory import Calibration
 from tests.test_tune import settings
-from tune.memory import SKIP_MARGIN, Verdict, limit_for, violation_mib
-from tune.report import trials_frame
-from tune.runner import TrialRunner
-from tune.study import run_study
+from tune.exec.runner import TrialRunner
+from tune.memory.judge import SKIP_MARGIN, Verdict, limit_for, violation_mib
+from tune.report.frame import trials_frame
+from tune.search.study import run_study
 
 MiB = 2**20
 # One configuration each: far over a limit of baseline + 150 MiB, or far under it.

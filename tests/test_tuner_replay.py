@@ -14,8 +14,8 @@ from benchmarks.__main__ import main
 from benchmarks.tuner_replay import DEFAULT, TODAY, Strategy, compare, replay, summarise
 from benchmarks.tuner_table import DEFAULT_TABLE, KEEP, load_table
 from gptcore.cliutil import run
-from tune.space import PARAMS, Space
-from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
+from tune.core.space import PARAMS, Space
+from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
 RUNGS = [1 / 9, 1 / 3, 1.0]
 

@@ -12,12 +12,12 @@ import pytest
 from gptcore.cliutil import run
 from gptcore.errors import UserError
 from tests.test_tune import TINY_SPACE, settings
-from tune import dispatch, warmstart
 from tune.__main__ import main
-from tune.report import trials_frame
-from tune.space import PARAMS, Space, load_space, preset_params
-from tune.storage import make_storage, resolve_storage
-from tune.study import run_study
+from tune.core.space import PARAMS, Space, load_space, preset_params
+from tune.report.frame import trials_frame
+from tune.search import dispatch, warmstart
+from tune.search.study import run_study
+from tune.store.storage import make_storage, resolve_storage
 
 SPACE = load_space("small", "cpu", None, TINY_SPACE)
 NO_LOCK = contextlib.nullcontext()  # a study in memory: one process, nothing to lock

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cuda
-from tune import health
-from tune.runner import TrialRunner
+from tune.exec import health
+from tune.exec.runner import TrialRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 CORES = sorted(os.sched_getaffinity(0))
@@ -26,7 +26,7 @@ two_cores = pytest.mark.skipif(len(CORES) < 2, reason="needs two cores to pin tw
 # A tuner-like parent: runs one trial through TrialRunner.run and prints a line per evaluation.
 TUNER_SCRIPT = """
 import json, sys
-from tune.runner import TrialRunner
+from tune.exec.runner import TrialRunner
 
 
 def on_eval(k, step, train_loss, val_loss):
@@ -140,7 +140,7 @@ def test_probe_lists_cores_and_no_gpus_on_the_cpu(runner):
 
 def test_gpu_index_goes_through_the_tuners_own_selection(monkeypatch):
     from gptcore.errors import UserError
-    from tune.worker import select_gpu
+    from tune.exec.worker import select_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert select_gpu(1) == "cuda:0" and os.environ["CUDA_VISIBLE_DEVICES"] == "3"

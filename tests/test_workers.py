@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import CORPUS, ROOT, ctrl_c_default
 from tests.test_tune import TINY_SPACE
-from tune.outcomes import COUNTED_STATUSES
+from tune.core.outcomes import COUNTED_STATUSES
 
 SPACE_FLAGS = [a for k, v in TINY_SPACE.items() for a in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
 
@@ -68,7 +68,7 @@ def wait_gone(mark: str, seconds: float) -> list[int]:
 
 def study_of(storage: str) -> optuna.Study:
     """The study as any reader sees it."""
-    from tune.storage import make_storage, resolve_storage
+    from tune.store.storage import make_storage, resolve_storage
 
     return optuna.load_study(study_name="w", storage=make_storage(resolve_storage(storage, Path("unused.db"))))
 
@@ -225,8 +225,8 @@ def test_an_interrupted_trial_is_retried_and_trials_ends_with_n_counted(tmp_path
 
 def test_a_configuration_that_crashes_every_time_is_tried_twice_and_the_tuner_stops(tmp_path):
     from tests.test_tune import settings
-    from tune.report import trials_frame
-    from tune.study import run_study
+    from tune.report.frame import trials_frame
+    from tune.search.study import run_study
 
     out = run_study(settings(tmp_path, trials=2, study_name="boom"), target="tests.tune_faults:boom")
     df = trials_frame(out.study)
@@ -279,8 +279,8 @@ def _quiet() -> Iterator[None]:
 
 def test_slots_one_gpu_per_worker_equal_disjoint_cores_and_clear_errors(monkeypatch):
     from gptcore.errors import UserError
-    from tune import slots as slots_mod
-    from tune.slots import format_indices, plan_slots
+    from tune.exec import slots as slots_mod
+    from tune.exec.slots import format_indices, plan_slots
 
     monkeypatch.setattr(slots_mod, "usable_cores", lambda: tuple(range(16)))
     cuda = {"device_type": "cuda", "gpus": [{"index": i} for i in range(4)]}
@@ -312,7 +312,7 @@ def test_slots_one_gpu_per_worker_equal_disjoint_cores_and_clear_errors(monkeypa
 
 
 def test_a_winner_trained_on_another_machine_is_named_not_copied(tmp_path):
-    from tune.report import keep_best_model
+    from tune.report.frame import keep_best_model
 
     row = pd.Series({"checkpoint": "/elsewhere/checkpoints/trial_0007", "host": "gpu-node-3"})
     note = keep_best_model(row, tmp_path)

@@ -33,12 +33,12 @@ from gptcore.cliutil import (
 )
 from gptcore.config import PRESETS
 from gptcore.errors import UserError
-from tune.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
-from tune.dispatch import CONFIRM_RUNS
-from tune.session import DEFAULT_CONFIRM
-from tune.space import PARAMS, SPACES, load_space, parse_range
-from tune.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
-from tune.warmstart import WARM_START_TOP
+from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
+from tune.core.confirm import CONFIRM_RUNS
+from tune.core.space import PARAMS, SPACES, load_space, parse_range
+from tune.search.settings import DEFAULT_CONFIRM
+from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
+from tune.search.warmstart import WARM_START_TOP
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 PROG = "python -m tune"
@@ -179,10 +179,10 @@ def build_report_parser() -> argparse.ArgumentParser:
 
 def main_report(argv: list[str]) -> int:
     """Rebuild trials.csv, summary.md, best.json and plots from the storage alone."""
-    from tune.load import load_study
-    from tune.outputs import write_report
-    from tune.report import readable
-    from tune.study import check_writable
+    from tune.report.frame import readable
+    from tune.report.outputs import write_report
+    from tune.search.session import check_writable
+    from tune.store.load import load_study
 
     args = build_report_parser().parse_args(argv)
     loaded = load_study(args.study_name, storage=args.storage, results=args.results)
@@ -198,7 +198,7 @@ def main_report(argv: list[str]) -> int:
 def build_maxbatch_parser() -> argparse.ArgumentParser:
     """Flags of `python -m tune max-batch`."""
     from gptcore.cliutil import add_config_flags
-    from tune import maxbatch
+    from tune.memory import maxbatch
 
     p = Parser(prog=f"{prog(PROG)} max-batch", conflict_handler="resolve",
                description="The largest batch that trains --steps full optimizer steps at each block size under "
@@ -234,8 +234,8 @@ def main_maxbatch(argv: list[str]) -> int:
     """Search the largest batch per block size, print the table, write the JSON."""
     import time
 
-    from tune import maxbatch
-    from tune.runner import TrialRunner
+    from tune.exec.runner import TrialRunner
+    from tune.memory import maxbatch
 
     args = build_maxbatch_parser().parse_args(argv)
     args.no_progress = args.no_progress or args.quiet
@@ -273,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.grace_period <= args.heartbeat_interval:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
-    from tune.report import readable, trials_frame
-    from tune.study import TuneSettings, run_study
+    from tune.report.frame import readable, trials_frame
+    from tune.search.settings import TuneSettings
+    from tune.search.study import run_study
 
     overrides = {n: getattr(args, f"space_{n}") for n in PARAMS if getattr(args, f"space_{n}") is not None}
     # The device only picks the base space; the file and the flags are checked now, before the device probe.
@@ -302,15 +303,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_card(argv: list[str]) -> int:
-    """`python -m tune card`: one HTML page on this device (tune.card)."""
-    from tune import card
+    """`python -m tune card`: one HTML page on this device (tune.report.card.command)."""
+    from tune.report.card import command as card
 
     return card.main(argv)
 
 
 def main_compare(argv: list[str]) -> int:
-    """`python -m tune compare`: studies side by side (tune.compare)."""
-    from tune import compare
+    """`python -m tune compare`: studies side by side (tune.report.compare.command)."""
+    from tune.report.compare import command as compare
 
     return compare.main(argv)
 

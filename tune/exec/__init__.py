@@ -1,0 +1,1 @@
+"""Running one trial: its process (runner, worker), its measurements, slots and the worker pool."""

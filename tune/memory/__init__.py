@@ -1,0 +1,1 @@
+"""The memory judge (predicted vs limit) and the max-batch probe."""

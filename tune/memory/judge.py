@@ -1,0 +1,129 @@
+"""The study's memory judgement: the limit a trial must fit, the calibration learnt from the trials that ran, the
+decision to skip a configuration predicted not to fit, and the constraint each trial tells Optuna.
+
+The prediction itself is the traced step (gptcore.memtrace, run in the trial process before it trains); the
+parent only turns it into device bytes (gptcore.memory.Calibration) and decides. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from gptcore.errors import UserError
+from gptcore.memory import Calibration
+
+# Skip only a configuration predicted over the limit by more than this share of it: near the frontier, a run
+# settles what the prediction cannot (a false skip loses a configuration for good; a run costs one trial).
+SKIP_MARGIN = 0.10
+# On CUDA without --memory-limit the allocator's reserved bytes must fit the card beside the CUDA context and
+# cuBLAS workspaces, which the allocator does not count.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+# Runs whose peak measures the step: they trained (to the target or to a rung).
+MEASURED_STATUSES = ("ok", "pruned", "timeout")
+CALIBRATION_ATTR = "memory_calibration"
+MiB = 2**20
+
+
+def limit_for(memory_limit: int | None, env: dict[str, Any]) -> int | None:
+    """The bytes a trial may hold: --memory-limit, else a GPU's memory less the context; None: no limit (a CPU
+    without --memory-limit)."""
+    if memory_limit is not None:
+        return memory_limit
+    if env.get("device_type") == "cuda" and env.get("gpu_memory_bytes"):
+        return env["gpu_memory_bytes"] - CUDA_CONTEXT_BYTES
+    return None
+
+
+def calibration_points(records: Iterable[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Calibration.fit's points: (traced bytes less the exact ones, measured bytes beyond the baseline and the
+    exact ones) of every trial record that trained with a prediction."""
+    points = []
+    for a in records:
+        if a.get("status") not in MEASURED_STATUSES:
+            continue
+        traced, measured, base = a.get("mem_traced_bytes"), a.get("measured_peak_bytes"), a.get("mem_baseline_bytes")
+        if _known(traced) and _known(measured) and _known(base):
+            exact = Calibration.exact({k: a.get(f"mem_{k}") if _known(a.get(f"mem_{k}")) else 0
+                                       for k in ("resident_bytes", "large_bytes")})
+            points.append((int(traced) - exact, int(measured) - int(base) - exact))
+    return points
+
+
+def _known(value: Any) -> bool:
+    return value is not None and value == value  # not None, not NaN (a table's missing figure)
+
+
+def calibrate(studies: Iterable[optuna.Study | None]) -> Calibration:
+    """Fit the calibration on every measured run of the study, its references and its confirmation runs."""
+    records = [t.user_attrs for study in studies if study is not None
+               for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+    return Calibration.fit(calibration_points(records))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the parent made of a trial's traced step."""
+
+    predicted_bytes: int | None  # device bytes, calibrated (None: no trace)
+    skip: bool
+
+    @staticmethod
+    def judge(memory: dict[str, Any] | None, calibration: Calibration, limit: int | None, skip: bool) -> Verdict:
+        """Predict device bytes; skip (when `skip` is allowed) only past the limit plus SKIP_MARGIN."""
+        if not memory or memory.get("peak_bytes") is None:  # no trace, or a failed one: run it
+            return Verdict(None, False)
+        predicted = calibration.predict(memory["peak_bytes"], memory.get("baseline_bytes", 0),
+                                        Calibration.exact(memory))
+        over = limit is not None and predicted > limit * (1 + SKIP_MARGIN)
+        return Verdict(predicted, skip and over)
+
+
+def record_fields(memory: dict[str, Any] | None, verdict: Verdict | None, calibration: Calibration | None,
+                  limit: int | None) -> dict[str, Any]:
+    """The memory figures a trial's record keeps (tune.exec.record writes them as user attributes)."""
+    memory = memory or {}
+    return {"mem_traced_bytes": memory.get("peak_bytes"), "mem_baseline_bytes": memory.get("baseline_bytes"),
+            "mem_resident_bytes": memory.get("resident_bytes"), "mem_large_bytes": memory.get("large_bytes"),
+            "mem_trace_error": memory.get("error"),
+            "mem_predict_seconds": memory.get("seconds"),
+            "predicted_peak_bytes": verdict.predicted_bytes if verdict else None,
+            "mem_ratio": calibration.ratio if verdict and verdict.predicted_bytes else None,
+            "mem_overhead_bytes": calibration.overhead_bytes if verdict and verdict.predicted_bytes else None,
+            "mem_limit_bytes": limit}
+
+
+def violation_mib(status: str, attrs: dict[str, Any], limit: int | None) -> float | None:
+    """The memory constraint told to Optuna (feasible when <= 0), in MiB: how far over the limit a trial was.
+
+    Predicted OOM: its predicted excess. OOM: at least the allocation that failed (and the predicted excess, if
+    larger). A trial that trained: its measured peak less the limit, never above 0 (it fitted: a measure a hair
+    over the limit is the measure's error, not an excess). None without a limit or a figure.
+    """
+    if limit is None:
+        return None
+    predicted = attrs.get("predicted_peak_bytes")
+    if status == "predicted_oom" and predicted is not None:
+        return (predicted - limit) / MiB
+    if status == "oom":
+        over = max(attrs.get("oom_requested_bytes") or MiB, (predicted or 0) - limit)
+        return over / MiB
+    measured = attrs.get("measured_peak_bytes")
+    if status in MEASURED_STATUSES and measured is not None:
+        return min(0.0, (measured - limit) / MiB)
+    return None
+
+
+def check_memory_limit(limit: int | None, env: dict[str, Any]) -> None:
+    """A limit must leave room for training (CPU) and fit the card (CUDA)."""
+    if limit is None:
+        return
+    if env["device_type"] == "cpu" and limit <= env["vm_data_bytes"] + 64 * 2**20:
+        raise UserError(f"--memory-limit {limit / 2**20:.0f} MiB is below what a trial process needs before "
+                        f"training ({env['vm_data_bytes'] / 2**20:.0f} MiB + 64 MiB)")
+    if env["device_type"] == "cuda" and limit > env["gpu_memory_bytes"]:
+        raise UserError(f"--memory-limit is above the GPU's {env['gpu_memory_bytes'] / 2**30:.1f} GiB")

@@ -1,0 +1,1 @@
+"""python -m tune card: one self-contained HTML page per study."""

@@ -1,0 +1,81 @@
+"""The report card's figures, gathered from a study's storage alone into one JSON-safe dict (tune.report.card.command
+renders and writes it)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from tune.core.space import PARAMS
+from tune.report.card import matmul as card_matmul
+from tune.report.frame import choose_winner, label, oom_frontier, originals, trials_frame
+
+OOM_STATUSES = ("oom", "predicted_oom")
+
+
+
+
+
+
+def _value(v: Any) -> Any:
+    """A figure for JSON: plain int/float/str, None where missing."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if hasattr(v, "item"):  # numpy scalars
+        v = v.item()
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def trial_record(row: pd.Series) -> dict[str, Any]:
+    """One trial's raw figures on the card."""
+    keys = ("status", *PARAMS, "val_loss", "tokens_per_s", "peak_memory_bytes", "n_params", "steps", "trial_seconds")
+    # Figures to take with care (summary.md's "flags"): read from the notes, absent columns meaning none.
+    flags = [name for name, col in (("contended", "contended"), ("short", "budget_warning"))
+             if isinstance(row.get(col), str) and row.get(col)]
+    return {"label": label(row), **{k: _value(row.get(k)) for k in keys}, "flags": flags}
+
+
+def _ran(study: optuna.Study) -> str:
+    times = [t for tr in study.get_trials(deepcopy=False) for t in (tr.datetime_start, tr.datetime_complete) if t]
+    if not times:
+        return "no trial started yet"
+    return f"{min(times):%Y-%m-%d %H:%M} to {max(times):%Y-%m-%d %H:%M} (local time)"
+
+
+def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None) -> dict[str, Any]:
+    """Every raw figure the card shows, from the study's storage (and the matmul figures)."""
+    env, settings = study.user_attrs.get("environment", {}), study.user_attrs.get("settings", {})
+    df = trials_frame(study)
+    runs = originals(df)
+    winner = choose_winner(df, settings)
+    best = None
+    if winner is not None:
+        best = trial_record(winner.row)
+        if winner.line is not None:
+            best["confirmed_mean"] = _value(winner.line["mean"])
+            best["confirmed_runs"] = int(winner.line["n"])
+    frontier = oom_frontier(runs)
+    peak = runs["peak_memory_bytes"].max()
+    return {
+        "study": study.study_name, "folder": str(folder), "ran": _ran(study),
+        "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "environment": {k: _value(env.get(k)) for k in ("device", "device_name", "device_type", "cpu",
+                                                          "cpu_threads", "torch", "python", "gpu_memory_bytes")},
+        "optuna": optuna.__version__,
+        "settings": {k: _value(settings.get(k)) for k in ("budget", "dtype", "objective", "memory_limit_bytes",
+                                                           "trials", "sampler", "pruner")},
+        "counts": {k: int(v) for k, v in runs["status"].value_counts().items()},
+        "trials": [trial_record(r) for _, r in runs.iterrows()],
+        "winner": best,
+        "out_of_memory": int(runs["status"].isin(OOM_STATUSES).sum()),
+        "largest_peak_bytes": _value(peak),
+        "frontier": [{k: _value(v) for k, v in r.items()} for r in frontier.to_dict("records")],
+        "matmul": None if matmul is None else {
+            "source": matmul.source, "note": matmul.note, "missing": matmul.missing, "rows": matmul.rows,
+            "peaks": matmul.peaks, "crossover": matmul.crossover},
+    }

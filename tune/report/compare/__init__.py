@@ -1,0 +1,1 @@
+"""python -m tune compare: several studies side by side."""

@@ -1,0 +1,46 @@
+"""A study's results folder, from the storage alone: trials.csv, best.json, best-model/, summary.md, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from gptcore.files import atomic_write, atomic_write_text
+from tune.core import schema
+from tune.report.frame import (
+    best_config,
+    choose_winner,
+    confirmation_provenance,
+    keep_best_model,
+    originals,
+    provenance,
+    trials_frame,
+)
+from tune.report.plots import write_plots
+from tune.report.summary import summary_markdown
+
+
+def write_report(study: optuna.Study, folder: Path, *, plots: bool = True) -> pd.DataFrame:
+    """Write trials.csv, summary.md, best.json (when there is a best) and the plots into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    df = trials_frame(study)
+    atomic_write(folder / "trials.csv", lambda tmp: schema.csv_frame(df).to_csv(tmp, index=False))
+    settings = study.user_attrs.get("settings", {})
+    winner = choose_winner(df, settings)
+    notes = []
+    if winner is not None:
+        vocab = study.user_attrs.get("vocab_size")
+        origin = provenance(winner.row, study)
+        if not winner.table.empty:
+            origin["confirmation"] = confirmation_provenance(winner, settings.get("seed"))
+        cfg = {**best_config(winner.row, settings, vocab), "provenance": origin}
+        atomic_write_text(folder / "best.json", json.dumps(cfg, indent=1) + "\n")
+        note = keep_best_model(winner.row, folder)  # the original run's model: confirmation runs keep none
+        notes += [note] if note else []
+    if plots:
+        notes += write_plots(study, originals(df), folder)  # one point per configuration tried
+    atomic_write_text(folder / "summary.md", summary_markdown(study, df, folder, notes))
+    return df

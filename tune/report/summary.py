@@ -1,0 +1,379 @@
+"""summary.md: a study read top to bottom: what was run, the verdict, the top 10, the OOM frontier, how far the
+figures can be trusted, the search space, the environment, the plots and what trials.csv's columns mean."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from tune.core import schema, trust
+from tune.core.budget import format_seconds
+from tune.core.outcomes import COUNTED_STATUSES, STATUSES
+from tune.core.provenance import invocations
+from tune.core.space import Space
+from tune.report.frame import (
+    Winner,
+    best_row,
+    choose_winner,
+    label,
+    objective_key,
+    oom_frontier,
+    originals,
+    readable,
+    reference_of,
+    source_of,
+    within_noise,
+)
+from tune.report.memreport import memory_section
+
+PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
+         "memory.png")
+# The winner saw its training split this many times or more: on a small corpus the best at this budget may be the
+# best at memorising it (validation loss is held out, but the ranking is then about this corpus, not language).
+MANY_EPOCHS = 10
+
+
+def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes: list[str] | None = None) -> str:
+    """summary.md, top to bottom: what was run, the verdict, top 10, OOM frontier, confirmation, rungs, memory,
+    measurement, warm start, search space, environment, plots, columns."""
+    env = study.user_attrs.get("environment", {})
+    settings = study.user_attrs.get("settings", {})
+    objective = settings.get("objective", "loss")
+    runs = originals(df)
+    winner = choose_winner(df, settings)
+    what = "validation loss" if objective == "loss" else "training throughput"
+    lines = [f"# Study `{study.study_name}`", "",
+             f"Which GPT configuration trains best in **{settings.get('budget', '?')}** on **"
+             f"{env.get('device_name', '?')}** ({settings.get('dtype', '?')}), judged by {what}.", ""]
+    lines += run_section(study, df, settings, env)
+    lines += verdict_section(winner, df, objective, folder)
+    lines += warnings_about(winner, df, study)
+    ok = runs[runs["status"] == "ok"]
+    if not ok.empty:
+        key, lower = objective_key(objective)
+        top = ok.sort_values(key, ascending=lower)
+        lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references "
+                  "(one run each: the confirmation runs are in their own section).",
+                  "", readable(top.head(10)).to_markdown(index=False), ""]
+    lines += frontier_section(runs)
+    lines += confirmation_section(winner, objective)
+    rungs = settings.get("rungs") or [1.0]
+    lines += rung_section(runs[runs["reference"].isna()], len(rungs))
+    lines += memory_section(runs, settings, label)
+    lines += measurement_section(study, df)
+    lines += warm_start_section(study, runs, objective)
+    space = settings.get("space")
+    if space:
+        lines += ["## Search space", "", Space(**{k: tuple(v) for k, v in space.items()}).describe(), ""]
+    lines += environment_section(env)
+    # The plots that were drawn, and why any other was not (too few trials, nothing predicted).
+    lines += ["## Plots", "", *(f"![{p}]({p})" for p in PLOTS if (folder / p).exists()), ""]
+    lines += [*(f"- {n}" for n in notes or []), ""] if notes else []
+    lines += ["## trials.csv", "", "One row per run (searched trials, references, confirmation runs); sizes in "
+              "MiB, times in seconds.", "", *schema.glossary(), ""]
+    return "\n".join(lines)
+
+
+def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any], env: dict[str, Any]) -> list[str]:
+    """What was run: the commands, when, how long, with which versions; trials asked and counted; the target."""
+    lines = ["## What was run", ""]
+    calls = invocations(study)
+    for call in calls:
+        started = str(call.get("started", "?")).replace("T", " ").removesuffix("+00:00")
+        lines.append(f"- `{call.get('command')}` (started {started} UTC"
+                     f"{' on ' + call['host'] if call.get('host') else ''})")
+    starts = [(s, d) for s, d in zip(df["started"], df["trial_seconds"]) if isinstance(s, datetime)]
+    if starts:
+        first = min(s for s, _ in starts)
+        last = max(s + timedelta(seconds=float(d) if pd.notna(d) else 0.0) for s, d in starts)
+        lines.append(f"- trials ran from {first:%Y-%m-%d %H:%M} to {last:%H:%M} UTC: "
+                     f"{format_seconds((last - first).total_seconds())} of wall time, "
+                     f"{format_seconds(float(df['trial_seconds'].fillna(0).sum()))} inside trials")
+    versions = calls[-1].get("versions", {}) if calls else {}
+    shown = {"gptcore-tune": versions.get("gptcore-tune"), "torch": env.get("torch") or versions.get("torch"),
+             "Optuna": versions.get("optuna") or optuna.__version__,
+             "Python": env.get("python") or versions.get("python")}
+    lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v))
+    runs = originals(df)
+    search = runs[runs["reference"].isna()]
+    counts = search["status"].value_counts().reindex(STATUSES, fill_value=0)
+    counted = int(search["status"].isin(COUNTED_STATUSES).sum())
+    retries = int(search["retry_of"].notna().sum())
+    refs = runs[runs["reference"].notna()]
+    repeats = len(df) - len(runs)
+    # Counted: outcomes of the configuration. Errors and interruptions say nothing about it: queued again once.
+    outcome = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s in COUNTED_STATUSES)
+    others = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s not in COUNTED_STATUSES)
+    lines.append(f"- trials: {settings.get('trials', counted)} asked, {counted} counted ({outcome or 'none yet'})"
+                 f"{f'; not counted: {others}' if others else ''}"
+                 f"{f', {retries} retried with the same parameters' if retries else ''}; "
+                 f"{len(refs)} reference run(s); {repeats} confirmation run(s)")
+    objective = settings.get("objective", "loss")
+    meaning = "validation loss, lower is better" if objective == "loss" else "training tokens/s, higher is better"
+    limit = settings.get("memory_limit_bytes")
+    corpus = study.user_attrs.get("corpus_tokens") or {}
+    size = (f": {corpus['train']:,} training and {corpus.get('val', 0):,} validation tokens"
+            if corpus.get("train") else "")
+    rungs = settings.get("rungs") or [1.0]
+    lines += [f"- target: **{settings.get('budget')}** of training per configuration (evaluation excluded); the "
+              f"winner is the best *at that budget*",
+              f"- objective: **{objective}** ({meaning}), validation on {settings.get('eval_iters')} batches of "
+              f"{settings.get('eval_batch_size')} windows, the same for every trial",
+              f"- rungs at {', '.join(f'{f:.3g}' for f in rungs)} of the target (reduction factor "
+              f"{settings.get('reduction_factor')}, pruner {settings.get('pruner')}): only the best 1/"
+              f"{settings.get('reduction_factor')} at a rung train on; learning-rate schedule "
+              f"**{settings.get('schedule')}** to the target, the same in every trial and in best.json",
+              f"- precision {settings.get('dtype')}, sampler {settings.get('sampler')}, seed {settings.get('seed')}, "
+              f"memory limit {f'{limit / 2**20:,.0f} MiB' if limit else 'none (the whole device)'}",
+              f"- corpus {settings.get('corpus')}{size}", ""]
+    return lines
+
+
+def warnings_about(winner: Winner | None, df: pd.DataFrame, study: optuna.Study) -> list[str]:
+    """What to keep in mind about the verdict: many epochs of a small corpus; top configurations within noise."""
+    if winner is None:
+        return []
+    out = []
+    epochs = winner.row.get("epochs")
+    if pd.notna(epochs) and epochs >= MANY_EPOCHS:
+        corpus = study.user_attrs.get("corpus_tokens") or {}
+        out.append(f"- **warning**: the winner saw its corpus's training split {epochs:,.0f} times "
+                   f"({corpus.get('train', 0):,} tokens). On a corpus this small the best configuration at this "
+                   f"budget may be the best at memorising it; tune on a larger corpus (`--data`) for the "
+                   f"training you will run.")
+    if winner.line is not None:
+        noise = within_noise(winner)
+        if not noise.empty:
+            out.append(f"- **warning**: {len(noise)} other confirmed configuration(s) are within noise of the "
+                       f"winner (their range of runs overlaps its own): see Confirmation.")
+    elif study.user_attrs.get("settings", {}).get("confirm", 1) == 0:
+        out.append("- chosen from one run per configuration (`--confirm 0`): a close second may be as good.")
+    return [*out, ""] if out else []
+
+
+def frontier_section(runs: pd.DataFrame) -> list[str]:
+    """The OOM frontier: a table per model size where something ran out of memory, else one sentence."""
+    lines = ["## Out-of-memory frontier", ""]
+    out_of_memory = runs["status"].isin(["oom", "predicted_oom"])
+    if not out_of_memory.any():
+        ran = runs.dropna(subset=["peak_memory_bytes"])
+        if ran.empty:
+            return [*lines, "No configuration ran out of memory, and none measured its peak yet.", ""]
+        big = ran.loc[ran["peak_memory_bytes"].idxmax()]
+        return [*lines, f"No configuration ran out of memory; the largest tried used "
+                f"{big['peak_memory_bytes'] / 2**20:,.0f} MiB ({source_of(big)}: batch {int(big['batch_size'])} x "
+                f"block {int(big['block_size'])}, {int(big['n_layer'])} layers of width {int(big['n_embed'])}).",
+                ""]
+    frontier = oom_frontier(runs)
+    return [*lines, "Per model size, the largest batch x block that trained, the smallest that ran out of memory, "
+            "and the smallest skipped as predicted out of memory (the predicted boundary: memory.png draws it).",
+            "", frontier.to_markdown(index=False), ""]
+
+
+def environment_section(env: dict[str, Any]) -> list[str]:
+    """The machine, in units a person reads."""
+    rows = [("device", f"{env.get('device_name', '?')} ({env.get('device', '?')})")]
+    if env.get("cpu") and env["cpu"] != env.get("device_name"):
+        rows.append(("CPU", str(env["cpu"])))
+    if env.get("cpu_threads"):
+        cores = env.get("cores")
+        rows.append(("torch threads per trial", f"{env['cpu_threads']}" + (f" (cores {', '.join(map(str, cores))})"
+                                                                           if cores else "")))
+    if env.get("gpu_memory_bytes"):
+        rows.append(("GPU memory", f"{env['gpu_memory_bytes'] / 2**30:,.1f} GiB"))
+    if env.get("gpu_count"):
+        rows.append(("GPUs", f"{env['gpu_count']}: {', '.join(str(g) for g in env.get('gpus') or [])}"))
+    if env.get("vm_data_bytes"):
+        rows.append(("a trial process before its model (data segment)", f"{env['vm_data_bytes'] / 2**20:,.0f} MiB"))
+    if "bf16_supported" in env:
+        rows.append(("bfloat16 supported", "yes" if env["bf16_supported"] else "no"))
+    return ["## Environment", "", "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
+def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, folder: Path) -> list[str]:
+    """The winner at the target, and by how much it beats each reference preset (or that it does not): by their
+    means over their runs where their confirmation completed, else by their single runs."""
+    if winner is None:
+        return ["## Verdict", "", "No configuration trained to the target yet.", ""]
+    best = winner.row
+    key, lower = objective_key(objective)
+    name = f"the `{reference_of(best)}` preset (a reference)" if reference_of(best) else f"trial {int(best['number'])}"
+    score, what = _figure(winner, best, key)
+    over = f" over {int(winner.line['n'])} runs (see Confirmation)" if winner.line is not None else ""
+    shape = (f"batch {int(best['batch_size'])} x block {int(best['block_size'])}, {int(best['n_layer'])} layer(s) of "
+             f"width {int(best['n_embed'])} with {int(best['n_head'])} head(s), learning rate "
+             f"{best['learning_rate']:.2e}" + (f", {best['n_params'] / 1e6:.2f} M parameters"
+                                                if pd.notna(best.get("n_params")) else ""))
+    lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {score:.4g}{over}: {shape}.", ""]
+    tried = originals(df)
+    for _, ref in tried[tried["reference"].notna()].iterrows():
+        if ref["status"] != "ok":
+            lines.append(f"- reference `{ref['reference']}`: {ref['status']} ({ref['error'] or 'no value'})")
+            continue
+        value, its = _figure(winner, ref, key)
+        gain = (value - score) if lower else (score - value)
+        if ref["reference"] == best["reference"]:
+            lines.append(f"- reference `{ref['reference']}` ({its} {value:.4g}) is the winner: no searched "
+                         f"configuration beat it at this budget")
+        else:
+            lines.append(f"- beats reference `{ref['reference']}` ({its} {value:.4g}) by {gain:.4g} "
+                         f"({gain / abs(value):.1%})" if gain > 0 else
+                         f"- does not beat reference `{ref['reference']}` ({its} {value:.4g})")
+    lines += ["", readable(best.to_frame().T).to_markdown(index=False), "",
+              f"Train it from scratch, the same way and for the same budget: "
+              f"`python -m gptcore train --config {folder / 'best.json'}`.",
+              f"Or use the model it trained in the study: `python -m gptcore sample --checkpoint "
+              f"{folder / 'best-model'}` (continue it with `train --out {folder / 'best-model'} --resume`).", ""]
+    return lines
+
+
+def _figure(winner: Winner, row: pd.Series, key: str) -> tuple[float, str]:
+    """What the verdict compares for a configuration, and its name: its mean where its confirmation completed,
+    else its single run's figure."""
+    t = winner.table
+    if not t.empty:
+        hit = t[(t["configuration"] == source_of(row)) & (t["state"] == "complete")]
+        if not hit.empty:
+            return float(hit.iloc[0]["mean"]), f"mean {key}"
+    return float(row[key]), key
+
+
+def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
+    """The confirmed configurations (runs, mean ± sd, min..max), whether the mean changed the winner, and whether
+    the top configurations are within noise of each other."""
+    if winner is None or winner.table.empty:
+        return []
+    key, _ = objective_key(objective)
+    t = winner.table
+    extra = int(t["runs"].max()) - 1
+    lines = ["## Confirmation", "",
+             f"The best configurations that trained to the target were trained {extra} more time(s) each with fresh "
+             f"seeds, to the full target and never pruned. A configuration's figure is its mean {key} over its runs "
+             f"(the original run and the confirmation runs); one with a run that did not train to the target "
+             f"(an error, divergence, out of memory, a timeout) cannot win on the runs that happened to succeed.", "",
+             f"| configuration | runs that trained to the target | mean ± sd of {key} | min..max | |",
+             "| --- | --- | --- | --- | --- |"]
+    for _, r in t.iterrows():
+        runs = f"{int(r['n'])} of {int(r['runs'])}" + (f" ({r['failed']})" if r["failed"] else "")
+        runs += f", {int(r['pending'])} pending" if r["pending"] else ""
+        sd = f" ± {r['sd']:.2g}" if pd.notna(r["sd"]) else ""
+        note = ("**winner**" if winner.line is not None and r["configuration"] == winner.line["configuration"]
+                else "cannot win: a run failed" if r["state"] == "failed"
+                else "not judged yet" if r["state"] == "pending" else "")
+        lines.append(f"| {r['configuration']} | {runs} | {r['mean']:.4g}{sd} | {r['min']:.4g}..{r['max']:.4g} | "
+                     f"{note} |")
+    lines.append("")
+    single, single_name = winner.single, source_of(winner.single)
+    if winner.line is None:
+        row = winner.row
+        if row.name == single.name:
+            lines.append(f"No confirmed configuration has trained to the target in every run yet: the winner is the "
+                         f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run), unconfirmed.")
+        else:
+            lines.append(f"No confirmed configuration has trained to the target in every run: the winner is the best "
+                         f"single run of a configuration that did not fail one, {source_of(row)} ({key} "
+                         f"{row[key]:.4g}), unconfirmed; the single-run winner, {single_name}, failed a "
+                         f"confirmation run.")
+        return [*lines, ""]
+    line = winner.line
+    if winner.row.name == single.name:
+        lines.append(f"The confirmed winner is also the single-run winner: **{line['configuration']}**.")
+    else:
+        lines.append(f"The confirmed winner, **{line['configuration']}** (mean {line['mean']:.4g}), is not the "
+                     f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run): that run was partly "
+                     f"luck.")
+    noise = within_noise(winner)
+    if not noise.empty:
+        others = ", ".join(f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g})" for _, r in noise.iterrows())
+        lines.append(f"The winner's range over its runs ({line['min']:.4g}..{line['max']:.4g}) overlaps that of "
+                     f"{others}: the top configurations are within noise of each other at this budget, and the "
+                     f"differences between their means are not to be trusted. Choose among them on other grounds "
+                     f"(speed, memory), or confirm with more runs.")
+    else:
+        rest = t[(t["state"] == "complete") & (t["configuration"] != line["configuration"])]
+        if not rest.empty:
+            r = rest.iloc[0]
+            lines.append(f"The winner's range ({line['min']:.4g}..{line['max']:.4g}) does not overlap the runner-up's, "
+                         f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g}): its lead held in every run.")
+    return [*lines, ""]
+
+
+def rung_section(search: pd.DataFrame, n_rungs: int) -> list[str]:
+    """How many trials reached each rung, and how well each rung's loss predicted the loss at the target."""
+    lines = ["## Rungs", "", "| rung | trials that reached it | rank correlation with the loss at the target |",
+             "| --- | --- | --- |"]
+    finished = search[search["status"] == "ok"]
+    for k in range(1, n_rungs + 1):
+        reached = int((search["rung"] >= k).sum())
+        col = f"loss_rung_{k}"
+        rho = "-"
+        if k < n_rungs and col in finished and finished[col].notna().sum() >= 4:
+            pairs = finished[[col, "val_loss"]].dropna()
+            rho = f"{spearman(pairs[col], pairs['val_loss']):.2f} over {len(pairs)} trials"
+        lines.append(f"| {k} | {reached} | {rho} |")
+    return [*lines, "", "Rank correlation (Spearman) is measured over the trials that trained to the target: 1.00 "
+            "means the rung ordered them exactly as the target did.", ""]
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks (no SciPy needed)."""
+    return float(a.rank().corr(b.rank()))
+
+
+def measurement_section(study: optuna.Study, df: pd.DataFrame) -> list[str]:
+    """How far the figures can be trusted: contention at the start and per trial, budgets too short."""
+    lines = ["## Measurement", ""]
+    busy = study.user_attrs.get("busy_cores_at_start")
+    if busy is not None:
+        state = "busy" if busy > 0.5 else "quiet"
+        lines.append(f"- before the first trial other processes kept {busy:.2f} cores busy ({state})")
+    ran = df[df["cpu_share"].notna()]
+    if not ran.empty:
+        lines.append(f"- CPU share each trial got of what its threads could use: median "
+                     f"{ran['cpu_share'].median():.0%}, lowest {ran['cpu_share'].min():.0%} (threads per trial: "
+                     f"{', '.join(str(int(t)) for t in sorted(ran['threads'].dropna().unique()))})")
+    total = df["train_seconds"].fillna(0) + df["eval_seconds"].fillna(0) + df["warmup_seconds"].fillna(0)
+    lines.append(f"- time inside trials: {df['train_seconds'].sum():,.0f} s timed training, "
+                 f"{df['warmup_seconds'].sum():,.0f} s warm-up steps, {df['eval_seconds'].sum():,.0f} s evaluation, "
+                 f"of {df['trial_seconds'].sum():,.0f} s of trial wall time ({total.sum():,.0f} s accounted)")
+    warnings = trust.study_warnings({label(r): r.dropna().to_dict() for _, r in df.iterrows()})
+    lines += [f"- **warning**: {w}" for w in warnings] or ["- no trial was contended or had too short a budget"]
+    flagged = df[df["contended"].notna() | df["budget_warning"].notna()]
+    if not flagged.empty:
+        lines += ["", "| trial | status | contended | budget |", "| --- | --- | --- | --- |"]
+        lines += [f"| {label(r)} | {r['status']} | {r['contended'] if pd.notna(r['contended']) else ''} | "
+                  f"{r['budget_warning'] if pd.notna(r['budget_warning']) else ''} |" for _, r in flagged.iterrows()]
+    return [*lines, ""]
+
+
+def warm_start_section(study: optuna.Study, df: pd.DataFrame, objective: str) -> list[str]:
+    """Where the study was warm-started from (tune.search.warmstart), and its warm-start trials against the sampled
+    ones."""
+    warm = study.user_attrs.get("warm_start")
+    if not warm:
+        return []
+    key = "val_loss" if objective == "loss" else "tokens_per_s"
+    search = df[df["reference"].isna()]
+    started, sampled = search[search["warm_start"].notna()], search[search["warm_start"].isna()]
+    skipped = [f", {len(warm[k])} {what}" for k, what in (("outside", "outside this search space skipped"),
+                                                          ("over_trials", "beyond --trials left out")) if warm.get(k)]
+    lines = ["## Warm start", "",
+             f"Warm-started from `{warm['given']}` ({warm['source']}): its best configurations that trained to the "
+             f"target, ranked by its objective ({warm['objective']}); {len(warm['enqueued'])} enqueued as this "
+             f"study's first trials{''.join(skipped)}.", ""]
+    best_warm, best_sampled = best_row(started, objective), best_row(sampled, objective)
+    for what, best in (("warm-start", best_warm), ("sampled", best_sampled)):
+        source = f" ({best['warm_start']})" if best is not None and pd.notna(best["warm_start"]) else ""
+        lines.append(f"- best {what} trial: " + (f"{int(best['number'])}{source}, {key} {best[key]:.4g}"
+                                                  if best is not None else "none trained to the target"))
+    if best_warm is not None and best_sampled is not None:
+        gain = best_warm[key] - best_sampled[key] if objective == "loss" else best_sampled[key] - best_warm[key]
+        lines.append(f"- the sampler improved on the warm start by {gain:.4g} ({gain / abs(best_warm[key]):.1%})"
+                     if gain > 0 else "- no sampled trial beat the warm start")
+    return [*lines, "", readable(started).to_markdown(index=False), ""]
+
+

@@ -1,0 +1,351 @@
+"""A study opened for tuning: the settings, the checks, the storage, the worker slots, the plan it prints.
+
+Everything here runs in the tuner's parent, which never imports torch: the device is described by a probe child.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import socket
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from gptcore.config import PRESETS, from_name, to_dict
+from gptcore.errors import UserError
+from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
+from tune.core.budget import (
+    DEFAULT_BUDGET,
+    SCHEDULES,
+    Budget,
+    RungPlan,
+    format_seconds,
+    parse_budget,
+    schedule_fields,
+)
+from tune.core.confirm import CONFIRM_RUNS
+from tune.core.provenance import INVOCATION_PREFIX, command_line, versions
+from tune.core.space import Space, load_space, uses_legacy_names
+from tune.exec import health
+from tune.exec.runner import TrialRunner
+from tune.exec.slots import Slot, plan_slots
+from tune.memory.judge import check_memory_limit, limit_for
+from tune.search import warmstart
+from tune.search.dispatch import fail_orphans, requeue
+from tune.search.settings import TuneSettings
+from tune.search.strategy import make_pruner, make_sampler
+from tune.store.storage import (
+    StorageSpec,
+    check_fingerprint,
+    check_sqlite_file,
+    confirm_study_name,
+    hold_sqlite,
+    make_storage,
+    open_study,
+    reference_study_name,
+    resolve_storage,
+    study_lock,
+)
+
+# Other processes keeping more than this many cores busy before the study starts: say so.
+BUSY_AT_START_CORES = 0.5
+# What a person would otherwise pick, run through the same rungs to the target and never pruned, so the summary
+# can say by how much the winner beats them (or that it does not).
+REFERENCES = {"cpu": ("course-default", "baby"), "mps": ("course-default", "baby"),
+              "cuda": ("course-default", "baby", "gpu")}
+METRIC_NAMES = {"loss": "val_loss", "throughput": "tokens_per_s"}  # what Optuna is told, per objective
+STEP_BUDGET_TIMEOUT_S = 3600.0  # hard timeout of a trial with a step budget (time unknown in advance)
+@dataclass
+class StudyOutcome:
+    """What run_study did."""
+
+    study: optuna.Study
+    results_dir: Path
+    ran: int
+    interrupted: bool
+    stopped_because: str | None = None  # the error brake: the study stopped short of --trials
+
+
+def slug(text: str) -> str:
+    """Lower-case, alphanumerics and dashes: for study and folder names."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "device"
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` and prove it is writable, or fail with one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--results {folder}: not writable ({exc.strerror or exc})") from None
+
+
+@dataclass
+class Session:
+    """An opened study and everything its trials need."""
+
+    settings: TuneSettings
+    study: optuna.Study
+    references: optuna.Study | None
+    space: Space
+    env: dict[str, Any]
+    meta: dict[str, Any]
+    data_dir: Path
+    results_dir: Path
+    dtype: str
+    storage: StorageSpec  # its URL is never stored nor printed: it may carry a password (use .display)
+    budget: Budget
+    plan: RungPlan
+    slots: list[Slot]
+    presets: tuple[str, ...]  # the reference presets of this study
+    lock: Any  # tune.store.storage.study_lock: one decision at a time across every tuner on this study
+    hold: Any = None  # the SQLite file's one-tuner hold, kept while the study runs
+    confirms: optuna.Study | None = None  # the confirmation runs (--confirm), None when off
+    legacy_params: bool = False  # a study started before 0.2 draws its exponents as log2_batch_size (Space.suggest)
+
+    @property
+    def memory_limit(self) -> int | None:
+        """The bytes a trial may hold (tune.memory.judge.limit_for); None: no limit to predict against."""
+        return limit_for(self.settings.memory_limit, self.env)
+
+    def close(self) -> None:
+        """Let go of the SQLite hold and the lock's file or connection (the process's exit does the same)."""
+        if self.hold is not None:
+            self.hold.close()
+        self.lock.close()
+
+    @property
+    def timeout(self) -> float:
+        """Hard per-trial timeout: --trial-timeout, else 3 x the time budget + 120 s (1 h for step budgets)."""
+        s = self.settings
+        if s.trial_timeout:
+            return s.trial_timeout
+        return 3 * self.budget.seconds + 120 if self.budget.seconds else STEP_BUDGET_TIMEOUT_S
+
+    def train_fields(self) -> dict[str, Any]:
+        """TrainConfig fields every trial and reference shares: the target budget, schedule, evaluation, device."""
+        s = self.settings
+        return dict(**self.budget.train_fields(), **schedule_fields(s.schedule), eval_interval=10**9,
+                    eval_iters=s.eval_iters, eval_batch_size=s.eval_batch_size, eval_train_split=False,
+                    dtype=self.dtype, device=self.env["device"], seed=s.seed)
+
+
+def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and train config fields for one trial: the six parameters plus the shared rest."""
+    model = dict(vocab_size=session.meta["vocab_size"], block_size=params["block_size"], n_embed=params["n_embed"],
+                 n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
+    train = dict(session.train_fields(), batch_size=params["batch_size"], learning_rate=params["learning_rate"])
+    return model, train
+
+
+def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A preset as a person would train it (its own shape, learning rate, dropout and schedule) for the target."""
+    cfg = to_dict(*from_name(preset))
+    model = {**cfg["model"], "vocab_size": session.meta["vocab_size"]}
+    # The preset keeps its own learning-rate schedule; budget, evaluation windows, precision and device are the study's.
+    shared = {k: v for k, v in session.train_fields().items() if k not in schedule_fields(session.settings.schedule)}
+    return model, {**cfg["train"], **shared}
+
+
+def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, ...]:
+    """The presets to run beside the search; unknown names are a user error."""
+    names = REFERENCES.get(device_type, ()) if settings.references is None else settings.references
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise UserError(f"--references: unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    return tuple(names)
+
+
+def resolve_dtype(settings: TuneSettings, env: dict[str, Any]) -> str:
+    """auto -> bfloat16 on a GPU that has it, else float32; float16 needs a GPU."""
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if env["device_type"] == "cuda" and env["bf16_supported"] else "float32"
+    if dtype == "float16" and env["device_type"] == "cpu":
+        raise UserError("--dtype float16 needs a GPU; on the CPU use bfloat16 or float32")
+    return dtype
+
+
+def warn_if_busy(say: Any, cores: list[int]) -> float | None:
+    """Before the first trial: are other processes already using the cores the trials will run on? Returns the
+    cores they kept busy."""
+    # Only the trials' cores: a neighbour pinned to another core (a second tuner given --cores 1) slows nothing.
+    busy = health.busy_now(1.0, sorted(set(cores)) or None)
+    if busy is not None and busy > BUSY_AT_START_CORES:
+        say(f"warning: the machine is busy before the study starts: other processes keep {busy:.1f} of the "
+            f"{len(set(cores))} core(s) the trials run on busy. Trials will run slower (and learn less in a time "
+            f"budget); each one is checked and flagged as contended in trials.csv and summary.md.")
+    return busy
+
+
+def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
+    """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
+    if settings.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {settings.trials}")
+    if settings.confirm < 0:
+        raise UserError(f"--confirm must be 0 (off) or more, got {settings.confirm}")
+    if settings.schedule not in SCHEDULES:
+        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.schedule!r}")
+    make_sampler(settings.sampler, settings.seed)  # an unknown name or a missing package, before anything is created
+    data_dir = ensure_prepared(settings.data, progress=settings.progress)
+    meta = read_meta(data_dir)
+    env = runner.probe(settings.device)
+    dtype = resolve_dtype(settings, env)
+    check_memory_limit(settings.memory_limit, env)
+    budget = settings.budget or parse_budget(DEFAULT_BUDGET.get(env["device_type"], DEFAULT_BUDGET["cpu"]))
+    plan = RungPlan.for_budget(budget, settings.reduction_factor, settings.rungs)
+    references = resolve_references(settings, env["device_type"])
+    space = load_space(settings.space, env["device_type"], env.get("gpu_memory_bytes"), settings.space_overrides)
+    biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
+    shortest = min(meta["train_tokens"], meta["val_tokens"])
+    if biggest + 2 > shortest:
+        raise UserError(f"search space: block_size up to {biggest} needs more than the corpus's "
+                        f"{shortest} tokens in its smaller split")
+
+    name = settings.study_name or f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
+    results_dir = settings.results / name
+    created = results_dir  # the highest folder this run creates: removed again if the storage will not open
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent
+    created = None if created.exists() else created
+    slots = plan_slots(settings.workers, env, settings.gpus, settings.cores)
+    spec = resolve_storage(settings.storage, results_dir / "study.db")
+    warm = warmstart.prepare(settings, space, spec, name, results_dir)  # read and checked before anything is created
+    check_writable(results_dir)
+    hold = None
+    try:
+        check_sqlite_file(spec, results_dir)
+        hold = hold_sqlite(spec)  # SQLite is for one tuner process: a second one is told so, in one line
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = make_storage(spec, settings.heartbeat_interval, settings.grace_period, on_stale=requeue)
+        direction = "minimize" if settings.objective == "loss" else "maximize"
+        study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
+                           make_pruner(settings.pruner, plan), display=spec.display)
+        fingerprint = {**env, "corpus": corpus_fingerprint(meta), "dtype": dtype, "budget": str(budget),
+                       "objective": settings.objective, "space": space.to_dict(), "schedule": settings.schedule,
+                       # what fits (run, OOM, skipped as predicted OOM) is judged against it
+                       "memory_limit": settings.memory_limit}
+        if env["device_type"] == "cpu":  # a time budget on fewer cores trains fewer tokens: another question
+            fingerprint["threads_per_trial"] = len(slots[0].cores)
+        check_fingerprint(study, fingerprint)
+        refs = None
+        if references:
+            refs = open_study(reference_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
+                              optuna.pruners.NopPruner(), display=spec.display)
+        confirms = None
+        if settings.confirm:  # never pruned, and kept from the sampler: they say nothing new about the space
+            confirms = open_study(confirm_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
+                                  optuna.pruners.NopPruner(), display=spec.display)
+        lock = study_lock(spec, storage, name)
+        warmstart.enqueue(study, warm, lock)  # once per study, under the lock: its first trials
+    except BaseException:
+        if hold is not None:
+            hold.close()
+        if created is not None:  # a storage that would not open leaves no empty results folder behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    (results_dir / "logs").mkdir(exist_ok=True)
+    with lock:
+        if hold is not None:  # this tuner holds the SQLite file alone: whatever is RUNNING was orphaned
+            for s in (study, refs, confirms):
+                if s is not None:
+                    fail_orphans(s)
+        n_trials = len(study.get_trials(deepcopy=False))
+    # Re-seed with the number of trials already run, so a resumed study does not replay its first draws. Tuners
+    # sharing a study (journal, PostgreSQL) may start at the same count: each also draws a seed of its own.
+    seed = settings.seed + n_trials if spec.kind == "sqlite" else random.SystemRandom().randrange(2**32)
+    study.sampler = make_sampler(settings.sampler, seed % 2**32)
+    study.set_user_attr("environment", env)
+    study.set_user_attr("vocab_size", meta["vocab_size"])
+    # The corpus's size: the report says how many epochs of it each trial saw.
+    # The dashboard names the objective (optuna-dashboard shows "Objective 0" without).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since 3.2 in all but name
+        for companion in (study, refs, confirms):
+            if companion is not None:
+                companion.set_metric_names([METRIC_NAMES[settings.objective]])
+    study.set_user_attr("corpus_tokens", {"train": meta["train_tokens"], "val": meta["val_tokens"]})
+    # Every invocation, under a key of its own (several tuners may start at once: no read-modify-write).
+    started = datetime.now(timezone.utc)
+    study.set_user_attr(f"{INVOCATION_PREFIX}{started:%Y%m%dT%H%M%S.%fZ}-{socket.gethostname()}-{os.getpid()}", {
+        "command": command_line(), "started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
+        "versions": versions()})
+    study.set_user_attr("settings", {
+        "budget": str(budget), "budget_amount": budget.amount, "budget_unit": budget.unit,
+        "rungs": list(plan.fractions), "reduction_factor": plan.eta, "schedule": settings.schedule,
+        "objective": settings.objective, "dtype": dtype, "pruner": settings.pruner, "references": list(references),
+        "memory_limit_bytes": settings.memory_limit, "predict": settings.predict, "space": space.to_dict(),
+        "eval_iters": settings.eval_iters,
+        "eval_batch_size": settings.eval_batch_size, "corpus": str(settings.data), "seed": settings.seed,
+        "sampler": settings.sampler, "trials": settings.trials,
+        "confirm": settings.confirm, "confirm_runs": CONFIRM_RUNS,
+    })
+    legacy = uses_legacy_names([t.params for t in study.get_trials(deepcopy=False)])
+    return Session(settings, study, refs, space, env, meta, data_dir, results_dir, dtype, spec, budget, plan,
+                   slots, references, lock, hold, confirms, legacy)
+
+
+def plan_message(session: Session, remaining: int, references: list[str], confirms: int = 0) -> str:
+    """What the study will cost, from the rung plan, before it starts (`confirms`: confirmation runs to come)."""
+    s, plan, budget = session.settings, session.plan, session.budget
+    pruning = s.pruner in ("asha", "hyperband") and s.objective == "loss"
+    budgets = plan.cost(remaining) if pruning else float(remaining)
+    reach = plan.reach(remaining)[-1] if pruning else float(remaining)
+    default = (f" (the default on a {session.env['device_type'].upper()}; pass --budget for the training you will "
+               f"really run, e.g. --budget 1h)")
+    lines = [f"target: {budget} of training per configuration" + ("" if s.budget else default),
+             f"rungs: {plan.describe(budget)} (reduction factor {plan.eta}, pruner {s.pruner}, "
+             f"schedule {s.schedule} to the target)"]
+    total = budgets + len(references) + confirms
+    floor = "at least " if pruning else ""
+    cost = f"expected training: {floor}{total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
+    cost += f" + {len(references)} for the references {', '.join(references)}" if references else ""
+    cost += f" + {confirms} for confirmation runs)" if confirms else ")"
+    if budget.seconds:
+        # Evaluation, start-up and the warm-up steps add roughly 15 % and a second per trial (measured on a CPU).
+        wall = (total * budget.seconds * 1.15 + remaining + len(references) + confirms) / len(session.slots)
+        cost += f", {floor}{format_seconds(wall)} wall-clock"
+        if len(session.slots) > 1:
+            cost += f" on {len(session.slots)} workers"
+    lines.append(cost)
+    if pruning:
+        # Successive halving's floor assumes trials arrive in random order. A sampler that keeps finding better
+        # configurations has more of them promoted (each new best of a rung trains on): measured on a 2-core CPU,
+        # a 30-trial 2-minute study trained 12 trials to the target and took 2.5x this floor.
+        lines.append("(successive halving's floor; a sampler that keeps finding better configurations has more of "
+                     "them promoted, up to about 3x this)")
+    lines.append(f"at least {reach:.0f} of the {remaining} trials will train to the full target"
+                 if pruning else f"every trial trains to the full target (pruner {s.pruner})")
+    if confirms:
+        lines.append(f"confirmation: once the study is done, its best {s.confirm} configurations (trials or "
+                     f"references) train {CONFIRM_RUNS} more times each to the target, with seeds {s.seed + 1}.."
+                     f"{s.seed + CONFIRM_RUNS}; the winner is the best mean ({confirms} runs to come; --confirm 0: "
+                     f"none)")
+    lines.append(workers_message(session))
+    return "\n".join(lines)
+
+
+def workers_message(session: Session) -> str:
+    """Which share of the machine each worker owns, and what that means for a time budget on a CPU."""
+    slots = session.slots
+    line = f"workers: {len(slots)} ({'; '.join(s.describe() for s in slots)})"
+    if session.env["device_type"] == "cpu" and session.budget.seconds:
+        threads = len(slots[0].cores)
+        # A time budget on k cores trains about k/n of the tokens the whole machine would: the winner is the
+        # best configuration for a run on k cores, which may not be the best on all of them.
+        line += (f"\n    each trial trains on {threads} core(s) for {session.budget}: the winner is the best "
+                 f"configuration for a run on {threads} core(s)")
+        if len(slots) > 1:
+            line += "; for the whole machine's answer use --workers 1, or a step budget (e.g. --budget 2000steps)"
+    return line
+
+

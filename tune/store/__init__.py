@@ -1,0 +1,1 @@
+"""Where studies live: storage URLs and opening them, locks, liveness of running trials, loading."""

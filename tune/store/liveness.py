@@ -1,0 +1,178 @@
+"""Liveness of running trials, one interface for every storage: a tuner beats for each trial it runs, and any
+tuner fails the trials whose beats stopped for longer than the grace period (their tuner died).
+
+Clocks: an RDB storage (SQLite, PostgreSQL, MySQL) records and compares heartbeats with the database's own now(),
+so the tuners' clocks never meet. A journal has no heartbeat in Optuna 5 (JournalStorage is no BaseHeartbeat): the
+lease is the beating tuner's wall clock (time.time(), seconds since the epoch) stored on the trial and compared with
+the checking tuner's wall clock - on a shared filesystem the machines' clocks must agree (NTP) to well within the
+grace period.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+
+from tune.store.storage import JournalLeaseStorage
+
+# The tuner asks and tells trials itself (Study.optimize cannot run trial processes on several devices) and beats
+# for them through this module: Optuna's warning on every ask about that is noise in the tuner's console.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+LEASE_KEY = "tune:lease"  # trial system attr: when the tuner running the trial last beat (journal storage)
+
+
+def base_storage(storage: BaseStorage) -> BaseStorage:
+    """The storage under Optuna's cache (create_study wraps an RDBStorage in a _CachedStorage)."""
+    return storage._backend if isinstance(storage, _CachedStorage) else storage
+
+
+def beat(storage: BaseStorage, trial_id: int, now: float | None = None) -> bool:
+    """Record that this tuner still runs the trial; False if it is no longer RUNNING (another tuner failed it).
+
+    Call it right after asking for the trial (a trial never beaten for is judged from its start) and then every
+    heartbeat_interval seconds while its trial process runs. `now` is for tests only.
+    """
+    base = base_storage(storage)
+    if isinstance(base, JournalLeaseStorage):
+        try:
+            base.set_trial_system_attr(trial_id, LEASE_KEY, time.time() if now is None else now)
+        except UpdateFinishedTrialError:
+            return False
+        return True
+    if isinstance(base, BaseHeartbeat) and is_heartbeat_enabled(base):
+        base.record_heartbeat(trial_id)
+    return base.get_trial(trial_id).state == TrialState.RUNNING
+
+
+GRACE_KEY = "tune:grace"  # trial system attr: the grace period of the tuner running it (see claim_grace)
+
+
+def claim_grace(storage: BaseStorage, trial_id: int) -> None:
+    """Record on a new trial the grace period its tuner promises to beat within, so every other tuner judges it
+    by that and not by its own --grace-period (a tuner with a short grace must not fail a slow beater's trial)."""
+    base = base_storage(storage)
+    grace = _grace(base)
+    if grace is not None:
+        storage.set_trial_system_attr(trial_id, GRACE_KEY, grace)
+
+
+def _grace(base: BaseStorage) -> float | None:
+    if isinstance(base, JournalLeaseStorage):
+        return base.grace_period
+    if isinstance(base, BaseHeartbeat) and is_heartbeat_enabled(base):
+        return base.grace_period or 2 * base.heartbeat_interval
+    return None
+
+
+def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail the RUNNING trials whose beats stopped for longer than their grace period; run on_stale once for each.
+
+    A trial is judged by the longer of this tuner's grace period and the one its own tuner recorded on it
+    (claim_grace). A trial never beaten for counts from its start: a tuner killed between asking for a trial and
+    its first beat must not leave it RUNNING forever (Optuna alone never fails a trial that has not beaten).
+    Returns the trials this call failed. When two tuners call it at once, each stale trial is failed (and its
+    callback run) by exactly one of them: one conditional UPDATE on a database, the log order on a journal.
+    Call it inside study_lock all the same.
+    """
+    base = base_storage(study._storage)
+    own = _grace(base)
+    if own is None:
+        return []
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    if isinstance(base, JournalLeaseStorage):
+        # Clocks: the beating tuner's wall clock (the lease) against this tuner's.
+        now, last = time.time(), {}
+        for t in running:
+            lease = t.system_attrs.get(LEASE_KEY)
+            last[t._trial_id] = float(lease) if lease is not None else _start(t)
+        claim = lambda i: study._storage.set_trial_state_values(i, state=TrialState.FAIL)  # noqa: E731
+        on_stale = base.on_stale
+    else:
+        # Clocks: heartbeats are the database's now() on both sides; a start time is the asking tuner's clock.
+        now_db, beats = _heartbeats(base)
+        now = time.time()
+        last = {t._trial_id: now - (now_db - beats[t._trial_id]).total_seconds() if t._trial_id in beats
+                else _start(t) for t in running}
+        claim = lambda i: _claim_rdb(base, i)  # noqa: E731
+        on_stale = base.get_heartbeat_stale_trial_callback()
+    stale = [t._trial_id for t in running
+             if last[t._trial_id] is not None
+             and now - last[t._trial_id] > max(own, float(t.system_attrs.get(GRACE_KEY) or 0))]
+    return _fail(study, stale, on_stale, claim)
+
+
+def _start(trial: FrozenTrial) -> float | None:
+    """A trial's start as seconds since the epoch (Optuna stores a naive local time, set by the asking tuner)."""
+    return trial.datetime_start.timestamp() if trial.datetime_start is not None else None
+
+
+def _heartbeats(base: BaseStorage) -> tuple[Any, dict[int, Any]]:
+    """The database's now() and every trial's last heartbeat (both naive, both the database's clock)."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    with base.engine.connect() as conn:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
+        beats = {row[0]: row[1].replace(tzinfo=None)
+                 for row in conn.execute(sqlalchemy.select(table.c.trial_id, table.c.heartbeat))}
+    return now, beats
+
+
+def _claim_rdb(base: BaseStorage, trial_id: int) -> bool:
+    """Set a RUNNING trial FAIL in one conditional UPDATE; True only for the one caller whose UPDATE changed it.
+
+    Optuna's set_trial_state_values reads, checks and writes: on SQLite (no SELECT ... FOR UPDATE) two tuners
+    both read RUNNING and both "fail" the trial, and both would retry it. WHERE state = RUNNING is atomic on
+    every database. Columns as in optuna.storages._rdb.models (naive local datetimes, as Optuna writes them).
+    """
+    from datetime import datetime
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    update = (sqlalchemy.update(table)
+              .where(table.c.trial_id == trial_id, table.c.state == TrialState.RUNNING)
+              .values(state=TrialState.FAIL, datetime_complete=datetime.now()))
+    with base.engine.begin() as conn:
+        return conn.execute(update).rowcount == 1
+
+
+def _fail(study: optuna.Study, trial_ids: list[int], on_stale: object,
+          claim: Callable[[int], bool]) -> list[FrozenTrial]:
+    """Fail each trial unless another tuner got there first (claim says); run on_stale for those this call failed."""
+    import sqlalchemy.exc
+
+    failed = []
+    for trial_id in trial_ids:
+        for attempt in range(3):
+            try:
+                if claim(trial_id):
+                    failed.append(trial_id)
+                break
+            except UpdateFinishedTrialError:
+                break  # another tuner failed it (or its own tuner finished it) first
+            except (StorageInternalError, sqlalchemy.exc.OperationalError):
+                # A write conflict (e.g. SQLite's lock between two writers): if the trial is finished now, someone
+                # else did it; otherwise try again.
+                if attempt == 2 or base_storage(study._storage).get_trial(trial_id).state.is_finished():
+                    break
+    trials = [copy.deepcopy(base_storage(study._storage).get_trial(trial_id)) for trial_id in failed]
+    if callable(on_stale):
+        for trial in trials:
+            on_stale(study, trial)
+    return trials
