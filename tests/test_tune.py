@@ -328,7 +328,7 @@ def test_median_pruner_never_prunes_at_the_first_report():
 
 
 def test_contention_rules():
-    from tune.exec.health import budget_warnings, contention
+    from tune.core.trust import budget_warnings, contention
 
     quiet = {"cpu_share": 0.97, "others_cores": 0.05, "threads": 2, "cores": 2}
     assert contention(quiet, "cpu") is None

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cuda
+from tune.core import trust
 from tune.exec import health
 from tune.exec.runner import TrialRunner
 
@@ -321,9 +322,9 @@ def test_contention_counts_only_the_owned_cores_with_a_fake_proc_stat():
 
     # The meter's process slept: give it a full share, so that only the cores decide.
     mine, theirs, machine = ({**meter(cores), "cpu_share": 1.0} for cores in ([0], [1], None))
-    assert mine["others_cores"] == 0 and health.contention(mine, "cpu") is None
-    assert theirs["others_cores"] > 1 and "of its 1 own core(s) busy" in health.contention(theirs, "cpu")
-    assert machine["others_cores"] > 1 and "of 2 cores busy" in health.contention(machine, "cpu")
+    assert mine["others_cores"] == 0 and trust.contention(mine, "cpu") is None
+    assert theirs["others_cores"] > 1 and "of its 1 own core(s) busy" in trust.contention(theirs, "cpu")
+    assert machine["others_cores"] > 1 and "of 2 cores busy" in trust.contention(machine, "cpu")
     assert (mine["cores"], theirs["cores"], machine["cores_owned"]) == ([0], [1], False)
     assert health.busy_seconds([0, 1], after) == (200 + 5 * tck) / tck
     assert health.busy_seconds([7], after) is None  # a core /proc/stat does not show: unknown, not 0
@@ -348,7 +349,7 @@ def test_busy_neighbour_flags_the_trial_on_its_core_only(runner, prepared, data,
                 hog.kill()
                 hog.wait()
             assert run.status == "ok", run.message
-            flags[where] = health.contention(run.measure, "cpu")
+            flags[where] = trust.contention(run.measure, "cpu")
         outcomes.append(flags)
         if flags[other] is None and flags[mine] is not None:
             break
