@@ -3,7 +3,7 @@ in fewer trials and less time?
 
 A replayed study is the tuner's own study loop without the training: the same samplers and pruners
 (tune.search.strategy), the same search space and rung plan (tune.core.budget), the same mapping of outcomes to
-Optuna states (tune.search.study.STATE_OF). Each configuration the sampler proposes is answered by the nearest
+Optuna states (tune.core.outcomes.Status). Each configuration the sampler proposes is answered by the nearest
 recorded one (its loss at every rung, its status), and the study's clock advances by what that configuration took to
 reach the rung where it stopped. Many seeds per strategy take minutes, where one real 50-trial study takes an hour.
 
@@ -27,8 +27,9 @@ from optuna.trial import TrialState
 from benchmarks.tuner_table import Table
 from gptcore.errors import UserError
 from tune.core.budget import RungPlan
+from tune.core.outcomes import Status
+from tune.search.dispatch import state_of
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, make_pruner, make_sampler
-from tune.search.study import STATE_OF
 
 CHECKPOINTS = (10, 25, 50)  # trials at which regret is read
 WITHIN = 0.01  # "close to the best": within 1 % of the best recorded loss
@@ -137,18 +138,18 @@ def _run(study: optuna.Study, trial: optuna.Trial, row: dict[str, Any], plan: Ru
          recorded: int) -> tuple[float, float | None]:
     """Feed `row`'s recorded curve to the trial as the tuner's on_eval would and tell its end: (simulated seconds,
     its loss at the target when it got there)."""
-    n = len(plan.fractions)
+    n, status = len(plan.fractions), Status.parse(row["status"])
     for k, column in enumerate(columns):
         loss = row[column]
         if pd.isna(loss):  # the run ended before this rung (diverged, OOM, timeout): as the tuner tells it
-            study.tell(trial, state=STATE_OF[row["status"]] if row["status"] != "ok" else TrialState.PRUNED)
+            study.tell(trial, state=state_of(status) if status != Status.OK else TrialState.PRUNED)
             return float(row["trial_seconds"]), None
         trial.report(float(loss), plan.steps[k])
         if k < n - 1 and trial.should_prune():
             study.tell(trial, state=TrialState.PRUNED)
             return cost_to(row, recorded, plan.fractions[k], k + 1), None  # one evaluation per rung reached
-    if row["status"] != "ok":
-        study.tell(trial, state=STATE_OF[row["status"]])
+    if status != Status.OK:
+        study.tell(trial, state=state_of(status))
         return float(row["trial_seconds"]), None
     study.tell(trial, float(row["val_loss"]))
     return cost_to(row, recorded, 1.0, n), float(row["val_loss"])

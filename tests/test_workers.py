@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import CORPUS, ROOT, ctrl_c_default
 from tests.test_tune import TINY_SPACE
-from tune.core.outcomes import COUNTED_STATUSES
+from tune.core.outcomes import COUNTED
 
 SPACE_FLAGS = [a for k, v in TINY_SPACE.items() for a in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
 
@@ -80,7 +80,7 @@ def check_books(study: optuna.Study, trials: int) -> None:
     assert len(counted) == trials, [(t.number, t.state.name, t.user_attrs.get("status")) for t in study.trials]
     assert len({t.number for t in study.trials}) == len(study.trials)
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    assert all(t.user_attrs.get("status") in COUNTED_STATUSES for t in counted)
+    assert all(t.user_attrs.get("status") in COUNTED for t in counted)
 
 
 def run_two(results: Path, storage: str, trials: int, tmp_path: Path) -> list[str]:
@@ -214,7 +214,7 @@ def test_an_interrupted_trial_is_retried_and_trials_ends_with_n_counted(tmp_path
                              text=True)
     assert resumed.returncode == 0, resumed.stderr
     df = pd.read_csv(results / "w" / "trials.csv")
-    assert df["status"].isin(COUNTED_STATUSES).sum() == 3 and len(df) == 4
+    assert df["status"].isin(COUNTED).sum() == 3 and len(df) == 4
     first, retry = df.iloc[0], df[df["retry_of"] == 0]
     assert first["status"] == "interrupted" and len(retry) == 1
     params = ["batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 
 # Every form an out-of-memory error takes in PyTorch: the CUDA caching allocator (torch.OutOfMemoryError,
 # "CUDA out of memory"), cuBLAS failing to get its workspace, the per-process fraction set by
@@ -18,18 +19,79 @@ _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _TRIED = re.compile(r"[Tt]ried to allocate ([\d.]+) ?(B|KiB|MiB|GiB|TiB)")
 _CPU_BYTES = re.compile(r"you tried to allocate (\d+) bytes")
 
-STATUSES = ("ok", "pruned", "oom", "predicted_oom", "diverged", "timeout", "error", "interrupted", "running",
-            "queued")
-# Outcomes that say something about the configuration: they count toward --trials. The others (a crash, an
-# interruption) stay in the tables and are queued again once; running and queued trials have no outcome yet.
-COUNTED_STATUSES = ("ok", "pruned", "oom", "predicted_oom", "diverged", "timeout")
+
+
+class Status(str, Enum):
+    """A trial's outcome, as every record, table and message spells it (the values are the stored strings).
+
+    Each row: the stored string, the Optuna state the search tells it as (by name: core and the trial process never
+    import Optuna), and whether the run measured the step (its peak memory and speed: it trained, to the target or
+    to a rung).
+    """
+
+    OK = "ok", "COMPLETE", True
+    # Pruned, OOM, diverged and timed-out trials are all told as PRUNED. TPE ranks pruned trials by how far they
+    # got (the last rung reported) and then by their loss there, and one with no report (an OOM before the first
+    # rung) below every other: the sampler learns to avoid the region. FAIL would hide the trial from the
+    # sampler, which would keep proposing configurations that do not fit.
+    PRUNED = "pruned", "PRUNED", True
+    OOM = "oom", "PRUNED", False
+    # Predicted not to fit, never run: PRUNED with no report, and infeasible by its memory constraint (see
+    # tune.memory.judge.violation_mib), which TPE ranks below every feasible trial, the least excess first.
+    PREDICTED_OOM = "predicted_oom", "PRUNED", False
+    DIVERGED = "diverged", "PRUNED", False
+    TIMEOUT = "timeout", "PRUNED", True
+    # An unexplained error or an interruption says nothing about the configuration: kept out of the sampler's
+    # model, not counted toward --trials, and queued again once (tune.search.dispatch).
+    ERROR = "error", "FAIL", False
+    INTERRUPTED = "interrupted", "FAIL", False
+    # No outcome yet: only the tables show these (a trial still running, a retry queued).
+    RUNNING = "running", "RUNNING", False
+    QUEUED = "queued", "WAITING", False
+
+    state: str  # the Optuna TrialState's name
+    measured: bool
+    def __new__(cls, value: str, state: str, measured: bool) -> Status:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.state = state
+        member.measured = measured
+        return member
+
+    # The stored string wherever it is shown (an f-string, a JSON record), never "Status.OK".
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def counted(self) -> bool:
+        """An outcome that says something about the configuration: it counts toward --trials."""
+        return self.state in ("COMPLETE", "PRUNED")
+
+    @property
+    def is_oom(self) -> bool:
+        """Out of memory: run and failed, or predicted and not run."""
+        return self in (Status.OOM, Status.PREDICTED_OOM)
+
+    @classmethod
+    def parse(cls, text: str) -> Status:
+        """The status `text` spells; a one-line error naming it and the statuses there are otherwise."""
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"trial status {text!r}: expected one of {', '.join(s.value for s in cls)}") from None
+
+
+# The stored strings by trait, for DataFrame.isin and `in` (derived: each trait is defined once, above).
+COUNTED = tuple(s.value for s in Status if s.counted)
+MEASURED = tuple(s.value for s in Status if s.measured)
+OUT_OF_MEMORY = tuple(s.value for s in Status if s.is_oom)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """A trial's end when it did not finish normally."""
 
-    status: str
+    status: Status
     message: str
     phase: str | None = None
     requested_bytes: int | None = None
@@ -67,7 +129,7 @@ def classify(exc: BaseException) -> Outcome:
 
     phase = getattr(exc, "phase", None)
     if isinstance(exc, Diverged):
-        return Outcome("diverged", first_line(exc), phase)
+        return Outcome(Status.DIVERGED, first_line(exc), phase)
     if is_oom(exc):
-        return Outcome("oom", first_line(exc), phase, requested_bytes(str(exc)))
-    return Outcome("error", first_line(exc), phase)
+        return Outcome(Status.OOM, first_line(exc), phase, requested_bytes(str(exc)))
+    return Outcome(Status.ERROR, first_line(exc), phase)

@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from tune.core import trust
+from tune.core.outcomes import Status
 from tune.exec.runner import TrialRun
 
 
@@ -34,10 +35,10 @@ def measured_peak(peak_memory: dict[str, int]) -> int | None:
 def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict[str, Any],
            extra: dict[str, Any]) -> dict[str, Any]:
     """Every per-trial figure as a user attribute (the results table is built from these); the figures."""
-    attrs: dict[str, Any] = {"status": run.status, **params, **extra, "device": env["device_name"],
+    attrs: dict[str, Any] = {"status": run.status.value, **params, **extra, "device": env["device_name"],
                              "parent_rss_bytes": current_rss_bytes(),
                              "trial_seconds": run.trial_seconds, "startup_seconds": run.startup_seconds,
-                             "error": run.message, "oom_phase": run.phase if run.status == "oom" else None,
+                             "error": run.message, "oom_phase": run.phase if run.status == Status.OOM else None,
                              "oom_requested_bytes": run.requested_bytes}
     m = run.measure
     # A trial that failed before it trained (a set-up error, an OOM building the model) ran too briefly for its
@@ -63,12 +64,12 @@ def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict
                      peak_data_bytes=mem.get("peak_data_bytes"), measured_peak_bytes=measured_peak(mem),
                      n_params=r["n_params"], mfu=r["mfu"])
         # A pruned trial stopped early on purpose: its step count says nothing about the budget.
-        warnings = trust.budget_warnings(timed_steps if run.status == "ok" else None, eval_share)
+        warnings = trust.budget_warnings(timed_steps if run.status == Status.OK else None, eval_share)
     elif run.evals:  # failed after some evaluations: keep the last losses seen
         _, step, train_loss, val_loss = run.evals[-1]
         attrs.update(val_loss=val_loss, train_loss=train_loss, steps=step)
     if run.evals:  # the loss at the last rung reached: what a pruned trial was judged on
-        attrs["rung_loss"] = run.evals[-1][3] if r is None or run.status != "ok" else r["val_loss"]
+        attrs["rung_loss"] = run.evals[-1][3] if r is None or run.status != Status.OK else r["val_loss"]
     attrs["budget_warning"] = "; ".join(warnings) or None
     for key, value in attrs.items():
         if isinstance(value, float) and not math.isfinite(value):

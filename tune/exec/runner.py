@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptcore.errors import UserError
+from tune.core.outcomes import Status
 
 # torch._dynamo: the first torch.optim.AdamW(...) in a process imports it (~800 modules, ~1 s); do it once here.
 PRELOAD = ["torch", "torch._dynamo", "gptcore.train", "gptcore.data", "gptcore.checkpoint", "tune.exec.worker",
@@ -49,7 +50,7 @@ PredictHandler = Callable[[dict[str, Any] | None], bool]
 class TrialRun:
     """How one trial process ended, as the parent saw it."""
 
-    status: str  # ok | pruned | oom | predicted_oom | diverged | timeout | error | interrupted
+    status: Status  # never running or queued: the parent sees a trial process end
     result: dict[str, Any] | None = None
     message: str | None = None
     phase: str | None = None
@@ -125,16 +126,16 @@ class TrialRunner:
         with _TABLE:
             proc.start()
         child.close()  # so that recv() sees EOF when the child dies
-        run = TrialRun(status="error")
+        run = TrialRun(status=Status.ERROR)
         deadline = t0 + timeout
         try:
             while True:
                 left = deadline - time.perf_counter()
                 if left <= 0:
-                    run.status, run.message = "timeout", f"killed after {timeout:.0f} s (hard timeout)"
+                    run.status, run.message = Status.TIMEOUT, f"killed after {timeout:.0f} s (hard timeout)"
                     break
                 if stop is not None and stop.is_set():
-                    run.status, run.message = "interrupted", "stopped by the tuner"
+                    run.status, run.message = Status.INTERRUPTED, "stopped by the tuner"
                     break
                 if not parent.poll(min(left, POLL_S if stop is not None else 1.0)):
                     continue
@@ -143,11 +144,11 @@ class TrialRunner:
                 except EOFError:
                     code = _wait(proc, KILL_GRACE_S)
                     if code == worker.DEADLINE_EXIT:  # it ended itself at its deadline: this parent was too slow
-                        run.status, run.message = "timeout", f"ended itself after {timeout:.0f} s (hard timeout)"
+                        run.status, run.message = Status.TIMEOUT, f"ended itself after {timeout:.0f} s (hard timeout)"
                         break
                     how = _signal_name(code) if code is not None and code < 0 else f"exit code {code}"
                     hint = " (the kernel's OOM killer?)" if code == -signal.SIGKILL else ""
-                    run.status, run.message = "error", f"trial process died: {how}{hint}"
+                    run.status, run.message = Status.ERROR, f"trial process died: {how}{hint}"
                     break
                 if msg[0] == "ready":
                     run.startup_seconds = time.perf_counter() - t0
@@ -156,7 +157,7 @@ class TrialRunner:
                     skip = on_predicted is not None and on_predicted(run.memory)
                     parent.send("skip" if skip else "run")
                     if skip:
-                        run.status, run.message = "predicted_oom", "predicted out of memory: not run"
+                        run.status, run.message = Status.PREDICTED_OOM, "predicted out of memory: not run"
                         break
                 elif msg[0] == "eval":
                     _, k, step, train_loss, val_loss = msg
@@ -165,15 +166,16 @@ class TrialRunner:
                     parent.send("stop" if prune else "continue")
                 elif msg[0] == "done":
                     _, run.result, run.measure = msg
-                    run.status = "pruned" if run.result["stopped_by"] == "callback" else "ok"
+                    run.status = Status.PRUNED if run.result["stopped_by"] == "callback" else Status.OK
                     break
                 elif msg[0] == "failed":
-                    _, run.status, run.message, run.phase, run.requested_bytes, run.measure = msg
+                    _, status, run.message, run.phase, run.requested_bytes, run.measure = msg
+                    run.status = Status.parse(status)
                     break
         except KeyboardInterrupt:
-            run.status, run.message = "interrupted", "stopped by Ctrl-C"
+            run.status, run.message = Status.INTERRUPTED, "stopped by Ctrl-C"
         finally:
-            self._stop(proc, kill=run.status in ("timeout", "interrupted"))
+            self._stop(proc, kill=run.status in (Status.TIMEOUT, Status.INTERRUPTED))
             parent.close()
             run.trial_seconds = time.perf_counter() - t0
         return run

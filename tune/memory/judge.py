@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from gptcore.errors import UserError
 from gptcore.memory import Calibration
+from tune.core.outcomes import MEASURED, Status
 
 # Skip only a configuration predicted over the limit by more than this share of it: near the frontier, a run
 # settles what the prediction cannot (a false skip loses a configuration for good; a run costs one trial).
@@ -23,8 +24,6 @@ SKIP_MARGIN = 0.10
 # On CUDA without --memory-limit the allocator's reserved bytes must fit the card beside the CUDA context and
 # cuBLAS workspaces, which the allocator does not count.
 CUDA_CONTEXT_BYTES = 512 * 2**20
-# Runs whose peak measures the step: they trained (to the target or to a rung).
-MEASURED_STATUSES = ("ok", "pruned", "timeout")
 CALIBRATION_ATTR = "memory_calibration"
 MiB = 2**20
 
@@ -44,7 +43,7 @@ def calibration_points(records: Iterable[dict[str, Any]]) -> list[tuple[int, int
     exact ones) of every trial record that trained with a prediction."""
     points = []
     for a in records:
-        if a.get("status") not in MEASURED_STATUSES:
+        if a.get("status") not in MEASURED:
             continue
         traced, measured, base = a.get("mem_traced_bytes"), a.get("measured_peak_bytes"), a.get("mem_baseline_bytes")
         if _known(traced) and _known(measured) and _known(base):
@@ -107,13 +106,13 @@ def violation_mib(status: str, attrs: dict[str, Any], limit: int | None) -> floa
     if limit is None:
         return None
     predicted = attrs.get("predicted_peak_bytes")
-    if status == "predicted_oom" and predicted is not None:
+    if status == Status.PREDICTED_OOM and predicted is not None:
         return (predicted - limit) / MiB
-    if status == "oom":
+    if status == Status.OOM:
         over = max(attrs.get("oom_requested_bytes") or MiB, (predicted or 0) - limit)
         return over / MiB
     measured = attrs.get("measured_peak_bytes")
-    if status in MEASURED_STATUSES and measured is not None:
+    if status in MEASURED and measured is not None:
         return min(0.0, (measured - limit) / MiB)
     return None
 

@@ -28,6 +28,7 @@ from gptcore.config import ModelConfig, TrainConfig
 from gptcore.errors import UserError
 from gptcore.files import atomic_write_text, check_output_dir
 from gptcore.memory import Calibration, estimate_step
+from tune.core.outcomes import Status
 from tune.exec.record import measured_peak
 from tune.exec.runner import TrialRunner
 from tune.memory.judge import MiB
@@ -96,7 +97,7 @@ class Probe:
     """One real probe: a batch trained for --steps steps under the limit, or not."""
 
     batch: int
-    status: str  # ok | oom (tune.exec.runner statuses; anything else raises ProbeFailed)
+    status: Status  # ok or oom (anything else raises ProbeFailed)
     traced_bytes: int | None
     baseline_bytes: int
     predicted_bytes: int | None  # before it ran, by the calibration of the probes before it
@@ -106,7 +107,7 @@ class Probe:
 
     def fits(self, allowed: int) -> bool:
         """Trained, and peaked within the limit less the margin."""
-        return self.status == "ok" and self.measured_bytes is not None and self.measured_bytes <= allowed
+        return self.status == Status.OK and self.measured_bytes is not None and self.measured_bytes <= allowed
 
 
 @dataclass
@@ -199,7 +200,7 @@ class Prober:
         memory = traced[0] if traced else None
         if memory is not None:
             self.baseline = int(memory.get("baseline_bytes", self.baseline))
-        if run.status not in ("ok", "oom"):
+        if run.status not in (Status.OK, Status.OOM):
             raise ProbeFailed(f"block {block_size}, batch {batch}: probe {run.status}: {run.message}"
                               f"{self.keep_log(Path(job['log']))}")
         traced_bytes = int(memory["peak_bytes"]) if memory and memory.get("peak_bytes") is not None else None
@@ -223,8 +224,8 @@ def _never_stop(*_args: Any) -> bool:
     return False
 
 
-def _check_interrupted(status: str) -> None:
-    if status == "interrupted":  # Ctrl-C reached the probe: stop the whole search the usual way (exit 130)
+def _check_interrupted(status: Status) -> None:
+    if status == Status.INTERRUPTED:  # Ctrl-C reached the probe: stop the whole search the usual way (exit 130)
         raise KeyboardInterrupt
 
 
@@ -301,7 +302,7 @@ def fit(points: list[tuple[int, int]]) -> Calibration:
 def calibration_points(probes: list[Probe]) -> list[tuple[int, int]]:
     """(traced, measured beyond the baseline) of the probes that trained."""
     return [(p.traced_bytes, p.measured_bytes - p.baseline_bytes) for p in probes
-            if p.status == "ok" and p.traced_bytes and p.measured_bytes]
+            if p.status == Status.OK and p.traced_bytes and p.measured_bytes]
 
 
 def choose(lo: int, hi: int | None, guess: int, sloped: bool, anchor: int, edge_steps: int) -> int:
@@ -351,7 +352,7 @@ def search(prober: Prober, block_size: int, trace_one: int, shared: list[tuple[i
         prober.say(describe(block_size, probe, s.allowed))
     shared.extend(calibration_points(probes))
     best = next((p for p in probes if p.batch == lo), None)
-    trained = [p.batch for p in probes if p.status == "ok"]
+    trained = [p.batch for p in probes if p.status == Status.OK]
     return Row(block_size=block_size, max_batch=lo or None, fits_batch=max(trained, default=None),
                confirmed=hi == lo + 1, predicted_bytes=best.predicted_bytes if best else None,
                measured_bytes=best.measured_bytes if best else None, limit_bytes=s.limit, allowed_bytes=s.allowed,
@@ -361,7 +362,7 @@ def search(prober: Prober, block_size: int, trace_one: int, shared: list[tuple[i
 
 def describe(block_size: int, probe: Probe, allowed: int) -> str:
     """One progress line per real probe."""
-    verdict = "fits" if probe.fits(allowed) else ("over the margin" if probe.status == "ok" else probe.status)
+    verdict = "fits" if probe.fits(allowed) else ("over the margin" if probe.status == Status.OK else probe.status)
     measured = f"{probe.measured_bytes / MiB:,.0f} MiB" if probe.measured_bytes else "-"
     predicted = f"{probe.predicted_bytes / MiB:,.0f}" if probe.predicted_bytes else "-"
     return (f"block {block_size}: batch {probe.batch} {verdict}: {measured} (predicted {predicted}, allowed "

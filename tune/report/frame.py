@@ -19,7 +19,7 @@ from gptcore.files import atomic_dir
 from tune.core import schema
 from tune.core.budget import Budget, schedule_fields
 from tune.core.confirm import CONFIRM_RUNS, confirm_label, source_name
-from tune.core.outcomes import COUNTED_STATUSES
+from tune.core.outcomes import COUNTED, Status
 from tune.core.provenance import versions
 from tune.core.space import PARAMS, Space, preset_params
 from tune.store.storage import load_confirms, load_references
@@ -56,12 +56,12 @@ def status_of(trial: optuna.trial.FrozenTrial) -> str:
     """A trial's status for every table: its recorded outcome; 'running' or 'queued' while it has none; and
     'interrupted' for a trial failed without a record (its tuner was killed: stale, failed by another tuner)."""
     if trial.state == TrialState.RUNNING:
-        return "running"
+        return Status.RUNNING.value
     if trial.state == TrialState.WAITING:
-        return "queued"
+        return Status.QUEUED.value
     status = trial.user_attrs.get("status")
-    if trial.state == TrialState.FAIL and status not in ("error", "interrupted"):
-        return "interrupted"  # failed as stale, perhaps while its tuner was still writing its record
+    if trial.state == TrialState.FAIL and status not in (Status.ERROR, Status.INTERRUPTED):
+        return Status.INTERRUPTED.value  # failed as stale, perhaps while its tuner was still writing its record
     return status or trial.state.name.lower()
 
 
@@ -216,7 +216,7 @@ def best_row(df: pd.DataFrame, objective: str) -> pd.Series | None:
     are judged with their configuration, by choose_winner)."""
     key, lower = objective_key(objective)
     ok = originals(df)
-    ok = ok[ok["status"] == "ok"]
+    ok = ok[ok["status"] == Status.OK]
     if ok.empty:
         return None
     return ok.loc[ok[key].idxmin()] if lower else ok.loc[ok[key].idxmax()]
@@ -242,7 +242,7 @@ def confirmation_table(df: pd.DataFrame, objective: str, runs: int = CONFIRM_RUN
     if repeats.empty:
         return pd.DataFrame()
     ok = originals(df)
-    ok = ok[ok["status"] == "ok"]
+    ok = ok[ok["status"] == Status.OK]
     by_name = {source_of(r): r for _, r in ok.iterrows()}
     rows = []
     for name, group in repeats.groupby("confirm_of", sort=False):
@@ -250,9 +250,10 @@ def confirmation_table(df: pd.DataFrame, objective: str, runs: int = CONFIRM_RUN
         if original is None:  # its tuner died before recording what it repeats, or the original is gone
             continue
         outcomes = {r: _run_outcome(group[group["confirm_run"] == r]) for r in range(1, runs + 1)}
-        done = {r: o for r, o in outcomes.items() if o is not None and o["status"] not in ("running", "queued")}
-        good = [o for o in done.values() if o["status"] == "ok"]
-        failed = [f"#{r} {o['status']}" for r, o in done.items() if o["status"] != "ok"]
+        waiting = (Status.RUNNING, Status.QUEUED)
+        done = {r: o for r, o in outcomes.items() if o is not None and o["status"] not in waiting}
+        good = [o for o in done.values() if o["status"] == Status.OK]
+        failed = [f"#{r} {o['status']}" for r, o in done.items() if o["status"] != Status.OK]
         values = pd.Series([original[key], *(o[key] for o in good)], dtype=float)
         rows.append({
             "configuration": name, "row": original.name, "runs": 1 + runs, "n": len(values),
@@ -272,7 +273,7 @@ def _run_outcome(attempts: pd.DataFrame) -> pd.Series | None:
     """One confirmation run over its attempts: the attempt that counted (a retry that ran), else the latest."""
     if attempts.empty:
         return None
-    counted = attempts[attempts["status"].isin(COUNTED_STATUSES)]
+    counted = attempts[attempts["status"].isin(COUNTED)]
     return (counted if not counted.empty else attempts).iloc[-1]
 
 
@@ -407,9 +408,9 @@ def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     d["tokens_per_step"] = (d["batch_size"] * d["block_size"]).astype(int)
     d["shape"] = d["batch_size"].astype(int).astype(str) + " x " + d["block_size"].astype(int).astype(str)
-    ran = d[d["status"].isin(["ok", "pruned", "diverged"])]
-    oom = d[d["status"] == "oom"]
-    skipped = d[d["status"] == "predicted_oom"]
+    ran = d[d["status"].isin([Status.OK, Status.PRUNED, Status.DIVERGED])]  # trained: it fitted
+    oom = d[d["status"] == Status.OOM]
+    skipped = d[d["status"] == Status.PREDICTED_OOM]
     rows = []
     for (layers, embed), _ in d.groupby(["n_layer", "n_embed"]):
         r, o, s = (f[(f["n_layer"] == layers) & (f["n_embed"] == embed)] for f in (ran, oom, skipped))

@@ -12,12 +12,13 @@ from typing import Any
 import pandas as pd
 
 from gptcore.memory import Calibration
-from tune.memory.judge import MEASURED_STATUSES, SKIP_MARGIN, MiB, calibration_points
+from tune.core.outcomes import MEASURED, Status
+from tune.memory.judge import SKIP_MARGIN, MiB, calibration_points
 
 
 def predicted_vs_measured(df: pd.DataFrame) -> pd.DataFrame:
     """Trials that trained with a prediction: predicted and measured peak (MiB) and the relative error."""
-    ran = df[df["status"].isin(MEASURED_STATUSES) & df["predicted_peak_bytes"].notna()
+    ran = df[df["status"].isin(MEASURED) & df["predicted_peak_bytes"].notna()
              & df["measured_peak_bytes"].notna()].copy()
     ran["predicted_MiB"] = ran["predicted_peak_bytes"] / MiB
     ran["measured_MiB"] = ran["measured_peak_bytes"] / MiB
@@ -41,8 +42,8 @@ def memory_section(df: pd.DataFrame, settings: dict[str, Any], label: Callable[[
                 f"trial(s), e.g. {failed.iloc[0]} (the trial logs have the tracebacks)", ""]
     limit = study_limit(df)
     cal = Calibration.fit(calibration_points(r.to_dict() for _, r in df.iterrows()))
-    skipped = df[df["status"] == "predicted_oom"]
-    oom = df[df["status"] == "oom"]
+    skipped = df[df["status"] == Status.PREDICTED_OOM]
+    oom = df[df["status"] == Status.OOM]
     ran = predicted_vs_measured(df)
     lines = ["## Memory: predicted and measured", ""]
     measure = ("bytes reserved by the CUDA caching allocator" if df["peak_reserved_bytes"].notna().any()
@@ -92,8 +93,8 @@ def memory_plot(df: pd.DataFrame, save: Callable[[Any, str], None]) -> str | Non
     if "predicted_peak_bytes" not in df or df["predicted_peak_bytes"].isna().all():
         return "memory.png: not drawn (no trial has a memory prediction)"
     ran = predicted_vs_measured(df)
-    oom = df[(df["status"] == "oom") & df["predicted_peak_bytes"].notna()]
-    skipped = df[df["status"] == "predicted_oom"]
+    oom = df[(df["status"] == Status.OOM) & df["predicted_peak_bytes"].notna()]
+    skipped = df[df["status"] == Status.PREDICTED_OOM]
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter(ran["predicted_MiB"], ran["measured_MiB"], alpha=0.7, label=f"trained ({len(ran)})")
     top = max([v for v in (ran["predicted_MiB"].max(), ran["measured_MiB"].max(),

@@ -13,12 +13,12 @@ import pandas as pd
 
 from gptcore.files import atomic_write
 from tune.core import schema
+from tune.core.outcomes import OUT_OF_MEMORY, Status
 from tune.report.frame import label, objective_key, reference_of
 from tune.report.memreport import memory_plot
 
 # Parameter importances (fANOVA) from fewer trials that trained to the target than this say little: not drawn.
 MIN_IMPORTANCE_TRIALS = 10
-OOM = ("oom", "predicted_oom")
 
 
 def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -39,8 +39,8 @@ def _kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, 
     memory (run or skipped)."""
     refs = df[df["reference"].notna()]
     search = df[df["reference"].isna()]
-    return (search[search["status"] == "ok"], search[search["status"] == "pruned"], refs,
-            df[df["status"].isin(OOM)])
+    return (search[search["status"] == Status.OK], search[search["status"] == Status.PRUNED], refs,
+            df[df["status"].isin(OUT_OF_MEMORY)])
 
 
 def _oom_marks(ax: Any, oom: pd.DataFrame, x: pd.Series, y: float) -> None:
@@ -66,7 +66,7 @@ def history_plot(df: pd.DataFrame, settings: dict[str, Any], save: Callable[[Any
         last = pd.concat([ok["number"], pruned["number"], oom["number"]]).max()
         xs, ys = [*best.index, max(last, best.index[-1])], [*best.values, best.values[-1]]
         ax.step(xs, ys, where="post", color="C2", label="best so far")
-    for i, (_, r) in enumerate(refs[refs["status"] == "ok"].iterrows()):
+    for i, (_, r) in enumerate(refs[refs["status"] == Status.OK].iterrows()):
         ax.axhline(r[key], color=f"C{4 + i}", linestyle="--", linewidth=1, label=f"reference {reference_of(r)}")
     values = pd.concat([ok[key], pruned[judged], refs[key]]).dropna()
     top = values.max() if lower else values.min()
@@ -173,7 +173,7 @@ def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> None:
         if reference_of(row):
             ax.plot(xs, ys, "--o", lw=2, color="C3", label=f"reference {row['reference']}")
             ax.annotate(row["reference"], (xs[-1], ys[-1]), fontsize=8, xytext=(4, 0), textcoords="offset points")
-        elif row["status"] == "ok":
+        elif row["status"] == Status.OK:
             ax.plot(xs, ys, "-o", color="C0", alpha=0.8)
             ax.annotate(str(int(row["number"])), (xs[-1], ys[-1]), fontsize=7, xytext=(4, 0),
                         textcoords="offset points")

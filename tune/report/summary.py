@@ -12,7 +12,7 @@ import pandas as pd
 
 from tune.core import schema, trust
 from tune.core.budget import format_seconds
-from tune.core.outcomes import COUNTED_STATUSES, STATUSES
+from tune.core.outcomes import COUNTED, OUT_OF_MEMORY, Status
 from tune.core.provenance import invocations
 from tune.core.space import Space
 from tune.report.frame import (
@@ -52,7 +52,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
     lines += run_section(study, df, settings, env)
     lines += verdict_section(winner, df, objective, folder)
     lines += warnings_about(winner, df, study)
-    ok = runs[runs["status"] == "ok"]
+    ok = runs[runs["status"] == Status.OK]
     if not ok.empty:
         key, lower = objective_key(objective)
         top = ok.sort_values(key, ascending=lower)
@@ -100,14 +100,14 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v))
     runs = originals(df)
     search = runs[runs["reference"].isna()]
-    counts = search["status"].value_counts().reindex(STATUSES, fill_value=0)
-    counted = int(search["status"].isin(COUNTED_STATUSES).sum())
+    counts = search["status"].value_counts().reindex([s.value for s in Status], fill_value=0)
+    counted = int(search["status"].isin(COUNTED).sum())
     retries = int(search["retry_of"].notna().sum())
     refs = runs[runs["reference"].notna()]
     repeats = len(df) - len(runs)
     # Counted: outcomes of the configuration. Errors and interruptions say nothing about it: queued again once.
-    outcome = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s in COUNTED_STATUSES)
-    others = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s not in COUNTED_STATUSES)
+    outcome = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s in COUNTED)
+    others = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s not in COUNTED)
     lines.append(f"- trials: {settings.get('trials', counted)} asked, {counted} counted ({outcome or 'none yet'})"
                  f"{f'; not counted: {others}' if others else ''}"
                  f"{f', {retries} retried with the same parameters' if retries else ''}; "
@@ -158,7 +158,7 @@ def warnings_about(winner: Winner | None, df: pd.DataFrame, study: optuna.Study)
 def frontier_section(runs: pd.DataFrame) -> list[str]:
     """The OOM frontier: a table per model size where something ran out of memory, else one sentence."""
     lines = ["## Out-of-memory frontier", ""]
-    out_of_memory = runs["status"].isin(["oom", "predicted_oom"])
+    out_of_memory = runs["status"].isin(OUT_OF_MEMORY)
     if not out_of_memory.any():
         ran = runs.dropna(subset=["peak_memory_bytes"])
         if ran.empty:
@@ -211,7 +211,7 @@ def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, fol
     lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {score:.4g}{over}: {shape}.", ""]
     tried = originals(df)
     for _, ref in tried[tried["reference"].notna()].iterrows():
-        if ref["status"] != "ok":
+        if ref["status"] != Status.OK:
             lines.append(f"- reference `{ref['reference']}`: {ref['status']} ({ref['error'] or 'no value'})")
             continue
         value, its = _figure(winner, ref, key)
@@ -306,7 +306,7 @@ def rung_section(search: pd.DataFrame, n_rungs: int) -> list[str]:
     """How many trials reached each rung, and how well each rung's loss predicted the loss at the target."""
     lines = ["## Rungs", "", "| rung | trials that reached it | rank correlation with the loss at the target |",
              "| --- | --- | --- |"]
-    finished = search[search["status"] == "ok"]
+    finished = search[search["status"] == Status.OK]
     for k in range(1, n_rungs + 1):
         reached = int((search["rung"] >= k).sum())
         col = f"loss_rung_{k}"

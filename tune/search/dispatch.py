@@ -28,10 +28,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gptcore.config import SEED_MAX
 from tune.core.confirm import CONFIRM_RUNS, source_name
+from tune.core.outcomes import Status
 from tune.core.space import Space, preset_params
 
 MAX_RETRIES = 1  # a configuration is tried at most twice: a crash every time cannot loop forever
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT, DONE = "wait", "done"
 
 
@@ -77,6 +77,15 @@ class Claim:
         return self.preset is None and self.confirm is None
 
 
+def state_of(status: Status) -> TrialState:
+    """The Optuna state a trial with this outcome is told as (tune.core.outcomes.Status says which, by name)."""
+    return TrialState[status.state]
+
+
+# The states of counted trials (Optuna's COMPLETE and PRUNED): what --trials counts.
+COUNTED_STATES = frozenset(state_of(s) for s in Status if s.counted)
+
+
 def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     """Queue a failed trial's configuration again (once): the storages' stale-trial callback, and our own."""
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
@@ -102,7 +111,7 @@ def retry_of(trial: FrozenTrial) -> int | None:
 def tally(study: optuna.Study) -> dict[str, int]:
     """counted, running and queued trials of a study."""
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {"counted": sum(s in COUNTED for s in states), "running": states.count(TrialState.RUNNING),
+    return {"counted": sum(s in COUNTED_STATES for s in states), "running": states.count(TrialState.RUNNING),
             "queued": states.count(TrialState.WAITING)}
 
 
@@ -160,7 +169,7 @@ def fail_orphans(study: optuna.Study) -> int:
     live tuner can be running one. Returns how many it closed."""
     closed, storage = 0, study._storage
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(frozen._trial_id, "status", "interrupted")
+        storage.set_trial_user_attr(frozen._trial_id, "status", Status.INTERRUPTED.value)
         storage.set_trial_user_attr(frozen._trial_id, "error", "the tuner process stopped during this trial")
         if storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):
             requeue(study, storage.get_trial(frozen._trial_id))
@@ -259,7 +268,7 @@ def _label(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any]) -> N
 
 def _give_up(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
     """Close a popped retry that has nothing to run: its failed attempt died before it recorded what it was."""
-    trial.set_user_attr("status", "error")
+    trial.set_user_attr("status", Status.ERROR.value)
     trial.set_user_attr("error", error)
     study.tell(trial, state=TrialState.FAIL)
 

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from tune.core import trust
 from tune.core.confirm import confirm_label
+from tune.core.outcomes import Status
 from tune.core.space import preset_params
 from tune.exec.console import Console
 from tune.exec.pool import Beater, run_workers
@@ -49,24 +50,6 @@ from tune.search.settings import TuneSettings
 from tune.store import liveness
 from tune.store.storage import scrub
 
-STATE_OF = {
-    "ok": TrialState.COMPLETE,
-    # Pruned, OOM, diverged and timed-out trials are all told as PRUNED. TPE ranks pruned trials by how far they
-    # got (the last rung reported) and then by their loss there, and one with no report (an OOM before the first
-    # rung) below every other: the sampler learns to avoid the region. FAIL would hide the trial from the
-    # sampler, which would keep proposing configurations that do not fit.
-    "pruned": TrialState.PRUNED,
-    "oom": TrialState.PRUNED,
-    # Predicted not to fit, never run: PRUNED with no report, and infeasible by its memory constraint (see
-    # tune.memory.judge.violation_mib), which TPE ranks below every feasible trial, the least excess first.
-    "predicted_oom": TrialState.PRUNED,
-    "diverged": TrialState.PRUNED,
-    "timeout": TrialState.PRUNED,
-    # An unexplained error or an interruption says nothing about the configuration: kept out of the sampler's
-    # model, not counted toward --trials, and queued again once (tune.search.dispatch).
-    "error": TrialState.FAIL,
-    "interrupted": TrialState.FAIL,
-}
 # This many errors in a row (not OOM, not divergence: crashes) mean the set-up is broken, not the configurations:
 # the tuner stops instead of sampling forever.
 MAX_ERRORS_IN_A_ROW = 3
@@ -101,18 +84,18 @@ class Tuner:
         """How often a waiting worker looks again (for stale trials, or the study's end)."""
         return min(5.0, self.session.settings.heartbeat_interval)
 
-    def tell(self, trial: optuna.Trial, status: str, value: float | None = None) -> None:
+    def tell(self, trial: optuna.Trial, status: Status, value: float | None = None) -> None:
         """Tell Optuna how a trial ended; a failure is queued again in the same locked step (never twice)."""
-        study = trial.study
+        study, state = trial.study, dispatch.state_of(status)
         try:
-            if STATE_OF[status] == TrialState.FAIL:
+            if state == TrialState.FAIL:
                 with self.session.lock:
                     study.tell(trial, state=TrialState.FAIL)
                     dispatch.requeue(study, study._storage.get_trial(trial._trial_id))
             elif value is not None:
                 study.tell(trial, value)
             else:
-                study.tell(trial, state=STATE_OF[status])
+                study.tell(trial, state=state)
         except (UpdateFinishedTrialError, ValueError):
             # Optuna 5 refuses to tell a finished trial with ValueError ("Cannot tell a FAIL trial"): another
             # tuner failed it as stale. Any other ValueError is ours and must surface.
@@ -125,8 +108,8 @@ class Tuner:
     def book(self, run: TrialRun, counted: bool) -> None:
         """Counters for the progress bar and the error brake."""
         with self._books:
-            self.counts[run.status] = self.counts.get(run.status, 0) + 1
-            self.errors_in_a_row = self.errors_in_a_row + 1 if run.status == "error" else 0
+            self.counts[run.status.value] = self.counts.get(run.status.value, 0) + 1
+            self.errors_in_a_row = self.errors_in_a_row + 1 if run.status == Status.ERROR else 0
             if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW and self.stopped_because is None:
                 self.stopped_because = (f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not an OOM, "
                                         f"not divergence): the set-up, not the configurations; the last: "
@@ -147,9 +130,10 @@ def closed_on_failure(trial: optuna.Trial, tuner: Tuner) -> Iterator[None]:
         raise
     except BaseException as exc:
         with contextlib.suppress(UpdateFinishedTrialError):
-            trial.set_user_attr("status", "interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
+            status = Status.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else Status.ERROR
+            trial.set_user_attr("status", status.value)
             trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
-            tuner.tell(trial, "error")
+            tuner.tell(trial, Status.ERROR)
         raise
 
 
@@ -242,16 +226,16 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
             run = tuner.runner.run(job, on_eval, session.timeout, stop=tuner.stop, on_predicted=on_predicted)
             if lost:
                 raise TrialLost()
-            rung = n if run.status == "ok" else min(len(run.evals), n)
+            rung = n if run.status == Status.OK else min(len(run.evals), n)
             memory = mem.record_fields(run.memory, judged.get("verdict"), judged.get("calibration"), limit)
-            if run.status == "predicted_oom":
+            if run.status == Status.PREDICTED_OOM:
                 run.message = (f"predicted {memory['predicted_peak_bytes'] / 2**20:,.0f} MiB, over the "
                                f"{limit / 2**20:,.0f} MiB limit by more than {mem.SKIP_MARGIN:.0%}: not run")
             try:
                 # A confirmation run of a reference is no reference row: it is told apart by its confirm_of.
                 attrs = record(trial, run, params, session.env, {
                     "reference": claim.preset if claim.confirm is None else None, "rung": rung, "rungs": n,
-                    "reached_target": run.status == "ok", "checkpoint": (run.result or {}).get("checkpoint"),
+                    "reached_target": run.status == Status.OK, "checkpoint": (run.result or {}).get("checkpoint"),
                     "retry_of": claim.retry_of, **memory,
                     "config": {"model": job["model"], "train": job["train"]},  # complete: what best.json writes
                 })
@@ -261,7 +245,7 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
             except UpdateFinishedTrialError:
                 raise TrialLost() from None
             value = None
-            if run.status == "ok":
+            if run.status == Status.OK:
                 value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
                 if s.objective == "loss" and not any(k >= n for k, *_ in run.evals):
                     try:
@@ -274,7 +258,7 @@ def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
         tuner.say(f"{label}: another tuner declared this trial stale (no heartbeat for {s.grace_period} s: was "
                   f"this tuner frozen or cut off?) and queued it again; this run's result is dropped")
         return
-    counted = STATE_OF[run.status] != TrialState.FAIL
+    counted = run.status.counted
     if claim.searched and counted:
         with tuner._books:
             tuner.ran += 1
@@ -309,7 +293,7 @@ def work(tuner: Tuner, slot: Slot) -> None:
         except Exception as exc:
             message = scrub(f"tuner: {type(exc).__name__}: {exc}".splitlines()[0][:300], tuner.session.storage)
             tuner.say(f"worker {slot.index} [{slot.describe()}]: {message}")
-            tuner.book(TrialRun(status="error", message=message), counted=False)
+            tuner.book(TrialRun(status=Status.ERROR, message=message), counted=False)
             tuner.stop.wait(tuner.poll_seconds)
 
 

@@ -11,15 +11,10 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from tune.core.outcomes import OUT_OF_MEMORY
 from tune.core.space import PARAMS
 from tune.report.card import matmul as card_matmul
 from tune.report.frame import choose_winner, label, oom_frontier, originals, trials_frame
-
-OOM_STATUSES = ("oom", "predicted_oom")
-
-
-
-
 
 
 def _value(v: Any) -> Any:
@@ -72,7 +67,7 @@ def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None)
         "counts": {k: int(v) for k, v in runs["status"].value_counts().items()},
         "trials": [trial_record(r) for _, r in runs.iterrows()],
         "winner": best,
-        "out_of_memory": int(runs["status"].isin(OOM_STATUSES).sum()),
+        "out_of_memory": int(runs["status"].isin(OUT_OF_MEMORY).sum()),
         "largest_peak_bytes": _value(peak),
         "frontier": [{k: _value(v) for k, v in r.items()} for r in frontier.to_dict("records")],
         "matmul": None if matmul is None else {

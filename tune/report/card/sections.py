@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tune.core.outcomes import Status
 from tune.core.space import PARAMS
 from tune.report.card.html import edge, esc, figure, fmt, loss_plot, matmul_plot, series_name, size_plot, table
 
@@ -139,7 +140,7 @@ def trials_table(trials: list[dict[str, Any]]) -> str:
 def loss(data: dict[str, Any]) -> str:
     """Loss against throughput, memory as colour; the table of every configuration tried."""
     head = '<section id="loss"><h2>Loss vs throughput vs memory</h2>'
-    ok = [t for t in data["trials"] if t["status"] == "ok" and t["val_loss"] is not None
+    ok = [t for t in data["trials"] if t["status"] == Status.OK and t["val_loss"] is not None
           and t["tokens_per_s"] is not None]
     winner = data["winner"]["label"] if data["winner"] else None
     plot = (figure(loss_plot(ok, winner), "loss", "Validation loss at the target against training throughput; "

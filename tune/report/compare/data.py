@@ -12,14 +12,13 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from tune.core.outcomes import MEASURED
 from tune.report.frame import flagged, trials_frame
 from tune.store.load import load_named
 
 # The model and batch shape: what a run's speed depends on. The learning rate changes what a step learns, not
 # what it costs, so runs that differ only in it are the same configuration here.
 SHAPE = ("batch_size", "block_size", "n_embed", "n_head", "n_layer")
-# Runs that trained and measured their speed: to the target (ok) or stopped at a lower rung (pruned).
-SPEED_STATUSES = ("ok", "pruned")
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ def default_folder(sides: list[Side]) -> str:
 def speeds(df: pd.DataFrame) -> pd.DataFrame:
     """Per shape (SHAPE, the index): the median tokens/s over every run that measured it, how many runs, and how
     many of them other processes competed with (tune's contention check: their tokens/s understate the shape)."""
-    runs = df[df["status"].isin(SPEED_STATUSES) & df["tokens_per_s"].notna()].dropna(subset=list(SHAPE))
+    # Runs that measured the step and trained to an end they report (a timeout is killed before it says its speed).
+    runs = df[df["status"].isin(MEASURED) & df["tokens_per_s"].notna()].dropna(subset=list(SHAPE))
     runs = runs.astype({k: int for k in SHAPE}).assign(contended=flagged(runs["contended"]))
     grouped = runs.groupby(list(SHAPE))
     return pd.DataFrame({"tokens_per_s": grouped["tokens_per_s"].median().astype(float), "runs": grouped.size(),

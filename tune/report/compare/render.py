@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from tune.core.outcomes import COUNTED_STATUSES
+from tune.core.outcomes import COUNTED, Status
 from tune.report.compare.data import SHAPE, Side, geometric_mean, shared_speeds, speeds
 from tune.report.frame import choose_winner, label, oom_frontier, originals
 
@@ -97,7 +97,7 @@ def studies_section(sides: list[Side]) -> list[str]:
     for s in sides:
         runs = originals(s.df)
         searched, refs = runs[runs["reference"].isna()], runs[runs["reference"].notna()]
-        counted = int(searched["status"].isin(COUNTED_STATUSES).sum())
+        counted = int(searched["status"].isin(COUNTED).sum())
         confirms = len(s.df) - len(runs)
         for key, value in (
                 ("study", f"`{s.study.study_name}`"), ("results folder", str(s.folder)), ("device", _device(s.env)),
@@ -212,7 +212,7 @@ def frontier_section(sides: list[Side]) -> list[str]:
              "the smallest that ran out of memory, and the smallest skipped as predicted out of memory.", ""]
     for s in sides:
         runs = originals(s.df)
-        oom, skipped = int((runs["status"] == "oom").sum()), int((runs["status"] == "predicted_oom").sum())
+        oom, skipped = int((runs["status"] == Status.OOM).sum()), int((runs["status"] == Status.PREDICTED_OOM).sum())
         limit = s.settings.get("memory_limit_bytes") or s.env.get("gpu_memory_bytes")
         limit_text = f"memory limit {MIB(limit)} MiB" if limit else "no memory limit"
         if oom or skipped:
