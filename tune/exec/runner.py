@@ -1,4 +1,5 @@
-"""Parent side of a trial: start the child, relay evaluations, enforce the hard timeout, record the end.
+"""Parent side of a trial: start the child, answer its messages (tune.exec.protocol), enforce the hard timeout,
+say how it ended (TrialRun; tune.exec.record writes it down).
 
 The parent never imports torch (so it can never initialise CUDA); children are forked from a forkserver
 that preloads torch and gptcore once, so each trial starts in tens of milliseconds instead of seconds.
@@ -28,10 +29,24 @@ from typing import Any
 
 from gptcore.errors import UserError
 from tune.core.outcomes import Status
+from tune.exec.protocol import (
+    CONTINUE,
+    RUN,
+    SKIP,
+    STOP,
+    Evaluated,
+    Failed,
+    Finished,
+    Predicted,
+    Probed,
+    ProbeFailed,
+    Ready,
+)
+from tune.exec.worker import DEADLINE_EXIT, probe, run_trial
 
 # torch._dynamo: the first torch.optim.AdamW(...) in a process imports it (~800 modules, ~1 s); do it once here.
 PRELOAD = ["torch", "torch._dynamo", "gptcore.train", "gptcore.data", "gptcore.checkpoint", "tune.exec.worker",
-           "tune.core.outcomes", "tune.exec.health"]
+           "tune.exec.protocol", "tune.core.outcomes", "tune.exec.health"]
 KILL_GRACE_S = 2.0
 # The trial process ends itself this long after the parent's hard timeout: later than the parent's own kill (so
 # a live parent reports "timeout" as ever), soon enough that a frozen parent cannot keep it running.
@@ -78,35 +93,28 @@ def _signal_name(code: int) -> str:
 
 
 class TrialRunner:
-    """Runs trial jobs one at a time, each in its own process."""
+    """Runs trial jobs, each in its own process (several at once from several threads)."""
 
     def __init__(self) -> None:
         self.ctx = _context()
 
     def probe(self, device: str, timeout: float = 300.0) -> dict[str, Any]:
         """Ask a child what the device is (the parent must not touch CUDA itself)."""
-        from tune.exec import worker
-
-        parent, child = self.ctx.Pipe()
-        args = (child, device, os.getpid(), timeout + DEADLINE_GRACE_S)
-        proc = self.ctx.Process(target=worker.probe, args=args, daemon=True)
-        with _TABLE:
-            proc.start()
-        child.close()
+        conn, proc = self._start(probe, device, os.getpid(), timeout + DEADLINE_GRACE_S)
         try:
-            if not parent.poll(timeout):
+            if not conn.poll(timeout):
                 raise UserError(f"--device {device}: the device probe did not answer in {timeout:.0f} s")
-            kind, payload = parent.recv()
+            answer = conn.recv()
         except EOFError:
             code = _wait(proc, KILL_GRACE_S)
             raise UserError(f"--device {device}: the device probe died ({_signal_name(code or 0)})") from None
         finally:
-            self._stop(proc, kill=False)
-        if kind == "user_error":
-            raise UserError(payload)
-        if kind != "ok":
-            raise RuntimeError(f"device probe failed: {payload}")
-        return payload
+            _stop(proc, kill=False)
+        if isinstance(answer, ProbeFailed) and answer.user_error:
+            raise UserError(answer.message)
+        if not isinstance(answer, Probed):
+            raise RuntimeError(f"device probe failed: {getattr(answer, 'message', answer)}")
+        return answer.env
 
     def run(self, job: dict[str, Any], on_eval: EvalHandler, timeout: float,
             stop: threading.Event | None = None, on_predicted: PredictHandler | None = None) -> TrialRun:
@@ -115,82 +123,122 @@ class TrialRunner:
         Ctrl-C (main thread) or `stop` being set (any thread) kills the trial and gives status interrupted. With
         on_predicted, the job traces its step first and the handler says whether to skip it (predicted_oom).
         """
-        from tune.exec import worker
-
         # The job may name them itself (tests do); by default the trial ends with this process and its timeout.
         job = {"tuner_pid": os.getpid(), "deadline_s": timeout + DEADLINE_GRACE_S, **job,
                "predict": on_predicted is not None}
-        parent, child = self.ctx.Pipe()
         t0 = time.perf_counter()
-        proc = self.ctx.Process(target=worker.run_trial, args=(child, job), daemon=True)
+        conn, proc = self._start(run_trial, job)
+        call = _TrialCall(conn, proc, t0, timeout, stop, on_eval, on_predicted)
+        try:
+            call.listen()
+        finally:
+            call.close()
+        return call.run
+
+    def _start(self, target: Callable[..., None], *args: Any) -> tuple[mp.connection.Connection,
+                                                                       mp.process.BaseProcess]:
+        """Start `target(child end of a pipe, *args)` in a new process; the parent's end and the process."""
+        conn, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=target, args=(child, *args), daemon=True)
         with _TABLE:
             proc.start()
         child.close()  # so that recv() sees EOF when the child dies
-        run = TrialRun(status=Status.ERROR)
-        deadline = t0 + timeout
-        try:
-            while True:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    run.status, run.message = Status.TIMEOUT, f"killed after {timeout:.0f} s (hard timeout)"
-                    break
-                if stop is not None and stop.is_set():
-                    run.status, run.message = Status.INTERRUPTED, "stopped by the tuner"
-                    break
-                if not parent.poll(min(left, POLL_S if stop is not None else 1.0)):
-                    continue
-                try:
-                    msg = parent.recv()
-                except EOFError:
-                    code = _wait(proc, KILL_GRACE_S)
-                    if code == worker.DEADLINE_EXIT:  # it ended itself at its deadline: this parent was too slow
-                        run.status, run.message = Status.TIMEOUT, f"ended itself after {timeout:.0f} s (hard timeout)"
-                        break
-                    how = _signal_name(code) if code is not None and code < 0 else f"exit code {code}"
-                    hint = " (the kernel's OOM killer?)" if code == -signal.SIGKILL else ""
-                    run.status, run.message = Status.ERROR, f"trial process died: {how}{hint}"
-                    break
-                if msg[0] == "ready":
-                    run.startup_seconds = time.perf_counter() - t0
-                elif msg[0] == "predicted":
-                    run.memory = msg[1]
-                    skip = on_predicted is not None and on_predicted(run.memory)
-                    parent.send("skip" if skip else "run")
-                    if skip:
-                        run.status, run.message = Status.PREDICTED_OOM, "predicted out of memory: not run"
-                        break
-                elif msg[0] == "eval":
-                    _, k, step, train_loss, val_loss = msg
-                    run.evals.append((k, step, train_loss, val_loss))
-                    prune = on_eval(k, step, train_loss, val_loss)
-                    parent.send("stop" if prune else "continue")
-                elif msg[0] == "done":
-                    _, run.result, run.measure = msg
-                    run.status = Status.PRUNED if run.result["stopped_by"] == "callback" else Status.OK
-                    break
-                elif msg[0] == "failed":
-                    _, status, run.message, run.phase, run.requested_bytes, run.measure = msg
-                    run.status = Status.parse(status)
-                    break
-        except KeyboardInterrupt:
-            run.status, run.message = Status.INTERRUPTED, "stopped by Ctrl-C"
-        finally:
-            self._stop(proc, kill=run.status in (Status.TIMEOUT, Status.INTERRUPTED))
-            parent.close()
-            run.trial_seconds = time.perf_counter() - t0
-        return run
+        return conn, proc
 
-    @staticmethod
-    def _stop(proc: mp.process.BaseProcess, kill: bool) -> None:
-        """Let a child that reported its end exit; kill one that is still working (hung, timed out, interrupted)."""
-        code = None if kill else _wait(proc, KILL_GRACE_S)
-        if code is None:
-            with _TABLE:
-                proc.kill()
-            code = _wait(proc, KILL_GRACE_S)
-        if code is not None and sys.platform != "win32":
-            with _TABLE:
-                proc.close()
+
+class _TrialCall:
+    """The parent's side of one trial process: its messages answered until it ends, is timed out or is stopped;
+    how it ended, in `run`."""
+
+    def __init__(self, conn: mp.connection.Connection, proc: mp.process.BaseProcess, t0: float, timeout: float,
+                 stop: threading.Event | None, on_eval: EvalHandler, on_predicted: PredictHandler | None) -> None:
+        self.conn, self.proc, self.t0, self.timeout = conn, proc, t0, timeout
+        self.stop, self.on_eval, self.on_predicted = stop, on_eval, on_predicted
+        self.deadline = t0 + timeout
+        self.run = TrialRun(status=Status.ERROR)
+
+    def listen(self) -> None:
+        """Handle messages until the trial has ended; Ctrl-C ends it as interrupted."""
+        try:
+            while not self._next():
+                pass
+        except KeyboardInterrupt:
+            self._end(Status.INTERRUPTED, "stopped by Ctrl-C")
+
+    def close(self) -> None:
+        """Stop the process (killed when it was timed out or interrupted), close the pipe, time the trial."""
+        _stop(self.proc, kill=self.run.status in (Status.TIMEOUT, Status.INTERRUPTED))
+        self.conn.close()
+        self.run.trial_seconds = time.perf_counter() - self.t0
+
+    def _next(self) -> bool:
+        """Wait for one message (a stop is noticed within POLL_S) and handle it; True once the trial has ended."""
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            return self._end(Status.TIMEOUT, f"killed after {self.timeout:.0f} s (hard timeout)")
+        if self.stop is not None and self.stop.is_set():
+            return self._end(Status.INTERRUPTED, "stopped by the tuner")
+        if not self.conn.poll(min(left, POLL_S if self.stop is not None else 1.0)):
+            return False
+        try:
+            message = self.conn.recv()
+        except EOFError:
+            return self._died()
+        return self._handle(message)
+
+    def _handle(self, message: object) -> bool:
+        """One message of tune.exec.protocol; True when it was the trial's end."""
+        match message:
+            case Ready():
+                self.run.startup_seconds = time.perf_counter() - self.t0
+            case Predicted(memory):
+                return self._predicted(memory)
+            case Evaluated(k, step, train_loss, val_loss):
+                self.run.evals.append((k, step, train_loss, val_loss))
+                prune = self.on_eval(k, step, train_loss, val_loss)
+                self.conn.send(STOP if prune else CONTINUE)
+            case Finished(result, measure):
+                self.run.result, self.run.measure = result, measure
+                return self._end(Status.PRUNED if result["stopped_by"] == "callback" else Status.OK, None)
+            case Failed(outcome, measure):
+                self.run.phase, self.run.requested_bytes, self.run.measure = (outcome.phase, outcome.requested_bytes,
+                                                                              measure)
+                return self._end(Status.parse(outcome.status), outcome.message)
+        return False
+
+    def _predicted(self, memory: dict[str, Any]) -> bool:
+        """Ask on_predicted whether to run the traced step; True (the end: predicted_oom) when it says skip."""
+        self.run.memory = memory
+        skip = self.on_predicted is not None and self.on_predicted(memory)
+        self.conn.send(SKIP if skip else RUN)
+        if not skip:
+            return False
+        return self._end(Status.PREDICTED_OOM, "predicted out of memory: not run")
+
+    def _died(self) -> bool:
+        """The pipe closed without an end: the process ended itself at its deadline, or died (a signal, an exit)."""
+        code = _wait(self.proc, KILL_GRACE_S)
+        if code == DEADLINE_EXIT:  # it ended itself at its deadline: this parent was too slow
+            return self._end(Status.TIMEOUT, f"ended itself after {self.timeout:.0f} s (hard timeout)")
+        how = _signal_name(code) if code is not None and code < 0 else f"exit code {code}"
+        hint = " (the kernel's OOM killer?)" if code == -signal.SIGKILL else ""
+        return self._end(Status.ERROR, f"trial process died: {how}{hint}")
+
+    def _end(self, status: Status, message: str | None) -> bool:
+        self.run.status, self.run.message = status, message
+        return True
+
+
+def _stop(proc: mp.process.BaseProcess, kill: bool) -> None:
+    """Let a child that reported its end exit; kill one that is still working (hung, timed out, interrupted)."""
+    code = None if kill else _wait(proc, KILL_GRACE_S)
+    if code is None:
+        with _TABLE:
+            proc.kill()
+        code = _wait(proc, KILL_GRACE_S)
+    if code is not None and sys.platform != "win32":
+        with _TABLE:
+            proc.close()
 
 
 def _wait(proc: mp.process.BaseProcess, timeout: float) -> int | None:

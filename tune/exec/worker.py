@@ -1,11 +1,9 @@
 """The trial process: set limits, train, stream evaluations to the parent, report how it ended.
 
 Runs in a child forked from a forkserver that has torch preloaded (cheap to start), so an OOM, a crash, a
-leak or a hang stays inside one trial. The parent owns the Optuna storage; this side only talks through
-the pipe: ("ready",), ("eval", k, step, train_loss, val_loss) -> "continue" | "stop", then ("done", result, measure)
-or ("failed", status, message, phase, requested_bytes, measure); `measure` is how much of the machine the trial
-got (tune.exec.health), so the parent can flag a contended trial. With `predict` in the job, ("predicted", memory)
-comes after "ready" (the traced peak of the step: gptcore.memtrace) and the parent answers "run" or "skip".
+leak or a hang stays inside one trial. The parent owns the Optuna storage; this side only talks through the pipe,
+in the messages of tune.exec.protocol (the conversation: docs/signals.md). The end it reports carries `measure`, how
+much of the machine the trial got (tune.exec.health), so the parent can flag a contended trial.
 
 Optional job fields: `cores` (pin to these cores, one torch thread per core), `gpu` (train on that GPU alone,
 through CUDA_VISIBLE_DEVICES), `tuner_pid` and `deadline_s` (end with the tuner, and at the latest `deadline_s`
@@ -17,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import importlib
+import itertools
 import os
 import resource
 import signal
@@ -24,8 +23,13 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
+
+from tune.core.outcomes import classify, first_line
+from tune.exec import protocol
 
 TRAIN_TARGET = "gptcore.train:train"
 DEADLINE_EXIT = 124  # the exit code of a trial process that ended itself at its deadline (as timeout(1) does)
@@ -175,8 +179,86 @@ def _keep_model(job: dict[str, Any], result: Any, model_cfg: Any, train_cfg: Any
     return path
 
 
-def _predict_and_ask(conn: Connection, model_cfg: Any, train_cfg: Any, device: Any) -> str:
-    """Trace the step's peak memory, tell the parent, and return its answer: "run" or "skip".
+@dataclass
+class _Setup:
+    """What the trial trains with, once set up: configs, device, data, the train function, and where it runs."""
+
+    model_cfg: Any  # gptcore.config.ModelConfig
+    train_cfg: Any  # gptcore.config.TrainConfig
+    device: Any  # torch.device
+    data: Any  # gptcore.data.TokenData
+    train: Callable[..., Any]  # gptcore.train.train, or a test's stand-in
+    gpu: Any  # tune.exec.health.GpuWatch on the trial's GPU
+    placement: dict[str, Any]  # gpu_index and gpu_uuid, for the record
+
+
+def run_trial(conn: Connection, job: dict[str, Any]) -> None:
+    """Child entry point: train one configuration and report through `conn` (tune.exec.protocol)."""
+    # Ctrl-C reaches the whole process group; the parent decides, and stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _redirect_output(job["log"])
+    try:
+        _train_and_report(conn, job)
+    except Exception as exc:  # set-up or reporting failed: an outcome (an OOM is still an OOM), not a crash
+        _report_failure(conn, exc, {}, default_phase="setup")
+    finally:
+        conn.close()
+
+
+def _train_and_report(conn: Connection, job: dict[str, Any]) -> None:
+    """Set up, say Ready, ask whether to run (when predicting), train, and send how it ended."""
+    cores = pin_cores(job.get("cores"))  # first: the threads started below inherit the mask
+    guard(job.get("tuner_pid"), job.get("deadline_s"))
+    setup = _set_up(job)
+    conn.send(protocol.Ready())
+    if job.get("predict") and _predict_and_ask(conn, setup) == protocol.SKIP:
+        return
+    usage = _Usage(setup, cores)
+    try:
+        result = setup.train(setup.model_cfg, setup.train_cfg, setup.data, on_eval=_evaluator(conn),
+                             progress=False, eval_at=job.get("eval_at"))
+    except Exception as exc:
+        _report_failure(conn, exc, usage.measure())
+        return
+    figures = result.to_dict()
+    figures["checkpoint"] = _keep_model(job, result, setup.model_cfg, setup.train_cfg, setup.data)
+    conn.send(protocol.Finished(figures, usage.measure()))
+
+
+def _set_up(job: dict[str, Any]) -> _Setup:
+    """Choose the GPU, build the configs, apply the memory limit, load the data and the train function."""
+    device_name = select_gpu(job.get("gpu")) or job["device"]
+    _tqdm_thread_lock()
+    import torch
+
+    from gptcore.config import ModelConfig, TrainConfig
+    from gptcore.data import TokenData
+    from tune.exec.health import GpuWatch
+
+    model_cfg = ModelConfig(**job["model"])
+    # With its own GPU, the one device this process sees is cuda:0, whatever the tuner's --device said.
+    train_cfg = TrainConfig(**{**job["train"], "device": device_name} if job.get("gpu") is not None
+                            else job["train"])
+    device = torch.device(device_name)
+    apply_memory_limit(device.type, job.get("memory_limit"), device.index)
+    data = TokenData(job["data"])
+    train = _load_target(job.get("target", TRAIN_TARGET))
+    uuid = _gpu_uuid(device)
+    placement = {"gpu_index": job.get("gpu", device.index if device.type == "cuda" else None), "gpu_uuid": uuid}
+    return _Setup(model_cfg, train_cfg, device, data, train, GpuWatch(uuid).open(), placement)
+
+
+def _tqdm_thread_lock() -> None:
+    """tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker; a trial killed
+    by its tuner (Ctrl-C, timeout) never unregisters it, and the tracker then warns on the tuner's console.
+    A trial draws no bars: a thread lock does."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
+def _predict_and_ask(conn: Connection, setup: _Setup) -> str:
+    """Trace the step's peak memory, tell the parent, and return its answer: RUN or SKIP.
 
     The baseline is what this process holds before training: on the CPU the data segment the memory limit counts
     (measured here, after torch and the limit, before the data and the model), on CUDA nothing (the allocator's
@@ -185,95 +267,59 @@ def _predict_and_ask(conn: Connection, model_cfg: Any, train_cfg: Any, device: A
     """
     from gptcore.hardware import vm_status
 
-    baseline = vm_status().get("VmData", 0) if device.type == "cpu" else 0
+    baseline = vm_status().get("VmData", 0) if setup.device.type == "cpu" else 0
     try:
         from gptcore.memtrace import trace_step
 
-        memory = trace_step(model_cfg, train_cfg, device).to_dict()
+        memory = trace_step(setup.model_cfg, setup.train_cfg, setup.device).to_dict()
     except Exception as exc:
         traceback.print_exc()
-        from tune.core.outcomes import first_line
-
         memory = {"error": first_line(exc)}  # recorded (mem_trace_error): a study whose traces all fail says so
-    conn.send(("predicted", {**memory, "baseline_bytes": baseline}))
+    conn.send(protocol.Predicted({**memory, "baseline_bytes": baseline}))
     return conn.recv()
 
 
-def run_trial(conn: Connection, job: dict[str, Any]) -> None:
-    """Child entry point: train one configuration and report through `conn`."""
-    # Ctrl-C reaches the whole process group; the parent decides, and stops this process itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _redirect_output(job["log"])
-    try:
-        cores = pin_cores(job.get("cores"))  # first: the threads started below inherit the mask
-        guard(job.get("tuner_pid"), job.get("deadline_s"))
-        device_name = select_gpu(job.get("gpu")) or job["device"]
-        # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker; a trial killed
-        # by its tuner (Ctrl-C, timeout) never unregisters it, and the tracker then warns on the tuner's console.
-        # A trial draws no bars: a thread lock does.
-        from tqdm import tqdm
+def _evaluator(conn: Connection) -> Callable[[int, float, float], str]:
+    """train()'s on_eval: each evaluation to the parent, numbered from 1; the parent's answer (CONTINUE or STOP)."""
+    count = itertools.count(1)
 
-        tqdm.set_lock(threading.RLock())
+    def on_eval(step: int, train_loss: float, val_loss: float) -> str:
+        conn.send(protocol.Evaluated(next(count), step, train_loss, val_loss))
+        return conn.recv()
+
+    return on_eval
+
+
+class _Usage:
+    """How much of the machine the trial got while it trained: its CPU share (tune.exec.health.CpuMeter), the
+    other processes on its GPU (the more of the two samples: at the start and at the end) and the GPU's use."""
+
+    def __init__(self, setup: _Setup, cores: list[int] | None) -> None:
         import torch
 
-        from gptcore.config import ModelConfig, TrainConfig
-        from gptcore.data import TokenData
-        from tune.core.outcomes import classify
-        from tune.exec.health import CpuMeter, GpuWatch
+        from tune.exec.health import CpuMeter
 
-        model_cfg = ModelConfig(**job["model"])
-        # With its own GPU, the one device this process sees is cuda:0, whatever the tuner's --device said.
-        train_cfg = TrainConfig(**{**job["train"], "device": device_name} if job.get("gpu") is not None
-                             else job["train"])
-        device = torch.device(device_name)
-        apply_memory_limit(device.type, job.get("memory_limit"), device.index)
-        data = TokenData(job["data"])
-        train = _load_target(job.get("target", TRAIN_TARGET))
-        uuid = _gpu_uuid(device)
-        gpu = GpuWatch(uuid).open()
-        placement = {"gpu_index": job.get("gpu", device.index if device.type == "cuda" else None),
-                     "gpu_uuid": uuid}
-        conn.send(("ready",))
-        if job.get("predict") and _predict_and_ask(conn, model_cfg, train_cfg, device) == "skip":
-            return
-        evals = 0
+        self.gpu, self.placement = setup.gpu, setup.placement
+        self.meter = CpuMeter(torch.get_num_threads(), cores).start()
+        self.before = self.gpu.sample()
 
-        def on_eval(step: int, train_loss: float, val_loss: float) -> str:
-            nonlocal evals
-            evals += 1
-            conn.send(("eval", evals, step, train_loss, val_loss))
-            return conn.recv()
+    def measure(self) -> dict[str, Any]:
+        """The figures from the start until now (call it once, at the trial's end)."""
+        after = self.gpu.sample()
+        others = [v for v in (self.before["gpu_other_processes"], after["gpu_other_processes"]) if v is not None]
+        return {**self.meter.stop(), **self.placement, "gpu_other_processes": max(others) if others else None,
+                "gpu_util_percent": after["gpu_util_percent"]}
 
-        meter = CpuMeter(torch.get_num_threads(), cores).start()
-        before = gpu.sample()
 
-        def measure() -> dict[str, Any]:
-            after = gpu.sample()
-            others = [v for v in (before["gpu_other_processes"], after["gpu_other_processes"]) if v is not None]
-            return {**meter.stop(), **placement, "gpu_other_processes": max(others) if others else None,
-                    "gpu_util_percent": after["gpu_util_percent"]}
-
-        try:
-            result = train(model_cfg, train_cfg, data, on_eval=on_eval, progress=False,
-                           eval_at=job.get("eval_at"))
-        except Exception as exc:
-            traceback.print_exc()
-            sys.stderr.flush()
-            outcome = classify(exc)
-            conn.send(("failed", outcome.status, outcome.message, outcome.phase, outcome.requested_bytes, measure()))
-            return
-        figures = result.to_dict()
-        figures["checkpoint"] = _keep_model(job, result, model_cfg, train_cfg, data)
-        conn.send(("done", figures, measure()))
-    except Exception as exc:  # set-up or reporting failed: an outcome (an OOM is still an OOM), not a crash
-        traceback.print_exc()
-        sys.stderr.flush()
-        from tune.core.outcomes import classify
-
-        outcome = classify(exc)
-        conn.send(("failed", outcome.status, outcome.message, outcome.phase or "setup", outcome.requested_bytes, {}))
-    finally:
-        conn.close()
+def _report_failure(conn: Connection, exc: Exception, measure: dict[str, Any],
+                    default_phase: str | None = None) -> None:
+    """The traceback to the log, the classified outcome to the parent (default_phase: where, if it does not say)."""
+    traceback.print_exc()
+    sys.stderr.flush()
+    outcome = classify(exc)
+    if default_phase is not None:
+        outcome = replace(outcome, phase=outcome.phase or default_phase)
+    conn.send(protocol.Failed(outcome, measure))
 
 
 def gpus() -> list[dict[str, Any]]:
@@ -308,10 +354,10 @@ def probe(conn: Connection, device_name: str, tuner_pid: int | None = None, dead
         env["gpus"] = gpus() if device.type == "cuda" else []
         env["gpu_count"] = len(env["gpus"])
         env["cores"] = affinity()
-        conn.send(("ok", env))
+        conn.send(protocol.Probed(env))
     except Exception as exc:
         from gptcore.errors import UserError
 
-        conn.send(("user_error" if isinstance(exc, UserError) else "error", str(exc)))
+        conn.send(protocol.ProbeFailed(str(exc), user_error=isinstance(exc, UserError)))
     finally:
         conn.close()

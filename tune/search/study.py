@@ -190,88 +190,133 @@ def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, dict[str, 
 
 def run_claim(tuner: Tuner, claim: Claim, slot: Slot) -> None:
     """Run a claimed trial in `slot`: report at the rungs, prune (a searched trial only), record, tell."""
-    session, trial = tuner.session, claim.trial
-    s, plan = session.settings, session.plan
-    n = len(plan.steps)
-    with closed_on_failure(trial, tuner):
-        label, job, params = job_for(session, claim, slot)
-    if tuner.target:
-        job["target"] = tuner.target
-    lost = False
+    ClaimRun(tuner, claim, slot).run()
 
-    def on_eval(k: int, step: int, train_loss: float, val_loss: float) -> bool:
-        nonlocal lost
-        if s.objective != "loss" or not math.isfinite(val_loss):
-            return False
-        k = min(k, n)
+
+class ClaimRun:
+    """One claimed trial in its slot: the trial process reports at the rungs (where a searched trial may be
+    pruned), the memory judge may skip it, then its end is recorded, told to Optuna and said on the console."""
+
+    def __init__(self, tuner: Tuner, claim: Claim, slot: Slot) -> None:
+        self.tuner, self.claim, self.slot, self.trial = tuner, claim, slot, claim.trial
+        self.session = session = tuner.session
+        self.settings, self.plan, self.limit = session.settings, session.plan, session.memory_limit
+        self.n = len(self.plan.steps)
+        self.lost = False  # another tuner failed the trial as stale while it ran
+        self.verdict: mem.Verdict | None = None  # the memory judge's, when the trial traced its step
+        self.calibration: Any = None  # what the verdict was judged with
+
+    def run(self) -> None:
+        """Train it, record and tell how it ended, and say so; a trial another tuner took over is only said."""
+        with closed_on_failure(self.trial, self.tuner):
+            self.label, self.job, self.params = job_for(self.session, self.claim, self.slot)
+        if self.tuner.target:
+            self.job["target"] = self.tuner.target
         try:
-            trial.report(val_loss, plan.steps[k - 1])
+            with closed_on_failure(self.trial, self.tuner):
+                run = self._train()
+                value = self._record(run)
+                self.tuner.tell(self.trial, run.status, value)
+        except TrialLost:
+            self._lost()
+            return
+        self._say(run)
+
+    def on_eval(self, k: int, step: int, train_loss: float, val_loss: float) -> bool:
+        """Report the loss at rung k (objective loss); True to stop: pruned, or lost to another tuner."""
+        if self.settings.objective != "loss" or not math.isfinite(val_loss):
+            return False
+        k = min(k, self.n)
+        try:
+            self.trial.report(val_loss, self.plan.steps[k - 1])
         except UpdateFinishedTrialError:  # declared stale by another tuner: stop training for nothing
-            lost = True
+            self.lost = True
             return True
-        return claim.searched and k < n and trial.should_prune()  # the target itself is never pruned
+        return self.claim.searched and k < self.n and self.trial.should_prune()  # the target is never pruned
 
-    limit, judged = session.memory_limit, {}
-
-    def on_predicted(memory: dict[str, Any] | None) -> bool:
+    def on_predicted(self, memory: dict[str, Any] | None) -> bool:
+        """Judge the traced step against the limit; True to skip the trial (predicted out of memory)."""
+        session = self.session
         # Calibrated on every run measured so far (any tuner's), and kept with the study for the report.
-        judged["calibration"] = calibration = mem.calibrate((session.study, session.references, session.confirms))
-        session.study.set_user_attr(mem.CALIBRATION_ATTR, calibration.to_dict())
+        self.calibration = mem.calibrate((session.study, session.references, session.confirms))
+        session.study.set_user_attr(mem.CALIBRATION_ATTR, self.calibration.to_dict())
         # Only a searched configuration is skipped: a reference or a confirmation run is always measured.
-        judged["verdict"] = verdict = mem.Verdict.judge(memory, calibration, limit, s.predict and claim.searched)
-        return verdict.skip
+        skippable = self.settings.predict and self.claim.searched
+        self.verdict = mem.Verdict.judge(memory, self.calibration, self.limit, skippable)
+        return self.verdict.skip
 
-    try:
-        with closed_on_failure(trial, tuner):
-            run = tuner.runner.run(job, on_eval, session.timeout, stop=tuner.stop, on_predicted=on_predicted)
-            if lost:
-                raise TrialLost()
-            rung = n if run.status == Status.OK else min(len(run.evals), n)
-            memory = mem.record_fields(run.memory, judged.get("verdict"), judged.get("calibration"), limit)
-            if run.status == Status.PREDICTED_OOM:
-                run.message = (f"predicted {memory['predicted_peak_bytes'] / 2**20:,.0f} MiB, over the "
-                               f"{limit / 2**20:,.0f} MiB limit by more than {mem.SKIP_MARGIN:.0%}: not run")
-            try:
-                # A confirmation run of a reference is no reference row: it is told apart by its confirm_of.
-                attrs = record(trial, run, params, session.env, {
-                    "reference": claim.preset if claim.confirm is None else None, "rung": rung, "rungs": n,
-                    "reached_target": run.status == Status.OK, "checkpoint": (run.result or {}).get("checkpoint"),
-                    "retry_of": claim.retry_of, **memory,
-                    "config": {"model": job["model"], "train": job["train"]},  # complete: what best.json writes
-                })
-                violation = mem.violation_mib(run.status, attrs, limit)
-                if violation is not None:
-                    trial.set_constraint("memory_MiB", violation)
-            except UpdateFinishedTrialError:
-                raise TrialLost() from None
-            value = None
-            if run.status == Status.OK:
-                value = run.result["val_loss"] if s.objective == "loss" else run.result["tokens_per_s"]
-                if s.objective == "loss" and not any(k >= n for k, *_ in run.evals):
-                    try:
-                        trial.report(value, plan.steps[-1])  # the final figure, at the target
-                    except UpdateFinishedTrialError:
-                        raise TrialLost() from None
-            tuner.tell(trial, run.status, value)
-    except TrialLost:
-        tuner.beater.discard(trial._trial_id)
-        tuner.say(f"{label}: another tuner declared this trial stale (no heartbeat for {s.grace_period} s: was "
-                  f"this tuner frozen or cut off?) and queued it again; this run's result is dropped")
-        return
-    counted = run.status.counted
-    if claim.searched and counted:
-        with tuner._books:
-            tuner.ran += 1
-    if claim.confirm:  # a retry's number in the confirmation study would only confuse
-        c = claim.confirm
-        again = ", a retry" if claim.retry_of is not None else ""
-        name = f"{confirm_label(c.source.name, c.run)} (seed {c.seed}{again})"
-    else:
-        name = f"ref {claim.preset}" if claim.preset else f"trial {trial.number:3d}"
-        name += f" (retry of {claim.retry_of})" if claim.retry_of is not None else ""
-    where = f" [{slot.describe()}]" if len(session.slots) > 1 else ""
-    tuner.trial_line(*describe_run(name + where, run, trial.user_attrs))
-    tuner.book(run, counted and claim.searched)  # the bar counts the searched trials: not references, not re-runs
+    def _train(self) -> TrialRun:
+        """The trial process's run, from start to end (TrialLost: another tuner took the trial over meanwhile)."""
+        run = self.tuner.runner.run(self.job, self.on_eval, self.session.timeout, stop=self.tuner.stop,
+                                    on_predicted=self.on_predicted)
+        if self.lost:
+            raise TrialLost()
+        return run
+
+    def _record(self, run: TrialRun) -> float | None:
+        """Write the trial's record and its memory constraint; the objective value to tell (None unless ok)."""
+        memory = mem.record_fields(run.memory, self.verdict, self.calibration, self.limit)
+        if run.status == Status.PREDICTED_OOM:
+            run.message = (f"predicted {memory['predicted_peak_bytes'] / 2**20:,.0f} MiB, over the "
+                           f"{self.limit / 2**20:,.0f} MiB limit by more than {mem.SKIP_MARGIN:.0%}: not run")
+        try:
+            attrs = record(self.trial, run, self.params, self.session.env, self._extra(run, memory))
+            violation = mem.violation_mib(run.status, attrs, self.limit)
+            if violation is not None:
+                self.trial.set_constraint("memory_MiB", violation)
+            return self._value(run)
+        except UpdateFinishedTrialError:
+            raise TrialLost() from None
+
+    def _extra(self, run: TrialRun, memory: dict[str, Any]) -> dict[str, Any]:
+        """The record's fields beyond the run's own figures: what the trial is, how far it got, its memory."""
+        claim = self.claim
+        return {
+            # A confirmation run of a reference is no reference row: it is told apart by its confirm_of.
+            "reference": claim.preset if claim.confirm is None else None,
+            "rung": self.n if run.status == Status.OK else min(len(run.evals), self.n), "rungs": self.n,
+            "reached_target": run.status == Status.OK, "checkpoint": (run.result or {}).get("checkpoint"),
+            "retry_of": claim.retry_of, **memory,
+            "config": {"model": self.job["model"], "train": self.job["train"]},  # complete: what best.json writes
+        }
+
+    def _value(self, run: TrialRun) -> float | None:
+        """The objective value of a trial that trained to the target (None otherwise), reported at the target
+        when no evaluation reported it there."""
+        if run.status != Status.OK:
+            return None
+        loss = self.settings.objective == "loss"
+        value = run.result["val_loss"] if loss else run.result["tokens_per_s"]
+        if loss and not any(k >= self.n for k, *_ in run.evals):
+            self.trial.report(value, self.plan.steps[-1])  # the final figure, at the target
+        return value
+
+    def _lost(self) -> None:
+        """Another tuner failed the trial as stale: nothing of this run can be told."""
+        self.tuner.beater.discard(self.trial._trial_id)
+        self.tuner.say(f"{self.label}: another tuner declared this trial stale (no heartbeat for "
+                       f"{self.settings.grace_period} s: was this tuner frozen or cut off?) and queued it again; "
+                       f"this run's result is dropped")
+
+    def _say(self, run: TrialRun) -> None:
+        """The trial's line and warnings on the console; the books (ran, the bar, the error brake)."""
+        counted = run.status.counted and self.claim.searched  # the bar counts searched trials only
+        if counted:
+            with self.tuner._books:
+                self.tuner.ran += 1
+        where = f" [{self.slot.describe()}]" if len(self.session.slots) > 1 else ""
+        self.tuner.trial_line(*describe_run(self._name() + where, run, self.trial.user_attrs))
+        self.tuner.book(run, counted)
+
+    def _name(self) -> str:
+        """How the console names the trial: 'trial  12 (retry of 9)', 'ref baby', 'confirm trial 3 #1 (seed 4)'."""
+        claim = self.claim
+        if claim.confirm:  # a retry's number in the confirmation study would only confuse
+            c = claim.confirm
+            again = ", a retry" if claim.retry_of is not None else ""
+            return f"{confirm_label(c.source.name, c.run)} (seed {c.seed}{again})"
+        name = f"ref {claim.preset}" if claim.preset else f"trial {self.trial.number:3d}"
+        return name + (f" (retry of {claim.retry_of})" if claim.retry_of is not None else "")
 
 
 def work(tuner: Tuner, slot: Slot) -> None:
