@@ -28,8 +28,8 @@ from benchmarks.tuner_table import Table
 from gptcore.errors import UserError
 from tune.core.budget import RungPlan
 from tune.core.outcomes import Status
-from tune.search.dispatch import state_of
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, make_pruner, make_sampler
+from tune.store.told import state_of
 
 CHECKPOINTS = (10, 25, 50)  # trials at which regret is read
 WITHIN = 0.01  # "close to the best": within 1 % of the best recorded loss

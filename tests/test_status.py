@@ -13,23 +13,24 @@ from tune.core.outcomes import COUNTED, MEASURED, OUT_OF_MEMORY, Status
 from tune.report.frame import trials_frame
 from tune.report.summary import run_section
 from tune.search import dispatch
+from tune.store import told
 
 OUTCOMES = [s for s in Status if s not in (Status.RUNNING, Status.QUEUED)]  # what a trial can end with
 
 
 @pytest.mark.parametrize("status", list(Status), ids=lambda s: s.value)
 def test_every_status_maps_to_one_optuna_state_consistently_with_its_traits(status):
-    state = dispatch.state_of(status)
+    state = told.state_of(status)
     assert isinstance(state, TrialState) and state.name == status.state
     assert status.counted == (state in (TrialState.COMPLETE, TrialState.PRUNED))
-    assert status.counted == (state in dispatch.COUNTED_STATES)
+    assert status.counted == (state in told.COUNTED_STATES)
     assert not status.measured or status.counted  # a run that measured the step says something about it
     assert not status.is_oom or (status.counted and not status.measured)  # an OOM never measured its peak
 
 
 def test_only_a_trial_that_trained_to_the_target_completes_and_only_errors_and_interruptions_fail():
-    assert [s for s in Status if dispatch.state_of(s) == TrialState.COMPLETE] == [Status.OK]
-    assert {s for s in Status if dispatch.state_of(s) == TrialState.FAIL} == {Status.ERROR, Status.INTERRUPTED}
+    assert [s for s in Status if told.state_of(s) == TrialState.COMPLETE] == [Status.OK]
+    assert {s for s in Status if told.state_of(s) == TrialState.FAIL} == {Status.ERROR, Status.INTERRUPTED}
     assert not Status.RUNNING.counted and not Status.QUEUED.counted
 
 
@@ -65,7 +66,7 @@ def _study_with_one_trial_per_outcome() -> optuna.Study:
         if status == Status.OK:
             study.tell(trial, 1.0)
         else:
-            study.tell(trial, state=dispatch.state_of(status))
+            study.tell(trial, state=told.state_of(status))
     return study
 
 

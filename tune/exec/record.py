@@ -32,23 +32,43 @@ def measured_peak(peak_memory: dict[str, int]) -> int | None:
     return None
 
 
-def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict[str, Any],
-           extra: dict[str, Any]) -> dict[str, Any]:
-    """Every per-trial figure as a user attribute (the results table is built from these); the figures."""
+def figures(run: TrialRun, params: dict[str, Any], env: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Every per-trial figure of the record (the results table is built from these), JSON-safe."""
     attrs: dict[str, Any] = {"status": run.status.value, **params, **extra, "device": env["device_name"],
                              "parent_rss_bytes": current_rss_bytes(),
                              "trial_seconds": run.trial_seconds, "startup_seconds": run.startup_seconds,
                              "error": run.message, "oom_phase": run.phase if run.status == Status.OOM else None,
                              "oom_requested_bytes": run.requested_bytes}
+    attrs.update(_usage(run, env))
+    attrs.update(_trained(run))
+    # JSON storage has no NaN
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in attrs.items()}
+
+
+def record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Write the record as the trial's user attributes, its status last: a record with a status is complete, so a
+    tuner killed before it told Optuna leaves a result the next one can tell (tune.store.told)."""
+    for key, value in attrs.items():
+        if key != "status":
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("status", attrs["status"])
+
+
+def _usage(run: TrialRun, env: dict[str, Any]) -> dict[str, Any]:
+    """What share of the machine the trial got, and whether others competed for it."""
     m = run.measure
     # A trial that failed before it trained (a set-up error, an OOM building the model) ran too briefly for its
     # share of the CPU to mean anything: it is not judged.
     trained = run.result is not None or bool(run.evals)
-    attrs.update(cpu_share=m.get("cpu_share"), others_cores=m.get("others_cores"), load_1m=m.get("load_1m"),
-                 threads=m.get("threads"), gpu_other_processes=m.get("gpu_other_processes"),
-                 gpu_util_percent=m.get("gpu_util_percent"), gpu_uuid=m.get("gpu_uuid"),
-                 contended=trust.contention(m, env["device_type"]) if trained else None)
-    r = run.result
+    return dict(cpu_share=m.get("cpu_share"), others_cores=m.get("others_cores"), load_1m=m.get("load_1m"),
+                threads=m.get("threads"), gpu_other_processes=m.get("gpu_other_processes"),
+                gpu_util_percent=m.get("gpu_util_percent"), gpu_uuid=m.get("gpu_uuid"),
+                contended=trust.contention(m, env["device_type"]) if trained else None)
+
+
+def _trained(run: TrialRun) -> dict[str, Any]:
+    """The training's figures: all of them from a run that reported its end, else the last losses seen."""
+    r, attrs = run.result, {}
     warnings: list[str] = []
     if r is not None:
         mem = r["peak_memory"]
@@ -71,10 +91,6 @@ def record(trial: optuna.Trial, run: TrialRun, params: dict[str, Any], env: dict
     if run.evals:  # the loss at the last rung reached: what a pruned trial was judged on
         attrs["rung_loss"] = run.evals[-1][3] if r is None or run.status != Status.OK else r["val_loss"]
     attrs["budget_warning"] = "; ".join(warnings) or None
-    for key, value in attrs.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            attrs[key] = value = None  # JSON storage has no NaN
-        trial.set_user_attr(key, value)
     return attrs
 
 

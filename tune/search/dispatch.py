@@ -30,6 +30,7 @@ from gptcore.config import SEED_MAX
 from tune.core.confirm import CONFIRM_RUNS, source_name
 from tune.core.outcomes import Status
 from tune.core.space import Space, preset_params
+from tune.store.told import COUNTED_STATES, tell_from_record
 
 MAX_RETRIES = 1  # a configuration is tried at most twice: a crash every time cannot loop forever
 WAIT, DONE = "wait", "done"
@@ -75,15 +76,6 @@ class Claim:
     def searched(self) -> bool:
         """A trial of the search itself: counted toward --trials, judged at the rungs, may be pruned."""
         return self.preset is None and self.confirm is None
-
-
-def state_of(status: Status) -> TrialState:
-    """The Optuna state a trial with this outcome is told as (tune.core.outcomes.Status says which, by name)."""
-    return TrialState[status.state]
-
-
-# The states of counted trials (Optuna's COMPLETE and PRUNED): what --trials counts.
-COUNTED_STATES = frozenset(state_of(s) for s in Status if s.counted)
 
 
 def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
@@ -165,10 +157,13 @@ def references_pending(refs: optuna.Study | None, presets: tuple[str, ...]) -> l
 
 
 def fail_orphans(study: optuna.Study) -> int:
-    """Fail (and queue again) every RUNNING trial: only for a storage this tuner holds alone (SQLite), where no
-    live tuner can be running one. Returns how many it closed."""
+    """Close every RUNNING trial: only for a storage this tuner holds alone (SQLite), where no live tuner can be
+    running one. A trial whose record is complete is told from it (its tuner died after recording its end, before
+    telling Optuna); the others are failed and queued again. Returns how many it failed."""
     closed, storage = 0, study._storage
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if tell_from_record(study, frozen):
+            continue
         storage.set_trial_user_attr(frozen._trial_id, "status", Status.INTERRUPTED.value)
         storage.set_trial_user_attr(frozen._trial_id, "error", "the tuner process stopped during this trial")
         if storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):

@@ -31,7 +31,7 @@ from tune.core.outcomes import Status
 from tune.core.space import preset_params
 from tune.exec.console import Console
 from tune.exec.pool import Beater, run_workers
-from tune.exec.record import describe_run, record
+from tune.exec.record import describe_run, figures, record
 from tune.exec.runner import TrialRun, TrialRunner
 from tune.exec.slots import Slot
 from tune.memory import judge as mem
@@ -47,7 +47,7 @@ from tune.search.session import (
     warn_if_busy,
 )
 from tune.search.settings import TuneSettings
-from tune.store import liveness
+from tune.store import liveness, told
 from tune.store.storage import scrub
 
 # This many errors in a row (not OOM, not divergence: crashes) mean the set-up is broken, not the configurations:
@@ -86,16 +86,14 @@ class Tuner:
 
     def tell(self, trial: optuna.Trial, status: Status, value: float | None = None) -> None:
         """Tell Optuna how a trial ended; a failure is queued again in the same locked step (never twice)."""
-        study, state = trial.study, dispatch.state_of(status)
+        study = trial.study
         try:
-            if state == TrialState.FAIL:
+            if told.state_of(status) == TrialState.FAIL:
                 with self.session.lock:
                     study.tell(trial, state=TrialState.FAIL)
                     dispatch.requeue(study, study._storage.get_trial(trial._trial_id))
-            elif value is not None:
-                study.tell(trial, value)
             else:
-                study.tell(trial, state=state)
+                told.tell(study, trial, status, value)
         except (UpdateFinishedTrialError, ValueError):
             # Optuna 5 refuses to tell a finished trial with ValueError ("Cannot tell a FAIL trial"): another
             # tuner failed it as stale. Any other ValueError is ours and must surface.
@@ -254,19 +252,23 @@ class ClaimRun:
         return run
 
     def _record(self, run: TrialRun) -> float | None:
-        """Write the trial's record and its memory constraint; the objective value to tell (None unless ok)."""
+        """Report the value at the target, set the memory constraint, then write the record (its status last: from
+        then on the result is complete, even if this tuner dies before telling it); the value to tell."""
         memory = mem.record_fields(run.memory, self.verdict, self.calibration, self.limit)
         if run.status == Status.PREDICTED_OOM:
             run.message = (f"predicted {memory['predicted_peak_bytes'] / 2**20:,.0f} MiB, over the "
                            f"{self.limit / 2**20:,.0f} MiB limit by more than {mem.SKIP_MARGIN:.0%}: not run")
         try:
-            attrs = record(self.trial, run, self.params, self.session.env, self._extra(run, memory))
+            value = self._value(run)
+            extra = {**self._extra(run, memory), told.VALUE_KEY: value}
+            attrs = figures(run, self.params, self.session.env, extra)
             violation = mem.violation_mib(run.status, attrs, self.limit)
             if violation is not None:
                 self.trial.set_constraint("memory_MiB", violation)
-            return self._value(run)
+            record(self.trial, attrs)
         except UpdateFinishedTrialError:
             raise TrialLost() from None
+        return value
 
     def _extra(self, run: TrialRun, memory: dict[str, Any]) -> dict[str, Any]:
         """The record's fields beyond the run's own figures: what the trial is, how far it got, its memory."""
@@ -292,11 +294,14 @@ class ClaimRun:
         return value
 
     def _lost(self) -> None:
-        """Another tuner failed the trial as stale: nothing of this run can be told."""
+        """Another tuner took the trial over as stale: it failed it (and queued it again), or told it from its
+        complete record; either way this tuner tells nothing."""
         self.tuner.beater.discard(self.trial._trial_id)
+        counted = self.trial.study.get_trials(deepcopy=False, states=tuple(told.COUNTED_STATES))
+        fate = ("told Optuna its result from its record" if any(t.number == self.trial.number for t in counted)
+                else "queued it again; this run's result is dropped")
         self.tuner.say(f"{self.label}: another tuner declared this trial stale (no heartbeat for "
-                       f"{self.settings.grace_period} s: was this tuner frozen or cut off?) and queued it again; "
-                       f"this run's result is dropped")
+                       f"{self.settings.grace_period} s: was this tuner frozen or cut off?) and {fate}")
 
     def _say(self, run: TrialRun) -> None:
         """The trial's line and warnings on the console; the books (ran, the bar, the error brake)."""

@@ -24,6 +24,7 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tune.store.storage import JournalLeaseStorage
+from tune.store.told import tell_from_record
 
 # The tuner asks and tells trials itself (Study.optimize cannot run trial processes on several devices) and beats
 # for them through this module: Optuna's warning on every ask about that is noise in the tuner's console.
@@ -81,10 +82,11 @@ def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
     A trial is judged by the longer of this tuner's grace period and the one its own tuner recorded on it
     (claim_grace). A trial never beaten for counts from its start: a tuner killed between asking for a trial and
     its first beat must not leave it RUNNING forever (Optuna alone never fails a trial that has not beaten).
-    Returns the trials this call failed. When two tuners call it at once, each stale trial is failed (and its
-    callback run) by exactly one of them: one conditional UPDATE on a database, the log order on a journal.
-    Call it inside study_lock all the same.
-    """
+    A stale trial whose record is complete (its tuner died after recording its end, before telling Optuna) is told
+    from the record instead: not failed, not run again. Returns the trials this call failed.
+    When two tuners call it at once, each stale trial is failed (and its callback run) by exactly one of them: one
+    conditional UPDATE on a database, the log order on a journal. Call it inside study_lock all the same (which
+    also keeps two tuners from telling one trial from its record at once)."""
     base = base_storage(study._storage)
     own = _grace(base)
     if own is None:
@@ -108,10 +110,21 @@ def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
                 else _start(t) for t in running}
         claim = lambda i: _claim_rdb(base, i)  # noqa: E731
         on_stale = base.get_heartbeat_stale_trial_callback()
-    stale = [t._trial_id for t in running
+    stale = [t for t in running
              if last[t._trial_id] is not None
              and now - last[t._trial_id] > max(own, float(t.system_attrs.get(GRACE_KEY) or 0))]
-    return _fail(study, stale, on_stale, claim)
+    return _fail(study, [t._trial_id for t in stale if not _told(study, t)], on_stale, claim)
+
+
+def _told(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Tell a stale trial from its complete record; True if told here or finished meanwhile (nothing to fail)."""
+    try:
+        return tell_from_record(study, trial)
+    except (UpdateFinishedTrialError, ValueError):
+        # Optuna 5 refuses a finished trial with ValueError: its tuner (or another) told it first.
+        if base_storage(study._storage).get_trial(trial._trial_id).state.is_finished():
+            return True
+        raise
 
 
 def _start(trial: FrozenTrial) -> float | None:
