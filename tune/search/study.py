@@ -47,7 +47,7 @@ from tune.search.session import (
 )
 from tune.search.settings import TuneSettings
 from tune.store import liveness
-from tune.store.storage import scrub
+from tune.store.spec import scrub
 
 STATE_OF = {
     "ok": TrialState.COMPLETE,

@@ -12,7 +12,8 @@ from pathlib import Path
 import optuna
 
 from gptcore.errors import UserError
-from tune.store.storage import make_storage, resolve_storage, study_file_problem
+from tune.store.spec import resolve_storage
+from tune.store.storage import make_storage, study_file_problem
 
 DEFAULT_RESULTS = Path("results")
 
