@@ -432,9 +432,12 @@ def test_journal_lease_falls_back_to_the_start_time(tmp_path):
 
 
 def test_heartbeat_storage_asks_without_warnings(tmp_path):
-    # A tuner asks for trials itself (no Study.optimize): Optuna's warnings about that must not reach its console.
+    # A tuner asks for trials itself (no Study.optimize): Optuna's warnings about that must not reach its console
+    # (the CLI's quiet_optuna).
     code = """
         from pathlib import Path
+        from tune.store._optuna import quiet_optuna
+        quiet_optuna()
         from tune.store.liveness import beat
         from tune.store.spec import resolve_storage
         from tune.store.storage import make_storage, open_study

@@ -266,6 +266,9 @@ def main_maxbatch(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     argv = sys.argv[1:] if argv is None else argv
+    from tune.store._optuna import quiet_optuna
+
+    quiet_optuna()  # the console's settings, set here: library modules leave warnings and logging alone
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     parser = build_parser()

@@ -51,7 +51,6 @@ def load_study(study_name: str | None = None, *, storage: str | None = None,
     problem = study_file_problem(spec)  # reading only: never a new, empty storage
     if problem:
         raise UserError(f"{where}: {problem}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     opened = make_storage(spec)
     try:
         study = optuna.load_study(study_name=name, storage=opened)
@@ -69,7 +68,6 @@ def load_named(arg: str, *, storage: str | None = None, results: Path = DEFAULT_
         problem = study_file_problem(resolve_storage(None, db))
         if problem:
             raise UserError(f"{db}: {problem}")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         opened = make_storage(resolve_storage(None, db))
         name = _main_study_name(optuna.get_all_study_names(storage=opened), path.name)
         if name is None:

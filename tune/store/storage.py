@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from gptcore.errors import UserError
+from tune.store import _optuna
 from tune.store.locks import server_init_lock
 from tune.store.spec import StorageSpec, connect_kwargs, mask, password_of, scrub, storage_error
 
@@ -165,7 +166,7 @@ def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
         study.set_user_attr("fingerprint", fp)
         # Two tuners starting at once both find none and both write; the storage keeps one (Optuna drops the
         # loser's insert silently): read back what was kept and compare as if it had been there before.
-        old = study._storage.get_study_user_attrs(study._study_id).get("fingerprint", fp)
+        old = _optuna.storage_of(study).get_study_user_attrs(_optuna.study_id(study)).get("fingerprint", fp)
     # A key missing from an old fingerprint was not recorded by the version that started the study: not a change.
     diff = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k, fp.get(k)) != fp.get(k)]
     if diff:
@@ -194,7 +195,7 @@ def load_confirms(study: optuna.Study) -> optuna.Study | None:
 
 
 def _load_companion(study: optuna.Study, name: str) -> optuna.Study | None:
-    storage = study._storage  # Study has no public accessor for its storage object
+    storage = _optuna.storage_of(study)
     if name not in optuna.get_all_study_names(storage=storage):
         return None
     return optuna.load_study(study_name=name, storage=storage)
