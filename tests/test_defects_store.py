@@ -95,3 +95,126 @@ def test_optunas_private_api_is_used_only_in_the_adapter():
     assert private_uses(store / "_optuna.py"), "the finder finds nothing: it would pass whatever the code did"
     uses = [u for p in sorted(store.glob("*.py")) if p.name != "_optuna.py" for u in private_uses(p)]
     assert not uses, uses
+
+
+# --- #24.1 a journal with a torn last line ------------------------------------------------------------------------
+
+def journal_study(path: Path, trials: int = 3):
+    """A journal study holding `trials` finished trials, opened as the tuner opens it."""
+    import optuna
+
+    from tune.store.spec import resolve_storage
+    from tune.store.storage import make_storage, open_study
+
+    spec = resolve_storage(f"journal:{path}", path.parent / "unused.db")
+    study = open_study("s", make_storage(spec), "minimize", optuna.samplers.RandomSampler(seed=0),
+                       optuna.pruners.NopPruner())
+    for i in range(trials):
+        study.tell(study.ask(), float(i))
+    return spec, study
+
+
+def complete_records(data: bytes) -> int:
+    """How many whole JSON lines the journal's bytes start with."""
+    import json
+
+    n = 0
+    for line in data.split(b"\n")[:-1]:
+        json.loads(line)
+        n += 1
+    return n
+
+
+def test_a_resume_onto_a_journal_torn_at_its_end_keeps_every_complete_record(tmp_path, capsys):
+    import optuna
+
+    from tune.store.storage import make_storage, open_study
+
+    path = tmp_path / "study.journal"
+    spec, _ = journal_study(path)
+    whole = path.read_bytes()
+    cut = len(whole) - 40  # `truncate -s -40`: the last record loses its end and its newline
+    path.write_bytes(whole[:cut])
+    kept = whole[:cut].rsplit(b"\n", 1)[0] + b"\n"
+    capsys.readouterr()
+    storage = make_storage(spec)  # the resume
+    err = capsys.readouterr().err
+    assert "torn" in err and f"{path}.torn" in err and len(err.strip().splitlines()) == 1, err
+    assert path.read_bytes() == kept
+    assert Path(f"{path}.torn").read_bytes() == whole[len(kept):cut]
+    study = open_study("s", storage, "minimize", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
+    before = len(study.trials)
+    study.tell(study.ask(), 9.0)  # written after the repair: must land on a whole line
+    again = optuna.load_study(study_name="s", storage=make_storage(spec))
+    assert len(again.trials) == before + 1
+    data = path.read_bytes()
+    assert data.startswith(kept) and complete_records(data) == len(data.splitlines())  # every line whole
+
+
+def test_a_last_line_ending_in_a_newline_but_not_json_is_torn_too(tmp_path):
+    from tune.store.journal import torn_tail
+
+    path = tmp_path / "j.journal"
+    path.write_bytes(b'{"op_code": 0}\n{"op_co\n')
+    assert torn_tail(path) == len(b'{"op_code": 0}\n')
+    path.write_bytes(b'{"op_code": 0}\n')
+    assert torn_tail(path) is None
+    path.write_bytes(b'{"op_co')  # the very first write torn: the whole file is the tail
+    assert torn_tail(path) == 0
+
+
+def test_no_append_lands_after_a_torn_line(tmp_path):
+    from gptcore.errors import UserError
+
+    path = tmp_path / "study.journal"
+    _, study = journal_study(path)
+    with open(path, "ab") as f:  # another writer's partial record, after this tuner opened the journal
+        f.write(b'{"op_code": 5, "trial_id"')
+    torn = path.read_bytes()
+    with pytest.raises(UserError, match="torn"):
+        study.tell(study.ask(), 1.0)
+    assert path.read_bytes() == torn
+
+
+def test_an_append_that_fails_part_way_cuts_its_partial_line_off(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = tmp_path / "study.journal"
+    _, study = journal_study(path)
+    before = path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd: int, data) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="space"):
+        study.ask()
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+
+
+def test_a_torn_tail_that_cannot_be_moved_aside_is_refused_in_one_line_and_left_alone(tmp_path, monkeypatch):
+    import errno
+
+    from gptcore.errors import UserError
+    from tune.store import journal
+    from tune.store.storage import make_storage
+
+    path = tmp_path / "study.journal"
+    spec, _ = journal_study(path)
+    path.write_bytes(path.read_bytes()[:-40])
+    torn = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal, "atomic_write", full_disk)
+    with pytest.raises(UserError) as info:
+        make_storage(spec)
+    assert str(spec.path) in str(info.value) and "No space left" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == torn
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.journal"]

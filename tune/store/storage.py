@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from gptcore.errors import UserError
-from tune.store import _optuna
+from tune.store import _optuna, journal
 from tune.store.locks import server_init_lock
 from tune.store.spec import StorageSpec, connect_kwargs, mask, password_of, scrub, storage_error
 
@@ -62,14 +62,16 @@ def make_storage(spec: StorageSpec, heartbeat_interval: int | None = None, grace
                  on_stale: StaleCallback | None = None) -> optuna.storages.BaseStorage:
     """Open the storage (creating its tables if new), with liveness settings; failures are one-line UserErrors."""
     if spec.kind == "journal":
-        from optuna.storages.journal import JournalFileBackend
-
         try:
-            return JournalLeaseStorage(JournalFileBackend(spec.url), heartbeat_interval, grace_period, on_stale)
+            backend = journal.open_backend(spec.path, f"--storage {spec.display}")  # a torn last line moved aside
+            return JournalLeaseStorage(backend, heartbeat_interval, grace_period, on_stale)
+        except UserError:
+            raise
         except OSError as exc:
             raise UserError(f"--storage {spec.display}: cannot open ({exc.strerror or exc})") from None
-        except Exception as exc:  # a file that is not a journal
-            raise UserError(f"--storage {spec.display}: not an Optuna journal ({type(exc).__name__})") from None
+        except Exception as exc:  # a file that is not a journal, or one damaged before its last line
+            raise UserError(f"--storage {spec.display}: not an Optuna journal, or damaged before its last line "
+                            f"({type(exc).__name__})") from None
     for attempt in range(RACE_TRIES):
         try:
             with server_init_lock(spec), warnings.catch_warnings():
