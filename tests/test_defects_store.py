@@ -218,3 +218,40 @@ def test_a_torn_tail_that_cannot_be_moved_aside_is_refused_in_one_line_and_left_
     assert "\n" not in str(info.value)
     assert path.read_bytes() == torn
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.journal"]
+
+
+# --- #24.4 every secret a storage URL can carry is masked ---------------------------------------------------------
+
+SECRETS = {"userpw": "Upw-1", "query": "Qpw-2", "ssl": "Spw-3", "token": "Tok-4"}
+LOADED_URL = (f"postgresql+psycopg://tune:{SECRETS['userpw']}@127.0.0.1:1/db?password={SECRETS['query']}"
+              f"&sslpassword={SECRETS['ssl']}&sslmode=disable&access_token={SECRETS['token']}")
+
+
+def test_a_storage_urls_query_secrets_are_masked_wherever_it_is_shown(tmp_path):
+    from tune.store.spec import mask, resolve_storage
+
+    spec = resolve_storage(LOADED_URL, tmp_path / "unused.db")
+    for shown in (spec.display, str(spec), repr(spec), mask(LOADED_URL), mask(spec.url)):
+        assert not [s for s in SECRETS.values() if s in shown], shown
+    assert "sslmode=disable" in spec.display and "127.0.0.1:1/db" in spec.display  # the rest stays readable
+    assert set(spec.secrets) == set(SECRETS.values())
+
+
+def test_scrub_removes_query_secrets_from_a_drivers_message(tmp_path):
+    from tune.store.spec import resolve_storage, scrub
+
+    spec = resolve_storage(LOADED_URL, tmp_path / "unused.db")
+    text = (f"connection to {LOADED_URL} failed: dsn 'password={SECRETS['query']} "
+            f"sslpassword={SECRETS['ssl']}' token {SECRETS['token']}")
+    assert not [s for s in SECRETS.values() if s in scrub(text, spec)]
+    # Text that does not parse as a URL, with secrets of some other URL: hidden by their shape.
+    raw = "other://u:Hidden-5@h/d?x=1&auth_token=Hidden-6 and password = Hidden-7"
+    assert "Hidden" not in scrub(raw, spec)
+
+
+def test_report_on_an_unreachable_server_names_no_secret(tmp_path, capsys):
+    before = tree(tmp_path)
+    code, err = tune_cli("report", "--study-name", "x", "--storage", LOADED_URL, cwd=tmp_path, capsys=capsys)
+    assert_refused(code, err, "--storage", "127.0.0.1:1")
+    assert not [s for s in SECRETS.values() if s in err], err
+    assert tree(tmp_path) == before

@@ -138,7 +138,7 @@ def test_scrub_removes_every_form_of_the_password(tmp_path):
     from urllib.parse import quote
 
     spec = resolve_storage(f"postgresql://tune:{quote(pw, safe='')}@h/d", tmp_path)
-    assert spec.password == pw
+    assert spec.secrets == (pw,)
     text = f"failed for {spec.url}: {pw} {quote(pw, safe='')} other://x:y@z"
     cleaned = scrub(text, spec)
     assert pw not in cleaned and quote(pw, safe="") not in cleaned and ":y@" not in cleaned

@@ -12,12 +12,14 @@ from urllib.parse import quote, quote_plus
 from gptcore.errors import UserError
 
 JOURNAL_SUFFIXES = (".log", ".journal")
-
-
 STORAGE_FORMS = "sqlite:///FILE, journal:PATH (or a path ending .log/.journal), or postgresql://USER:PASSWORD@HOST/DB"
-
-
 PG_CONNECT_TIMEOUT_S = 10
+# A URL's secrets: the password of `scheme://user:password@`, and the value of any query or DSN key naming one
+# (password=, sslpassword=, passwd=, pwd=, token=, access_token=, secret=, api_key=, ...). A path such as
+# passfile= is hidden too: hiding a harmless value is cheap, printing a secret is not.
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_SECRET_KEY = r"\w*(?:pass|pwd|token|secret|api_?key|credential)\w*"
+_SECRET_VALUE = re.compile(rf"(?<![\w%])({_SECRET_KEY}\s*=\s*)[^&;\s'\"]+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -25,48 +27,54 @@ class StorageSpec:
     """A resolved --storage: its kind, the URL or file to open, and `display`, the only form ever printed."""
 
     kind: str  # "sqlite" | "journal" | "rdb"
-    url: str = field(repr=False)  # may carry a password: never print it, print `display`
+    url: str = field(repr=False)  # may carry secrets: never print it, print `display`
     display: str
-    path: Path | None = None  # the SQLite database or journal file; None for a server or an in-memory SQLite
-    password: str | None = field(default=None, repr=False, compare=False)
+    path: Path | None = None  # the SQLite database or journal file; None for a server
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)  # what scrub() removes from text
 
     def __str__(self) -> str:
         return self.display
 
 
 def _mask_raw(text: str) -> str:
-    """Hide a `scheme://user:password@` password in text that may not parse as a URL."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    """Hide every secret shaped like one (a URL's password, a `password=` value) in text that may not parse."""
+    return _SECRET_VALUE.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 def mask(url: str) -> str:
-    """The URL with its password replaced by ***, fit to print."""
+    """The URL with its password and secret query values replaced by ***, fit to print."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy reads: hide anything shaped like a password all the same
-        return _mask_raw(url)
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy reads: hide anything shaped like a secret all the same
+        shown = url
+    return _mask_raw(shown)
 
 
 def scrub(text: str, spec: StorageSpec) -> str:
-    """Error text from a driver or sqlalchemy with the storage's password removed, whatever form it took."""
+    """Error text from a driver or sqlalchemy with the storage's secrets removed, whatever form they took."""
     if spec.url:  # replace("", ...) would insert the display between every character
         text = text.replace(spec.url, spec.display)
-    if spec.password:
-        for form in {spec.password, quote(spec.password, safe=""), quote_plus(spec.password)}:
+    for secret in spec.secrets:
+        for form in sorted({secret, quote(secret, safe=""), quote_plus(secret)}, key=len, reverse=True):
             text = text.replace(form, "***")
     return _mask_raw(text)
 
 
-def password_of(url: str) -> str | None:
-    """The password in a URL, for scrubbing; None if it has none or does not parse."""
+def secrets_of(url: str) -> tuple[str, ...]:
+    """The secrets in a URL (its password, secret query values), for scrubbing; () if none or it does not parse."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).password
+        parsed = make_url(url)
     except Exception:
-        return None
+        return ()
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if re.fullmatch(_SECRET_KEY, key, re.IGNORECASE):
+            found += [value] if isinstance(value, str) else list(value)  # a repeated key gives a tuple
+    return tuple(v for v in found if v)
 
 
 def resolve_storage(arg: str | None, default_sqlite: Path) -> StorageSpec:
@@ -94,14 +102,15 @@ def resolve_storage(arg: str | None, default_sqlite: Path) -> StorageSpec:
         raise UserError(f"--storage {_mask_raw(arg)}: not a storage URL; expected {STORAGE_FORMS}") from None
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")  # psycopg 3, the `postgres` extra, is our driver
-    full, display = url.render_as_string(hide_password=False), url.render_as_string(hide_password=True)
+    full = url.render_as_string(hide_password=False)
+    display = mask(full)
     if url.get_backend_name() == "sqlite":
         database = url.database
         path = Path(database).resolve() if database and database != ":memory:" else None
         if path is not None and not path.parent.is_dir():
             raise UserError(f"--storage {display}: folder {path.parent} does not exist")
-        return StorageSpec("sqlite", full, display, path, url.password)
-    return StorageSpec("rdb", full, display, None, url.password)
+        return StorageSpec("sqlite", full, display, path, secrets_of(full))
+    return StorageSpec("rdb", full, display, None, secrets_of(full))
 
 
 def _driver_missing(spec: StorageSpec, exc: BaseException) -> UserError | None:

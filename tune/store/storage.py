@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from gptcore.errors import UserError
 from tune.store import _optuna, journal
 from tune.store.locks import server_init_lock
-from tune.store.spec import StorageSpec, connect_kwargs, mask, password_of, scrub, storage_error
+from tune.store.spec import StorageSpec, connect_kwargs, mask, scrub, secrets_of, storage_error
 
 FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
                     "budget", "objective", "space", "schedule", "threads_per_trial", "memory_limit")
@@ -98,7 +98,7 @@ def open_study(name: str, storage: str | optuna.storages.BaseStorage, direction:
     """Create or load the study (a URL or a make_storage object); a failure is a one-line, password-free error."""
     shown = display or (mask(storage) if isinstance(storage, str) else type(storage).__name__)
     spec = StorageSpec("rdb", storage if isinstance(storage, str) else "", shown,
-                       password=password_of(storage) if isinstance(storage, str) else None)
+                       secrets=secrets_of(storage) if isinstance(storage, str) else ())
     for attempt in range(RACE_TRIES):
         try:
             return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
