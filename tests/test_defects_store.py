@@ -255,3 +255,50 @@ def test_report_on_an_unreachable_server_names_no_secret(tmp_path, capsys):
     assert_refused(code, err, "--storage", "127.0.0.1:1")
     assert not [s for s in SECRETS.values() if s in err], err
     assert tree(tmp_path) == before
+
+
+# --- #24.5 study names are paths ------------------------------------------------------------------------------------
+
+BAD_NAMES = ["../../x", "/tmp/abs", "a/b", "x:references", "x:confirm", "", ".hidden", "-flag", "a b",
+             "x" * 129, "nul\x00"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_bad_study_name_is_refused_by_the_rule(name):
+    from gptcore.errors import UserError
+    from tune.store.names import check_study_name
+
+    with pytest.raises(UserError, match="--study-name") as info:
+        check_study_name(name)
+    assert "letters, digits" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_good_study_names_pass_the_rule_including_the_longest_default():
+    from tune.search.session import slug
+    from tune.store.names import check_study_name
+
+    longest_default = f"{slug('x' * 200)}-{slug('y' * 200)}"
+    for name in ("wizard", "cpu-wizard_of_oz", "v1.2", "A", longest_default):
+        assert check_study_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "x:references"])
+def test_tune_refuses_a_path_or_companion_study_name_before_creating_anything(tmp_path, capsys, name):
+    (tmp_path / "work").mkdir()
+    before = tree(tmp_path)
+    code, err = tune_cli("--study-name", name, "--trials", "1", cwd=tmp_path / "work", capsys=capsys)
+    assert_refused(code, err, "--study-name", name)
+    assert tree(tmp_path) == before
+
+
+def test_report_refuses_a_path_as_study_name(tmp_path, capsys):
+    code, err = tune_cli("report", "--study-name", "../x", cwd=tmp_path, capsys=capsys)
+    assert_refused(code, err, "--study-name", "../x")
+
+
+def test_the_api_refuses_a_path_as_study_name(tmp_path):
+    from gptcore.errors import UserError
+    from tune.store.load import load_study
+
+    with pytest.raises(UserError, match="--study-name"):
+        load_study("../../x", results=tmp_path)

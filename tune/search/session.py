@@ -43,6 +43,7 @@ from tune.search.dispatch import fail_orphans, requeue
 from tune.search.settings import TuneSettings
 from tune.search.strategy import make_pruner, make_sampler
 from tune.store.locks import hold_sqlite, study_lock
+from tune.store.names import check_study_name
 from tune.store.spec import StorageSpec, resolve_storage
 from tune.store.storage import (
     check_fingerprint,
@@ -209,7 +210,8 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         raise UserError(f"search space: block_size up to {biggest} needs more than the corpus's "
                         f"{shortest} tokens in its smaller split")
 
-    name = settings.study_name or f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
+    name = check_study_name(settings.study_name) if settings.study_name is not None \
+        else f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
     results_dir = settings.results / name
     created = results_dir  # the highest folder this run creates: removed again if the storage will not open
     while not created.parent.exists() and created.parent != created:

@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 
 from gptcore.errors import UserError
+from tune.store.names import check_study_name
 from tune.store.spec import resolve_storage
 from tune.store.storage import make_storage, study_file_problem
 
@@ -38,7 +39,7 @@ def load_study(study_name: str | None = None, *, storage: str | None = None,
                results: Path = DEFAULT_RESULTS) -> Loaded:
     """The study `study_name` in `storage` (default: results/NAME/study.db); without a name, the only study
     under `results`. Raises UserError (one line) when there is no such study; never creates one."""
-    name = study_name
+    name = check_study_name(study_name) if study_name is not None else None
     if name is None:
         found = sorted(p.parent.name for p in results.glob("*/study.db"))
         if len(found) != 1:
