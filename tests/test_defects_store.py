@@ -302,3 +302,67 @@ def test_the_api_refuses_a_path_as_study_name(tmp_path):
 
     with pytest.raises(UserError, match="--study-name"):
         load_study("../../x", results=tmp_path)
+
+
+# --- #24.9 a damaged SQLite page ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def damaged_bytes(tmp_path_factory) -> bytes:
+    """A SQLite study "x" of 12 trials, one 4 KiB page in its middle overwritten with noise (made once)."""
+    import random
+
+    import optuna
+
+    db = tmp_path_factory.mktemp("damaged") / "study.db"
+    study = optuna.create_study(study_name="x", storage=f"sqlite:///{db}")
+    for i in range(12):
+        trial = study.ask()
+        trial.set_user_attr("note", "y" * 2000)
+        study.tell(trial, float(i))
+    del study
+    data = bytearray(db.read_bytes())
+    middle = len(data) // 4096 // 2 * 4096
+    data[middle:middle + 4096] = random.Random(0).randbytes(4096)
+    return bytes(data)
+
+
+@pytest.fixture
+def damaged_study(tmp_path, damaged_bytes) -> Path:
+    """tmp_path/results/x/study.db: the damaged study, a copy of its own."""
+    db = tmp_path / "results" / "x" / "study.db"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(damaged_bytes)
+    return db
+
+
+def test_loading_a_damaged_sqlite_study_is_one_line_naming_the_file_and_recover(tmp_path, damaged_study):
+    from gptcore.errors import UserError
+    from tune.store.load import load_study
+
+    db = damaged_study
+    with pytest.raises(UserError) as info:
+        load_study("x", results=tmp_path / "results")
+    message = str(info.value)
+    assert str(db) in message and ".recover" in message and "journal" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("command", [["report", "--study-name", "x"], ["card", "x"], ["compare", "x", "x"]])
+def test_report_card_and_compare_refuse_a_damaged_sqlite_study_in_one_line(tmp_path, capsys, command,
+                                                                          damaged_study):
+    db = damaged_study
+    before = tree(tmp_path)
+    code, err = tune_cli(*command, cwd=tmp_path, capsys=capsys)
+    assert_refused(code, err, str(db), ".recover")
+    assert tree(tmp_path) == before
+
+
+def test_the_tuner_refuses_a_damaged_sqlite_study_before_holding_it(tmp_path, damaged_study):
+    from gptcore.errors import UserError
+    from tune.store.spec import resolve_storage
+    from tune.store.storage import check_sqlite_file
+
+    db = damaged_study
+    before = tree(tmp_path)
+    with pytest.raises(UserError, match=r"\.recover"):
+        check_sqlite_file(resolve_storage(None, db), db.parent)
+    assert tree(tmp_path) == before

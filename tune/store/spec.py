@@ -125,6 +125,13 @@ def _driver_missing(spec: StorageSpec, exc: BaseException) -> UserError | None:
     return UserError(f"--storage {spec.display}: its database driver, Python module {module!r}, is not installed")
 
 
+def damaged_sqlite(path: Path, detail: str) -> UserError:
+    """The one line for a SQLite file whose pages are damaged: what SQLite said, and the two ways on."""
+    return UserError(f"{path}: damaged SQLite database ({detail.splitlines()[0][:120]}); recover its records with "
+                     f"sqlite3 {path} \".recover\" | sqlite3 recovered.db, or keep studies in a journal "
+                     f"(--storage journal:FILE), which a torn write does not damage")
+
+
 def storage_error(spec: StorageSpec, exc: BaseException) -> UserError:
     """Any failure to open or use a storage as one password-free line."""
     import sqlalchemy.exc
@@ -142,6 +149,9 @@ def storage_error(spec: StorageSpec, exc: BaseException) -> UserError:
 
         user = make_url(spec.url).username
         return UserError(f"--storage {spec.display}: authentication failed for user {user!r}; check the password")
+    if spec.path is not None and isinstance(exc, sqlalchemy.exc.DatabaseError) \
+            and not isinstance(exc, sqlalchemy.exc.OperationalError):  # "disk image is malformed", "not a database"
+        return damaged_sqlite(spec.path, first)
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         return UserError(scrub(f"--storage {spec.display}: cannot connect ({first[:300]})", spec))
     return UserError(scrub(f"--storage {spec.display}: cannot open ({type(orig).__name__}: {first[:300]})", spec))
