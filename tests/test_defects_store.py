@@ -68,7 +68,7 @@ def test_loading_a_study_leaves_optuna_verbosity_alone(tmp_path):
     from tune.store.load import load_study
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    optuna.create_study(study_name="x", storage=url)
+    optuna.create_study(study_name="x", storage=url).set_user_attr("settings", {})
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.DEBUG)
     try:
@@ -365,4 +365,54 @@ def test_the_tuner_refuses_a_damaged_sqlite_study_before_holding_it(tmp_path, da
     before = tree(tmp_path)
     with pytest.raises(UserError, match=r"\.recover"):
         check_sqlite_file(resolve_storage(None, db), db.parent)
+    assert tree(tmp_path) == before
+
+
+# --- #24.11 storage side: in-memory SQLite; a study another tool made ---------------------------------------------
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?cache=shared"])
+def test_an_in_memory_sqlite_storage_is_refused_in_one_line(tmp_path, url):
+    from gptcore.errors import UserError
+    from tune.store.spec import resolve_storage
+
+    with pytest.raises(UserError, match="in-memory") as info:
+        resolve_storage(url, tmp_path / "unused.db")
+    assert "--storage" in str(info.value) and "sqlite:///FILE" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_tune_refuses_an_in_memory_storage_before_creating_anything(tmp_path, capsys, url):
+    from tests.conftest import CORPUS
+
+    before = tree(tmp_path)
+    code, err = tune_cli("--storage", url, "--trials", "1", "--data", str(CORPUS), "--results",
+                         str(tmp_path / "results"), cwd=tmp_path, capsys=capsys)
+    assert_refused(code, err, "--storage", "in-memory")
+    assert tree(tmp_path) == before
+
+
+def foreign_study(db: Path, *, directions: list[str], attrs: dict) -> None:
+    """A study "x" in `db` made by another tool: its own objectives, its own attributes, one finished trial."""
+    import optuna
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name="x", storage=f"sqlite:///{db}", directions=directions)
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2)
+    study.tell(trial, [1.0] * len(directions))
+
+
+@pytest.mark.parametrize(("directions", "attrs", "lacks"), [
+    (["minimize", "maximize"], {"settings": {}}, "2 objectives"),
+    (["minimize"], {"owner": "someone else"}, "none of the tuner's attributes"),
+])
+@pytest.mark.parametrize("command", [["report", "--study-name", "x"], ["card", "x"], ["compare", "x", "x"]])
+def test_a_study_another_tool_made_is_refused_at_load_time_naming_what_it_lacks(tmp_path, capsys, directions, attrs,
+                                                                                 lacks, command):
+    foreign_study(tmp_path / "results" / "x" / "study.db", directions=directions, attrs=attrs)
+    before = tree(tmp_path)
+    code, err = tune_cli(*command, cwd=tmp_path, capsys=capsys)
+    assert_refused(code, err, "'x'", lacks)
     assert tree(tmp_path) == before

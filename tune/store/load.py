@@ -27,6 +27,21 @@ class Loaded:
     folder: Path
 
 
+# A study the tuner made has at least one of these (the fingerprint first, then the rest as it starts).
+OUR_STUDY_ATTRS = ("fingerprint", "settings", "environment")
+
+
+def _ours(study: optuna.Study, where: str) -> optuna.Study:
+    """The study, if the tuner could have made it: one objective and at least one of the tuner's attributes."""
+    if len(study.directions) != 1:
+        raise UserError(f"study {study.study_name!r} in {where}: has {len(study.directions)} objectives; expected a "
+                        f"study made by python -m tune (one objective)")
+    if not any(key in study.user_attrs for key in OUR_STUDY_ATTRS):
+        raise UserError(f"study {study.study_name!r} in {where}: has none of the tuner's attributes "
+                        f"({', '.join(OUR_STUDY_ATTRS)}); expected a study made by python -m tune")
+    return study
+
+
 def _main_study_name(names: list[str], hint: str) -> str | None:
     # A storage holds the study and its companions ("NAME:references", "NAME:confirm"): the one without a colon.
     main = [n for n in names if ":" not in n]
@@ -57,7 +72,7 @@ def load_study(study_name: str | None = None, *, storage: str | None = None,
         study = optuna.load_study(study_name=name, storage=opened)
     except KeyError:
         raise UserError(f"--study-name {name}: no such study in {spec.display}") from None
-    return Loaded(study, folder)
+    return Loaded(_ours(study, spec.display), folder)
 
 
 def load_named(arg: str, *, storage: str | None = None, results: Path = DEFAULT_RESULTS) -> Loaded:
@@ -73,7 +88,7 @@ def load_named(arg: str, *, storage: str | None = None, results: Path = DEFAULT_
         name = _main_study_name(optuna.get_all_study_names(storage=opened), path.name)
         if name is None:
             raise UserError(f"{db}: expected one study in it")
-        return Loaded(optuna.load_study(study_name=name, storage=opened), path)
+        return Loaded(_ours(optuna.load_study(study_name=name, storage=opened), str(db)), path)
     if path.is_dir() and storage is None:
         raise UserError(f"{arg}: no study.db in this folder (expected a study's results folder or a study name)")
     if "/" in arg and storage is None:

@@ -174,8 +174,6 @@ def study_lock(spec: StorageSpec, study_name: str) -> StudyLock:
     (on a connection of its own, so a pooled storage connection is never pinned)."""
     digest = hashlib.blake2b(study_name.encode(), digest_size=6).hexdigest()
     if spec.kind in ("sqlite", "journal"):
-        if spec.path is None:  # an in-memory SQLite: one process by definition, a thread lock is enough
-            return StudyLock(spec.display, lambda: None, lambda: None, lambda: None)
         # Not PATH.lock: Optuna's journal already uses that name for its own append lock.
         return _flock_lock(Path(f"{spec.path}.lock-{digest}"), spec.display)
     backend = spec.url.split(":", 1)[0].split("+", 1)[0]

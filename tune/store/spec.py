@@ -106,8 +106,13 @@ def resolve_storage(arg: str | None, default_sqlite: Path) -> StorageSpec:
     display = mask(full)
     if url.get_backend_name() == "sqlite":
         database = url.database
-        path = Path(database).resolve() if database and database != ":memory:" else None
-        if path is not None and not path.parent.is_dir():
+        if not database or ":memory:" in database or url.query.get("mode") == "memory":
+            # Each connection to one gets a new, empty database: trial processes, other tuners and a later
+            # report would each see nothing, and everything is gone when the tuner exits.
+            raise UserError(f"--storage {display}: an in-memory SQLite database cannot be shared with trial "
+                            f"processes nor read after the tuner exits; expected sqlite:///FILE")
+        path = Path(database).resolve()
+        if not path.parent.is_dir():
             raise UserError(f"--storage {display}: folder {path.parent} does not exist")
         return StorageSpec("sqlite", full, display, path, secrets_of(full))
     return StorageSpec("rdb", full, display, None, secrets_of(full))
