@@ -12,7 +12,8 @@ from gptcore.cliutil import run
 from tune.core.space import Space, preset_params
 from tune.report.compare.command import main
 from tune.report.compare.data import column_names, geometric_mean, load_sides, shared_speeds
-from tune.store.storage import make_storage, resolve_storage
+from tune.store.spec import resolve_storage
+from tune.store.storage import make_storage
 
 DISTRIBUTIONS = {"log2(batch_size)": IntDistribution(0, 8), "log2(block_size)": IntDistribution(0, 10),
                  "log2(n_head)": IntDistribution(0, 6), "n_embed": IntDistribution(64, 1024, step=64),

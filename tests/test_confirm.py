@@ -30,7 +30,8 @@ from tune.search.dispatch import DONE, WAIT, Claim, Confirm, Source
 from tune.search.session import Session, reference_configs, trial_configs
 from tune.search.settings import TuneSettings
 from tune.search.study import job_for, run_study
-from tune.store.storage import confirm_study_name, load_confirms, make_storage, resolve_storage
+from tune.store.spec import resolve_storage
+from tune.store.storage import confirm_study_name, load_confirms, make_storage
 
 STEADY, CROSSING, SEED_ONE_FAILS = (f"tests.tune_faults:{n}" for n in ("steady", "crossing", "seed_one_fails"))
 

@@ -19,17 +19,9 @@ import pytest
 
 from gptcore.errors import UserError
 from tune.store.liveness import GRACE_KEY, LEASE_KEY, beat, fail_stale
-from tune.store.storage import (
-    StorageSpec,
-    check_fingerprint,
-    hold_sqlite,
-    make_storage,
-    mask,
-    open_study,
-    resolve_storage,
-    scrub,
-    study_lock,
-)
+from tune.store.locks import hold_sqlite, study_lock
+from tune.store.spec import StorageSpec, mask, resolve_storage, scrub
+from tune.store.storage import check_fingerprint, make_storage, open_study
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-Pw"
@@ -146,7 +138,7 @@ def test_scrub_removes_every_form_of_the_password(tmp_path):
     from urllib.parse import quote
 
     spec = resolve_storage(f"postgresql://tune:{quote(pw, safe='')}@h/d", tmp_path)
-    assert spec.password == pw
+    assert spec.secrets == (pw,)
     text = f"failed for {spec.url}: {pw} {quote(pw, safe='')} other://x:y@z"
     cleaned = scrub(text, spec)
     assert pw not in cleaned and quote(pw, safe="") not in cleaned and ":y@" not in cleaned
@@ -214,7 +206,8 @@ def test_journal_in_a_folder_path_refused(tmp_path):
 CREATE = """
     import json, os, time
     from pathlib import Path
-    from tune.store.storage import check_fingerprint, make_storage, open_study, resolve_storage
+    from tune.store.spec import resolve_storage
+    from tune.store.storage import check_fingerprint, make_storage, open_study
     url, barrier, me, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
     (barrier / me).touch()
     while len(list(barrier.iterdir())) < 2:  # both processes imported everything: now start together
@@ -268,10 +261,11 @@ def test_fingerprint_written_by_a_racing_tuner_is_compared(tmp_path):
 LOCKER = """
     import threading, time
     from pathlib import Path
-    from tune.store.storage import resolve_storage, study_lock
+    from tune.store.locks import study_lock
+    from tune.store.spec import resolve_storage
     url, log, me, barrier = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
     spec = resolve_storage(url, Path(sys.argv[5]))
-    lock = study_lock(spec, None, "s")
+    lock = study_lock(spec, "s")
     (barrier / me).touch()
     while len(list(barrier.iterdir())) < 2:
         time.sleep(0.001)
@@ -296,9 +290,10 @@ LOCKER = """
 HOLDER = """
     import time
     from pathlib import Path
-    from tune.store.storage import resolve_storage, study_lock
+    from tune.store.locks import study_lock
+    from tune.store.spec import resolve_storage
     spec = resolve_storage(sys.argv[1], Path(sys.argv[2]))
-    lock = study_lock(spec, None, "s")
+    lock = study_lock(spec, "s")
     lock.__enter__()
     print("held", flush=True)
     time.sleep(600)
@@ -329,7 +324,7 @@ def test_study_lock_is_released_by_kill_9(shared_spec, tmp_path):
     holder = spawn(HOLDER, storage_arg(shared_spec), default)
     try:
         wait_for_line(holder, "held")
-        lock = study_lock(shared_spec, None, "s")
+        lock = study_lock(shared_spec, "s")
         acquired = threading.Event()
 
         def take() -> None:
@@ -340,7 +335,7 @@ def test_study_lock_is_released_by_kill_9(shared_spec, tmp_path):
         taker.start()
         assert not acquired.wait(0.5), "the lock was taken while another process held it"
         # Another study's lock is independent.
-        with study_lock(shared_spec, None, "another study"):
+        with study_lock(shared_spec, "another study"):
             pass
     finally:
         kill9(holder)
@@ -355,7 +350,8 @@ CHECKER = """
     import json, time
     from pathlib import Path
     from tune.store.liveness import fail_stale
-    from tune.store.storage import make_storage, resolve_storage
+    from tune.store.spec import resolve_storage
+    from tune.store.storage import make_storage
     url, default, at, calls = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 
     def on_stale(study, trial):
@@ -436,11 +432,15 @@ def test_journal_lease_falls_back_to_the_start_time(tmp_path):
 
 
 def test_heartbeat_storage_asks_without_warnings(tmp_path):
-    # A tuner asks for trials itself (no Study.optimize): Optuna's warnings about that must not reach its console.
+    # A tuner asks for trials itself (no Study.optimize): Optuna's warnings about that must not reach its console
+    # (the CLI's quiet_optuna).
     code = """
         from pathlib import Path
+        from tune.store._optuna import quiet_optuna
+        quiet_optuna()
         from tune.store.liveness import beat
-        from tune.store.storage import make_storage, open_study, resolve_storage
+        from tune.store.spec import resolve_storage
+        from tune.store.storage import make_storage, open_study
         storage = make_storage(resolve_storage(None, Path(sys.argv[1])), 1, 2, None)
         study = open_study("s", storage, "minimize", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
         print(beat(storage, study.ask()._trial_id))
@@ -463,7 +463,8 @@ def test_fail_stale_without_heartbeat_does_nothing(tmp_path):
 SQLITE_HOLDER = """
     import time
     from pathlib import Path
-    from tune.store.storage import hold_sqlite, resolve_storage
+    from tune.store.locks import hold_sqlite
+    from tune.store.spec import resolve_storage
     hold = hold_sqlite(resolve_storage(None, Path(sys.argv[1])))
     print("held", flush=True)
     time.sleep(600)

@@ -17,7 +17,8 @@ from tune.core.space import PARAMS, Space, load_space, preset_params
 from tune.report.frame import trials_frame
 from tune.search import dispatch, warmstart
 from tune.search.study import run_study
-from tune.store.storage import make_storage, resolve_storage
+from tune.store.spec import resolve_storage
+from tune.store.storage import make_storage
 
 SPACE = load_space("small", "cpu", None, TINY_SPACE)
 NO_LOCK = contextlib.nullcontext()  # a study in memory: one process, nothing to lock

@@ -68,7 +68,8 @@ def wait_gone(mark: str, seconds: float) -> list[int]:
 
 def study_of(storage: str) -> optuna.Study:
     """The study as any reader sees it."""
-    from tune.store.storage import make_storage, resolve_storage
+    from tune.store.spec import resolve_storage
+    from tune.store.storage import make_storage
 
     return optuna.load_study(study_name="w", storage=make_storage(resolve_storage(storage, Path("unused.db"))))
 

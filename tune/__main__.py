@@ -39,6 +39,7 @@ from tune.core.space import PARAMS, SPACES, load_space, parse_range
 from tune.search.settings import DEFAULT_CONFIRM
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 from tune.search.warmstart import WARM_START_TOP
+from tune.store.names import check_study_name
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 PROG = "python -m tune"
@@ -62,6 +63,14 @@ def references_flag(text: str) -> tuple[str, ...]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"expected preset names from {', '.join(PRESETS)} or none, got {text!r}")
     return names
+
+
+def study_name_flag(text: str) -> str:
+    """A flag type for --study-name: tune.store.names' rule."""
+    try:
+        return check_study_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(f"{str(exc).removeprefix(f'--study-name {text!r}: ')}, got {text!r}") from None
 
 
 def workers_flag(text: str) -> int | None:
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="corpus: a .txt file or a prepared folder (default: the shipped wizard_of_oz.txt)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--study-name", default=None,
+    p.add_argument("--study-name", type=study_name_flag, default=None,
                    help="the study's name in the storage; the same name resumes it (default: <device>-<corpus>)")
     p.add_argument("--storage", default=None,
                    help="where the study lives (default: SQLite in the results folder, for one tuner process); "
@@ -167,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_report_parser() -> argparse.ArgumentParser:
     """Flags of `python -m tune report`."""
     p = Parser(prog=f"{prog(PROG)} report", description="Regenerate a study's tables and plots from its storage.")
-    p.add_argument("--study-name", default=None,
+    p.add_argument("--study-name", type=study_name_flag, default=None,
                    help="the study to report (default: the only study under --results)")
     p.add_argument("--storage", default=None,
                    help="where the study lives, as given to the tuner (default: SQLite in the study's results "
@@ -266,6 +275,9 @@ def main_maxbatch(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     argv = sys.argv[1:] if argv is None else argv
+    from tune.store._optuna import quiet_optuna
+
+    quiet_optuna()  # the console's settings, set here: library modules leave warnings and logging alone
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     parser = build_parser()

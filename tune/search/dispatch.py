@@ -13,7 +13,7 @@ The rules, for any number of tuner processes and workers on one study:
   times each with fresh seeds, in a third study (`<name>:confirm`), claimed the same way: queued retries first,
   then the runs still missing; a worker waits while any trial runs anywhere (a run may fail and need its retry).
 Each decision (fail stale trials, count, ask) and each requeue happens inside one lock that spans every tuner
-process (tune.store.storage.study_lock), so two tuners never ask for the same last trial or retry one trial twice.
+process (tune.store.locks.study_lock), so two tuners never ask for the same last trial or retry one trial twice.
 """
 
 from __future__ import annotations

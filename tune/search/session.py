@@ -42,17 +42,16 @@ from tune.search import warmstart
 from tune.search.dispatch import fail_orphans, requeue
 from tune.search.settings import TuneSettings
 from tune.search.strategy import make_pruner, make_sampler
+from tune.store.locks import hold_sqlite, study_lock
+from tune.store.names import check_study_name
+from tune.store.spec import StorageSpec, resolve_storage
 from tune.store.storage import (
-    StorageSpec,
     check_fingerprint,
     check_sqlite_file,
     confirm_study_name,
-    hold_sqlite,
     make_storage,
     open_study,
     reference_study_name,
-    resolve_storage,
-    study_lock,
 )
 
 # Other processes keeping more than this many cores busy before the study starts: say so.
@@ -107,7 +106,7 @@ class Session:
     plan: RungPlan
     slots: list[Slot]
     presets: tuple[str, ...]  # the reference presets of this study
-    lock: Any  # tune.store.storage.study_lock: one decision at a time across every tuner on this study
+    lock: Any  # tune.store.locks.study_lock: one decision at a time across every tuner on this study
     hold: Any = None  # the SQLite file's one-tuner hold, kept while the study runs
     confirms: optuna.Study | None = None  # the confirmation runs (--confirm), None when off
     legacy_params: bool = False  # a study started before 0.2 draws its exponents as log2_batch_size (Space.suggest)
@@ -211,7 +210,8 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         raise UserError(f"search space: block_size up to {biggest} needs more than the corpus's "
                         f"{shortest} tokens in its smaller split")
 
-    name = settings.study_name or f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
+    name = check_study_name(settings.study_name) if settings.study_name is not None \
+        else f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
     results_dir = settings.results / name
     created = results_dir  # the highest folder this run creates: removed again if the storage will not open
     while not created.parent.exists() and created.parent != created:
@@ -245,7 +245,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         if settings.confirm:  # never pruned, and kept from the sampler: they say nothing new about the space
             confirms = open_study(confirm_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
                                   optuna.pruners.NopPruner(), display=spec.display)
-        lock = study_lock(spec, storage, name)
+        lock = study_lock(spec, name)
         warmstart.enqueue(study, warm, lock)  # once per study, under the lock: its first trials
     except BaseException:
         if hold is not None:

@@ -48,7 +48,7 @@ from tune.search.session import (
 )
 from tune.search.settings import TuneSettings
 from tune.store import liveness, told
-from tune.store.storage import scrub
+from tune.store.spec import scrub
 
 # This many errors in a row (not OOM, not divergence: crashes) mean the set-up is broken, not the configurations:
 # the tuner stops instead of sampling forever.

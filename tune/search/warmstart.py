@@ -24,7 +24,8 @@ from tune.core import schema
 from tune.core.space import PARAMS, Space
 from tune.report.frame import RANK_BY, trials_frame
 from tune.search.settings import TuneSettings
-from tune.store.storage import StorageSpec, make_storage, resolve_storage, sqlite_tables, study_file_problem
+from tune.store.spec import StorageSpec, resolve_storage
+from tune.store.storage import make_storage, sqlite_tables, study_file_problem
 
 WARM_START_TOP = 5  # the source's best distinct configurations a warm start considers
 ATTR = "warm_start"  # the study's record of its warm start, and each warm-start trial's label

@@ -1,1 +1,2 @@
-"""Where studies live: storage URLs and opening them, locks, liveness of running trials, loading."""
+"""Where studies live: --storage values (spec), opening them (storage, journal), locks, study names, liveness of
+running trials, loading for reports; Optuna's private API only in _optuna."""

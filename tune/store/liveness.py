@@ -12,30 +12,18 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from collections.abc import Callable
-from typing import Any
 
 import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from tune.store import _optuna
 from tune.store.storage import JournalLeaseStorage
 from tune.store.told import tell_from_record
 
-# The tuner asks and tells trials itself (Study.optimize cannot run trial processes on several devices) and beats
-# for them through this module: Optuna's warning on every ask about that is noise in the tuner's console.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
 LEASE_KEY = "tune:lease"  # trial system attr: when the tuner running the trial last beat (journal storage)
-
-
-def base_storage(storage: BaseStorage) -> BaseStorage:
-    """The storage under Optuna's cache (create_study wraps an RDBStorage in a _CachedStorage)."""
-    return storage._backend if isinstance(storage, _CachedStorage) else storage
 
 
 def beat(storage: BaseStorage, trial_id: int, now: float | None = None) -> bool:
@@ -44,15 +32,15 @@ def beat(storage: BaseStorage, trial_id: int, now: float | None = None) -> bool:
     Call it right after asking for the trial (a trial never beaten for is judged from its start) and then every
     heartbeat_interval seconds while its trial process runs. `now` is for tests only.
     """
-    base = base_storage(storage)
+    base = _optuna.base_storage(storage)
     if isinstance(base, JournalLeaseStorage):
         try:
             base.set_trial_system_attr(trial_id, LEASE_KEY, time.time() if now is None else now)
         except UpdateFinishedTrialError:
             return False
         return True
-    if isinstance(base, BaseHeartbeat) and is_heartbeat_enabled(base):
-        base.record_heartbeat(trial_id)
+    if _optuna.heartbeat_enabled(base):
+        _optuna.record_heartbeat(base, trial_id)
     return base.get_trial(trial_id).state == TrialState.RUNNING
 
 
@@ -62,8 +50,7 @@ GRACE_KEY = "tune:grace"  # trial system attr: the grace period of the tuner run
 def claim_grace(storage: BaseStorage, trial_id: int) -> None:
     """Record on a new trial the grace period its tuner promises to beat within, so every other tuner judges it
     by that and not by its own --grace-period (a tuner with a short grace must not fail a slow beater's trial)."""
-    base = base_storage(storage)
-    grace = _grace(base)
+    grace = _grace(_optuna.base_storage(storage))
     if grace is not None:
         storage.set_trial_system_attr(trial_id, GRACE_KEY, grace)
 
@@ -71,9 +58,7 @@ def claim_grace(storage: BaseStorage, trial_id: int) -> None:
 def _grace(base: BaseStorage) -> float | None:
     if isinstance(base, JournalLeaseStorage):
         return base.grace_period
-    if isinstance(base, BaseHeartbeat) and is_heartbeat_enabled(base):
-        return base.grace_period or 2 * base.heartbeat_interval
-    return None
+    return _optuna.heartbeat_grace(base)
 
 
 def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
@@ -86,34 +71,37 @@ def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
     from the record instead: not failed, not run again. Returns the trials this call failed.
     When two tuners call it at once, each stale trial is failed (and its callback run) by exactly one of them: one
     conditional UPDATE on a database, the log order on a journal. Call it inside study_lock all the same (which
-    also keeps two tuners from telling one trial from its record at once)."""
-    base = base_storage(study._storage)
+    also keeps two tuners from telling one trial from its record at once).
+    """
+    storage = _optuna.storage_of(study)
+    base = _optuna.base_storage(storage)
     own = _grace(base)
     if own is None:
         return []
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
+    ids = [(_optuna.trial_id(t), t) for t in running]
     if isinstance(base, JournalLeaseStorage):
         # Clocks: the beating tuner's wall clock (the lease) against this tuner's.
         now, last = time.time(), {}
-        for t in running:
+        for i, t in ids:
             lease = t.system_attrs.get(LEASE_KEY)
-            last[t._trial_id] = float(lease) if lease is not None else _start(t)
-        claim = lambda i: study._storage.set_trial_state_values(i, state=TrialState.FAIL)  # noqa: E731
+            last[i] = float(lease) if lease is not None else _start(t)
+        claim = lambda i: storage.set_trial_state_values(i, state=TrialState.FAIL)  # noqa: E731
         on_stale = base.on_stale
     else:
         # Clocks: heartbeats are the database's now() on both sides; a start time is the asking tuner's clock.
-        now_db, beats = _heartbeats(base)
+        now_db, beats = _optuna.rdb_heartbeats(base)
         now = time.time()
-        last = {t._trial_id: now - (now_db - beats[t._trial_id]).total_seconds() if t._trial_id in beats
-                else _start(t) for t in running}
-        claim = lambda i: _claim_rdb(base, i)  # noqa: E731
-        on_stale = base.get_heartbeat_stale_trial_callback()
-    stale = [t for t in running
-             if last[t._trial_id] is not None
-             and now - last[t._trial_id] > max(own, float(t.system_attrs.get(GRACE_KEY) or 0))]
-    return _fail(study, [t._trial_id for t in stale if not _told(study, t)], on_stale, claim)
+        last = {i: now - (now_db - beats[i]).total_seconds() if i in beats else _start(t) for i, t in ids}
+        claim = lambda i: _optuna.fail_if_running(base, i)  # noqa: E731
+        on_stale = _optuna.stale_callback(base)
+    stale = [i for i, t in ids
+             if last[i] is not None
+             and now - last[i] > max(own, float(t.system_attrs.get(GRACE_KEY) or 0))
+             and not _told(study, t)]
+    return _fail(study, stale, on_stale, claim)
 
 
 def _told(study: optuna.Study, trial: FrozenTrial) -> bool:
@@ -122,7 +110,8 @@ def _told(study: optuna.Study, trial: FrozenTrial) -> bool:
         return tell_from_record(study, trial)
     except (UpdateFinishedTrialError, ValueError):
         # Optuna 5 refuses a finished trial with ValueError: its tuner (or another) told it first.
-        if base_storage(study._storage).get_trial(trial._trial_id).state.is_finished():
+        base = _optuna.base_storage(_optuna.storage_of(study))
+        if base.get_trial(_optuna.trial_id(trial)).state.is_finished():
             return True
         raise
 
@@ -132,44 +121,12 @@ def _start(trial: FrozenTrial) -> float | None:
     return trial.datetime_start.timestamp() if trial.datetime_start is not None else None
 
 
-def _heartbeats(base: BaseStorage) -> tuple[Any, dict[int, Any]]:
-    """The database's now() and every trial's last heartbeat (both naive, both the database's clock)."""
-    import sqlalchemy
-    from optuna.storages._rdb import models
-
-    table = models.TrialHeartbeatModel.__table__
-    with base.engine.connect() as conn:
-        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
-        beats = {row[0]: row[1].replace(tzinfo=None)
-                 for row in conn.execute(sqlalchemy.select(table.c.trial_id, table.c.heartbeat))}
-    return now, beats
-
-
-def _claim_rdb(base: BaseStorage, trial_id: int) -> bool:
-    """Set a RUNNING trial FAIL in one conditional UPDATE; True only for the one caller whose UPDATE changed it.
-
-    Optuna's set_trial_state_values reads, checks and writes: on SQLite (no SELECT ... FOR UPDATE) two tuners
-    both read RUNNING and both "fail" the trial, and both would retry it. WHERE state = RUNNING is atomic on
-    every database. Columns as in optuna.storages._rdb.models (naive local datetimes, as Optuna writes them).
-    """
-    from datetime import datetime
-
-    import sqlalchemy
-    from optuna.storages._rdb import models
-
-    table = models.TrialModel.__table__
-    update = (sqlalchemy.update(table)
-              .where(table.c.trial_id == trial_id, table.c.state == TrialState.RUNNING)
-              .values(state=TrialState.FAIL, datetime_complete=datetime.now()))
-    with base.engine.begin() as conn:
-        return conn.execute(update).rowcount == 1
-
-
 def _fail(study: optuna.Study, trial_ids: list[int], on_stale: object,
           claim: Callable[[int], bool]) -> list[FrozenTrial]:
     """Fail each trial unless another tuner got there first (claim says); run on_stale for those this call failed."""
     import sqlalchemy.exc
 
+    base = _optuna.base_storage(_optuna.storage_of(study))
     failed = []
     for trial_id in trial_ids:
         for attempt in range(3):
@@ -182,9 +139,9 @@ def _fail(study: optuna.Study, trial_ids: list[int], on_stale: object,
             except (StorageInternalError, sqlalchemy.exc.OperationalError):
                 # A write conflict (e.g. SQLite's lock between two writers): if the trial is finished now, someone
                 # else did it; otherwise try again.
-                if attempt == 2 or base_storage(study._storage).get_trial(trial_id).state.is_finished():
+                if attempt == 2 or base.get_trial(trial_id).state.is_finished():
                     break
-    trials = [copy.deepcopy(base_storage(study._storage).get_trial(trial_id)) for trial_id in failed]
+    trials = [copy.deepcopy(base.get_trial(trial_id)) for trial_id in failed]
     if callable(on_stale):
         for trial in trials:
             on_stale(study, trial)

@@ -12,7 +12,9 @@ from pathlib import Path
 import optuna
 
 from gptcore.errors import UserError
-from tune.store.storage import make_storage, resolve_storage, study_file_problem
+from tune.store.names import check_study_name
+from tune.store.spec import resolve_storage
+from tune.store.storage import make_storage, study_file_problem
 
 DEFAULT_RESULTS = Path("results")
 
@@ -23,6 +25,21 @@ class Loaded:
 
     study: optuna.Study
     folder: Path
+
+
+# A study the tuner made has at least one of these (the fingerprint first, then the rest as it starts).
+OUR_STUDY_ATTRS = ("fingerprint", "settings", "environment")
+
+
+def _ours(study: optuna.Study, where: str) -> optuna.Study:
+    """The study, if the tuner could have made it: one objective and at least one of the tuner's attributes."""
+    if len(study.directions) != 1:
+        raise UserError(f"study {study.study_name!r} in {where}: has {len(study.directions)} objectives; expected a "
+                        f"study made by python -m tune (one objective)")
+    if not any(key in study.user_attrs for key in OUR_STUDY_ATTRS):
+        raise UserError(f"study {study.study_name!r} in {where}: has none of the tuner's attributes "
+                        f"({', '.join(OUR_STUDY_ATTRS)}); expected a study made by python -m tune")
+    return study
 
 
 def _main_study_name(names: list[str], hint: str) -> str | None:
@@ -37,7 +54,7 @@ def load_study(study_name: str | None = None, *, storage: str | None = None,
                results: Path = DEFAULT_RESULTS) -> Loaded:
     """The study `study_name` in `storage` (default: results/NAME/study.db); without a name, the only study
     under `results`. Raises UserError (one line) when there is no such study; never creates one."""
-    name = study_name
+    name = check_study_name(study_name) if study_name is not None else None
     if name is None:
         found = sorted(p.parent.name for p in results.glob("*/study.db"))
         if len(found) != 1:
@@ -50,13 +67,12 @@ def load_study(study_name: str | None = None, *, storage: str | None = None,
     problem = study_file_problem(spec)  # reading only: never a new, empty storage
     if problem:
         raise UserError(f"{where}: {problem}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     opened = make_storage(spec)
     try:
         study = optuna.load_study(study_name=name, storage=opened)
     except KeyError:
         raise UserError(f"--study-name {name}: no such study in {spec.display}") from None
-    return Loaded(study, folder)
+    return Loaded(_ours(study, spec.display), folder)
 
 
 def load_named(arg: str, *, storage: str | None = None, results: Path = DEFAULT_RESULTS) -> Loaded:
@@ -68,12 +84,11 @@ def load_named(arg: str, *, storage: str | None = None, results: Path = DEFAULT_
         problem = study_file_problem(resolve_storage(None, db))
         if problem:
             raise UserError(f"{db}: {problem}")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         opened = make_storage(resolve_storage(None, db))
         name = _main_study_name(optuna.get_all_study_names(storage=opened), path.name)
         if name is None:
             raise UserError(f"{db}: expected one study in it")
-        return Loaded(optuna.load_study(study_name=name, storage=opened), path)
+        return Loaded(_ours(optuna.load_study(study_name=name, storage=opened), str(db)), path)
     if path.is_dir() and storage is None:
         raise UserError(f"{arg}: no study.db in this folder (expected a study's results folder or a study name)")
     if "/" in arg and storage is None:
