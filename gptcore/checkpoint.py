@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from gptcore import config as C
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
+from gptcore.files import atomic_dir, check_output_dir, fault_point, read_json_object, recover
 from gptcore.model import LanguageModel, build_model
 from gptcore.tokenizer import Tokenizer, load_tokenizer
 
@@ -108,15 +108,7 @@ def save_checkpoint(
 
 
 def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{file}: missing; not a complete checkpoint") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{file}: unreadable or truncated ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{file}: expected a JSON object")
-    return data
+    return read_json_object(file, "a checkpoint's JSON object", missing="missing; not a complete checkpoint")
 
 
 def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpoint:

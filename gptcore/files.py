@@ -31,6 +31,7 @@ its files), so every file and folder of a result is given the mode an ordinary o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from gptcore.errors import UserError
 
@@ -270,3 +272,92 @@ def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
             _remove(tmp)
             _remove(new)
         raise
+
+
+# --- reading JSON that a user, a results folder or a checkpoint gave us: one reader, so one set of rules holds.
+
+# The largest JSON a result holds is a BPE tokenizer.json: a few MB even for a large vocabulary. Beyond this a file
+# is not one of ours, and reading it whole (a /dev/zero, a log renamed .json) would only exhaust memory.
+JSON_MAX_BYTES = 64 * 2**20
+# Real files nest 4 levels at most (a BPE tokenizer's merges); 100,000 levels would overflow the parser's stack.
+JSON_MAX_DEPTH = 64
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be used (too deep; a string UTF-8 cannot hold), or None."""
+    stack = [(value, 1)]
+    while stack:  # iterative: the value may be as deep as the parser allowed
+        item, depth = stack.pop()
+        if depth > JSON_MAX_DEPTH:
+            return f"JSON nested deeper than {JSON_MAX_DEPTH} levels"
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and not item.isascii():
+            try:  # a lone surrogate escape (\ud800) parses, then fails wherever the text is written back
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"a string holds a lone surrogate {item[:40]!r}, which is not UTF-8 text"
+    return None
+
+
+def parse_json(text: str, where: str, expected: str) -> Any:
+    """JSON text -> its value; a UserError `where: ...; expected <expected>` for text that is not JSON, is nested
+    deeper than JSON_MAX_DEPTH, or holds a string that is not UTF-8 text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                        f"expected {expected}") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested deeper than {JSON_MAX_DEPTH} levels; expected {expected}") from None
+    problem = _json_problem(value)
+    if problem:
+        raise UserError(f"{where}: {problem}; expected {expected}")
+    return value
+
+
+def _read_bounded(path: Path, where: str, expected: str, missing: str | None, max_bytes: int) -> bytes:
+    """At most max_bytes of a file; UserError for a missing, folder, unreadable or larger file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # bounded: a device or a huge file is refused, not read whole
+    except FileNotFoundError:
+        raise UserError(f"{where}: {missing or f'no such file (expected {expected})'}") from None
+    except IsADirectoryError:
+        raise UserError(f"{where}: a folder; expected {expected}") from None
+    except OSError as exc:
+        raise UserError(f"{where}: unreadable ({exc.strerror or exc}); expected {expected}") from None
+    if len(data) > max_bytes:
+        size = f"{max_bytes // 2**20} MiB" if max_bytes % 2**20 == 0 else f"{max_bytes} bytes"
+        raise UserError(f"{where}: larger than {size}; expected {expected}")
+    return data
+
+
+def read_json_object(path: str | Path, expected: str = "a JSON object", *, flag: str = "",
+                     missing: str | None = None, max_bytes: int = JSON_MAX_BYTES) -> dict[str, Any]:
+    """Read a JSON object from a file; every problem is a one-line UserError `[flag ]path: ...; expected ...`.
+
+    Refused: a missing file (`missing` replaces the default wording), a folder, an unreadable file, one larger
+    than max_bytes, text that is not UTF-8 or not JSON, JSON nested deeper than JSON_MAX_DEPTH, a lone surrogate,
+    and any value but an object.
+    """
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    raw = _read_bounded(path, where, expected, missing, max_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: not JSON (not UTF-8 text at byte {exc.start}); "
+                        f"expected {expected}") from None
+    value = parse_json(text, where, expected)
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected {expected}, got a JSON {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

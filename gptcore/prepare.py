@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
+from gptcore.files import atomic_dir, check_output_dir, fault_point, read_json_object, recover
 from gptcore.procs import end_with
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -537,12 +537,8 @@ def ensure_prepared(path: str | Path, *, progress: bool = False, tokenizer: str 
 def read_meta(folder: str | Path) -> dict:
     """A prepared folder's meta.json, checked before any of it is used; every problem names the file."""
     meta_path = Path(folder) / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{meta_path}: not found; is {folder} a prepared-data folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{meta_path}: unreadable ({exc})") from None
+    meta = read_json_object(meta_path, "a prepared folder's meta.json",
+                            missing=f"not found; is {folder} a prepared-data folder?")
     problem = _meta_problem(meta, Path(folder))
     if problem:
         raise UserError(f"{meta_path}: {problem}; prepare the corpus again")

@@ -1,0 +1,109 @@
+"""Issue #24 defects on the gptcore side, one class per section: each test failed on the code before its fix.
+
+Every bad input must end in one line naming the flag, file or value and what was expected, exit code 2, no
+traceback, and nothing created or left behind.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gptcore import files
+from gptcore.errors import UserError
+from gptcore.files import read_json_object
+from tests.conftest import CORPUS
+from tests.test_cli import TINY, call, checkpoint  # noqa: F401 (checkpoint: the tiny trained model fixture)
+
+DEEP = "[" * 100_000 + "]" * 100_000  # overflowed the JSON parser's stack: a RecursionError traceback
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --- one JSON reader (#21.6, #24.11) ---
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "no such file (expected a JSON config)"),
+    ("{oops", "not JSON (Expecting property name"),
+    (b"\xff\xfe{}", "not JSON (not UTF-8 text at byte 0)"),
+    ("[1, 2]", "expected a JSON config, got a JSON array"),
+    (DEEP, f"nested deeper than {files.JSON_MAX_DEPTH} levels"),
+    ('{"a": ' * 100 + "1" + "}" * 100, f"nested deeper than {files.JSON_MAX_DEPTH} levels"),
+    ('{"a": "\\ud800"}', "lone surrogate"),
+    ('{"a": "' + "x" * 300_000 + '"}', "larger than"),
+])
+def test_read_json_object_refuses_each_bad_file_in_one_line(tmp_path, monkeypatch, content, needle):
+    path = tmp_path / "c.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError) as info:
+        read_json_object(path, "a JSON config", flag="--config", max_bytes=250_000)
+    message = str(info.value)
+    assert message.startswith(f"--config {path}: ") and needle in message and "\n" not in message
+
+
+def test_read_json_object_reads_a_device_only_up_to_its_bound(tmp_path):
+    with pytest.raises(UserError, match="/dev/zero: larger than 1 MiB"):
+        read_json_object("/dev/zero", max_bytes=2**20)
+    with pytest.raises(UserError, match="a folder; expected a JSON object"):
+        read_json_object(tmp_path)
+
+
+def test_a_config_nested_100000_deep_is_one_line_and_creates_nothing(capsys, tmp_path):
+    config = tmp_path / "deep.json"
+    config.write_text('{"model": ' + DEEP + "}")
+    out = tmp_path / "ck"
+    code, _, err = call(["train", "--data", str(CORPUS), "--out", str(out), *TINY, "--config", str(config)], capsys)
+    assert code == 2 and f"{config}: JSON nested deeper than" in one_line(err) and not out.exists()
+
+
+@pytest.mark.parametrize("line, needle", [
+    ('{"prompt": "a", "completion": ' + DEEP + "}", "line 2: JSON nested deeper than"),
+    ('{"prompt": "a", "completion": "b\\udc00"}', "line 2: a string holds a lone surrogate"),
+])
+def test_a_deep_or_surrogate_pair_is_refused_at_read(checkpoint, capsys, tmp_path, line, needle):  # noqa: F811
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n" + line + "\n")
+    out = tmp_path / "ft"
+    code, _, err = call(["finetune", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+                         "--device", "cpu", "--extend-vocab", "--max-iters", "2"], capsys)
+    assert code == 2 and f"--data {data}: {needle}" in one_line(err) and not out.exists()
+
+
+@pytest.mark.parametrize("name", ["state.json", "config.json", "vocab.json"])
+def test_a_deep_checkpoint_file_is_one_line(checkpoint, capsys, tmp_path, name):  # noqa: F811
+    import shutil
+
+    copy = tmp_path / "ck"
+    shutil.copytree(checkpoint, copy)
+    (copy / name).write_text(DEEP)
+    code, _, err = call(["sample", "--checkpoint", str(copy), "--prompt", "a", "--max-new-tokens", "2"], capsys)
+    assert code == 2 and f"{copy / name}: JSON nested deeper than" in one_line(err)
+
+
+def test_a_deep_meta_json_is_one_line(prepared, capsys, tmp_path):
+    import shutil
+
+    copy = tmp_path / "prep"
+    shutil.copytree(prepared, copy)
+    (copy / "meta.json").write_text(DEEP)
+    out = tmp_path / "ck"
+    code, _, err = call(["train", "--data", str(copy), "--out", str(out), *TINY], capsys)
+    assert code == 2 and f"{copy / 'meta.json'}: JSON nested deeper than" in one_line(err) and not out.exists()
+
+
+def test_a_deep_space_file_is_one_line(tmp_path):
+    from tune.core.space import load_space
+
+    space = tmp_path / "space.json"
+    space.write_text(DEEP)
+    with pytest.raises(UserError, match=f"--space {space}: JSON nested deeper than"):
+        load_space(str(space), "cpu", None, {})
