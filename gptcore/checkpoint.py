@@ -24,12 +24,11 @@ from safetensors.torch import load_file, save_file
 from gptcore import config as C
 from gptcore.errors import UserError
 from gptcore.files import atomic_dir, check_output_dir, fault_point, read_json_object, recover
+from gptcore.layout import CHECKPOINT_FILES, CONFIG, OPTIMIZER, STATE, VOCAB, WEIGHTS
 from gptcore.model import LanguageModel, build_model
 from gptcore.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = 1
-WEIGHTS, OPTIMIZER, STATE = "model.safetensors", "optimizer.pt", "state.json"
-CONFIG, VOCAB = "config.json", "vocab.json"
 
 
 @dataclass
@@ -72,7 +71,7 @@ def vocab_fingerprint(vocab: dict[str, Any]) -> str:
 
 def check_save_path(path: str | Path) -> None:
     """Refuse now, before any training, a place where a checkpoint could not be saved."""
-    check_output_dir(Path(path), "checkpoint", STATE)
+    check_output_dir(Path(path), "checkpoint", STATE, CHECKPOINT_FILES)
 
 
 def save_checkpoint(
@@ -89,7 +88,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder atomically (temp folder, then rename)."""
     path = Path(path)
-    with atomic_dir(path, STATE, "checkpoint") as tmp:
+    with atomic_dir(path, STATE, "checkpoint", CHECKPOINT_FILES) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
         fault_point("checkpoint:weights")

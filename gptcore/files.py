@@ -37,7 +37,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,27 +194,40 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_replaceable(path: Path, marker: str | None, what: str) -> None:
-    """Refuse a `path` that is not a folder, or (with `marker`) a folder that is neither empty nor a result."""
+def check_replaceable(path: Path, marker: str | None, what: str, owned: Collection[str] = ()) -> None:
+    """Refuse a `path` that is not a folder, or (with `marker`) a folder that is neither empty nor a result.
+
+    With `owned` (the names a result holds), a result that also holds anything else (a user's notes.txt) is
+    refused too: replacing the folder would delete what the program did not write.
+    """
     if not os.path.lexists(path):
         return
     if not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder; cannot write the {what} there")
-    if marker is not None and not (path / marker).exists() and any(path.iterdir()):
+    if marker is None:
+        return
+    entries = sorted(os.listdir(path))
+    if entries and marker not in entries:
         raise UserError(f"{path}: exists and is not a {what}; refusing to replace it")
+    foreign = [name for name in entries if owned and name not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{path}: holds {shown}, which a {what} does not; refusing to replace the folder "
+                        f"(move {'it' if len(foreign) == 1 else 'them'} away or choose another folder)")
 
 
-def check_output_dir(path: str | Path, what: str, marker: str | None = None) -> None:
+def check_output_dir(path: str | Path, what: str, marker: str | None = None, owned: Collection[str] = ()) -> None:
     """Refuse, before any work, an output folder that cannot be written or must not be replaced.
 
     `path` may be absent (its missing parents are creatable), an empty folder, or an earlier result (a folder
-    holding `marker`), which is replaced. With `marker` None files are written into the folder, so any existing
-    folder will do. Nothing is created; an interrupted earlier write of `path` is recovered first.
+    holding `marker` and nothing but `owned`, when given), which is replaced. With `marker` None files are written
+    into the folder, so any existing folder will do. Nothing is created; an interrupted earlier write of `path` is
+    recovered first.
     """
     path = Path(path)
     recover(path, marker)
     if os.path.lexists(path):
-        check_replaceable(path, marker, what)
+        check_replaceable(path, marker, what, owned)
         # Replacing a folder renames it, which needs its parent to be writable; adding files needs the folder.
         writable = path.parent if marker is not None else path
     else:
@@ -228,14 +241,15 @@ def check_output_dir(path: str | Path, what: str, marker: str | None = None) -> 
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
+def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] = ()) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; when the block succeeds it replaces `path` (see the module doc).
 
-    `path` must be absent, empty, or an earlier result (it holds `marker`): anything else is refused before
-    any work is done. If the block or the swap fails, `path` keeps its earlier content.
+    `path` must be absent, empty, or an earlier result (it holds `marker`, and only names in `owned` when given):
+    anything else is refused before any work is done. If the block or the swap fails, `path` keeps its earlier
+    content.
     """
     path = Path(path)
-    check_output_dir(path, what, marker)
+    check_output_dir(path, what, marker, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
     tag = tmp.name.rsplit(".partial-", 1)[1]  # "PID-random": the same owner for all three names
@@ -247,7 +261,7 @@ def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
         fault_point("dir:written")
         _settle_tree(tmp)
         fault_point("dir:synced")
-        check_replaceable(path, marker, what)  # again: something may have appeared there meanwhile
+        check_replaceable(path, marker, what, owned)  # again: something may have appeared there meanwhile
         os.replace(tmp, new)
         _fsync(path.parent, directory=True)
         fault_point("dir:committed")

@@ -41,6 +41,9 @@ CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
 DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
 SOURCE_SUFFIXES = (".txt", ".xz")
 META_FORMAT = 1
+# What a prepared folder holds (tokenizer.json: BPE only); a folder holding anything else is not replaced.
+BPE_FILE = "tokenizer.json"
+PREPARED_FILES = ("train.bin", "val.bin", "meta.json", BPE_FILE)
 
 # Count invalid UTF-8 while decoding: a codec error handler that replaces like "replace" does.
 _invalid_bytes = 0
@@ -270,7 +273,7 @@ def prepare(
         raise UserError(f"--workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
     src, out = Path(src), Path(out)
-    check_output_dir(out, "prepared-data folder", "meta.json")  # before any work, not after it
+    check_output_dir(out, "prepared-data folder", "meta.json", PREPARED_FILES)  # before any work, not after it
     files = list_sources(src)
     sizes = [p.stat().st_size for p in files]
 
@@ -322,7 +325,7 @@ def prepare(
     if n_train <= 0 or n_val <= 0:
         raise UserError(f"{src}: corpus too small to split ({total} tokens)")
 
-    with atomic_dir(out, "meta.json", "prepared-data folder") as tmp:
+    with atomic_dir(out, "meta.json", "prepared-data folder", PREPARED_FILES) as tmp:
         paths = {"train": tmp / "train.bin", "val": tmp / "val.bin"}
         itemsize = np.dtype(dtype).itemsize
         for name, n in (("train", n_train), ("val", n_val)):
@@ -371,7 +374,6 @@ def prepare(
 
 TOKENIZERS = ("char", "bpe")
 DEFAULT_BPE_VOCAB = 2048
-BPE_FILE = "tokenizer.json"
 
 
 def check_tokenizer_choice(tokenizer: str, vocab_size: int | None) -> int | None:
@@ -451,7 +453,7 @@ def _prepare_bpe(out: Path, files: list[Path], stats: list[SourceStats], split: 
     bpe = BPETokenizer.train((t for _, t in chunks("train")), vocab_size)
     dtype = "uint16" if bpe.vocab_size <= 2**16 else "uint32"
     counts = {"train": 0, "val": 0}
-    with atomic_dir(out, "meta.json", "prepared-data folder") as tmp:
+    with atomic_dir(out, "meta.json", "prepared-data folder", PREPARED_FILES) as tmp:
         (tmp / BPE_FILE).write_text(bpe.to_json(), encoding="utf-8")
         outs = {name: open(tmp / f"{name}.bin", "wb") for name in counts}  # noqa: SIM115 (closed below)
         try:

@@ -107,3 +107,54 @@ def test_a_deep_space_file_is_one_line(tmp_path):
     space.write_text(DEEP)
     with pytest.raises(UserError, match=f"--space {space}: JSON nested deeper than"):
         load_space(str(space), "cpu", None, {})
+
+
+# --- #24.2: `train --out DIR` deleted files it did not write ---
+
+
+def test_train_refuses_a_checkpoint_folder_holding_a_users_file_and_keeps_it(checkpoint, capsys, tmp_path):  # noqa: F811
+    import shutil
+
+    out = tmp_path / "ck"
+    shutil.copytree(checkpoint, out)
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    code, _, err = call(["train", "--data", str(CORPUS), "--out", str(out), *TINY], capsys)
+    line = one_line(err)
+    assert code == 2 and f"{out}: holds notes.txt, which a checkpoint does not" in line
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no partial folder left beside it
+
+
+def test_a_checkpoint_folder_of_owned_files_only_is_still_replaced(checkpoint, capsys, tmp_path):  # noqa: F811
+    import shutil
+
+    out = tmp_path / "ck"
+    shutil.copytree(checkpoint, out)
+    code, _, err = call(["train", "--data", str(CORPUS), "--out", str(out), *TINY, "--max-iters", "2"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "state.json").read_text())["step"] == 2
+
+
+def test_a_file_appearing_during_training_is_kept_and_the_save_refused(tmp_path):
+    from gptcore.files import atomic_dir
+
+    out = tmp_path / "ck"
+    with atomic_dir(out, "state.json", "checkpoint", ("state.json",)) as tmp:
+        (tmp / "state.json").write_text("{}")
+    with pytest.raises(UserError, match="holds notes.txt"), \
+            atomic_dir(out, "state.json", "checkpoint", ("state.json",)) as tmp:
+        (tmp / "state.json").write_text("{}")
+        (out / "notes.txt").write_text("mine")  # the user writes while the new result is being made
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_prepare_refuses_a_prepared_folder_holding_a_users_file(prepared, capsys, tmp_path):
+    import shutil
+
+    out = tmp_path / "prep"
+    shutil.copytree(prepared, out)
+    (out / "README").write_text("mine")
+    code, _, err = call(["prepare", str(CORPUS), "--out", str(out)], capsys)
+    assert code == 2 and "holds README, which a prepared-data folder does not" in one_line(err)
+    assert (out / "README").read_text() == "mine"
