@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ from safetensors.torch import load_file, save_file
 
 from gptcore import config as C
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_output_dir, fault_point, read_json_object, recover
+from gptcore.files import (
+    JSON_MAX_BYTES,
+    atomic_dir,
+    check_output_dir,
+    contained_file,
+    fault_point,
+    read_json_object,
+    recover,
+)
 from gptcore.layout import CHECKPOINT_FILES, CONFIG, OPTIMIZER, STATE, VOCAB, WEIGHTS
 from gptcore.model import LanguageModel, build_model
 from gptcore.tokenizer import Tokenizer, load_tokenizer
@@ -106,6 +115,13 @@ def save_checkpoint(
     return path
 
 
+def _check_files(path: Path) -> None:
+    """Each file of a checkpoint folder is a regular file inside it (no link out of it, no device); JSON bounded."""
+    for name in CHECKPOINT_FILES:
+        if os.path.lexists(path / name):
+            contained_file(path, name, "a checkpoint file", JSON_MAX_BYTES if name.endswith(".json") else None)
+
+
 def _read_json(file: Path) -> dict[str, Any]:
     return read_json_object(file, "a checkpoint's JSON object", missing="missing; not a complete checkpoint")
 
@@ -116,6 +132,7 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpo
     recover(path, STATE)  # a save killed between its two renames is finished here
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint folder")
+    _check_files(path)
     state = _read_json(path / STATE)
     if state.get("format") != FORMAT:
         raise UserError(f"{path / STATE}: unknown checkpoint format {state.get('format')!r}")

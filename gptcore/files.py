@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -375,3 +376,36 @@ def read_json_object(path: str | Path, expected: str = "a JSON object", *, flag:
 def _json_type(value: Any) -> str:
     names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+# --- paths read from files (a meta.json's tokenizer file, a study's checkpoint folder) are input too: a crafted
+# one must not make a command read, or copy, what lies outside the folder it belongs to.
+
+
+def inside(root: str | Path, path: str | Path, what: str) -> Path:
+    """`path` (relative paths are taken from `root`) resolved, symlinks followed; a UserError naming it and `root`
+    unless it lies inside `root`."""
+    root = Path(root)
+    real, base = (root / path).resolve(), root.resolve()
+    if real != base and base not in real.parents:
+        raise UserError(f"{root / path}: {what} points outside {root} (to {real}); expected a path inside it")
+    return real
+
+
+def contained_file(root: str | Path, name: str, what: str, max_bytes: int | None = None) -> Path:
+    """The file `name` that a file of folder `root` names, resolved: a UserError unless it lies inside `root`, is
+    a regular file (not a device, pipe or folder) and, with max_bytes, is at most that large."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{root}: {what} must be a file name, got {name!r}")
+    real = inside(root, name, what)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise UserError(f"{Path(root) / name}: {what} is missing") from None
+    except OSError as exc:
+        raise UserError(f"{Path(root) / name}: {what} is unreadable ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{Path(root) / name}: {what} is not a regular file (a device, pipe or folder)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise UserError(f"{Path(root) / name}: {what} is {st.st_size:,} bytes; at most {max_bytes:,} expected")
+    return real

@@ -33,7 +33,15 @@ import numpy as np
 from tqdm import tqdm
 
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_output_dir, fault_point, read_json_object, recover
+from gptcore.files import (
+    JSON_MAX_BYTES,
+    atomic_dir,
+    check_output_dir,
+    contained_file,
+    fault_point,
+    read_json_object,
+    recover,
+)
 from gptcore.procs import end_with
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -539,8 +547,13 @@ def ensure_prepared(path: str | Path, *, progress: bool = False, tokenizer: str 
 def read_meta(folder: str | Path) -> dict:
     """A prepared folder's meta.json, checked before any of it is used; every problem names the file."""
     meta_path = Path(folder) / "meta.json"
-    meta = read_json_object(meta_path, "a prepared folder's meta.json",
-                            missing=f"not found; is {folder} a prepared-data folder?")
+    missing = f"not found; is {folder} a prepared-data folder?"
+    if not os.path.lexists(meta_path):
+        raise UserError(f"{meta_path}: {missing}")
+    try:
+        meta = read_json_object(meta_path, "a JSON object", missing=missing)
+    except UserError as exc:  # a damaged meta.json: preparing again is the fix
+        raise UserError(f"{exc}; prepare the corpus again") from None
     problem = _meta_problem(meta, Path(folder))
     if problem:
         raise UserError(f"{meta_path}: {problem}; prepare the corpus again")
@@ -553,7 +566,9 @@ def meta_tokenizer(folder: str | Path, meta: dict) -> Tokenizer:
     if isinstance(entry, dict) and entry.get("type") == "bpe" and "file" in entry:
         from gptcore.bpe import BPETokenizer
 
-        file = Path(folder) / str(entry["file"])
+        # A name read from meta.json: it must stay inside the folder and be a bounded regular file (not ../../x or
+        # a link to /dev/zero).
+        file = contained_file(folder, entry["file"], "meta.json's tokenizer file", JSON_MAX_BYTES)
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -573,7 +588,7 @@ def _meta_problem(meta: object, folder: Path) -> str | None:
         return f"unknown format {meta.get('format')!r}"
     try:
         tokenizer = meta_tokenizer(folder, meta)
-    except ValueError as exc:
+    except (ValueError, UserError) as exc:
         return f"bad tokenizer ({exc})"
     if meta.get("vocab_size") != tokenizer.vocab_size:
         return f"vocab_size {meta.get('vocab_size')!r} but the tokenizer has {tokenizer.vocab_size} characters"

@@ -158,3 +158,98 @@ def test_prepare_refuses_a_prepared_folder_holding_a_users_file(prepared, capsys
     code, _, err = call(["prepare", str(CORPUS), "--out", str(out)], capsys)
     assert code == 2 and "holds README, which a prepared-data folder does not" in one_line(err)
     assert (out / "README").read_text() == "mine"
+
+
+# --- #24.3: paths read from files (meta.json, a checkpoint folder, the study's checkpoint attribute) ---
+
+
+def _bpe_meta(prepared, tmp_path, name):
+    """A copy of the prepared folder whose meta.json names tokenizer file `name`."""
+    import shutil
+
+    copy = tmp_path / "prep"
+    shutil.copytree(prepared, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["tokenizer"] = {"type": "bpe", "file": name, "sha256": "0" * 64, "vocab_size": meta["vocab_size"]}
+    (copy / "meta.json").write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("../../../../../../../../etc/hostname", "points outside"),
+    ("/etc/hostname", "points outside"),
+    ("zero", "points outside"),  # a link, inside the folder, to /dev/zero
+    ("sub", "not a regular file"),
+    ("out", "points outside"),  # a link inside the folder to a file outside it
+    (7, "must be a file name"),
+])
+def test_a_meta_json_tokenizer_file_outside_its_folder_is_refused(prepared, capsys, tmp_path, name, needle):
+    copy = _bpe_meta(prepared, tmp_path, name)
+    (copy / "zero").symlink_to("/dev/zero")
+    (copy / "sub").mkdir()
+    (tmp_path / "secret.json").write_text("{}")
+    (copy / "out").symlink_to(tmp_path / "secret.json")
+    out = tmp_path / "ck"
+    code, _, err = call(["train", "--data", str(copy), "--out", str(out), *TINY], capsys)
+    line = one_line(err)
+    assert code == 2 and f"{copy / 'meta.json'}: bad tokenizer" in line and needle in line and not out.exists()
+
+
+def test_a_checkpoint_file_linked_out_of_its_folder_is_refused(checkpoint, capsys, tmp_path):  # noqa: F811
+    import shutil
+
+    copy = tmp_path / "ck"
+    shutil.copytree(checkpoint, copy)
+    (tmp_path / "elsewhere.json").write_text((copy / "config.json").read_text())
+    (copy / "config.json").unlink()
+    (copy / "config.json").symlink_to(tmp_path / "elsewhere.json")
+    code, _, err = call(["sample", "--checkpoint", str(copy), "--prompt", "a", "--max-new-tokens", "2"], capsys)
+    assert code == 2 and f"{copy / 'config.json'}: a checkpoint file points outside" in one_line(err)
+
+
+def _study_folder(source, tmp_path):
+    import shutil
+
+    folder = tmp_path / "results" / "s"
+    (folder / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source, folder / "checkpoints" / "trial_0000")
+    return folder
+
+
+def test_the_best_model_copy_refuses_a_checkpoint_outside_the_studys_folder(checkpoint, tmp_path):  # noqa: F811
+    import shutil
+
+    import pandas as pd
+
+    from tune.report.frame import keep_best_model
+
+    folder = _study_folder(checkpoint, tmp_path)
+    crafted = tmp_path / "home"  # a crafted `checkpoint` attribute naming a folder the study never wrote
+    shutil.copytree(checkpoint, crafted)
+    (crafted / "id_rsa").write_text("secret")
+    note = keep_best_model(pd.Series({"checkpoint": str(crafted)}), folder)
+    assert note and "points outside" in note and not (folder / "best-model").exists()
+    escape = str(folder / "checkpoints" / ".." / ".." / ".." / "home")
+    note = keep_best_model(pd.Series({"checkpoint": escape}), folder)
+    assert note and "points outside" in note and not (folder / "best-model").exists()
+
+
+def test_the_best_model_copy_takes_only_checkpoint_files_and_follows_no_link_out(checkpoint, tmp_path):  # noqa: F811
+    import pandas as pd
+
+    from gptcore.checkpoint import load_checkpoint
+    from tune.report.frame import keep_best_model
+
+    folder = _study_folder(checkpoint, tmp_path)
+    src = folder / "checkpoints" / "trial_0000"
+    (src / "extra").mkdir()
+    (src / "extra" / "big.bin").write_bytes(b"x")
+    assert keep_best_model(pd.Series({"checkpoint": str(src)}), folder) is None
+    assert sorted(p.name for p in (folder / "best-model").iterdir()) == sorted(p.name for p in checkpoint.iterdir())
+    load_checkpoint(folder / "best-model")
+    (tmp_path / "secret").write_text("secret")
+    (src / "optimizer.pt").unlink()
+    (src / "optimizer.pt").symlink_to(tmp_path / "secret")
+    note = keep_best_model(pd.Series({"checkpoint": str(src)}), folder)
+    assert note and "optimizer.pt: a checkpoint file points outside" in note
+    assert "secret" not in [p.read_text(errors="replace") for p in (folder / "best-model").iterdir()]
