@@ -95,24 +95,40 @@ def save_checkpoint(
     kind: str = "gpt",
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (temp folder, then rename)."""
+    """Write a checkpoint folder atomically (temp folder, then rename); a full disk is a one-line UserError."""
     path = Path(path)
-    with atomic_dir(path, STATE, "checkpoint", CHECKPOINT_FILES) as tmp:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
-        fault_point("checkpoint:weights")
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-            fault_point("checkpoint:optimizer")
-        (tmp / CONFIG).write_text(json.dumps({**C.to_dict(model_cfg, train_cfg), "kind": kind}, indent=1))
-        fault_point("checkpoint:config")
-        tokenizer.save(tmp / VOCAB)
-        fault_point("checkpoint:vocab")
-        # state.json last: atomic_dir's recovery and check_replaceable take a folder holding it as a checkpoint.
-        (tmp / STATE).write_text(json.dumps(
-            {**(extra or {}), "format": FORMAT, "step": step, "vocab_sha256": vocab_fingerprint(tokenizer.to_dict())},
-            indent=1))
+    # The size is told so that a full disk (which torch.save reports as a RuntimeError) is named as one.
+    with atomic_dir(path, STATE, "checkpoint", CHECKPOINT_FILES, need=_checkpoint_bytes(model, optimizer)) as tmp:
+        _write(tmp, model, model_cfg, train_cfg, tokenizer, optimizer, step, kind, extra)
     return path
+
+
+def _checkpoint_bytes(model: LanguageModel, optimizer: torch.optim.Optimizer | None) -> int:
+    """About what a checkpoint of this model (and optimizer) takes on disk: its tensors, plus the JSON files."""
+    tensors = list(model.state_dict().values())
+    if optimizer is not None:
+        tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors) + 2**16
+
+
+def _write(tmp: Path, model: LanguageModel, model_cfg: C.ModelConfig, train_cfg: C.TrainConfig,
+           tokenizer: Tokenizer, optimizer: torch.optim.Optimizer | None, step: int, kind: str,
+           extra: dict[str, Any] | None) -> None:
+    """The checkpoint's files, into the (temporary) folder `tmp`."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
+    fault_point("checkpoint:weights")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        fault_point("checkpoint:optimizer")
+    (tmp / CONFIG).write_text(json.dumps({**C.to_dict(model_cfg, train_cfg), "kind": kind}, indent=1))
+    fault_point("checkpoint:config")
+    tokenizer.save(tmp / VOCAB)
+    fault_point("checkpoint:vocab")
+    # state.json last: atomic_dir's recovery and check_replaceable take a folder holding it as a checkpoint.
+    (tmp / STATE).write_text(json.dumps(
+        {**(extra or {}), "format": FORMAT, "step": step, "vocab_sha256": vocab_fingerprint(tokenizer.to_dict())},
+        indent=1))
 
 
 def _check_files(path: Path) -> None:

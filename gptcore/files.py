@@ -31,6 +31,7 @@ its files), so every file and folder of a result is given the mode an ordinary o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -242,12 +243,14 @@ def check_output_dir(path: str | Path, what: str, marker: str | None = None, own
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] = ()) -> Iterator[Path]:
+def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] = (),
+               need: int | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; when the block succeeds it replaces `path` (see the module doc).
 
     `path` must be absent, empty, or an earlier result (it holds `marker`, and only names in `owned` when given):
     anything else is refused before any work is done. If the block or the swap fails, `path` keeps its earlier
-    content.
+    content; a failure for want of space is a one-line UserError naming the file and the space needed (`need`
+    bytes, when the caller knows it; else at least what was written).
     """
     path = Path(path)
     check_output_dir(path, what, marker, owned)
@@ -277,7 +280,8 @@ def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] 
         fault_point("dir:replaced")
         _remove(old)
         fault_point("dir:done")
-    except BaseException:
+    except BaseException as exc:
+        written = _apparent_size(new if os.path.lexists(new) else tmp)
         if replaced:
             _remove(old)
         else:  # put the earlier folder back under its name; drop everything of this attempt
@@ -286,7 +290,28 @@ def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] 
                     os.replace(old, path)
             _remove(tmp)
             _remove(new)
+        if isinstance(exc, Exception) and disk_full(exc, path.parent, max(need or 0, written)):
+            raise UserError(_no_space(exc, path, what, marker, need, written)) from None
         raise
+
+
+def _apparent_size(folder: Path) -> int:
+    """Bytes the files under `folder` claim (a preallocated file counts whole: what it will need)."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _no_space(exc: BaseException, path: Path, what: str, marker: str, need: int | None, written: int) -> str:
+    """The one line for a result that did not fit: the file, the space needed and free, what is left."""
+    size = f"about {need / 2**20:.1f} MiB" if need else f"at least {written / 2**20:.1f} MiB"
+    left = (f"{path} keeps its earlier {what}" if (path / marker).exists()
+            else f"nothing was written to {path}")
+    return (f"{getattr(exc, 'filename', None) or path}: no space left on the device for the {what} (it needs "
+            f"{size}, {free_mib(path.parent)} free); {left}")
 
 
 # --- reading JSON that a user, a results folder or a checkpoint gave us: one reader, so one set of rules holds.
@@ -409,3 +434,25 @@ def contained_file(root: str | Path, name: str, what: str, max_bytes: int | None
     if max_bytes is not None and st.st_size > max_bytes:
         raise UserError(f"{Path(root) / name}: {what} is {st.st_size:,} bytes; at most {max_bytes:,} expected")
     return real
+
+
+# --- a full disk: every writer reports it the same way (the file, the space needed, what is free).
+
+
+def disk_full(exc: BaseException, folder: str | Path, need: int) -> bool:
+    """Whether a failed write of `need` bytes into `folder` failed for want of space: ENOSPC/EDQUOT, or (for a
+    library that reports it as another error: torch.save raises RuntimeError) less than `need` free there."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < need
+    except OSError:
+        return False
+
+
+def free_mib(folder: str | Path) -> str:
+    """'12.3 MiB' free on the device holding `folder` ('unknown' when it cannot be asked)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
+    except OSError:
+        return "an unknown amount"

@@ -253,3 +253,77 @@ def test_the_best_model_copy_takes_only_checkpoint_files_and_follows_no_link_out
     note = keep_best_model(pd.Series({"checkpoint": str(src)}), folder)
     assert note and "optimizer.pt: a checkpoint file points outside" in note
     assert "secret" not in [p.read_text(errors="replace") for p in (folder / "best-model").iterdir()]
+
+
+# --- #24.6: a full disk (injected ENOSPC; a real small tmpfs was tried by hand) ---
+
+
+def _enospc(*args, **kwargs):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_train_on_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoint(checkpoint, capsys, tmp_path,  # noqa: F811
+                                                                           monkeypatch, resume):
+    import shutil
+
+    import gptcore.checkpoint
+
+    out = tmp_path / "ck"
+    shutil.copytree(checkpoint, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(gptcore.checkpoint, "save_file", _enospc)
+    extra = ["--resume", "--max-iters", "35"] if resume else []
+    code, _, err = call(["train", "--data", str(CORPUS), "--out", str(out), *TINY, *extra], capsys)
+    line = one_line(err)
+    assert code == 2 and f"{out}: no space left on the device for the checkpoint (it needs about" in line
+    assert f"{out} keeps its earlier checkpoint" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_reported_as_a_runtime_error_is_named_too(capsys, tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    import gptcore.checkpoint
+
+    def torch_save_on_full_disk(*args, **kwargs):  # what torch.save raised on a full tmpfs
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7168 vs 7060")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(gptcore.checkpoint.torch, "save", torch_save_on_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**20, 2**20 - 4096, 4096))
+    out = tmp_path / "ck"
+    code, _, err = call(["train", "--data", str(CORPUS), "--out", str(out), *TINY, "--max-iters", "2"], capsys)
+    line = one_line(err)
+    assert code == 2 and "no space left on the device for the checkpoint" in line and "0.0 MiB free" in line
+    assert f"nothing was written to {out}" in line and list(tmp_path.iterdir()) == []
+
+
+def test_prepare_on_a_full_disk_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_settle_tree", _enospc)  # fsync reports a full disk on some file systems
+    out = tmp_path / "prep"
+    code, _, err = call(["prepare", str(CORPUS), "--out", str(out), "--no-progress"], capsys)
+    line = one_line(err)
+    assert code == 2 and f"{out}: no space left on the device for the prepared-data folder" in line
+    assert f"nothing was written to {out}" in line and list(tmp_path.iterdir()) == []
+
+
+def test_the_best_model_copy_on_a_full_disk_is_a_note_and_claims_no_model(checkpoint, tmp_path, monkeypatch):  # noqa: F811
+    import pandas as pd
+
+    import tune.report.frame
+    from tune.report.frame import keep_best_model
+
+    folder = _study_folder(checkpoint, tmp_path)
+    monkeypatch.setattr(tune.report.frame.shutil, "copyfile", _enospc)
+    note = keep_best_model(pd.Series({"checkpoint": str(folder / "checkpoints" / "trial_0000")}), folder)
+    assert note and note.startswith("best-model/: not written - ") and "no space left on the device" in note
+    assert not (folder / "best-model").exists() and _leftovers(folder) == []

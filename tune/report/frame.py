@@ -402,11 +402,13 @@ def keep_best_model(row: pd.Series, folder: Path) -> str | None:
     # inside this study's checkpoints/, each a regular file inside it (no link out, no device).
     try:
         source = inside(folder / "checkpoints", Path(src).absolute(), "the winner's checkpoint")
-        with atomic_dir(folder / "best-model", STATE, "checkpoint", CHECKPOINT_FILES) as tmp:
-            for name in CHECKPOINT_FILES:
-                if os.path.lexists(source / name):
-                    shutil.copyfile(contained_file(source, name, "a checkpoint file"), tmp / name)
-    except UserError as exc:
+        files = {name: contained_file(source, name, "a checkpoint file")
+                 for name in CHECKPOINT_FILES if os.path.lexists(source / name)}
+        need = sum(f.stat().st_size for f in files.values())
+        with atomic_dir(folder / "best-model", STATE, "checkpoint", CHECKPOINT_FILES, need=need) as tmp:
+            for name, file in files.items():
+                shutil.copyfile(file, tmp / name)
+    except UserError as exc:  # a crafted path, a full disk: the study's figures stand, the copy is not made
         return f"best-model/: not written - {exc}"
     return None
 
