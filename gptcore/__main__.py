@@ -142,7 +142,8 @@ def resolve_configs(args: argparse.Namespace, vocab_size: int,
 
 @contextlib.contextmanager
 def ctrl_c_stops(event: threading.Event) -> Iterator[None]:
-    """While active, the first Ctrl-C sets `event` (training stops at the next step); a second one aborts."""
+    """While active, the first Ctrl-C (or SIGTERM: cliutil routes it here) sets `event` (training stops at the next
+    step); a second one aborts."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield
         return
@@ -151,8 +152,9 @@ def ctrl_c_stops(event: threading.Event) -> Iterator[None]:
         if event.is_set():
             raise KeyboardInterrupt
         event.set()
-        print(f"{prog(PROG)} train: Ctrl-C: stopping after this step to save the checkpoint "
-              "(Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"{prog(PROG)} train: {what}: stopping after this step to save the checkpoint "
+              f"({what} again to quit without saving)", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -7,6 +7,7 @@ traceback, and nothing created or left behind.
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -327,3 +328,55 @@ def test_the_best_model_copy_on_a_full_disk_is_a_note_and_claims_no_model(checkp
     note = keep_best_model(pd.Series({"checkpoint": str(folder / "checkpoints" / "trial_0000")}), folder)
     assert note and note.startswith("best-model/: not written - ") and "no space left on the device" in note
     assert not (folder / "best-model").exists() and _leftovers(folder) == []
+
+
+# --- #24.7: SIGTERM (kill, systemd, Slurm) is handled like Ctrl-C ---
+
+
+def test_sigterm_mid_training_saves_a_loadable_checkpoint_and_exits_like_ctrl_c(tmp_path):
+    from gptcore.checkpoint import load_checkpoint
+    from tests.test_train_interrupt import FRESH, MAX_ITERS, Cli, gptcore
+
+    out = tmp_path / "ck"
+    cli = Cli(gptcore("train", "--out", str(out), *FRESH, "--max-iters", str(MAX_ITERS)))
+    cli.wait_for("step 10: train loss")
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.finish() == 130
+    ckpt = load_checkpoint(out)
+    err = "".join(cli.err)
+    assert "SIGTERM: stopping after this step" in err and "Traceback" not in err
+    assert f"interrupted: checkpoint saved at step {ckpt.step}" in err and ckpt.step >= 10
+
+
+def test_a_group_sigterm_to_the_tuner_leaves_no_trial_running(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    import pandas as pd
+
+    from tests.conftest import ROOT
+    from tests.test_tune import TINY_SPACE
+
+    results = tmp_path / "r"
+    space_flags = [arg for k, v in TINY_SPACE.items() for arg in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
+    # A session of its own: the signal goes to the tuner and its trial processes at once, as systemd sends it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tune", "--trials", "3", "--budget", "30s", "--references", "none", "--device", "cpu",
+         "--results", str(results), "--study-name", "c", "--no-progress", *space_flags],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = results / "c" / "logs" / "trial_0000.log"
+    deadline = time.time() + 60
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the trial is training now
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    df = pd.read_csv(results / "c" / "trials.csv")
+    assert "running" not in set(df["status"]) and df.loc[0, "status"] == "interrupted", out
+    study = optuna.load_study(study_name="c", storage=f"sqlite:///{results / 'c' / 'study.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
