@@ -34,6 +34,7 @@ from gptcore.files import (
     recover,
 )
 from gptcore.layout import CHECKPOINT_FILES, CONFIG, OPTIMIZER, STATE, VOCAB, WEIGHTS
+from gptcore.memory import check_fits
 from gptcore.model import LanguageModel, build_model
 from gptcore.tokenizer import Tokenizer, load_tokenizer
 
@@ -57,6 +58,8 @@ class Checkpoint:
     def build_model(self, device: torch.device | str = "cpu") -> LanguageModel:
         """The model with these weights, in eval mode, on `device`."""
         where = self.path / WEIGHTS if self.path else "checkpoint"
+        if self.kind == "gpt":  # built on the CPU first: a crafted config must not allocate for minutes, or fail
+            check_fits(self.model_cfg, str(self.path / CONFIG if self.path else "checkpoint"), training=False)
         try:
             model = build_model(self.model_cfg, self.kind)
         except ValueError as exc:  # an unknown model kind

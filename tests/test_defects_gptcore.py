@@ -380,3 +380,55 @@ def test_a_group_sigterm_to_the_tuner_leaves_no_trial_running(tmp_path):
     assert "running" not in set(df["status"]) and df.loc[0, "status"] == "interrupted", out
     study = optuna.load_study(study_name="c", storage=f"sqlite:///{results / 'c' / 'study.db'}")
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+# --- #24.10: sizes nobody checked are refused before anything is allocated ---
+
+SMALL_HOST = 16 * 2**30  # the check is made against a 16 GiB machine, whatever this one has
+
+
+@pytest.mark.parametrize("model, needle", [
+    ({"n_embed": 65536, "n_head": 2}, "n_layer=2, n_embed=65536"),
+    ({"n_layer": 1_000_000}, "n_layer=1000000, n_embed=32"),
+])
+def test_train_refuses_a_model_larger_than_the_machine_before_allocating(capsys, tmp_path, monkeypatch, model,
+                                                                       needle):
+    import gptcore.memory
+
+    monkeypatch.setattr(gptcore.memory, "host_memory_bytes", lambda: SMALL_HOST)
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"model": model}))
+    out = tmp_path / "ck"
+    code, _, err = call(["train", "--data", str(CORPUS), "--out", str(out), *TINY, "--config", str(best)], capsys)
+    line = one_line(err)
+    assert code == 2 and f"--config {best}: a model of {needle}" in line
+    assert "more than the 16.0 GiB of this machine's memory" in line and not out.exists()
+
+
+def test_a_checkpoint_config_too_large_for_the_machine_is_refused_before_building(checkpoint, capsys,  # noqa: F811
+                                                                                tmp_path, monkeypatch):
+    import shutil
+
+    import gptcore.memory
+
+    monkeypatch.setattr(gptcore.memory, "host_memory_bytes", lambda: SMALL_HOST)
+    copy = tmp_path / "ck"
+    shutil.copytree(checkpoint, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["model"].update(n_embed=65536, n_head=2)
+    (copy / "config.json").write_text(json.dumps(cfg))
+    code, _, err = call(["sample", "--checkpoint", str(copy), "--prompt", "a", "--max-new-tokens", "2"], capsys)
+    line = one_line(err)
+    assert code == 2 and f"{copy / 'config.json'}: a model of n_layer=2, n_embed=65536" in line
+    assert "GiB (weights," in line
+
+
+def test_a_model_that_fits_is_not_refused():
+    from gptcore.config import ModelConfig
+    from gptcore.memory import check_fits
+
+    check_fits(ModelConfig(vocab_size=65, n_layer=4, n_embed=128, n_head=4), "x", training=True,
+               device="cuda:0", device_bytes=2**30)
+    with pytest.raises(UserError, match="more than the 1.0 GiB of cuda:0's memory"):
+        check_fits(ModelConfig(vocab_size=65, n_layer=48, n_embed=1024, n_head=8), "x", training=True,
+                   device="cuda:0", device_bytes=2**30)
