@@ -291,7 +291,7 @@ def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] 
             _remove(tmp)
             _remove(new)
         if isinstance(exc, Exception) and disk_full(exc, path.parent, max(need or 0, written)):
-            raise UserError(_no_space(exc, path, what, marker, need, written)) from None
+            raise UserError(_no_space(exc, path, tmp, what, marker, need, written)) from None
         raise
 
 
@@ -305,13 +305,21 @@ def _apparent_size(folder: Path) -> int:
     return total
 
 
-def _no_space(exc: BaseException, path: Path, what: str, marker: str, need: int | None, written: int) -> str:
+def _no_space(exc: BaseException, path: Path, tmp: Path, what: str, marker: str, need: int | None,
+              written: int) -> str:
     """The one line for a result that did not fit: the file, the space needed and free, what is left."""
+    # The file named is the one being written, under the name it was to have (not the temporary folder's, nor a
+    # copy's source).
+    failed = getattr(exc, "filename", None)
+    try:
+        file = path / Path(failed).relative_to(tmp) if failed else path
+    except ValueError:
+        file = path
     size = f"about {need / 2**20:.1f} MiB" if need else f"at least {written / 2**20:.1f} MiB"
     left = (f"{path} keeps its earlier {what}" if (path / marker).exists()
             else f"nothing was written to {path}")
-    return (f"{getattr(exc, 'filename', None) or path}: no space left on the device for the {what} (it needs "
-            f"{size}, {free_mib(path.parent)} free); {left}")
+    return (f"{file}: no space left on the device for the {what} (it needs {size}, {free_mib(path.parent)} "
+            f"free); {left}")
 
 
 # --- reading JSON that a user, a results folder or a checkpoint gave us: one reader, so one set of rules holds.
