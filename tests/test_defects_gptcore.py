@@ -432,3 +432,19 @@ def test_a_model_that_fits_is_not_refused():
     with pytest.raises(UserError, match="more than the 1.0 GiB of cuda:0's memory"):
         check_fits(ModelConfig(vocab_size=65, n_layer=48, n_embed=1024, n_head=8), "x", training=True,
                    device="cuda:0", device_bytes=2**30)
+
+
+def test_a_trial_whose_checkpoint_did_not_fit_reports_no_model(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import gptcore.checkpoint
+    from tune.exec.worker import _keep_model
+
+    def full(path, *args, **kwargs):
+        raise UserError(f"{path}: no space left on the device for the checkpoint")
+
+    monkeypatch.setattr(gptcore.checkpoint, "save_checkpoint", full)
+    job = {"checkpoint": str(tmp_path / "checkpoints" / "trial_0000"), "log": str(tmp_path / "log")}
+    result = SimpleNamespace(stopped_by="max_iters", model=None, optimizer=None, steps=3, val_loss=1.0)
+    assert _keep_model(job, result, None, None, SimpleNamespace(tokenizer=None)) is None
+    assert "no space left" in capsys.readouterr().err and not (tmp_path / "checkpoints").exists()
