@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gptcore.errors import UserError
-from gptcore.files import check_output_dir
+from gptcore.files import check_output_dir, read_json_object
 from tune.core.budget import Budget
 from tune.core.space import PARAMS, POW2, Space
 
@@ -187,12 +187,13 @@ def load_table(path: Path) -> Table:
     meta_path = path.with_suffix(".json")
     try:
         frame = pd.read_csv(path)
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UserError(f"--table {path}: {exc.filename} does not exist (record one with "
                         f"`python -m benchmarks tuner record`)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise UserError(f"--table {path}: unreadable ({exc})") from None
+    meta = read_json_object(meta_path, "a recorded table's description", flag="--table",
+                            missing="does not exist (record one with `python -m benchmarks tuner record`)")
     needed = [*KEEP, *(f"loss_rung_{k}" for k in range(1, len(meta.get("rungs", [])) + 1))]
     missing = [c for c in needed if c not in frame.columns]
     wanted = ("rungs", "space", "eta", "budget_amount", "budget_unit")

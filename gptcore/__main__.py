@@ -140,9 +140,24 @@ def resolve_configs(args: argparse.Namespace, vocab_size: int,
     return model_cfg.with_vocab(vocab_size), train_cfg
 
 
+def check_model_fits(model_cfg: ModelConfig, train_cfg: TrainConfig, args: argparse.Namespace) -> None:
+    """Refuse, before allocating anything, a model whose training cannot fit the device (gptcore.memory)."""
+    import torch
+
+    from gptcore.hardware import resolve_device
+    from gptcore.memory import check_fits
+
+    device = resolve_device(train_cfg.device)
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    where = (str(Path(args.out) / "config.json") if args.resume
+             else f"--config {args.config}" if args.config is not None else "the model flags")
+    check_fits(model_cfg, where, training=True, device=str(device), device_bytes=total)
+
+
 @contextlib.contextmanager
 def ctrl_c_stops(event: threading.Event) -> Iterator[None]:
-    """While active, the first Ctrl-C sets `event` (training stops at the next step); a second one aborts."""
+    """While active, the first Ctrl-C (or SIGTERM: cliutil routes it here) sets `event` (training stops at the next
+    step); a second one aborts."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield
         return
@@ -151,8 +166,9 @@ def ctrl_c_stops(event: threading.Event) -> Iterator[None]:
         if event.is_set():
             raise KeyboardInterrupt
         event.set()
-        print(f"{prog(PROG)} train: Ctrl-C: stopping after this step to save the checkpoint "
-              "(Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"{prog(PROG)} train: {what}: stopping after this step to save the checkpoint "
+              f"({what} again to quit without saving)", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -184,6 +200,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args, data.vocab_size, (ckpt.model_cfg, ckpt.train_cfg) if ckpt else None)
     if ckpt and model_cfg != ckpt.model_cfg:
         raise UserError("--resume: model flags differ from the checkpoint's model; only training flags may change")
+    if args.model == "gpt":
+        check_model_fits(model_cfg, train_cfg, args)
     say(f"data: {data.folder} (vocab {data.vocab_size}, train {len(data.tokens('train')):,}, "
         f"val {len(data.tokens('val')):,} tokens)")
     say(f"model: {model_cfg}\ntrain: {train_cfg}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,21 @@ from safetensors.torch import load_file, save_file
 
 from gptcore import config as C
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
+from gptcore.files import (
+    JSON_MAX_BYTES,
+    atomic_dir,
+    check_output_dir,
+    contained_file,
+    fault_point,
+    read_json_object,
+    recover,
+)
+from gptcore.layout import CHECKPOINT_FILES, CONFIG, OPTIMIZER, STATE, VOCAB, WEIGHTS
+from gptcore.memory import check_fits
 from gptcore.model import LanguageModel, build_model
 from gptcore.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = 1
-WEIGHTS, OPTIMIZER, STATE = "model.safetensors", "optimizer.pt", "state.json"
-CONFIG, VOCAB = "config.json", "vocab.json"
 
 
 @dataclass
@@ -49,6 +58,8 @@ class Checkpoint:
     def build_model(self, device: torch.device | str = "cpu") -> LanguageModel:
         """The model with these weights, in eval mode, on `device`."""
         where = self.path / WEIGHTS if self.path else "checkpoint"
+        if self.kind == "gpt":  # built on the CPU first: a crafted config must not allocate for minutes, or fail
+            check_fits(self.model_cfg, str(self.path / CONFIG if self.path else "checkpoint"), training=False)
         try:
             model = build_model(self.model_cfg, self.kind)
         except ValueError as exc:  # an unknown model kind
@@ -72,7 +83,7 @@ def vocab_fingerprint(vocab: dict[str, Any]) -> str:
 
 def check_save_path(path: str | Path) -> None:
     """Refuse now, before any training, a place where a checkpoint could not be saved."""
-    check_output_dir(Path(path), "checkpoint", STATE)
+    check_output_dir(Path(path), "checkpoint", STATE, CHECKPOINT_FILES)
 
 
 def save_checkpoint(
@@ -87,36 +98,51 @@ def save_checkpoint(
     kind: str = "gpt",
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (temp folder, then rename)."""
+    """Write a checkpoint folder atomically (temp folder, then rename); a full disk is a one-line UserError."""
     path = Path(path)
-    with atomic_dir(path, STATE, "checkpoint") as tmp:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
-        fault_point("checkpoint:weights")
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-            fault_point("checkpoint:optimizer")
-        (tmp / CONFIG).write_text(json.dumps({**C.to_dict(model_cfg, train_cfg), "kind": kind}, indent=1))
-        fault_point("checkpoint:config")
-        tokenizer.save(tmp / VOCAB)
-        fault_point("checkpoint:vocab")
-        # state.json last: atomic_dir's recovery and check_replaceable take a folder holding it as a checkpoint.
-        (tmp / STATE).write_text(json.dumps(
-            {**(extra or {}), "format": FORMAT, "step": step, "vocab_sha256": vocab_fingerprint(tokenizer.to_dict())},
-            indent=1))
+    # The size is told so that a full disk (which torch.save reports as a RuntimeError) is named as one.
+    with atomic_dir(path, STATE, "checkpoint", CHECKPOINT_FILES, need=_checkpoint_bytes(model, optimizer)) as tmp:
+        _write(tmp, model, model_cfg, train_cfg, tokenizer, optimizer, step, kind, extra)
     return path
 
 
+def _checkpoint_bytes(model: LanguageModel, optimizer: torch.optim.Optimizer | None) -> int:
+    """About what a checkpoint of this model (and optimizer) takes on disk: its tensors, plus the JSON files."""
+    tensors = list(model.state_dict().values())
+    if optimizer is not None:
+        tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors) + 2**16
+
+
+def _write(tmp: Path, model: LanguageModel, model_cfg: C.ModelConfig, train_cfg: C.TrainConfig,
+           tokenizer: Tokenizer, optimizer: torch.optim.Optimizer | None, step: int, kind: str,
+           extra: dict[str, Any] | None) -> None:
+    """The checkpoint's files, into the (temporary) folder `tmp`."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
+    fault_point("checkpoint:weights")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        fault_point("checkpoint:optimizer")
+    (tmp / CONFIG).write_text(json.dumps({**C.to_dict(model_cfg, train_cfg), "kind": kind}, indent=1))
+    fault_point("checkpoint:config")
+    tokenizer.save(tmp / VOCAB)
+    fault_point("checkpoint:vocab")
+    # state.json last: atomic_dir's recovery and check_replaceable take a folder holding it as a checkpoint.
+    (tmp / STATE).write_text(json.dumps(
+        {**(extra or {}), "format": FORMAT, "step": step, "vocab_sha256": vocab_fingerprint(tokenizer.to_dict())},
+        indent=1))
+
+
+def _check_files(path: Path) -> None:
+    """Each file of a checkpoint folder is a regular file inside it (no link out of it, no device); JSON bounded."""
+    for name in CHECKPOINT_FILES:
+        if os.path.lexists(path / name):
+            contained_file(path, name, "a checkpoint file", JSON_MAX_BYTES if name.endswith(".json") else None)
+
+
 def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{file}: missing; not a complete checkpoint") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{file}: unreadable or truncated ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{file}: expected a JSON object")
-    return data
+    return read_json_object(file, "a checkpoint's JSON object", missing="missing; not a complete checkpoint")
 
 
 def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpoint:
@@ -125,6 +151,7 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpo
     recover(path, STATE)  # a save killed between its two renames is finished here
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint folder")
+    _check_files(path)
     state = _read_json(path / STATE)
     if state.get("format") != FORMAT:
         raise UserError(f"{path / STATE}: unknown checkpoint format {state.get('format')!r}")

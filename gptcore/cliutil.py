@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -43,9 +46,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "") -> NoReturn:
-    """Call main(argv); UserError -> one line + exit 2, Ctrl-C -> exit 130."""
+    """Call main(argv); UserError -> one line + exit 2, Ctrl-C or SIGTERM -> exit 130."""
     try:
-        code = main(argv)
+        with sigterm_as_ctrl_c():
+            code = main(argv)
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
@@ -53,6 +57,29 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print(f"{prog}: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code or 0)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM takes Ctrl-C's path: whatever handles SIGINT now (KeyboardInterrupt, or train's stop-and-save)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signum, frame)
+    elif handler != signal.SIG_IGN:  # SIG_DFL, or a handler installed outside Python (None)
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """While active, SIGTERM (what kill, systemd, Slurm and Kubernetes send) is handled as Ctrl-C: a run stopped
+    that way saves and records what Ctrl-C would, instead of dying with nothing saved."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def console(main: Callable[[list[str] | None], int | None], default: str) -> NoReturn:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from gptcore.errors import UserError
+from gptcore.files import read_json_object
 
 NORMS = ("post", "pre")
 ACTIVATIONS = ("relu", "gelu")
@@ -239,11 +241,9 @@ def load_json(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file into a flat dict of fields; errors name the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
+        data = read_json_object(path, "a JSON config", missing="config file not found")
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
     try:
         from_dict(data)  # validate now, so the error names this file
     except (TypeError, ValueError) as exc:

@@ -31,13 +31,17 @@ its files), so every file and folder of a result is given the mode an ordinary o
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 from gptcore.errors import UserError
 
@@ -192,27 +196,40 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_replaceable(path: Path, marker: str | None, what: str) -> None:
-    """Refuse a `path` that is not a folder, or (with `marker`) a folder that is neither empty nor a result."""
+def check_replaceable(path: Path, marker: str | None, what: str, owned: Collection[str] = ()) -> None:
+    """Refuse a `path` that is not a folder, or (with `marker`) a folder that is neither empty nor a result.
+
+    With `owned` (the names a result holds), a result that also holds anything else (a user's notes.txt) is
+    refused too: replacing the folder would delete what the program did not write.
+    """
     if not os.path.lexists(path):
         return
     if not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder; cannot write the {what} there")
-    if marker is not None and not (path / marker).exists() and any(path.iterdir()):
+    if marker is None:
+        return
+    entries = sorted(os.listdir(path))
+    if entries and marker not in entries:
         raise UserError(f"{path}: exists and is not a {what}; refusing to replace it")
+    foreign = [name for name in entries if owned and name not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{path}: holds {shown}, which a {what} does not; refusing to replace the folder "
+                        f"(move {'it' if len(foreign) == 1 else 'them'} away or choose another folder)")
 
 
-def check_output_dir(path: str | Path, what: str, marker: str | None = None) -> None:
+def check_output_dir(path: str | Path, what: str, marker: str | None = None, owned: Collection[str] = ()) -> None:
     """Refuse, before any work, an output folder that cannot be written or must not be replaced.
 
     `path` may be absent (its missing parents are creatable), an empty folder, or an earlier result (a folder
-    holding `marker`), which is replaced. With `marker` None files are written into the folder, so any existing
-    folder will do. Nothing is created; an interrupted earlier write of `path` is recovered first.
+    holding `marker` and nothing but `owned`, when given), which is replaced. With `marker` None files are written
+    into the folder, so any existing folder will do. Nothing is created; an interrupted earlier write of `path` is
+    recovered first.
     """
     path = Path(path)
     recover(path, marker)
     if os.path.lexists(path):
-        check_replaceable(path, marker, what)
+        check_replaceable(path, marker, what, owned)
         # Replacing a folder renames it, which needs its parent to be writable; adding files needs the folder.
         writable = path.parent if marker is not None else path
     else:
@@ -226,14 +243,17 @@ def check_output_dir(path: str | Path, what: str, marker: str | None = None) -> 
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
+def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] = (),
+               need: int | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; when the block succeeds it replaces `path` (see the module doc).
 
-    `path` must be absent, empty, or an earlier result (it holds `marker`): anything else is refused before
-    any work is done. If the block or the swap fails, `path` keeps its earlier content.
+    `path` must be absent, empty, or an earlier result (it holds `marker`, and only names in `owned` when given):
+    anything else is refused before any work is done. If the block or the swap fails, `path` keeps its earlier
+    content; a failure for want of space is a one-line UserError naming the file and the space needed (`need`
+    bytes, when the caller knows it; else at least what was written).
     """
     path = Path(path)
-    check_output_dir(path, what, marker)
+    check_output_dir(path, what, marker, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
     tag = tmp.name.rsplit(".partial-", 1)[1]  # "PID-random": the same owner for all three names
@@ -245,7 +265,7 @@ def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
         fault_point("dir:written")
         _settle_tree(tmp)
         fault_point("dir:synced")
-        check_replaceable(path, marker, what)  # again: something may have appeared there meanwhile
+        check_replaceable(path, marker, what, owned)  # again: something may have appeared there meanwhile
         os.replace(tmp, new)
         _fsync(path.parent, directory=True)
         fault_point("dir:committed")
@@ -260,7 +280,8 @@ def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
         fault_point("dir:replaced")
         _remove(old)
         fault_point("dir:done")
-    except BaseException:
+    except BaseException as exc:
+        written = _apparent_size(new if os.path.lexists(new) else tmp)
         if replaced:
             _remove(old)
         else:  # put the earlier folder back under its name; drop everything of this attempt
@@ -269,4 +290,177 @@ def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
                     os.replace(old, path)
             _remove(tmp)
             _remove(new)
+        if isinstance(exc, Exception) and disk_full(exc, path.parent, max(need or 0, written)):
+            raise UserError(_no_space(exc, path, tmp, what, marker, need, written)) from None
         raise
+
+
+def _apparent_size(folder: Path) -> int:
+    """Bytes the files under `folder` claim (a preallocated file counts whole: what it will need)."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _no_space(exc: BaseException, path: Path, tmp: Path, what: str, marker: str, need: int | None,
+              written: int) -> str:
+    """The one line for a result that did not fit: the file, the space needed and free, what is left."""
+    # The file named is the one being written, under the name it was to have (not the temporary folder's, nor a
+    # copy's source).
+    failed = getattr(exc, "filename", None)
+    try:
+        file = path / Path(failed).relative_to(tmp) if failed else path
+    except ValueError:
+        file = path
+    size = f"about {need / 2**20:.1f} MiB" if need else f"at least {written / 2**20:.1f} MiB"
+    left = (f"{path} keeps its earlier {what}" if (path / marker).exists()
+            else f"nothing was written to {path}")
+    return (f"{file}: no space left on the device for the {what} (it needs {size}, {free_mib(path.parent)} "
+            f"free); {left}")
+
+
+# --- reading JSON that a user, a results folder or a checkpoint gave us: one reader, so one set of rules holds.
+
+# The largest JSON a result holds is a BPE tokenizer.json: a few MB even for a large vocabulary. Beyond this a file
+# is not one of ours, and reading it whole (a /dev/zero, a log renamed .json) would only exhaust memory.
+JSON_MAX_BYTES = 64 * 2**20
+# Real files nest 4 levels at most (a BPE tokenizer's merges); 100,000 levels would overflow the parser's stack.
+JSON_MAX_DEPTH = 64
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be used (too deep; a string UTF-8 cannot hold), or None."""
+    stack = [(value, 1)]
+    while stack:  # iterative: the value may be as deep as the parser allowed
+        item, depth = stack.pop()
+        if depth > JSON_MAX_DEPTH:
+            return f"JSON nested deeper than {JSON_MAX_DEPTH} levels"
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and not item.isascii():
+            try:  # a lone surrogate escape (\ud800) parses, then fails wherever the text is written back
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"a string holds a lone surrogate {item[:40]!r}, which is not UTF-8 text"
+    return None
+
+
+def parse_json(text: str, where: str, expected: str) -> Any:
+    """JSON text -> its value; a UserError `where: ...; expected <expected>` for text that is not JSON, is nested
+    deeper than JSON_MAX_DEPTH, or holds a string that is not UTF-8 text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                        f"expected {expected}") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested deeper than {JSON_MAX_DEPTH} levels; expected {expected}") from None
+    problem = _json_problem(value)
+    if problem:
+        raise UserError(f"{where}: {problem}; expected {expected}")
+    return value
+
+
+def _read_bounded(path: Path, where: str, expected: str, missing: str | None, max_bytes: int) -> bytes:
+    """At most max_bytes of a file; UserError for a missing, folder, unreadable or larger file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # bounded: a device or a huge file is refused, not read whole
+    except FileNotFoundError:
+        raise UserError(f"{where}: {missing or f'no such file (expected {expected})'}") from None
+    except IsADirectoryError:
+        raise UserError(f"{where}: a folder; expected {expected}") from None
+    except OSError as exc:
+        raise UserError(f"{where}: unreadable ({exc.strerror or exc}); expected {expected}") from None
+    if len(data) > max_bytes:
+        size = f"{max_bytes // 2**20} MiB" if max_bytes % 2**20 == 0 else f"{max_bytes} bytes"
+        raise UserError(f"{where}: larger than {size}; expected {expected}")
+    return data
+
+
+def read_json_object(path: str | Path, expected: str = "a JSON object", *, flag: str = "",
+                     missing: str | None = None, max_bytes: int = JSON_MAX_BYTES) -> dict[str, Any]:
+    """Read a JSON object from a file; every problem is a one-line UserError `[flag ]path: ...; expected ...`.
+
+    Refused: a missing file (`missing` replaces the default wording), a folder, an unreadable file, one larger
+    than max_bytes, text that is not UTF-8 or not JSON, JSON nested deeper than JSON_MAX_DEPTH, a lone surrogate,
+    and any value but an object.
+    """
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    raw = _read_bounded(path, where, expected, missing, max_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: not JSON (not UTF-8 text at byte {exc.start}); "
+                        f"expected {expected}") from None
+    value = parse_json(text, where, expected)
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected {expected}, got a JSON {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# --- paths read from files (a meta.json's tokenizer file, a study's checkpoint folder) are input too: a crafted
+# one must not make a command read, or copy, what lies outside the folder it belongs to.
+
+
+def inside(root: str | Path, path: str | Path, what: str) -> Path:
+    """`path` (relative paths are taken from `root`) resolved, symlinks followed; a UserError naming it and `root`
+    unless it lies inside `root`."""
+    root = Path(root)
+    real, base = (root / path).resolve(), root.resolve()
+    if real != base and base not in real.parents:
+        raise UserError(f"{root / path}: {what} points outside {root} (to {real}); expected a path inside it")
+    return real
+
+
+def contained_file(root: str | Path, name: str, what: str, max_bytes: int | None = None) -> Path:
+    """The file `name` that a file of folder `root` names, resolved: a UserError unless it lies inside `root`, is
+    a regular file (not a device, pipe or folder) and, with max_bytes, is at most that large."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{root}: {what} must be a file name, got {name!r}")
+    real = inside(root, name, what)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise UserError(f"{Path(root) / name}: {what} is missing") from None
+    except OSError as exc:
+        raise UserError(f"{Path(root) / name}: {what} is unreadable ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{Path(root) / name}: {what} is not a regular file (a device, pipe or folder)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise UserError(f"{Path(root) / name}: {what} is {st.st_size:,} bytes; at most {max_bytes:,} expected")
+    return real
+
+
+# --- a full disk: every writer reports it the same way (the file, the space needed, what is free).
+
+
+def disk_full(exc: BaseException, folder: str | Path, need: int) -> bool:
+    """Whether a failed write of `need` bytes into `folder` failed for want of space: ENOSPC/EDQUOT, or (for a
+    library that reports it as another error: torch.save raises RuntimeError) less than `need` free there."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < need
+    except OSError:
+        return False
+
+
+def free_mib(folder: str | Path) -> str:
+    """'12.3 MiB' free on the device holding `folder` ('unknown' when it cannot be asked)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
+    except OSError:
+        return "an unknown amount"

@@ -10,11 +10,13 @@ Shapes: B = batch, T = block, C = n_embed, nh = n_head, L = n_layer, V = vocab, 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gptcore.config import ModelConfig, TrainConfig
+from gptcore.errors import UserError
 
 FLOAT32 = 4
 # Saved for backward per layer and token, in float32 elements per unit of C, counted from the autograd graph
@@ -158,3 +160,46 @@ class Calibration:
         return cls(**data) if data else cls()
 
 
+
+
+# --- refusing a model that cannot fit, before allocating it: `n_embed: 65536` in a config failed deep inside torch,
+# `n_layer: 1000000` built Python objects for minutes before running out.
+
+# The Python objects of one transformer block (its modules and parameter tensors): about 40 KB measured on CPU
+# torch 2.x; the lower figure keeps the check a lower bound, so it never refuses a model that would fit.
+BLOCK_OBJECT_BYTES = 32 * 2**10
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(model: ModelConfig, where: str, *, training: bool, device: str = "cpu",
+               device_bytes: int | None = None) -> None:
+    """Refuse, before anything is allocated, a GPT that cannot fit: a UserError naming `where`, the predicted bytes
+    and what the device has.
+
+    The prediction is a lower bound: the weights (training: also their gradients and AdamW's two moments) on
+    `device` (which holds `device_bytes`; None: the host's memory), and the blocks' Python objects on the host.
+    """
+    tensors = num_params(model) * FLOAT32 * (4 if training else 1)
+    objects = model.n_layer * BLOCK_OBJECT_BYTES
+    host = host_memory_bytes()
+    on_host = device_bytes is None
+    checks = [(tensors + objects if on_host else objects, host, "this machine's memory")]
+    if not on_host:
+        checks.append((tensors, device_bytes, f"{device}'s memory"))
+    what = "weights, gradients and AdamW state" if training else "weights"
+    for need, have, name in checks:
+        if have is not None and need > have:
+            raise UserError(f"{where}: a model of n_layer={model.n_layer}, n_embed={model.n_embed}, "
+                            f"vocab_size={model.vocab_size} needs at least {_gib(need)} ({what}, "
+                            f"{num_params(model):,} parameters), more than the {_gib(have)} of {name}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"

@@ -8,13 +8,13 @@ model no real token ever attends to another example or to padding (padding only 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from gptcore.errors import UserError
+from gptcore.files import parse_json
 
 IGNORE = -100  # torch's cross_entropy ignore_index default: these targets count nowhere in the loss
 
@@ -44,11 +44,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
         if not raw.strip():
             continue  # blank lines (a trailing newline, a separator) carry no example
         where = f"--data {path}: line {number}"
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not JSON ({exc.msg}); expected one "
-                            '{"prompt": ..., "completion": ...} object per line') from None
+        item = parse_json(raw, where, 'one {"prompt": ..., "completion": ...} object per line')
         if not isinstance(item, dict):
             raise UserError(f'{where}: expected a JSON object {{"prompt": ..., "completion": ...}}, '
                             f"got {type(item).__name__}")

@@ -28,12 +28,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from gptcore.errors import UserError
-from gptcore.files import atomic_dir, check_output_dir, fault_point, recover
+from gptcore.files import (
+    JSON_MAX_BYTES,
+    atomic_dir,
+    check_output_dir,
+    contained_file,
+    fault_point,
+    read_json_object,
+    recover,
+)
 from gptcore.procs import end_with
 from gptcore.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -41,6 +50,9 @@ CHUNK_BYTES = 1 << 20  # 1 MiB of raw text per read
 DOC_SEPARATOR = "\n\n"  # between consecutive documents (tar members, files) of one split
 SOURCE_SUFFIXES = (".txt", ".xz")
 META_FORMAT = 1
+# What a prepared folder holds (tokenizer.json: BPE only); a folder holding anything else is not replaced.
+BPE_FILE = "tokenizer.json"
+PREPARED_FILES = ("train.bin", "val.bin", "meta.json", BPE_FILE)
 
 # Count invalid UTF-8 while decoding: a codec error handler that replaces like "replace" does.
 _invalid_bytes = 0
@@ -263,115 +275,174 @@ def prepare(
     vocab_size: int | None = None,
 ) -> PrepareSummary:
     """Prepare a corpus (a .txt file or a folder of .txt/.xz) into `out`; see the module docstring."""
+    vocab_size = _check_choices(tokenizer, vocab_size, val_fraction, workers)
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    check_output_dir(out, "prepared-data folder", "meta.json", PREPARED_FILES)  # before any work, not after it
+    corpus = _scan(src, val_fraction, workers, skip_bad, progress)
+    if tokenizer == "bpe":
+        n_train = _split_point(src, corpus, val_fraction, "characters")
+        return _prepare_bpe(out, corpus.files, corpus.stats, corpus.split, corpus.first_sep, corpus.by_file,
+                            n_train, vocab_size, corpus.skipped, val_fraction, t0)
+    return _prepare_char(src, out, corpus, val_fraction, workers, progress, t0)
+
+
+@dataclass
+class _Corpus:
+    """The sources after pass 1 (bad ones dropped with --skip-bad), each with its split and its scan."""
+
+    files: list[Path]
+    sizes: list[int]
+    split: list[str]  # "train" or "val", per file
+    stats: list[SourceStats]  # (a BadSource in place of each bad file until _drop_bad)
+    skipped: list[str]
+    by_file: bool  # a folder of several files is split by file, one file by its tail
+    first_sep: list[bool] = field(default_factory=list)  # the file starts with DOC_SEPARATOR
+    chars: str = ""  # the corpus's distinct characters, sorted
+    total: int = 0  # its tokens (characters), separators included
+
+
+def _check_choices(tokenizer: str, vocab_size: int | None, val_fraction: float, workers: int) -> int | None:
+    """The BPE vocabulary size (None for char); bad flags are UserErrors naming them."""
     vocab_size = check_tokenizer_choice(tokenizer, vocab_size)
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    t0 = time.perf_counter()
-    src, out = Path(src), Path(out)
-    check_output_dir(out, "prepared-data folder", "meta.json")  # before any work, not after it
+    return vocab_size
+
+
+def _scan(src: Path, val_fraction: float, workers: int, skip_bad: bool, progress: bool) -> _Corpus:
+    """Pass 1: list the sources, give each its split, scan them (each file's own text), then join the splits."""
     files = list_sources(src)
     sizes = [p.stat().st_size for p in files]
-
     # The split: by file for a folder of several files (the last files go to val), else the file's tail.
     by_file = len(files) > 1
     n_val_files = min(len(files) - 1, max(1, round(len(files) * val_fraction))) if by_file else 0
     split = ["train"] * (len(files) - n_val_files) + ["val"] * n_val_files
-
-    # Pass 1: scan (each file's own text; the separators between files are added once the survivors are known).
-    stats: list[SourceStats | None] = []
-    skipped: list[str] = []
+    found = []
     for res in _map(scan_source, [(str(p),) for p in files], workers, "scan", sum(sizes), sizes, progress):
-        if isinstance(res, BadSource):
-            if not skip_bad:
-                raise UserError(f"{res} (use --skip-bad to skip it)")
-            skipped.append(str(res).split(": ", 1)[0])
-            stats.append(None)
-        else:
-            stats.append(res)
-    if skipped:
-        keep = [i for i, s in enumerate(stats) if s is not None]
-        if not keep:
-            raise UserError(f"{src}: every source file is corrupt")
-        files, sizes, split, stats = ([xs[i] for i in keep] for xs in (files, sizes, split, stats))
-        if (by_file and "val" not in split) or "train" not in split:
-            raise UserError(f"{src}: after skipping bad files, train or val has no files left")
+        if isinstance(res, BadSource) and not skip_bad:  # at once: the rest need not be scanned
+            raise UserError(f"{res} (use --skip-bad to skip it)")
+        found.append(res)
+    corpus = _drop_bad(src, _Corpus(files, sizes, split, found, [], by_file))
+    _join(src, corpus)
+    return corpus
+
+
+def _drop_bad(src: Path, corpus: _Corpus) -> _Corpus:
+    """The corpus without the sources that could not be read (--skip-bad), named in `skipped`."""
+    bad = [i for i, s in enumerate(corpus.stats) if isinstance(s, BadSource)]
+    if not bad:
+        return corpus
+    skipped = [str(corpus.stats[i]).split(": ", 1)[0] for i in bad]
+    keep = [i for i in range(len(corpus.files)) if i not in bad]
+    if not keep:
+        raise UserError(f"{src}: every source file is corrupt")
+    files, sizes, split, stats = ([xs[i] for i in keep] for xs in (corpus.files, corpus.sizes, corpus.split,
+                                                                    corpus.stats))
+    if (corpus.by_file and "val" not in split) or "train" not in split:
+        raise UserError(f"{src}: after skipping bad files, train or val has no files left")
+    return _Corpus(files, sizes, split, stats, skipped, corpus.by_file)
+
+
+def _join(src: Path, corpus: _Corpus) -> None:
+    """Count the separators between files of one split, and collect the corpus's characters and size."""
     # A file that follows another of the same split starts with a separator, which counts as its tokens.
-    first_sep = [i > 0 and split[i - 1] == split[i] for i in range(len(files))]
-    for s, sep in zip(stats, first_sep):
+    split = corpus.split
+    corpus.first_sep = [i > 0 and split[i - 1] == split[i] for i in range(len(corpus.files))]
+    for s, sep in zip(corpus.stats, corpus.first_sep):
         s.tokens += len(DOC_SEPARATOR) if sep else 0
-    separators = set(DOC_SEPARATOR) if any(first_sep) else set()
-    chars = "".join(sorted(set().union(separators, *(s.chars for s in stats))))
-    total = sum(s.tokens for s in stats)
-    if total == 0:
+    separators = set(DOC_SEPARATOR) if any(corpus.first_sep) else set()
+    corpus.chars = "".join(sorted(set().union(separators, *(s.chars for s in corpus.stats))))
+    corpus.total = sum(s.tokens for s in corpus.stats)
+    if corpus.total == 0:
         raise UserError(f"{src}: corpus is empty (no text after cleaning)")
-    if tokenizer == "bpe":
-        n_train = _train_chars(total, stats, split, by_file, val_fraction)
-        if n_train <= 0 or total - n_train <= 0:
-            raise UserError(f"{src}: corpus too small to split ({total} characters)")
-        return _prepare_bpe(out, files, stats, split, first_sep, by_file, n_train, vocab_size, skipped,
-                            val_fraction, t0)
-    if len(chars) > 65536:
-        raise UserError(f"{src}: {len(chars)} distinct characters do not fit uint16 token ids")
-    dtype = "uint8" if len(chars) <= 256 else "uint16"
 
-    # Token ranges of every file in train.bin / val.bin.
-    n_train = _train_chars(total, stats, split, by_file, val_fraction)
-    n_val = total - n_train
-    if n_train <= 0 or n_val <= 0:
-        raise UserError(f"{src}: corpus too small to split ({total} tokens)")
 
-    with atomic_dir(out, "meta.json", "prepared-data folder") as tmp:
-        paths = {"train": tmp / "train.bin", "val": tmp / "val.bin"}
-        itemsize = np.dtype(dtype).itemsize
-        for name, n in (("train", n_train), ("val", n_val)):
-            with open(paths[name], "wb") as f:
-                f.truncate(n * itemsize)
-        fault_point("prepare:allocated")
-        enc_args = []
-        cursor = {"train": 0, "val": 0}
-        for i, s in enumerate(stats):
-            if by_file:
-                segs = [(str(paths[split[i]]), cursor[split[i]], s.tokens)]
-                cursor[split[i]] += s.tokens
-            else:  # one file: the head goes to train, the tail to val
-                segs = [(str(paths["train"]), 0, n_train), (str(paths["val"]), 0, n_val)]
-            enc_args.append((str(files[i]), chars, dtype, segs, first_sep[i]))
-        for res in _map(encode_source, enc_args, workers, "encode", sum(sizes), sizes, progress):
+def _split_point(src: Path, corpus: _Corpus, val_fraction: float, unit: str) -> int:
+    """Tokens (characters) of the train split; a UserError when either split would be empty."""
+    n_train = _train_chars(corpus.total, corpus.stats, corpus.split, corpus.by_file, val_fraction)
+    if n_train <= 0 or corpus.total - n_train <= 0:
+        raise UserError(f"{src}: corpus too small to split ({corpus.total} {unit})")
+    return n_train
+
+
+def _prepare_char(src: Path, out: Path, corpus: _Corpus, val_fraction: float, workers: int, progress: bool,
+                  t0: float) -> PrepareSummary:
+    """Pass 2 for the char tokenizer: each worker writes its files' token ids into their ranges of the bins."""
+    if len(corpus.chars) > 65536:
+        raise UserError(f"{src}: {len(corpus.chars)} distinct characters do not fit uint16 token ids")
+    dtype = "uint8" if len(corpus.chars) <= 256 else "uint16"
+    n_train = _split_point(src, corpus, val_fraction, "tokens")
+    n_val = corpus.total - n_train
+    with atomic_dir(out, "meta.json", "prepared-data folder", PREPARED_FILES) as tmp:
+        paths = _allocate(tmp, {"train": n_train, "val": n_val}, dtype)
+        for res in _map(encode_source, _encode_args(corpus, paths, dtype, n_train, n_val), workers, "encode",
+                        sum(corpus.sizes), corpus.sizes, progress):
             if isinstance(res, BadSource):
                 raise UserError(str(res))
         fault_point("prepare:encoded")
-        invalid = sum(s.invalid_utf8_bytes for s in stats)
-        meta = {
-            "format": META_FORMAT,
-            "tokenizer": {"type": "char", "chars": list(chars)},
-            "vocab_size": len(chars),
-            "dtype": dtype,
-            "train_tokens": n_train,
-            "val_tokens": n_val,
-            "train_chars": n_train,
-            "val_chars": n_val,
-            "split_by": "file" if by_file else "tail",
-            "val_fraction": val_fraction,
-            "invalid_utf8_bytes": invalid,
-            "skipped": skipped,
-            "sources": [
-                {**{k: v for k, v in asdict(s).items() if k != "chars"}, "split": split[i] if by_file else "both"}
-                for i, s in enumerate(stats)
-            ],
-        }
+        meta = _char_meta(corpus, dtype, n_train, n_val, val_fraction)
         (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
     return PrepareSummary(
-        out=str(out), vocab_size=len(chars), dtype=dtype, train_tokens=n_train, val_tokens=n_val,
-        files=len(files), skipped=skipped, invalid_utf8_bytes=invalid,
-        seconds=time.perf_counter() - t0, source_bytes=sum(sizes),
+        out=str(out), vocab_size=len(corpus.chars), dtype=dtype, train_tokens=n_train, val_tokens=n_val,
+        files=len(corpus.files), skipped=corpus.skipped, invalid_utf8_bytes=meta["invalid_utf8_bytes"],
+        seconds=time.perf_counter() - t0, source_bytes=sum(corpus.sizes),
     )
+
+
+def _allocate(tmp: Path, tokens: dict[str, int], dtype: str) -> dict[str, Path]:
+    """train.bin and val.bin at their final sizes, so that workers can write their ranges in any order."""
+    paths = {name: tmp / f"{name}.bin" for name in tokens}
+    itemsize = np.dtype(dtype).itemsize
+    for name, n in tokens.items():
+        with open(paths[name], "wb") as f:
+            f.truncate(n * itemsize)
+    fault_point("prepare:allocated")
+    return paths
+
+
+def _encode_args(corpus: _Corpus, paths: dict[str, Path], dtype: str, n_train: int, n_val: int) -> list[tuple]:
+    """encode_source's arguments per file: where in train.bin / val.bin its token ids go."""
+    args = []
+    cursor = {"train": 0, "val": 0}
+    for i, s in enumerate(corpus.stats):
+        if corpus.by_file:
+            name = corpus.split[i]
+            segs = [(str(paths[name]), cursor[name], s.tokens)]
+            cursor[name] += s.tokens
+        else:  # one file: the head goes to train, the tail to val
+            segs = [(str(paths["train"]), 0, n_train), (str(paths["val"]), 0, n_val)]
+        args.append((str(corpus.files[i]), corpus.chars, dtype, segs, corpus.first_sep[i]))
+    return args
+
+
+def _char_meta(corpus: _Corpus, dtype: str, n_train: int, n_val: int, val_fraction: float) -> dict[str, Any]:
+    """meta.json of a char-tokenized folder."""
+    return {
+        "format": META_FORMAT,
+        "tokenizer": {"type": "char", "chars": list(corpus.chars)},
+        "vocab_size": len(corpus.chars),
+        "dtype": dtype,
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "train_chars": n_train,
+        "val_chars": n_val,
+        "split_by": "file" if corpus.by_file else "tail",
+        "val_fraction": val_fraction,
+        "invalid_utf8_bytes": sum(s.invalid_utf8_bytes for s in corpus.stats),
+        "skipped": corpus.skipped,
+        "sources": [
+            {**{k: v for k, v in asdict(s).items() if k != "chars"}, "split": corpus.split[i] if corpus.by_file
+             else "both"}
+            for i, s in enumerate(corpus.stats)
+        ],
+    }
 
 
 TOKENIZERS = ("char", "bpe")
 DEFAULT_BPE_VOCAB = 2048
-BPE_FILE = "tokenizer.json"
 
 
 def check_tokenizer_choice(tokenizer: str, vocab_size: int | None) -> int | None:
@@ -451,7 +522,7 @@ def _prepare_bpe(out: Path, files: list[Path], stats: list[SourceStats], split: 
     bpe = BPETokenizer.train((t for _, t in chunks("train")), vocab_size)
     dtype = "uint16" if bpe.vocab_size <= 2**16 else "uint32"
     counts = {"train": 0, "val": 0}
-    with atomic_dir(out, "meta.json", "prepared-data folder") as tmp:
+    with atomic_dir(out, "meta.json", "prepared-data folder", PREPARED_FILES) as tmp:
         (tmp / BPE_FILE).write_text(bpe.to_json(), encoding="utf-8")
         outs = {name: open(tmp / f"{name}.bin", "wb") for name in counts}  # noqa: SIM115 (closed below)
         try:
@@ -537,12 +608,13 @@ def ensure_prepared(path: str | Path, *, progress: bool = False, tokenizer: str 
 def read_meta(folder: str | Path) -> dict:
     """A prepared folder's meta.json, checked before any of it is used; every problem names the file."""
     meta_path = Path(folder) / "meta.json"
+    missing = f"not found; is {folder} a prepared-data folder?"
+    if not os.path.lexists(meta_path):
+        raise UserError(f"{meta_path}: {missing}")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{meta_path}: not found; is {folder} a prepared-data folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{meta_path}: unreadable ({exc})") from None
+        meta = read_json_object(meta_path, "a JSON object", missing=missing)
+    except UserError as exc:  # a damaged meta.json: preparing again is the fix
+        raise UserError(f"{exc}; prepare the corpus again") from None
     problem = _meta_problem(meta, Path(folder))
     if problem:
         raise UserError(f"{meta_path}: {problem}; prepare the corpus again")
@@ -555,7 +627,9 @@ def meta_tokenizer(folder: str | Path, meta: dict) -> Tokenizer:
     if isinstance(entry, dict) and entry.get("type") == "bpe" and "file" in entry:
         from gptcore.bpe import BPETokenizer
 
-        file = Path(folder) / str(entry["file"])
+        # A name read from meta.json: it must stay inside the folder and be a bounded regular file (not ../../x or
+        # a link to /dev/zero).
+        file = contained_file(folder, entry["file"], "meta.json's tokenizer file", JSON_MAX_BYTES)
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -575,7 +649,7 @@ def _meta_problem(meta: object, folder: Path) -> str | None:
         return f"unknown format {meta.get('format')!r}"
     try:
         tokenizer = meta_tokenizer(folder, meta)
-    except ValueError as exc:
+    except (ValueError, UserError) as exc:
         return f"bad tokenizer ({exc})"
     if meta.get("vocab_size") != tokenizer.vocab_size:
         return f"vocab_size {meta.get('vocab_size')!r} but the tokenizer has {tokenizer.vocab_size} characters"

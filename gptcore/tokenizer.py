@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gptcore.errors import UserError
+from gptcore.files import read_json_object
 
 
 class Tokenizer(Protocol):
@@ -174,9 +175,8 @@ def tokenizer_from_dict(data: object) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Read a stored tokenizer (char or BPE) from a JSON file; errors name the file."""
     path = Path(path)
+    data = read_json_object(path, "a vocabulary", missing="vocabulary file not found")
     try:
-        return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise UserError(f"{path}: vocabulary file not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return tokenizer_from_dict(data)
+    except ValueError as exc:
         raise UserError(f"{path}: not a valid vocabulary ({exc})") from None

@@ -213,7 +213,7 @@ def test_without_a_matching_file_a_quick_pass_runs_now(tmp_path, capsys):
 BAD = [
     (["{tmp}/no-such-study"], "{tmp}/no-such-study: no such results folder"),
     (["{tmp}/s4", "--matmul", "{tmp}/missing.json"], "--matmul {tmp}/missing.json: no such file"),
-    (["{tmp}/s4", "--matmul", "{tmp}/s4/study.db"], "--matmul {tmp}/s4/study.db: not readable JSON"),
+    (["{tmp}/s4", "--matmul", "{tmp}/s4/study.db"], "--matmul {tmp}/s4/study.db: not JSON"),
     (["{tmp}/s4", "--no-matmul", "--out", "{tmp}/s4"], "--out {tmp}/s4: is a folder"),
     (["{tmp}/s4", "--no-matmul", "--out", "{tmp}/s4/study.db/card.html"], "{tmp}/s4/study.db is not a folder"),
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, replace
@@ -15,6 +14,7 @@ import optuna
 from gptcore.cliutil import finite_float
 from gptcore.config import INT_MAX, from_name, to_dict
 from gptcore.errors import UserError
+from gptcore.files import read_json_object
 
 PARAMS = ("batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate")
 POW2 = ("batch_size", "block_size", "n_head")  # searched over powers of two
@@ -186,15 +186,8 @@ def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides:
 
 
 def _read_space_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"--space {path}: not small, medium, large, auto, or an existing JSON file") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--space {path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--space {path}: expected a JSON object of ranges")
-    return data
+    return read_json_object(path, "a JSON object of ranges", flag="--space",
+                            missing="not small, medium, large, auto, or an existing JSON file")
 
 
 def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None) -> Space:

@@ -196,6 +196,7 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
     """Child entry point: train one configuration and report through `conn` (tune.exec.protocol)."""
     # Ctrl-C reaches the whole process group; the parent decides, and stops this process itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a group SIGTERM (systemd, Slurm) too: the tuner records first
     _redirect_output(job["log"])
     try:
         _train_and_report(conn, job)

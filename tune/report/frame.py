@@ -4,6 +4,7 @@ tune.report.plots show them."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,7 +16,9 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from gptcore.config import ModelConfig, TrainConfig, from_name, to_dict
-from gptcore.files import atomic_dir
+from gptcore.errors import UserError
+from gptcore.files import atomic_dir, contained_file, inside
+from gptcore.layout import CHECKPOINT_FILES, STATE
 from tune.core import schema
 from tune.core.budget import Budget, schedule_fields
 from tune.core.confirm import CONFIRM_RUNS, confirm_label, source_name
@@ -396,8 +399,18 @@ def keep_best_model(row: pd.Series, folder: Path) -> str | None:
                 + (f" (it trained on {host})" if isinstance(host, str) and host else ""))
     if not isinstance(src, str):
         return "best-model/: not written (the winner's checkpoint was not kept; see the trial's log)"
-    with atomic_dir(folder / "best-model", "state.json", "checkpoint") as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    # The path comes from the storage, which anyone can edit: copy only a checkpoint's own files, from a folder
+    # inside this study's checkpoints/, each a regular file inside it (no link out, no device).
+    try:
+        source = inside(folder / "checkpoints", Path(src).absolute(), "the winner's checkpoint")
+        files = {name: contained_file(source, name, "a checkpoint file")
+                 for name in CHECKPOINT_FILES if os.path.lexists(source / name)}
+        need = sum(f.stat().st_size for f in files.values())
+        with atomic_dir(folder / "best-model", STATE, "checkpoint", CHECKPOINT_FILES, need=need) as tmp:
+            for name, file in files.items():
+                shutil.copyfile(file, tmp / name)
+    except UserError as exc:  # a crafted path, a full disk: the study's figures stand, the copy is not made
+        return f"best-model/: not written - {exc}"
     return None
 
 

@@ -8,7 +8,6 @@ dtype, lib, size, m, n, k, gflops; transfer, peak_gflops and share_of_peak when 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcore.errors import UserError
+from gptcore.files import read_json_object
 
 # About 10 s on one core of this 2-core CPU (torch only: the library training uses), plus the benchmark's CPU
 # peak reference (torch at 2048, measured on its own). A GPU's crossover with the CPU lies well below 2048, and
@@ -42,12 +42,7 @@ class Matmul:
 
 def read_json(path: Path, flag: str) -> dict[str, Any]:
     """A matmul JSON's content; UserError naming `flag` and the file when it is not one."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file (expected a `python -m benchmarks matmul` JSON)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{flag} {path}: not readable JSON ({exc})") from None
+    doc = read_json_object(path, "a `python -m benchmarks matmul` JSON", flag=flag)
     rows = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in ROW_KEYS) for r in rows):
         raise UserError(f"{flag} {path}: expected a `python -m benchmarks matmul` JSON (results rows with "
