@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from gptcore import compiling
 from gptcore import hardware as hw
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.data import TokenData
@@ -58,6 +59,9 @@ class TrainResult:
     stopped_by: str  # "max_iters", "max_seconds", "callback" or "interrupted"
     warmup_steps: int = 0
     warmup_seconds: float = 0.0
+    compile: str = "none"  # the mode the steps ran in: none, default or graphs (auto resolved)
+    compile_reason: str = ""  # one line: why that mode
+    compile_seconds: float = 0.0  # steps that compiled or captured: outside the budget and tokens/s, like warm-up
     model: LanguageModel | None = field(default=None, repr=False)
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
 
@@ -101,6 +105,7 @@ class StepParts:
     scaler: torch.amp.GradScaler
     cfg: TrainConfig
     device: torch.device
+    graphs: bool = False  # the model runs as CUDA graphs: its outputs are overwritten by the next replay
 
 
 def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
@@ -117,6 +122,8 @@ def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, to
         phase[0] = "forward"
         with hw.autocast(parts.device, cfg.dtype):
             _, loss = parts.model(x, y)
+        # A CUDA graph's output lives in memory its next replay reuses: keep a copy (one tiny kernel, no sync).
+        out = loss.detach().clone() if parts.graphs else loss
         phase[0] = "backward"
         parts.scaler.scale(loss / accum).backward()
     phase[0] = "optimizer"
@@ -126,7 +133,7 @@ def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, to
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.optimizer.zero_grad(set_to_none=True)
-    return loss
+    return out
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -339,10 +346,10 @@ def _setup(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
     optimizer = configure_optimizer(model, cfg, device)
     if resume.optimizer_state is not None:
         optimizer.load_state_dict(resume.optimizer_state)
-    step_model = torch.compile(model) if cfg.compile else model
+    compiling.check_mode(cfg.compile, device)
     # GradScaler keeps small float16 gradients from underflowing; bf16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
-    return model, StepParts(step_model, optimizer, scaler, cfg, device)
+    return model, StepParts(model, optimizer, scaler, cfg, device)
 
 
 @dataclass
@@ -359,6 +366,8 @@ class _Run:
     accounts: StepAccounts = field(default_factory=lambda: StepAccounts(["warmup"] * WARMUP_STEPS))
     losses: LossBuffer = field(default_factory=lambda: LossBuffer(CHECK_EVERY))
     history: list[EvalPoint] = field(default_factory=list)
+    choice: compiling.Choice | None = None  # None until auto has measured the eager step
+    say: Callable[[str], None] = lambda line: None
 
     @property
     def cfg(self) -> TrainConfig:
@@ -377,16 +386,17 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
     model, parts = _setup(model_cfg, cfg, data, resume, kind, phase)
     T = model_cfg.block_size
     tokens_per_step = cfg.batch_size * T * cfg.grad_accum_steps
-    gen = torch.Generator().manual_seed(cfg.seed)  # batch positions: reproducible per seed
-
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        return data.get_batch("train", cfg.batch_size, T, gen, parts.device)
+    next_batch = data.batches("train", cfg.batch_size, T, parts.device, cfg.seed)  # reproducible per seed
 
     # A bar only on a terminal, even when asked for: redirected, its \r redraws would fill the log.
     show = progress is not False and sys.stderr.isatty()
     bar = tqdm(total=cfg.max_iters, initial=resume.step, unit="step", disable=not show, leave=False, desc="train",
                dynamic_ncols=True)
     run = _Run(model, parts, data, T, phase, on_eval, Clock(parts.device))
+    if progress is not False:  # the CLI's run says which compile mode it chose; the tuner records it instead
+        run.say = lambda line: tqdm.write(line, file=sys.stderr)
+    if cfg.compile != "auto":
+        _compile(run, compiling.Choice(cfg.compile, f"{cfg.compile}, as asked"))
     step, stopped_by = resume.step, "max_iters"
     try:
         while True:
@@ -401,7 +411,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
             step += 1
             last = run.losses.add(step, train_step(parts, next_batch, phase))
             # The untimed steps wait for the GPU, so none of their queued work leaks into the timed steps.
-            run.clock.book(account, sync=account != "train")
+            seconds = run.clock.book(account, sync=account != "train")
+            if run.choice is None and account == "warmup" and not run.accounts.queue:
+                _compile(run, _choose(run, step, seconds))  # auto, on the last warm-up step's eager time
             if last is not None:
                 rate = tokens_per_step * (step - resume.step) / max(run.clock.spent_stepping, 1e-9)
                 bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{rate:,.0f}")
@@ -418,6 +430,25 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
     finally:
         bar.close()
     return _result(run, step - resume.step, tokens_per_step, stopped_by)
+
+
+def _choose(run: _Run, step: int, step_seconds: float) -> compiling.Choice:
+    """auto's choice for the rest of the run, from the eager step time just measured."""
+    cfg = run.cfg
+    steps_left = cfg.max_iters - step if cfg.max_iters is not None else None
+    seconds_left = cfg.max_seconds - run.clock.seconds["train"] if cfg.max_seconds is not None else None
+    return compiling.choose(run.parts.device, step_seconds, steps_left, seconds_left)
+
+
+def _compile(run: _Run, choice: compiling.Choice) -> None:
+    """Run the next steps in `choice`'s mode; the steps that compile or capture go to the compile account."""
+    run.choice = choice
+    run.say(f"compile: {choice.reason}")
+    if choice.mode == "none":
+        return
+    run.parts.model = compiling.compile_model(run.model, choice.mode)
+    run.parts.graphs = choice.mode == "graphs"
+    run.accounts.queue.extendleft(["compile"] * compiling.CAPTURE_STEPS[choice.mode])
 
 
 def _evaluate(run: _Run, step: int) -> bool:
@@ -459,9 +490,11 @@ def _result(run: _Run, steps: int, tokens_per_step: int, stopped_by: str) -> Tra
     peak = hw.peak_flops(device, run.cfg.dtype)
     flops = getattr(run.model, "flops_per_token", None)
     mfu = flops(run.block_size) * tokens_per_s / peak if (peak and flops) else None
+    choice = run.choice or compiling.Choice("none", "auto: none, the run ended within its warm-up steps")
     return TrainResult(
         history=run.history, steps=steps, tokens=tokens, train_seconds=train_s, eval_seconds=clock.seconds["eval"],
         tokens_per_s=tokens_per_s, peak_memory=hw.peak_memory(device), n_params=run.model.num_params(),
         mfu=mfu, device=str(device), stopped_by=stopped_by, warmup_steps=run.accounts.counts["warmup"],
-        warmup_seconds=clock.seconds["warmup"], model=run.model, optimizer=run.parts.optimizer,
+        warmup_seconds=clock.seconds["warmup"], compile=choice.mode, compile_reason=choice.reason,
+        compile_seconds=clock.seconds["compile"], model=run.model, optimizer=run.parts.optimizer,
     )
