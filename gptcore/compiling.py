@@ -62,10 +62,26 @@ class Choice:
 
 
 def check_mode(mode: str, device: torch.device) -> None:
-    """Refuse a mode this device cannot run (graphs: CUDA only)."""
+    """Refuse a mode this device cannot run: graphs needs CUDA; default on the CPU needs a C++ compiler."""
     if mode == "graphs" and device.type != "cuda":
         raise UserError(f"--compile graphs needs a CUDA device (CUDA graphs), not {device.type}; "
                         f"use default, none or auto")
+    if mode == "default" and device.type == "cpu":
+        missing = _cpu_compiler_missing()
+        if missing:
+            raise UserError(f"--compile default on the CPU needs a C++ compiler ({missing}); install g++ or use "
+                            f"--compile none")
+
+
+def _cpu_compiler_missing() -> str | None:
+    """Why inductor would find no C++ compiler for CPU kernels (None: it finds one), asked before the first step."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler  # the search inductor itself will run
+
+        get_cpp_compiler()
+    except Exception as exc:  # torch raises its own InvalidCxxCompiler, among others
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return None
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
