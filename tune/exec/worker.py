@@ -208,6 +208,9 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
         cores = pin_cores(job.get("cores"))  # first: the threads started below inherit the mask
         guard(job.get("tuner_pid"), job.get("deadline_s"))
         device_name = select_gpu(job.get("gpu")) or job["device"]
+        if job.get("compile_cache"):  # read by torch when it first compiles: before the first step
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = job["compile_cache"]
+            os.environ["TRITON_CACHE_DIR"] = os.path.join(job["compile_cache"], "triton")
         # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker; a trial killed
         # by its tuner (Ctrl-C, timeout) never unregisters it, and the tracker then warns on the tuner's console.
         # A trial draws no bars: a thread lock does.
