@@ -132,7 +132,8 @@ def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, to
         torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
-    parts.optimizer.zero_grad(set_to_none=True)
+    # Under CUDA graphs the grads stay allocated (see _compile): zeroed in place, never handed to the graph's pool.
+    parts.optimizer.zero_grad(set_to_none=not parts.graphs)
     return out
 
 
@@ -448,6 +449,13 @@ def _compile(run: _Run, choice: compiling.Choice) -> None:
         return
     run.parts.model = compiling.compile_model(run.model, choice.mode)
     run.parts.graphs = choice.mode == "graphs"
+    if run.parts.graphs:
+        # A .grad first allocated by a captured backward lives in the graphs' memory pool, and the next replay
+        # overwrites it: gradient accumulation would add to garbage (torch/_inductor/cudagraph_trees.py says so in
+        # its error). Grads allocated here, outside capture, are accumulated into in place instead.
+        for p in run.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
     run.accounts.queue.extendleft(["compile"] * compiling.CAPTURE_STEPS[choice.mode])
 
 

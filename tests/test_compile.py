@@ -202,3 +202,12 @@ def test_train_step_benchmark_runs_graphs_on_cuda_only_and_refuses_unknown_modes
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train-step", "--compile", "none,max"])
     assert "unknown compile mode max" in capsys.readouterr().err
+
+
+@cuda
+def test_graphs_with_gradient_accumulation_train_to_the_eager_losses(data):
+    # Grads first allocated inside a captured backward would be overwritten by the next micro-batch's replay.
+    eager = gpu_run(data, steps=60, compile="none", grad_accum_steps=2)
+    graphs = gpu_run(data, steps=60, compile="graphs", grad_accum_steps=2)
+    for a, b in zip(eager.history, graphs.history):
+        assert b.val_loss == pytest.approx(a.val_loss, abs=0.05)
