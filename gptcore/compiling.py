@@ -41,9 +41,9 @@ class Estimate:
 
 
 # (device type, mode) -> Estimate; a pair not listed is never chosen by auto.
-# CPU: measured on this project's 2-core CI-class CPU (docs/compile.md): torch.compile's default mode trains the
-# baby and small-space configurations no faster than eager at 1 and 2 threads and takes a minute or more to
-# compile, so auto never compiles on the CPU.
+# CPU: measured on this project's 2-core machine (docs/compile.md): torch.compile's default mode trained the baby
+# and small-space configurations at 0.70x-0.97x of eager's speed and took half a minute or more to compile, so
+# auto never compiles on the CPU.
 # CUDA: from the H200 figures of issue #20 (gptcore eager 1.18 M tokens/s, default 1.77 M: 1.5x; nanoGPT's loop
 # with reduce-overhead 3.0x eager, taken lower here until gpu_check.sh measures gptcore's own); compile seconds
 # are a cold cache's, rounded up.

@@ -9,6 +9,8 @@
 # Run from the repository root of a fresh copy:  bash scripts/gpu_check.sh [OUT]   (OUT: default results/gpu-check)
 # Python: $PYTHON, else .venv/bin/python, else python3; it needs torch with CUDA and the repository's
 # dependencies (README: pip install -e .). No network is needed.
+# Each check has its own limit (together 470 s); a check cut short by its limit is interrupted (SIGINT), so the
+# benchmark keeps its finished cases and the tuner records its trials, and the summary shows what there is.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-results/gpu-check}
@@ -35,13 +37,13 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAM
     tail -n 3 "$OUT/$name.log" >&2
 }
 
-step pytest-cuda 120 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests
-step train-step 190 "$PY" -m benchmarks train-step --devices cuda --configs gpu --dtypes bfloat16 \
-    --compile none,default,graphs --arch course,nanogpt --dropout preset --steps 40 --no-progress --out "$OUT"
-step forced-oom 45 "$PY" -m tune --device cuda --trials 3 --budget 5s --no-predict --memory-limit 2GiB \
+step pytest-cuda 130 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests
+step train-step 170 "$PY" -m benchmarks train-step --devices cuda --configs gpu --dtypes bfloat16 \
+    --compile none,default,graphs --arch course,nanogpt --dropout preset --steps 30 --no-progress --out "$OUT"
+step forced-oom 40 "$PY" -m tune --device cuda --trials 3 --budget 5s --no-predict --memory-limit 2GiB \
     --batch-size 128,512 --block-size 512,1024 --references none --confirm 0 --no-progress \
     --results "$OUT/oom" --study-name oom
-step tuner-6-trials 110 "$PY" -m tune --device cuda --trials 6 --budget 15s --references none --confirm 0 \
+step tuner-6-trials 130 "$PY" -m tune --device cuda --trials 6 --budget 15s --references none --confirm 0 \
     --no-progress --results "$OUT/tune" --study-name gpu-check
 
 "$PY" - "$OUT" "${NAMES[*]}" "${RCS[*]}" "${SECS[*]}" <<'EOF'
