@@ -13,6 +13,7 @@ is the tuner? What does lower precision cost and save at inference?
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from benchmarks.flags import add_output_flags, progress_mode
@@ -48,6 +49,19 @@ def _sizes(text: str):
         return parse_sizes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dropout(text: str) -> float | None:
+    """--dropout: a probability in [0, 1), or 'preset' (None: each preset's own)."""
+    if text == "preset":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'preset', got {text!r}")
+    return value
 
 
 PROG = "python -m benchmarks"
@@ -99,8 +113,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if present)")
     t.add_argument("--dtypes", type=_csv(("float32", "bfloat16", "float16"), "dtype"), default=None,
                    help="comma-separated (default float32,bfloat16)")
-    add_training_flags(t, 20, "timed training steps per case",
-                       "corpus: a text file or a prepared folder")
+    t.add_argument("--compile", type=_csv(("none", "default", "graphs"), "compile mode"), default=None,
+                   help="compile modes side by side, comma-separated: none, default (torch.compile), graphs (CUDA "
+                        "graphs, CUDA devices only) (default none,default, plus graphs on a GPU)")
+    t.add_argument("--dropout", type=_dropout, default=0.0,
+                   help="dropout of every case, or 'preset' for each preset's own (default 0: the step without "
+                        "dropout's masks)")
+    t.add_argument("--arch", type=_csv(("course", "nanogpt"), "architecture"), default=["course"],
+                   help="course (the preset as it is) and/or nanogpt (its shape with pre-norm, GELU, no bias, to "
+                        "compare with published nanoGPT figures), comma-separated (default course)")
+    add_training_flags(t, 20, "timed training steps per case (after train()'s own untimed warm-up and compile "
+                              "steps)", "corpus: a text file or a prepared folder")
 
     v = sub.add_parser("vs-course", help="gptcore vs the course's model and batch reader (tokens/s, batches/s)")
     v.add_argument("--rounds", type=positive_int, default=12,
@@ -245,22 +268,35 @@ def cmd_matmul(args: argparse.Namespace) -> int:
 
 def cmd_train_step(args: argparse.Namespace) -> int:
     """Time the gptcore training step per preset, device and dtype."""
+    import torch
+
     from benchmarks import train_step
-    from benchmarks.report import write_frame
+    from gptcore import hardware as hw
     from gptcore.data import TokenData
 
     set_threads(args.threads)
     devices = args.devices or default_devices()
     check_devices(devices)
     dtypes = {d: args.dtypes or ["float32", "bfloat16"] for d in devices}
+    modes = args.compile or ["none", "default", *(["graphs"] if any(d != "cpu" for d in devices) else [])]
     data = TokenData.open(args.data)
-    df = train_step.run(args.configs, devices, dtypes, data, steps=args.steps, progress=progress_mode(args))
-    print(df.round(3).to_string(index=False))
+    df = train_step.run(args.configs, devices, dtypes, data, steps=args.steps, progress=progress_mode(args),
+                        compile_modes=modes, archs=args.arch, dropout=args.dropout)
+    with pd_display():
+        print(df.round(3).to_string(index=False))
     missing = no_gpu_line("train-step", devices)
     if missing and not args.quiet:
         print(missing)
-    print("wrote " + str(write_frame(df, args.out / "train_step.csv")))
+    env = hw.environment(torch.device(devices[-1]))
+    print("wrote " + ", ".join(str(p) for p in train_step.write(df, env, args.out)))
     return 0
+
+
+def pd_display():
+    """A pandas display wide enough for the train-step table on one line per case."""
+    import pandas as pd
+
+    return pd.option_context("display.width", 250, "display.max_columns", 30)
 
 
 def cmd_vs_course(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@ NORMS = ("post", "pre")
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
 LR_DECAYS = ("none", "cosine", "wsd")
+# none: eager; default: torch.compile; graphs: torch.compile's CUDA-graph mode (reduce-overhead, CUDA only);
+# auto: whichever is expected to pay for its compile time (gptcore.compiling.choose).
+COMPILE_MODES = ("none", "default", "graphs", "auto")
 
 
 SEED_MAX = 2**32 - 1  # NumPy and Optuna take 32-bit seeds (torch takes more): one range for every seed
@@ -121,11 +124,15 @@ class TrainConfig:
     max_seconds: float | None = _field(None, "training budget in seconds, evaluation excluded ('none': no time "
                                              "limit); with --max-iters too, whichever ends first")
     dtype: str = _field("float32", "precision: float32, or bfloat16 / float16 mixed precision (float16: GPU only)")
-    compile: bool = _field(False, "torch.compile the model (a slower start for faster steps, mostly on a GPU)")
+    compile: str = _field("auto", "none (eager), default (torch.compile), graphs (torch.compile with CUDA graphs, "
+                                  "CUDA only) or auto (compile only when the run is long enough to pay back the "
+                                  "compile time); true/false in old configs mean default/none")
     seed: int = _field(1337, "random seed of the weights, dropout and batch positions (0 to 4294967295)")
     device: str = _field("auto", "auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps")
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # configs written before compile was a choice
+            object.__setattr__(self, "compile", "default" if self.compile else "none")
         # JSON gives lists; keep the frozen config hashable and comparable.
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
@@ -152,8 +159,9 @@ class TrainConfig:
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be a positive number, got {self.max_seconds!r}")
         _choice(self, "dtype", DTYPES)
-        if not isinstance(self.eval_train_split, bool) or not isinstance(self.compile, bool):
-            raise ValueError("eval_train_split and compile must be true or false")
+        if not isinstance(self.eval_train_split, bool):
+            raise ValueError(f"eval_train_split must be true or false, got {self.eval_train_split!r}")
+        _choice(self, "compile", COMPILE_MODES)
         if not _is_int(self.seed) or not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be an integer from 0 to {SEED_MAX}, got {self.seed!r}")
         if not isinstance(self.device, str) or not self.device:

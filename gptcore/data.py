@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,10 @@ from gptcore.errors import UserError
 from gptcore.prepare import corpus_fingerprint, ensure_prepared, meta_tokenizer, read_meta
 
 SPLITS = ("train", "val")
+# On CUDA the corpus moves to the GPU when it takes at most this share of the free device memory: training needs
+# the rest, and a corpus that small costs no step anything to hold there.
+DEVICE_SHARE = 0.1
+Batches = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # each call: the next (x, y), (B, T) each
 
 
 class TokenData:
@@ -87,3 +92,58 @@ class TokenData:
         elif device.type != "cpu":
             w = w.to(device)
         return w[:, :-1], w[:, 1:]  # x, y: (B, T) each, y = x shifted by one
+
+    def batches(self, split: str, batch_size: int, block_size: int, device: torch.device, seed: int,
+                share: float = DEVICE_SHARE) -> Batches:
+        """The training batches of `split`, each call the next random (x, y), reproducible per seed.
+
+        CPU: get_batch with a generator seeded `seed`, as always. CUDA: the corpus on the GPU when it fits `share`
+        of the free device memory (windows drawn and gathered there: no copy from the host, no sync per step);
+        otherwise get_batch's pinned non-blocking copies, one batch ahead, so the next copy overlaps this step.
+        """
+        device = torch.device(device)
+        if device.type != "cuda":
+            gen = torch.Generator().manual_seed(seed)
+            return lambda: self.get_batch(split, batch_size, block_size, gen, device)
+        tokens = self.tokens(split)
+        free, _ = torch.cuda.mem_get_info(device)
+        if len(tokens) * 4 <= share * free:
+            return OnDevice(tokens, batch_size, block_size, device, seed)
+        return Prefetched(self, split, batch_size, block_size, device, seed)
+
+
+class OnDevice:
+    """Random windows drawn and gathered on the GPU from a copy of the corpus there (int32 ids)."""
+
+    where = "device"
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, device: torch.device,
+                 seed: int, chunk: int = 1 << 24) -> None:
+        self.batch_size = batch_size
+        self.tokens = torch.empty(len(tokens), dtype=torch.int32, device=device)  # (N,)
+        for i in range(0, len(tokens), chunk):  # in chunks: never a second host copy of a large corpus
+            self.tokens[i:i + chunk].copy_(torch.from_numpy(tokens[i:i + chunk].astype(np.int32)))
+        self.n_windows = len(tokens) - block_size  # as get_batch: window i is tokens[i : i + T + 1]
+        self.offsets = torch.arange(block_size + 1, device=device)  # (T+1,)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ix = torch.randint(self.n_windows, (self.batch_size,), generator=self.gen, device=self.tokens.device)
+        w = self.tokens[ix[:, None] + self.offsets].long()  # (B, T+1): one gather kernel
+        return w[:, :-1], w[:, 1:]
+
+
+class Prefetched:
+    """get_batch's pinned, non-blocking copies, one batch ahead: the same batches in the same order."""
+
+    where = "pinned"
+
+    def __init__(self, data: TokenData, split: str, batch_size: int, block_size: int, device: torch.device,
+                 seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self._fetch = lambda: data.get_batch(split, batch_size, block_size, gen, device)
+        self._next = self._fetch()
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, self._next = self._next, self._fetch()  # the next copy runs while this batch's step does
+        return batch

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from gptcore import compiling
 from gptcore import hardware as hw
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.data import TokenData
@@ -56,6 +59,9 @@ class TrainResult:
     stopped_by: str  # "max_iters", "max_seconds", "callback" or "interrupted"
     warmup_steps: int = 0
     warmup_seconds: float = 0.0
+    compile: str = "none"  # the mode the steps ran in: none, default or graphs (auto resolved)
+    compile_reason: str = ""  # one line: why that mode
+    compile_seconds: float = 0.0  # steps that compiled or captured: outside the budget and tokens/s, like warm-up
     model: LanguageModel | None = field(default=None, repr=False)
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
 
@@ -99,6 +105,7 @@ class StepParts:
     scaler: torch.amp.GradScaler
     cfg: TrainConfig
     device: torch.device
+    graphs: bool = False  # the model runs as CUDA graphs: its outputs are overwritten by the next replay
 
 
 def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
@@ -115,6 +122,8 @@ def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, to
         phase[0] = "forward"
         with hw.autocast(parts.device, cfg.dtype):
             _, loss = parts.model(x, y)
+        # A CUDA graph's output lives in memory its next replay reuses: keep a copy (one tiny kernel, no sync).
+        out = loss.detach().clone() if parts.graphs else loss
         phase[0] = "backward"
         parts.scaler.scale(loss / accum).backward()
     phase[0] = "optimizer"
@@ -123,8 +132,9 @@ def train_step(parts: StepParts, next_batch: Callable[[], tuple[torch.Tensor, to
         torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
-    parts.optimizer.zero_grad(set_to_none=True)
-    return loss
+    # Under CUDA graphs the grads stay allocated (see _compile): zeroed in place, never handed to the graph's pool.
+    parts.optimizer.zero_grad(set_to_none=not parts.graphs)
+    return out
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -171,6 +181,127 @@ def estimate_loss(
     return out
 
 
+@dataclass
+class Resume:
+    """Where a run starts: a model with its weights loaded (None: a fresh one), its AdamW state, the step reached."""
+
+    model: LanguageModel | None = None
+    optimizer_state: dict[str, Any] | None = None
+    step: int = 0
+
+
+class Clock:
+    """Books every interval of wall time to exactly one account, so no second is counted twice or lost.
+
+    Accounts: "train" (the budget and tokens/s), "warmup" (the first steps' one-time costs), "compile" (steps that
+    compile or capture) and "eval". The clock starts when it is made.
+    """
+
+    ACCOUNTS = ("train", "warmup", "compile", "eval")
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = dict.fromkeys(self.ACCOUNTS, 0.0)
+        self._last = time.perf_counter()
+
+    def book(self, account: str, sync: bool = False) -> float:
+        """Book the seconds since the last booking to `account` (after waiting for queued GPU work when `sync`)."""
+        if sync:  # otherwise the GPU's queued work would be booked to whatever account comes next
+            hw.synchronize(self.device)
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        self.seconds[account] += elapsed
+        return elapsed
+
+    @property
+    def spent_stepping(self) -> float:
+        """Seconds of all steps, timed or not (everything but evaluation)."""
+        return sum(self.seconds.values()) - self.seconds["eval"]
+
+    @property
+    def untimed(self) -> float:
+        """Seconds of the steps outside the budget: warm-up and compilation."""
+        return self.seconds["warmup"] + self.seconds["compile"]
+
+
+class StepAccounts:
+    """Which clock account each step's time goes to: queued untimed steps first (compile, warmup), then "train"."""
+
+    def __init__(self, queue: Sequence[str]) -> None:
+        self.queue = deque(queue)
+        self.current = "warmup"  # time before the first step (none, in practice) counts as warm-up
+        self.counts = dict.fromkeys(Clock.ACCOUNTS, 0)
+
+    def next(self) -> str:
+        """The account of the step about to run (and, from now, of time booked between steps)."""
+        self.current = self.queue.popleft() if self.queue else "train"
+        self.counts[self.current] += 1
+        return self.current
+
+
+class LossBuffer:
+    """Training losses stay on the device and are read back every `every` steps: each read is a GPU sync."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back
+        self.recent: list[float] = []  # read back since the last evaluation
+
+    def add(self, step: int, loss: torch.Tensor) -> float | None:
+        """Buffer one step's loss; read the buffer back when it is full (the last loss), else None."""
+        self.pending.append((step, loss.detach()))
+        return self.flush() if len(self.pending) >= self.every else None
+
+    def flush(self) -> float:
+        """Read back the buffered losses (one sync); raise Diverged at the first non-finite one."""
+        if not self.pending:
+            return math.nan
+        values = torch.stack([loss for _, loss in self.pending]).float().cpu().tolist()
+        for (step, _), value in zip(self.pending, values):
+            if not math.isfinite(value):
+                raise Diverged(step, value)
+        self.pending.clear()
+        self.recent.extend(values)
+        return values[-1]
+
+    def mean_since_eval(self) -> float:
+        """Mean training loss since the last call (NaN if none), then start over."""
+        mean = sum(self.recent) / len(self.recent) if self.recent else math.nan
+        self.recent.clear()
+        return mean
+
+
+class EvalSchedule:
+    """When to evaluate: every `interval` steps, or (with `fractions`) when training passes each share of the budget.
+
+    The end of the budget is always evaluated, by the loop itself, so it is never due here.
+    """
+
+    def __init__(self, interval: int, fractions: Sequence[float] | None) -> None:
+        self.interval = interval
+        self.points = None if fractions is None else sorted(f for f in fractions if 0 < f < 1)
+
+    def due(self, step: int, done: float) -> bool:
+        """Whether to evaluate after `step`, with `done` of the budget used."""
+        if self.points is None:
+            due = step % self.interval == 0
+        else:
+            due = bool(self.points) and done >= self.points[0]
+            while self.points and done >= self.points[0]:
+                self.points.pop(0)  # points passed within one step are evaluated once
+        return due and done < 1.0
+
+
+@contextlib.contextmanager
+def tagged(phase: list[str]) -> Iterator[list[str]]:
+    """Attach what the run was doing (`phase[0]`) to any exception leaving it: the tuner reports where an OOM hit."""
+    try:
+        yield phase
+    except Exception as exc:
+        exc.phase = phase[0]  # type: ignore[attr-defined]
+        raise
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -194,168 +325,184 @@ def train(
     evaluation, so the model and optimizer are consistent and can be saved.
     `progress=False` shows no bar; otherwise a bar shows when stderr is a terminal.
     """
-    phase = ["setup"]  # what the loop is doing; attached to any exception (the tuner reports where an OOM hit)
-    try:
-        return _train(model_cfg, train_cfg, data, on_eval, model, optimizer_state, start_step, progress,
-                      eval_at, kind, phase, interrupt)
-    except Exception as exc:
-        exc.phase = phase[0]  # type: ignore[attr-defined]
-        raise
+    resume = Resume(model, optimizer_state, start_step)
+    with tagged(["setup"]) as phase:
+        return _train(model_cfg, train_cfg, data, resume, EvalSchedule(train_cfg.eval_interval, eval_at),
+                      on_eval=on_eval, progress=progress, kind=kind, interrupt=interrupt, phase=phase)
 
 
-def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, on_eval: EvalCallback | None,
-           model: LanguageModel | None, optimizer_state: dict[str, Any] | None, start_step: int,
-           progress: bool | None, eval_at: Sequence[float] | None, kind: str, phase: list[str],
-           interrupt: threading.Event | None) -> TrainResult:
-    device = hw.resolve_device(train_cfg.device)
-    hw.check_dtype(device, train_cfg.dtype)
+def _setup(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Resume, kind: str,
+           phase: list[str]) -> tuple[LanguageModel, StepParts]:
+    """Check the inputs, seed, build (or take) the model and its AdamW: what the first step needs."""
+    device = hw.resolve_device(cfg.device)
+    hw.check_dtype(device, cfg.dtype)
     if model_cfg.vocab_size != data.vocab_size:
         raise UserError(f"model vocab_size {model_cfg.vocab_size} != corpus vocabulary {data.vocab_size}")
     data.check_block_size(model_cfg.block_size)
-    torch.manual_seed(train_cfg.seed)
-    gen = torch.Generator().manual_seed(train_cfg.seed)  # batch positions: reproducible per seed
+    torch.manual_seed(cfg.seed)
     hw.reset_peak_memory(device)
-
     phase[0] = "model build"
-    if model is None:
-        model = build_model(model_cfg, kind)
-    model = model.to(device)
+    model = (resume.model if resume.model is not None else build_model(model_cfg, kind)).to(device)
     model.train()
-    optimizer = configure_optimizer(model, train_cfg, device)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    step_model = torch.compile(model) if train_cfg.compile else model
+    optimizer = configure_optimizer(model, cfg, device)
+    if resume.optimizer_state is not None:
+        optimizer.load_state_dict(resume.optimizer_state)
+    compiling.check_mode(cfg.compile, device)
     # GradScaler keeps small float16 gradients from underflowing; bf16 has float32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.dtype == "float16")
-    parts = StepParts(step_model, optimizer, scaler, train_cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
+    return model, StepParts(model, optimizer, scaler, cfg, device)
 
-    T, accum = model_cfg.block_size, train_cfg.grad_accum_steps
-    tokens_per_step = train_cfg.batch_size * T * accum
 
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        return data.get_batch("train", train_cfg.batch_size, T, gen, device)
-    max_iters, max_seconds = train_cfg.max_iters, train_cfg.max_seconds
-    history: list[EvalPoint] = []
-    # Every interval of wall time goes to exactly one of these three by lap(): no second counting.
-    train_s = eval_s = warmup_s = 0.0
-    step = start_step
-    eval_points = sorted(f for f in eval_at or () if 0 < f < 1)  # the end of the budget is always evaluated
-    pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
-    recent: list[float] = []  # training losses since the last evaluation
+@dataclass
+class _Run:
+    """What the loop works with, built once by _setup: the model, its step, the data, and the run's books."""
+
+    model: LanguageModel
+    parts: StepParts
+    data: TokenData
+    block_size: int
+    phase: list[str]
+    on_eval: EvalCallback | None
+    clock: Clock
+    accounts: StepAccounts = field(default_factory=lambda: StepAccounts(["warmup"] * WARMUP_STEPS))
+    losses: LossBuffer = field(default_factory=lambda: LossBuffer(CHECK_EVERY))
+    history: list[EvalPoint] = field(default_factory=list)
+    choice: compiling.Choice | None = None  # None until auto has measured the eager step
+    say: Callable[[str], None] = lambda line: None
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.parts.cfg
+
+    def budget_used(self, step: int) -> float:
+        """Share of the budget used: steps or timed seconds, whichever is further along."""
+        cfg = self.cfg
+        return max(step / cfg.max_iters if cfg.max_iters else 0.0,
+                   self.clock.seconds["train"] / cfg.max_seconds if cfg.max_seconds else 0.0)
+
+
+def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Resume, schedule: EvalSchedule, *,
+           on_eval: EvalCallback | None, progress: bool | None, kind: str, interrupt: threading.Event | None,
+           phase: list[str]) -> TrainResult:
+    model, parts = _setup(model_cfg, cfg, data, resume, kind, phase)
+    T = model_cfg.block_size
+    tokens_per_step = cfg.batch_size * T * cfg.grad_accum_steps
+    next_batch = data.batches("train", cfg.batch_size, T, parts.device, cfg.seed)  # reproducible per seed
+
     # A bar only on a terminal, even when asked for: redirected, its \r redraws would fill the log.
     show = progress is not False and sys.stderr.isatty()
-    bar = tqdm(total=max_iters, initial=start_step, unit="step", disable=not show, leave=False,
-               desc="train", dynamic_ncols=True)
-    stopped_by = "max_iters"
-    t_last = time.perf_counter()
-
-    def lap(sync: bool) -> float:
-        """Seconds since the previous lap (after waiting for queued GPU work when `sync`)."""
-        nonlocal t_last
-        if sync:
-            hw.synchronize(device)
-        now = time.perf_counter()
-        elapsed, t_last = now - t_last, now
-        return elapsed
-
-    def progress() -> float:
-        """Share of the budget done: steps or timed seconds, whichever is further along."""
-        return max(step / max_iters if max_iters else 0.0, train_s / max_seconds if max_seconds else 0.0)
-
-    def book(seconds: float) -> None:
-        """Time of the first WARMUP_STEPS steps goes to warmup_s, every later interval to the budget."""
-        nonlocal train_s, warmup_s
-        if step - start_step <= WARMUP_STEPS:
-            warmup_s += seconds
-        else:
-            train_s += seconds
-
-    def check_pending() -> float:
-        """Read back the buffered losses (one sync); raise Diverged at the first non-finite one."""
-        if not pending:
-            return math.nan
-        values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
-        for (s, _), v in zip(pending, values):
-            if not math.isfinite(v):
-                raise Diverged(s, v)
-        pending.clear()
-        recent.extend(values)
-        return values[-1]
-
-    def evaluate() -> bool:
-        """Evaluate, record, call on_eval; True if the callback asked to stop."""
-        nonlocal eval_s
-        phase[0] = "eval"
-        book(lap(sync=True))  # the GPU's queued steps belong to training time, not evaluation
-        losses = estimate_loss(model, data, train_cfg, T, device)
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise Diverged(step, losses["val"])
-        train_loss = losses.get("train", sum(recent) / len(recent) if recent else math.nan)
-        recent.clear()
-        history.append(EvalPoint(step, train_loss, losses["val"], train_s))
-        stop = on_eval is not None and on_eval(step, train_loss, losses["val"]) == "stop"
-        eval_s += lap(sync=True)  # the callback (the tuner's report and prune decision) is evaluation overhead
-        return stop
-
+    bar = tqdm(total=cfg.max_iters, initial=resume.step, unit="step", disable=not show, leave=False, desc="train",
+               dynamic_ncols=True)
+    run = _Run(model, parts, data, T, phase, on_eval, Clock(parts.device))
+    if progress is not False:  # the CLI's run says which compile mode it chose; the tuner records it instead
+        run.say = lambda line: tqdm.write(line, file=sys.stderr)
+    if cfg.compile != "auto":
+        _compile(run, compiling.Choice(cfg.compile, f"{cfg.compile}, as asked"))
+    step, stopped_by = resume.step, "max_iters"
     try:
         while True:
-            if max_iters is not None and step >= max_iters:
-                stopped_by = "max_iters"
+            stop = _stop_reason(cfg, step, run.clock, interrupt)
+            if stop:
+                stopped_by = stop
                 break
-            if max_seconds is not None and train_s >= max_seconds:
-                stopped_by = "max_seconds"
-                break
-            if interrupt is not None and interrupt.is_set():
-                stopped_by = "interrupted"
-                break
-            lr = lr_at(train_cfg, step, progress())
-            for group in optimizer.param_groups:
+            lr = lr_at(cfg, step, run.budget_used(step))
+            for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            loss = train_step(parts, next_batch, phase)
+            account = run.accounts.next()
             step += 1
-            pending.append((step, loss.detach()))
-            if len(pending) >= CHECK_EVERY:
-                last = check_pending()
-                rate = tokens_per_step * (step - start_step) / max(train_s + warmup_s, 1e-9)
+            last = run.losses.add(step, train_step(parts, next_batch, phase))
+            # The untimed steps wait for the GPU, so none of their queued work leaks into the timed steps.
+            seconds = run.clock.book(account, sync=account != "train")
+            if run.choice is None and account == "warmup" and not run.accounts.queue:
+                _compile(run, _choose(run, step, seconds))  # auto, on the last warm-up step's eager time
+            if last is not None:
+                rate = tokens_per_step * (step - resume.step) / max(run.clock.spent_stepping, 1e-9)
                 bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{rate:,.0f}")
-            # The last warm-up step waits for the GPU, so none of its queued work leaks into the timed steps.
-            book(lap(sync=step - start_step == WARMUP_STEPS))
             bar.update(1)
-
-            done = progress()
-            if eval_at is None:
-                due = step % train_cfg.eval_interval == 0
-            else:
-                due = bool(eval_points) and done >= eval_points[0]
-                while eval_points and done >= eval_points[0]:
-                    eval_points.pop(0)  # points passed within one step are evaluated once
-            if due and done < 1.0:
-                check_pending()
-                if evaluate():
+            if schedule.due(step, run.budget_used(step)):
+                run.losses.flush()
+                if _evaluate(run, step):
                     stopped_by = "callback"
                     break
-        check_pending()
-        book(lap(sync=True))
+        run.losses.flush()
+        run.clock.book(run.accounts.current, sync=True)
         if stopped_by not in ("callback", "interrupted"):
-            evaluate()  # the final figures are always measured at the end of the budget
+            _evaluate(run, step)  # the final figures are always measured at the end of the budget
     finally:
         bar.close()
+    return _result(run, step - resume.step, tokens_per_step, stopped_by)
 
-    steps = step - start_step
+
+def _choose(run: _Run, step: int, step_seconds: float) -> compiling.Choice:
+    """auto's choice for the rest of the run, from the eager step time just measured."""
+    cfg = run.cfg
+    steps_left = cfg.max_iters - step if cfg.max_iters is not None else None
+    seconds_left = cfg.max_seconds - run.clock.seconds["train"] if cfg.max_seconds is not None else None
+    return compiling.choose(run.parts.device, step_seconds, steps_left, seconds_left)
+
+
+def _compile(run: _Run, choice: compiling.Choice) -> None:
+    """Run the next steps in `choice`'s mode; the steps that compile or capture go to the compile account."""
+    run.choice = choice
+    run.say(f"compile: {choice.reason}")
+    if choice.mode == "none":
+        return
+    run.parts.model = compiling.compile_model(run.model, choice.mode)
+    run.parts.graphs = choice.mode == "graphs"
+    if run.parts.graphs:
+        # A .grad first allocated by a captured backward lives in the graphs' memory pool, and the next replay
+        # overwrites it: gradient accumulation would add to garbage (torch/_inductor/cudagraph_trees.py says so in
+        # its error). Grads allocated here, outside capture, are accumulated into in place instead.
+        for p in run.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    run.accounts.queue.extendleft(["compile"] * compiling.CAPTURE_STEPS[choice.mode])
+
+
+def _evaluate(run: _Run, step: int) -> bool:
+    """Evaluate, record, call on_eval; True if the callback asked to stop."""
+    run.phase[0] = "eval"
+    run.clock.book(run.accounts.current, sync=True)  # the GPU's queued steps belong to the steps, not evaluation
+    val = estimate_loss(run.model, run.data, run.cfg, run.block_size, run.parts.device)
+    if not all(math.isfinite(v) for v in val.values()):
+        raise Diverged(step, val["val"])
+    train_loss = val["train"] if "train" in val else run.losses.mean_since_eval()
+    run.losses.recent.clear()
+    run.history.append(EvalPoint(step, train_loss, val["val"], run.clock.seconds["train"]))
+    stop = run.on_eval is not None and run.on_eval(step, train_loss, val["val"]) == "stop"
+    run.clock.book("eval", sync=True)  # the callback (the tuner's report and prune decision) is evaluation overhead
+    return stop
+
+
+def _stop_reason(cfg: TrainConfig, step: int, clock: Clock, interrupt: threading.Event | None) -> str | None:
+    """Why the loop stops before this step (max_iters, max_seconds, interrupted), or None to go on."""
+    if cfg.max_iters is not None and step >= cfg.max_iters:
+        return "max_iters"
+    if cfg.max_seconds is not None and clock.seconds["train"] >= cfg.max_seconds:
+        return "max_seconds"
+    if interrupt is not None and interrupt.is_set():
+        return "interrupted"
+    return None
+
+
+def _result(run: _Run, steps: int, tokens_per_step: int, stopped_by: str) -> TrainResult:
+    """The run's figures: tokens/s over the timed steps only, MFU where the device's peak is known."""
     tokens = steps * tokens_per_step
-    warmup_steps = min(steps, WARMUP_STEPS)
-    timed_steps = steps - warmup_steps
+    clock, device = run.clock, run.parts.device
+    timed_steps, train_s = run.accounts.counts["train"], clock.seconds["train"]
     if timed_steps > 0 and train_s > 0:
         tokens_per_s = timed_steps * tokens_per_step / train_s
-    else:  # the run ended inside its warm-up: the only rate there is includes the one-time costs
-        seconds = train_s + warmup_s
+    else:  # the run ended inside its untimed steps: the only rate there is includes the one-time costs
+        seconds = train_s + clock.untimed
         tokens_per_s = tokens / seconds if seconds > 0 else 0.0
-    peak = hw.peak_flops(device, train_cfg.dtype)
-    flops = getattr(model, "flops_per_token", None)
-    mfu = flops(T) * tokens_per_s / peak if (peak and flops) else None
+    peak = hw.peak_flops(device, run.cfg.dtype)
+    flops = getattr(run.model, "flops_per_token", None)
+    mfu = flops(run.block_size) * tokens_per_s / peak if (peak and flops) else None
+    choice = run.choice or compiling.Choice("none", "auto: none, the run ended within its warm-up steps")
     return TrainResult(
-        history=history, steps=steps, tokens=tokens, train_seconds=train_s, eval_seconds=eval_s,
-        tokens_per_s=tokens_per_s, peak_memory=hw.peak_memory(device), n_params=model.num_params(),
-        mfu=mfu, device=str(device), stopped_by=stopped_by, warmup_steps=warmup_steps, warmup_seconds=warmup_s,
-        model=model, optimizer=optimizer,
+        history=run.history, steps=steps, tokens=tokens, train_seconds=train_s, eval_seconds=clock.seconds["eval"],
+        tokens_per_s=tokens_per_s, peak_memory=hw.peak_memory(device), n_params=run.model.num_params(),
+        mfu=mfu, device=str(device), stopped_by=stopped_by, warmup_steps=run.accounts.counts["warmup"],
+        warmup_seconds=clock.seconds["warmup"], compile=choice.mode, compile_reason=choice.reason,
+        compile_seconds=clock.seconds["compile"], model=run.model, optimizer=run.parts.optimizer,
     )

@@ -286,7 +286,8 @@ def test_train_step_without_a_gpu_says_so_and_quiet_keeps_the_table(prepared, tm
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert no_gpu_line("matmul", ["cpu"]).startswith("CPU only (--devices cpu). On a GPU machine run:")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    argv = ["train-step", "--configs", "tiny", "--dtypes", "float32", "--steps", "1", "--threads", "1",
+    argv = ["train-step", "--configs", "tiny", "--dtypes", "float32", "--compile", "none", "--steps", "1",
+            "--threads", "1",
             "--data", str(prepared), "--out", str(tmp_path)]
     for quiet in (False, True):
         with pytest.raises(SystemExit) as info:
@@ -295,7 +296,7 @@ def test_train_step_without_a_gpu_says_so_and_quiet_keeps_the_table(prepared, tm
         assert info.value.code == 0, err
         assert (line in out.splitlines()) is not quiet and out.splitlines()[-1].startswith("wrote ")
         assert "tokens_per_s" in out.splitlines()[0] and "\r" not in err
-        assert err.startswith("train-step 1/1: tiny cpu float32: ") if not quiet else err == ""
+        assert err.startswith("train-step 1/1: tiny course cpu float32 none: ") if not quiet else err == ""
 
 
 def test_replay_off_a_terminal_prints_a_line_per_strategy_and_quiet_prints_none(tmp_path, capsys):

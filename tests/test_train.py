@@ -141,7 +141,7 @@ def test_every_second_is_counted_once(data):
     wall = time.perf_counter() - t0
     assert result.stopped_by == "callback" and result.steps == 21
     assert result.eval_seconds >= 0.2
-    assert result.train_seconds + result.warmup_seconds + result.eval_seconds <= wall
+    assert result.train_seconds + result.warmup_seconds + result.compile_seconds + result.eval_seconds <= wall
 
 
 def test_interrupt_stops_at_a_step_boundary_without_a_final_evaluation(data):

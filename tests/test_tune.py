@@ -156,8 +156,8 @@ def test_study_completes_and_writes_every_file(tmp_path):
     train_tokens = out.study.user_attrs["corpus_tokens"]["train"]  # epochs: tokens seen / the training split
     assert df["epochs"].notna().all() and list(df["epochs"]) == pytest.approx(list(df["tokens_M"] * 1e6 / train_tokens),
                                                                               abs=0.01)
-    # Every second of a trial is booked once: training, warm-up and evaluation fit in the trial's wall time.
-    inside = df["train_s"] + df["warmup_s"] + df["eval_s"] + df["startup_s"]
+    # Every second of a trial is booked once: training, warm-up, compiling and evaluation fit in its wall time.
+    inside = df["train_s"] + df["warmup_s"] + df["compile_s"] + df["eval_s"] + df["startup_s"]
     assert (inside <= df["duration_s"] + 0.05).all() and (df["warmup_steps"] == 2).all()
     assert ((df["eval_share"] > 0) & (df["eval_share"] < 1)).all() and (df["cpu_share"] > 0).all()
     assert df["batch_size"].isin([2, 4]).all() and df["block_size"].isin([8, 16]).all()

@@ -95,6 +95,9 @@ FIELDS: tuple[Field, ...] = (
     Field("eval_share", "eval_share", "evaluation's share of training + warm-up + evaluation time", digits=3),
     Field("warmup_steps", "warmup_steps", "first steps trained but not timed (allocator and kernel warm-up)"),
     _s("warmup_seconds", "warmup_s", "seconds of the warm-up steps"),
+    _s("compile_seconds", "compile_s", "seconds of the steps that compiled or captured the step (torch.compile, "
+                                       "CUDA graphs): outside the budget and tokens/s, like warm-up"),
+    Field("compile", "compile", "the compile mode the steps ran in (none, default, graphs) and why"),
     _s("startup_seconds", "startup_s", "seconds from process start to the first step"),
     _mib("peak_memory_bytes", "peak_MiB", "the measured peak that a memory limit counts: CUDA memory reserved, "
                                           "or the CPU process's data segment", "peak memory (MiB)"),

@@ -73,12 +73,14 @@ def _trained(run: TrialRun) -> dict[str, Any]:
     if r is not None:
         mem = r["peak_memory"]
         timed_steps = r["steps"] - r["warmup_steps"]
-        busy = r["train_seconds"] + r["warmup_seconds"] + r["eval_seconds"]
+        compile_s = r.get("compile_seconds") or 0.0  # absent from results written before compile modes
+        busy = r["train_seconds"] + r["warmup_seconds"] + compile_s + r["eval_seconds"]
         eval_share = r["eval_seconds"] / busy if busy > 0 else None
         attrs.update(val_loss=r["val_loss"], train_loss=r["train_loss"], steps=r["steps"], tokens=r["tokens"],
                      tokens_per_s=r["tokens_per_s"], train_seconds=r["train_seconds"],
                      eval_seconds=r["eval_seconds"], warmup_steps=r["warmup_steps"],
-                     warmup_seconds=r["warmup_seconds"], eval_share=eval_share,
+                     warmup_seconds=r["warmup_seconds"], compile_seconds=compile_s, eval_share=eval_share,
+                     compile=f"{r['compile']}: {r['compile_reason']}" if r.get("compile") else None,
                      peak_allocated_bytes=mem.get("peak_allocated_bytes"),
                      peak_reserved_bytes=mem.get("peak_reserved_bytes"), peak_rss_bytes=mem.get("peak_rss_bytes"),
                      peak_data_bytes=mem.get("peak_data_bytes"), measured_peak_bytes=measured_peak(mem),

@@ -229,6 +229,9 @@ def _train_and_report(conn: Connection, job: dict[str, Any]) -> None:
 def _set_up(job: dict[str, Any]) -> _Setup:
     """Choose the GPU, build the configs, apply the memory limit, load the data and the train function."""
     device_name = select_gpu(job.get("gpu")) or job["device"]
+    if job.get("compile_cache"):  # read by torch when it first compiles: before the first step
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job["compile_cache"]
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(job["compile_cache"], "triton")
     _tqdm_thread_lock()
     import torch
 

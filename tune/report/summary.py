@@ -336,9 +336,11 @@ def measurement_section(study: optuna.Study, df: pd.DataFrame) -> list[str]:
         lines.append(f"- CPU share each trial got of what its threads could use: median "
                      f"{ran['cpu_share'].median():.0%}, lowest {ran['cpu_share'].min():.0%} (threads per trial: "
                      f"{', '.join(str(int(t)) for t in sorted(ran['threads'].dropna().unique()))})")
-    total = df["train_seconds"].fillna(0) + df["eval_seconds"].fillna(0) + df["warmup_seconds"].fillna(0)
+    compile_s = df.get("compile_seconds", pd.Series(0.0, index=df.index)).fillna(0)
+    total = df["train_seconds"].fillna(0) + df["eval_seconds"].fillna(0) + df["warmup_seconds"].fillna(0) + compile_s
     lines.append(f"- time inside trials: {df['train_seconds'].sum():,.0f} s timed training, "
-                 f"{df['warmup_seconds'].sum():,.0f} s warm-up steps, {df['eval_seconds'].sum():,.0f} s evaluation, "
+                 f"{df['warmup_seconds'].sum():,.0f} s warm-up steps, {compile_s.sum():,.0f} s compiling, "
+                 f"{df['eval_seconds'].sum():,.0f} s evaluation, "
                  f"of {df['trial_seconds'].sum():,.0f} s of trial wall time ({total.sum():,.0f} s accounted)")
     warnings = trust.study_warnings({label(r): r.dropna().to_dict() for _, r in df.iterrows()})
     lines += [f"- **warning**: {w}" for w in warnings] or ["- no trial was contended or had too short a budget"]

@@ -182,7 +182,9 @@ def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, dict[str, 
            "memory_limit": session.settings.memory_limit, "log": str(folder / "logs" / f"{label}.log"),
            "eval_at": list(session.plan.fractions[:-1]),
            "checkpoint": str(folder / "checkpoints" / label) if keep else None,
-           "cores": list(slot.cores), "gpu": slot.gpu}
+           "cores": list(slot.cores), "gpu": slot.gpu,
+           # One compile cache per study: a configuration seen before (a retry, a confirmation) compiles from it.
+           "compile_cache": str(folder / "compile-cache")}
     return label, job, params
 
 
