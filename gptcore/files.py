@@ -270,3 +270,15 @@ def atomic_dir(path: str | Path, marker: str, what: str) -> Iterator[Path]:
             _remove(tmp)
             _remove(new)
         raise
+
+
+def check_room(folder: str | Path, what: str, need: int = 0) -> None:
+    """Refuse, before any work, a folder the `what` cannot be written into (check_output_dir) or whose disk has
+    less than `need` bytes free: one line naming the folder and the space needed. Nothing is created."""
+    folder = Path(folder)
+    check_output_dir(folder, what)
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))  # "." ends a relative path
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise UserError(f"{folder}: only {free / 2**20:,.1f} MiB free on its disk, {need / 2**20:,.0f} MiB "
+                        f"needed for the {what}")
