@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptcore.cliutil import (
     EXIT_INTERRUPTED,
@@ -47,6 +48,9 @@ from tune.search.settings import (
 )
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 from tune.search.warmstart import WARM_START_TOP
+
+if TYPE_CHECKING:
+    from tune.search.session import StudyOutcome
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 PROG = "python -m tune"
@@ -282,16 +286,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
     from tune.report.frame import readable, trials_frame
-    from tune.search.study import run_study
 
-    settings = settings_from_args(args)
-    outcome = run_study(settings)
+    outcome = run_study_or_one_line(settings_from_args(args))
     if not args.quiet:
         print(readable(trials_frame(outcome.study)).to_string(index=False))
     print(f"results: {outcome.results_dir} (summary.md, trials.csv, best.json, best-model/, plots)")
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 1 if outcome.stopped_because else 0  # stopped short of --trials by the error brake
+
+
+def run_study_or_one_line(settings: TuneSettings) -> StudyOutcome:
+    """run_study(settings), with a disk that fills up on the way ended in one line naming the file and the space a
+    resume needs: the trial it hit was recorded as interrupted (or is, by the resume) and runs again."""
+    from tune.search.session import RESULTS_ROOM, full_disk
+    from tune.search.study import run_study
+
+    try:
+        return run_study(settings)
+    except Exception as exc:
+        where = full_disk(exc)
+        if where is None:
+            raise
+        raise UserError(f"{where}: no space left on its disk; free at least {RESULTS_ROOM // 2**20} MiB there and "
+                        f"run the same command again to resume the study (the interrupted trial runs again)") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> TuneSettings:

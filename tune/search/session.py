@@ -5,6 +5,7 @@ Everything here runs in the tuner's parent, which never imports torch: the devic
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -18,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from gptcore.config import PRESETS, from_name, to_dict
+from gptcore.config import PRESETS, from_name
 from gptcore.errors import UserError
 from gptcore.files import check_room
 from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
@@ -33,7 +34,7 @@ from tune.core.budget import (
 )
 from tune.core.confirm import CONFIRM_RUNS
 from tune.core.provenance import INVOCATION_PREFIX, command_line, versions
-from tune.core.space import Space, load_space, uses_legacy_names
+from tune.core.space import Space, load_space, preset_params, uses_legacy_names
 from tune.exec import health
 from tune.exec.runner import TrialRunner
 from tune.exec.slots import Slot, plan_slots
@@ -77,6 +78,20 @@ class StudyOutcome:
     ran: int
     interrupted: bool
     stopped_because: str | None = None  # the error brake: the study stopped short of --trials
+
+
+def full_disk(exc: BaseException | None) -> str | None:
+    """What filled up when `exc`, or an exception it was raised from, is a full disk: the file it names (else
+    "the disk", or "the study's storage" for SQLite, which says so without an errno); None when it is not one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return str(exc.filename) if exc.filename else "the disk"
+        if "database or disk is full" in str(exc):  # SQLITE_FULL, through SQLAlchemy's OperationalError
+            return "the study's storage"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def slug(text: str) -> str:
@@ -154,13 +169,10 @@ def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, A
 
 
 def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A preset as a person would train it (its own shape, learning rate, dropout and schedule) for the target."""
-    cfg = to_dict(*from_name(preset))
-    model = {**cfg["model"], "vocab_size": session.meta["vocab_size"]}
-    # The preset keeps its own learning-rate schedule; budget, evaluation windows, precision and device are the study's.
-    own = schedule_fields(session.settings.training.schedule)
-    shared = {k: v for k, v in session.train_fields().items() if k not in own}
-    return model, {**cfg["train"], **shared}
+    """A preset's six searched values, trained exactly as every trial is: the study's schedule, warm-up, dropout 0,
+    evaluation, budget, precision and seed. Only what the search varies differs, so "the winner beats baby by 8 %"
+    compares configurations, not schedules (a preset's own constant rate or dropout would be a handicap)."""
+    return trial_configs(preset_params(preset), session)
 
 
 def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, ...]:
