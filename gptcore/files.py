@@ -464,3 +464,15 @@ def free_mib(folder: str | Path) -> str:
         return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
     except OSError:
         return "an unknown amount"
+
+
+def check_room(folder: str | Path, what: str, need: int = 0) -> None:
+    """Refuse, before any work, a folder the `what` cannot be written into (check_output_dir) or whose disk has
+    less than `need` bytes free: one line naming the folder and the space needed. Nothing is created."""
+    folder = Path(folder)
+    check_output_dir(folder, what)
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))  # "." ends a relative path
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise UserError(f"{folder}: only {free / 2**20:,.1f} MiB free on its disk, {need / 2**20:,.0f} MiB "
+                        f"needed for the {what}")

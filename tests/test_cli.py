@@ -154,7 +154,7 @@ def tiny_study(tmp_path, **kw):
     base = dict(trials=2, budget=Budget(60, "steps"), references=(), data=CORPUS, device="cpu",
                 results=tmp_path / "results", study_name="q", space_overrides=TINY_SPACE, progress=True, seed=0,
                 confirm=0, save_models=False)
-    return TuneSettings(**{**base, **kw})
+    return TuneSettings.of(**{**base, **kw})
 
 
 def test_console_commands_are_declared_and_run_main():

@@ -41,7 +41,7 @@ def settings(tmp_path, **kw) -> TuneSettings:
     base = dict(trials=4, budget=Budget(60, "steps"), references=(), data=CORPUS, device="cpu",
                 results=tmp_path / "results", study_name="c", space_overrides=TINY_SPACE, progress=False, seed=0,
                 confirm=2, save_models=False, heartbeat_interval=1, grace_period=4)
-    return TuneSettings(**{**base, **kw})
+    return TuneSettings.of(**{**base, **kw})
 
 
 def runs_of(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -199,7 +199,7 @@ def test_two_tuners_on_one_journal_share_the_confirmation_runs_and_run_none_twic
         from tune.search.settings import TuneSettings
         from tune.search.study import run_study
         if __name__ == "__main__":
-            run_study(TuneSettings(trials=4, budget=Budget(60, "steps"), references=(), data=Path({str(CORPUS)!r}),
+            run_study(TuneSettings.of(trials=4, budget=Budget(60, "steps"), references=(), data=Path({str(CORPUS)!r}),
                                    device="cpu", results=Path(sys.argv[1]), study_name="c", storage={storage!r},
                                    space_overrides={TINY_SPACE!r}, progress=False, seed=0, confirm=2,
                                    save_models=False, heartbeat_interval=1, grace_period=4),
@@ -254,7 +254,7 @@ def test_claims_give_each_confirmation_run_once_then_wait_then_done():
 
 def test_a_confirmation_job_trains_the_same_configuration_with_its_seed_and_keeps_no_model(tmp_path):
     budget = Budget(10, "s")
-    session = Session(TuneSettings(save_models=True), None, None, Space(), {"device": "cpu"}, {"vocab_size": 80},
+    session = Session(TuneSettings.of(save_models=True), None, None, Space(), {"device": "cpu"}, {"vocab_size": 80},
                       tmp_path / "data", tmp_path / "r", "float32", None, budget, RungPlan.for_budget(budget), [],
                       (), None)
     params = {"batch_size": 8, "block_size": 32, "n_embed": 128, "n_head": 4, "n_layer": 2, "learning_rate": 1e-3}

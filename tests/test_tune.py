@@ -33,7 +33,7 @@ def settings(tmp_path, **kw) -> TuneSettings:
     base = dict(trials=4, budget=Budget(0.5, "s"), references=(), data=CORPUS, device="cpu",
                 results=tmp_path / "results", study_name="t", space_overrides=TINY_SPACE, progress=False, seed=1,
                 confirm=0)  # confirmation runs: tests/test_confirm.py
-    return TuneSettings(**{**base, **kw})
+    return TuneSettings.of(**{**base, **kw})
 
 
 # --- search space -------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_the_tuner_process_never_imports_torch(tmp_path):
         "from tune.search.settings import TuneSettings\nfrom tune.search.study import run_study\n"
         "if __name__ == '__main__':\n"
         "    from tune.core.budget import Budget\n"
-        f"    run_study(TuneSettings(trials=1, budget=Budget(0.3, 's'), device='cpu', references=(),\n"
+        f"    run_study(TuneSettings.of(trials=1, budget=Budget(0.3, 's'), device='cpu', references=(),\n"
         f"              results=Path({str(tmp_path)!r}), data=Path({str(CORPUS)!r}),\n"
         f"              space_overrides={TINY_SPACE!r}, progress=False))\n"
         "    assert 'torch' not in sys.modules, 'torch imported'\n"
@@ -263,7 +263,7 @@ def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
     (["--trials", "0"], "argument --trials: expected a positive integer"),
     (["--memory-limit", "lots"], "--memory-limit: expected a size such as 8GiB or 600MB, got 'lots'"),
     (["--storage", "sqlite:////nonexistent-dir/x/study.db"], "--storage sqlite:////nonexistent-dir"),
-    (["--results", "__FILE__/sub"], "not writable"),
+    (["--results", "__FILE__/sub"], "file.txt is a file, not a folder"),
     (["--space", "nope.json"], "--space nope.json"),
     (["--memory-limit", "1MB"], "below what a trial process needs"),
     (["--device", "cuda"], "--device cuda: CUDA is not available"),

@@ -1,6 +1,7 @@
 """Warm starts (--warm-start): an earlier study's best configurations are the first trials, once, labelled."""
 
 import contextlib
+import json
 import re
 from dataclasses import replace
 
@@ -44,18 +45,23 @@ def row(number, status, values, val_loss, tokens_per_s=100.0, reference=None) ->
 
 
 def source_folder(folder, rows, objective=None):
-    """A results folder as python -m tune writes it: trials.csv, and summary.md's objective line."""
+    """A results folder as python -m tune writes it: trials.csv, and best.json's provenance with its objective."""
     folder.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
     if objective:
-        (folder / "summary.md").write_text(f"# Study `old`\n\n- objective: **{objective}** (see the study)\n")
+        write_objective(folder, objective)
     return folder
+
+
+def write_objective(folder, objective):
+    """best.json as the report writes it, reduced to what a warm start reads: provenance.objective."""
+    (folder / "best.json").write_text(json.dumps({"model": {}, "train": {}, "provenance": {"objective": objective}}))
 
 
 def prepare(tmp_path, **kw) -> warmstart.WarmStart:
     s = settings(tmp_path, **kw)
-    results_dir = s.results / s.study_name
-    return warmstart.prepare(s, SPACE, resolve_storage(s.storage, results_dir / "study.db"), s.study_name,
+    results_dir = s.store.results / s.store.study_name
+    return warmstart.prepare(s, SPACE, resolve_storage(s.store.storage, results_dir / "study.db"), s.store.study_name,
                              results_dir)
 
 
@@ -99,13 +105,13 @@ def test_the_best_distinct_finished_configurations_ranked_by_the_sources_objecti
     assert [c.label for c in warm.outside] == [f"{src} ref tiny"] and "n_embed 32" in warm.outside[0].outside
     assert [c.label for c in warm.over] == [f"{src} trial 0"]  # fits, but --trials 3 is full
     text = warmstart.describe(warm)
-    assert "ranked by val_loss (no summary.md beside it states its objective)" in text
+    assert "ranked by val_loss (no best.json beside it states its objective)" in text
     assert "3 enqueued" in text and "skipped 1 outside this search space" in text and "beyond --trials" in text
     assert not (tmp_path / "results").exists()  # reading a source creates nothing
 
-    (src / "summary.md").write_text("- objective: **throughput** (training tokens/s, higher is better)\n")
+    write_objective(src, "throughput")
     warm = prepare(tmp_path, trials=3, warm_start=str(src / "trials.csv"))
-    assert warm.objective == "throughput" and "from the summary.md beside it" in warmstart.describe(warm)
+    assert warm.objective == "throughput" and "from the best.json beside it" in warmstart.describe(warm)
     # tokens/s: tiny (outside), then B at its better figure (trial 3), A, D; E beyond --trials.
     assert [c.label for c in warm.chosen] == [f"{src / 'trials.csv'} trial {n}" for n in (3, 0, 5)]
     assert [c.values for c in warm.over] == [E]
@@ -232,9 +238,14 @@ def test_a_source_study_by_name_in_this_storage_or_in_its_own(tmp_path):
     assert first["warm_start"] == f"warm-src trial {int(best['number'])}" and params_of(first) == params_of(best)
     # The folder it wrote says its objective where a warm start from the folder reads it.
     assert warmstart.csv_objective(src.results_dir / "trials.csv")[0] == "loss"
-    (src.results_dir / "summary.md").write_text(
-        (src.results_dir / "summary.md").read_text().replace("objective: **loss**", "objective: **throughput**"))
+    best = json.loads((src.results_dir / "best.json").read_text())
+    (src.results_dir / "best.json").write_text(json.dumps({**best, "provenance": {**best["provenance"],
+                                                                                "objective": "throughput"}}))
     assert warmstart.csv_objective(src.results_dir / "trials.csv")[0] == "throughput"
+    # summary.md's wording is for people: rewording it changes nothing a warm start reads.
+    (src.results_dir / "summary.md").write_text("# reworded\n- objective: **loss**\n")
+    assert warmstart.csv_objective(src.results_dir / "trials.csv") == (
+        "throughput", "its objective, from the best.json beside it")
 
 
 def test_a_warm_start_trial_that_fails_is_retried_with_its_label(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptcore.cliutil import (
     EXIT_INTERRUPTED,
@@ -36,10 +37,21 @@ from gptcore.errors import UserError
 from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.core.confirm import CONFIRM_RUNS
 from tune.core.space import PARAMS, SPACES, load_space, parse_range
-from tune.search.settings import DEFAULT_CONFIRM
+from tune.search.settings import (
+    DEFAULT_CONFIRM,
+    ExecArgs,
+    OutputArgs,
+    SearchArgs,
+    StoreArgs,
+    TrainingArgs,
+    TuneSettings,
+)
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 from tune.search.warmstart import WARM_START_TOP
 from tune.store.names import check_study_name
+
+if TYPE_CHECKING:
+    from tune.search.session import StudyOutcome
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
 PROG = "python -m tune"
@@ -188,15 +200,15 @@ def build_report_parser() -> argparse.ArgumentParser:
 
 def main_report(argv: list[str]) -> int:
     """Rebuild trials.csv, summary.md, best.json and plots from the storage alone."""
+    from gptcore.files import check_room
     from tune.report.frame import readable
     from tune.report.outputs import write_report
-    from tune.search.session import check_writable
     from tune.store.load import load_study
 
     args = build_report_parser().parse_args(argv)
     loaded = load_study(args.study_name, storage=args.storage, results=args.results)
     study, folder = loaded.study, loaded.folder
-    check_writable(folder)
+    check_room(folder, "report")
     df = write_report(study, folder)
     if not args.quiet:
         print(readable(df).to_string(index=False))
@@ -286,32 +298,51 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
     from tune.report.frame import readable, trials_frame
-    from tune.search.settings import TuneSettings
-    from tune.search.study import run_study
 
-    overrides = {n: getattr(args, f"space_{n}") for n in PARAMS if getattr(args, f"space_{n}") is not None}
-    # The device only picks the base space; the file and the flags are checked now, before the device probe.
-    load_space(args.space, "cpu", None, overrides)
-    settings = TuneSettings(
-        trials=args.trials, budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
-        schedule=args.schedule, references=args.references, save_models=not args.no_save_models, data=args.data,
-        device=args.device, study_name=args.study_name,
-        warm_start=args.warm_start,
-        storage=args.storage, results=args.results, space=args.space, space_overrides=overrides,
-        objective=args.objective, memory_limit=args.memory_limit,
-        predict=not args.no_predict, pruner=args.pruner, sampler=args.sampler,
-        seed=args.seed, dtype=args.dtype, trial_timeout=args.trial_timeout,
-        progress=not (args.no_progress or args.quiet),
-        workers=args.workers, gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period, confirm=args.confirm, quiet=args.quiet,
-    )
-    outcome = run_study(settings)
+    outcome = run_study_or_one_line(settings_from_args(args))
     if not args.quiet:
         print(readable(trials_frame(outcome.study)).to_string(index=False))
     print(f"results: {outcome.results_dir} (summary.md, trials.csv, best.json, best-model/, plots)")
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 1 if outcome.stopped_because else 0  # stopped short of --trials by the error brake
+
+
+def run_study_or_one_line(settings: TuneSettings) -> StudyOutcome:
+    """run_study(settings), with a disk that fills up on the way ended in one line naming the file and the space a
+    resume needs: the trial it hit was recorded as interrupted (or is, by the resume) and runs again."""
+    from tune.search.session import RESULTS_ROOM, full_disk
+    from tune.search.study import run_study
+
+    try:
+        return run_study(settings)
+    except Exception as exc:
+        where = full_disk(exc)
+        if where is None:
+            raise
+        raise UserError(f"{where}: no space left on its disk; free at least {RESULTS_ROOM // 2**20} MiB there and "
+                        f"run the same command again to resume the study (the interrupted trial runs again)") from None
+
+
+def settings_from_args(args: argparse.Namespace) -> TuneSettings:
+    """The study's settings from its parsed flags, grouped once here (the space's file and flags checked now)."""
+    overrides = {n: getattr(args, f"space_{n}") for n in PARAMS if getattr(args, f"space_{n}") is not None}
+    # The device only picks the base space; the file and the flags are checked now, before the device probe.
+    load_space(args.space, "cpu", None, overrides)
+    return TuneSettings(
+        search=SearchArgs(trials=args.trials, data=args.data, space=args.space, space_overrides=overrides,
+                          objective=args.objective, pruner=args.pruner, sampler=args.sampler, seed=args.seed,
+                          references=args.references, warm_start=args.warm_start, confirm=args.confirm),
+        training=TrainingArgs(budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
+                              schedule=args.schedule),
+        execution=ExecArgs(device=args.device, dtype=args.dtype, memory_limit=args.memory_limit,
+                           predict=not args.no_predict, trial_timeout=args.trial_timeout, workers=args.workers,
+                           gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
+                           grace_period=args.grace_period),
+        store=StoreArgs(study_name=args.study_name, storage=args.storage, results=args.results),
+        output=OutputArgs(save_models=not args.no_save_models, progress=not (args.no_progress or args.quiet),
+                          quiet=args.quiet),
+    )
 
 
 def main_card(argv: list[str]) -> int:

@@ -5,12 +5,12 @@ Everything here runs in the tuner's parent, which never imports torch: the devic
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
 import socket
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,8 +19,9 @@ from typing import Any
 
 import optuna
 
-from gptcore.config import PRESETS, from_name, to_dict
+from gptcore.config import PRESETS, from_name
 from gptcore.errors import UserError
+from gptcore.files import check_room
 from gptcore.prepare import corpus_fingerprint, ensure_prepared, read_meta
 from tune.core.budget import (
     DEFAULT_BUDGET,
@@ -33,7 +34,7 @@ from tune.core.budget import (
 )
 from tune.core.confirm import CONFIRM_RUNS
 from tune.core.provenance import INVOCATION_PREFIX, command_line, versions
-from tune.core.space import Space, load_space, uses_legacy_names
+from tune.core.space import Space, load_space, preset_params, uses_legacy_names
 from tune.exec import health
 from tune.exec.runner import TrialRunner
 from tune.exec.slots import Slot, plan_slots
@@ -62,6 +63,11 @@ REFERENCES = {"cpu": ("course-default", "baby"), "mps": ("course-default", "baby
               "cuda": ("course-default", "baby", "gpu")}
 METRIC_NAMES = {"loss": "val_loss", "throughput": "tokens_per_s"}  # what Optuna is told, per objective
 STEP_BUDGET_TIMEOUT_S = 3600.0  # hard timeout of a trial with a step budget (time unknown in advance)
+# Free space a study needs to start: its storage, trial logs and tables take a few MiB. A full disk is then one
+# line before the first trial; one that fills up later ends the study in one line too (tune.__main__).
+RESULTS_ROOM = 64 * 2**20
+
+
 @dataclass
 class StudyOutcome:
     """What run_study did."""
@@ -73,17 +79,32 @@ class StudyOutcome:
     stopped_because: str | None = None  # the error brake: the study stopped short of --trials
 
 
+def full_disk(exc: BaseException | None) -> str | None:
+    """What filled up when `exc`, or an exception it was raised from, is a full disk: the file it names (else
+    "the disk", or "the study's storage" for SQLite, which says so without an errno); None when it is not one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return str(exc.filename) if exc.filename else "the disk"
+        if "database or disk is full" in str(exc):  # SQLITE_FULL, through SQLAlchemy's OperationalError
+            return "the study's storage"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def slug(text: str) -> str:
     """Lower-case, alphanumerics and dashes: for study and folder names."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "device"
 
 
-def check_writable(folder: Path) -> None:
-    """Create `folder` and prove it is writable, or fail with one line."""
+def make_results_folder(folder: Path) -> None:
+    """Create the study's results folder once it is proven writable with RESULTS_ROOM free, or fail with one line."""
     try:
+        check_room(folder, "study's results", RESULTS_ROOM)
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
+    except UserError as exc:
+        raise UserError(f"--results {exc}") from None
     except OSError as exc:
         raise UserError(f"--results {folder}: not writable ({exc.strerror or exc})") from None
 
@@ -114,7 +135,7 @@ class Session:
     @property
     def memory_limit(self) -> int | None:
         """The bytes a trial may hold (tune.memory.judge.limit_for); None: no limit to predict against."""
-        return limit_for(self.settings.memory_limit, self.env)
+        return limit_for(self.settings.execution.memory_limit, self.env)
 
     def close(self) -> None:
         """Let go of the SQLite hold and the lock's file or connection (the process's exit does the same)."""
@@ -126,16 +147,16 @@ class Session:
     def timeout(self) -> float:
         """Hard per-trial timeout: --trial-timeout, else 3 x the time budget + 120 s (1 h for step budgets)."""
         s = self.settings
-        if s.trial_timeout:
-            return s.trial_timeout
+        if s.execution.trial_timeout:
+            return s.execution.trial_timeout
         return 3 * self.budget.seconds + 120 if self.budget.seconds else STEP_BUDGET_TIMEOUT_S
 
     def train_fields(self) -> dict[str, Any]:
         """TrainConfig fields every trial and reference shares: the target budget, schedule, evaluation, device."""
-        s = self.settings
-        return dict(**self.budget.train_fields(), **schedule_fields(s.schedule), eval_interval=10**9,
-                    eval_iters=s.eval_iters, eval_batch_size=s.eval_batch_size, eval_train_split=False,
-                    dtype=self.dtype, device=self.env["device"], seed=s.seed)
+        t = self.settings.training
+        return dict(**self.budget.train_fields(), **schedule_fields(t.schedule), eval_interval=10**9,
+                    eval_iters=t.eval_iters, eval_batch_size=t.eval_batch_size, eval_train_split=False,
+                    dtype=self.dtype, device=self.env["device"], seed=self.settings.search.seed)
 
 
 def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -147,17 +168,15 @@ def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, A
 
 
 def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A preset as a person would train it (its own shape, learning rate, dropout and schedule) for the target."""
-    cfg = to_dict(*from_name(preset))
-    model = {**cfg["model"], "vocab_size": session.meta["vocab_size"]}
-    # The preset keeps its own learning-rate schedule; budget, evaluation windows, precision and device are the study's.
-    shared = {k: v for k, v in session.train_fields().items() if k not in schedule_fields(session.settings.schedule)}
-    return model, {**cfg["train"], **shared}
+    """A preset's six searched values, trained exactly as every trial is: the study's schedule, warm-up, dropout 0,
+    evaluation, budget, precision and seed. Only what the search varies differs, so "the winner beats baby by 8 %"
+    compares configurations, not schedules (a preset's own constant rate or dropout would be a handicap)."""
+    return trial_configs(preset_params(preset), session)
 
 
 def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, ...]:
     """The presets to run beside the search; unknown names are a user error."""
-    names = REFERENCES.get(device_type, ()) if settings.references is None else settings.references
+    names = REFERENCES.get(device_type, ()) if settings.search.references is None else settings.search.references
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         raise UserError(f"--references: unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
@@ -166,7 +185,7 @@ def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, .
 
 def resolve_dtype(settings: TuneSettings, env: dict[str, Any]) -> str:
     """auto -> bfloat16 on a GPU that has it, else float32; float16 needs a GPU."""
-    dtype = settings.dtype
+    dtype = settings.execution.dtype
     if dtype == "auto":
         dtype = "bfloat16" if env["device_type"] == "cuda" and env["bf16_supported"] else "float32"
     if dtype == "float16" and env["device_type"] == "cpu":
@@ -188,63 +207,117 @@ def warn_if_busy(say: Any, cores: list[int]) -> float | None:
 
 def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
-    if settings.trials < 1:
-        raise UserError(f"--trials must be at least 1, got {settings.trials}")
-    if settings.confirm < 0:
-        raise UserError(f"--confirm must be 0 (off) or more, got {settings.confirm}")
-    if settings.schedule not in SCHEDULES:
-        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.schedule!r}")
-    make_sampler(settings.sampler, settings.seed)  # an unknown name or a missing package, before anything is created
-    data_dir = ensure_prepared(settings.data, progress=settings.progress)
+    check_flags(settings)
+    data_dir = ensure_prepared(settings.search.data, progress=settings.output.progress)
     meta = read_meta(data_dir)
-    env = runner.probe(settings.device)
+    env = runner.probe(settings.execution.device)
+    choice = choose(settings, env, meta)
+    name = (check_study_name(settings.store.study_name) if settings.store.study_name is not None
+            else f"{slug(env['device_name'])}-{slug(Path(settings.search.data).stem)}")
+    results_dir = settings.store.results / name
+    ex = settings.execution
+    slots = plan_slots(ex.workers, env, ex.gpus, ex.cores)
+    spec = resolve_storage(settings.store.storage, results_dir / "study.db")
+    # read and checked before anything is created
+    warm = warmstart.prepare(settings, choice.space, spec, name, results_dir)
+    fingerprint = study_fingerprint(settings, env, meta, choice, slots)
+    opened = open_studies(settings, choice, spec, name, results_dir, fingerprint, warm)
+    (results_dir / "logs").mkdir(exist_ok=True)
+    n_trials = fail_orphans_of(opened)
+    reseed(opened.study, settings, spec, n_trials)
+    record(opened, settings, env, meta, choice)
+    legacy = uses_legacy_names([t.params for t in opened.study.get_trials(deepcopy=False)])
+    return Session(settings, opened.study, opened.refs, choice.space, env, meta, data_dir, results_dir,
+                   choice.dtype, spec, choice.budget, choice.plan, slots, choice.references, opened.lock,
+                   opened.hold, opened.confirms, legacy)
+
+
+def check_flags(settings: TuneSettings) -> None:
+    """The flags that need nothing opened to check: one line each."""
+    s = settings.search
+    if s.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {s.trials}")
+    if s.confirm < 0:
+        raise UserError(f"--confirm must be 0 (off) or more, got {s.confirm}")
+    if settings.training.schedule not in SCHEDULES:
+        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.training.schedule!r}")
+    make_sampler(s.sampler, s.seed)  # an unknown name or a missing package, before anything is created
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the flags come to on this device and corpus: precision, target, rungs, references, space."""
+
+    dtype: str
+    budget: Budget
+    plan: RungPlan
+    references: tuple[str, ...]
+    space: Space
+
+
+def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any]) -> Choice:
+    """The flags resolved against the probed device and the corpus, each checked (one line)."""
     dtype = resolve_dtype(settings, env)
-    check_memory_limit(settings.memory_limit, env)
-    budget = settings.budget or parse_budget(DEFAULT_BUDGET.get(env["device_type"], DEFAULT_BUDGET["cpu"]))
-    plan = RungPlan.for_budget(budget, settings.reduction_factor, settings.rungs)
+    check_memory_limit(settings.execution.memory_limit, env)
+    t = settings.training
+    budget = t.budget or parse_budget(DEFAULT_BUDGET.get(env["device_type"], DEFAULT_BUDGET["cpu"]))
+    plan = RungPlan.for_budget(budget, t.reduction_factor, t.rungs)
     references = resolve_references(settings, env["device_type"])
-    space = load_space(settings.space, env["device_type"], env.get("gpu_memory_bytes"), settings.space_overrides)
+    s = settings.search
+    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides)
     biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
     shortest = min(meta["train_tokens"], meta["val_tokens"])
     if biggest + 2 > shortest:
         raise UserError(f"search space: block_size up to {biggest} needs more than the corpus's "
                         f"{shortest} tokens in its smaller split")
+    return Choice(dtype, budget, plan, references, space)
 
-    name = check_study_name(settings.study_name) if settings.study_name is not None \
-        else f"{slug(env['device_name'])}-{slug(Path(settings.data).stem)}"
-    results_dir = settings.results / name
-    created = results_dir  # the highest folder this run creates: removed again if the storage will not open
-    while not created.parent.exists() and created.parent != created:
-        created = created.parent
-    created = None if created.exists() else created
-    slots = plan_slots(settings.workers, env, settings.gpus, settings.cores)
-    spec = resolve_storage(settings.storage, results_dir / "study.db")
-    warm = warmstart.prepare(settings, space, spec, name, results_dir)  # read and checked before anything is created
-    check_writable(results_dir)
+
+def study_fingerprint(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any], choice: Choice,
+                      slots: list[Slot]) -> dict[str, Any]:
+    """What a resumed study must match: the device, corpus, precision, target, objective, space, schedule."""
+    fingerprint = {**env, "corpus": corpus_fingerprint(meta), "dtype": choice.dtype, "budget": str(choice.budget),
+                   "objective": settings.search.objective, "space": choice.space.to_dict(),
+                   "schedule": settings.training.schedule,
+                   # what fits (run, OOM, skipped as predicted OOM) is judged against it
+                   "memory_limit": settings.execution.memory_limit}
+    if env["device_type"] == "cpu":  # a time budget on fewer cores trains fewer tokens: another question
+        fingerprint["threads_per_trial"] = len(slots[0].cores)
+    return fingerprint
+
+
+@dataclass
+class Opened:
+    """The study and its companions in their storage, with the lock and the SQLite hold."""
+
+    study: optuna.Study
+    refs: optuna.Study | None
+    confirms: optuna.Study | None
+    lock: Any
+    hold: Any
+
+
+def open_studies(settings: TuneSettings, choice: Choice, spec: StorageSpec, name: str, results_dir: Path,
+                 fingerprint: dict[str, Any], warm: warmstart.WarmStart | None) -> Opened:
+    """Create the results folder, open the storage and the studies, check the fingerprint, enqueue a warm start.
+
+    Any failure lets go of the SQLite hold and removes the folders this run created: nothing is left behind."""
+    created = highest_missing(results_dir)
     hold = None
     try:
+        make_results_folder(results_dir)
         check_sqlite_file(spec, results_dir)
         hold = hold_sqlite(spec)  # SQLite is for one tuner process: a second one is told so, in one line
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = make_storage(spec, settings.heartbeat_interval, settings.grace_period, on_stale=requeue)
-        direction = "minimize" if settings.objective == "loss" else "maximize"
-        study = open_study(name, storage, direction, make_sampler(settings.sampler, settings.seed),
-                           make_pruner(settings.pruner, plan), display=spec.display)
-        fingerprint = {**env, "corpus": corpus_fingerprint(meta), "dtype": dtype, "budget": str(budget),
-                       "objective": settings.objective, "space": space.to_dict(), "schedule": settings.schedule,
-                       # what fits (run, OOM, skipped as predicted OOM) is judged against it
-                       "memory_limit": settings.memory_limit}
-        if env["device_type"] == "cpu":  # a time budget on fewer cores trains fewer tokens: another question
-            fingerprint["threads_per_trial"] = len(slots[0].cores)
+        storage = make_storage(spec, settings.execution.heartbeat_interval, settings.execution.grace_period,
+                               on_stale=requeue)
+        direction = "minimize" if settings.search.objective == "loss" else "maximize"
+        study = open_study(name, storage, direction, make_sampler(settings.search.sampler, settings.search.seed),
+                           make_pruner(settings.search.pruner, choice.plan), display=spec.display)
         check_fingerprint(study, fingerprint)
-        refs = None
-        if references:
-            refs = open_study(reference_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
-                              optuna.pruners.NopPruner(), display=spec.display)
-        confirms = None
-        if settings.confirm:  # never pruned, and kept from the sampler: they say nothing new about the space
-            confirms = open_study(confirm_study_name(name), storage, direction, optuna.samplers.RandomSampler(),
-                                  optuna.pruners.NopPruner(), display=spec.display)
+        refs = companion(reference_study_name(name), storage, direction, spec) if choice.references else None
+        # never pruned, and kept from the sampler: they say nothing new about the space
+        confirms = companion(confirm_study_name(name), storage, direction, spec) if settings.search.confirm else None
         lock = study_lock(spec, name)
         warmstart.enqueue(study, warm, lock)  # once per study, under the lock: its first trials
     except BaseException:
@@ -253,58 +326,89 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
         if created is not None:  # a storage that would not open leaves no empty results folder behind
             shutil.rmtree(created, ignore_errors=True)
         raise
-    (results_dir / "logs").mkdir(exist_ok=True)
-    with lock:
-        if hold is not None:  # this tuner holds the SQLite file alone: whatever is RUNNING was orphaned
-            for s in (study, refs, confirms):
+    return Opened(study, refs, confirms, lock, hold)
+
+
+def highest_missing(folder: Path) -> Path | None:
+    """The highest folder that creating `folder` would create (None: it exists already)."""
+    created = folder
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent
+    return None if created.exists() else created
+
+
+def companion(name: str, storage: Any, direction: str, spec: StorageSpec) -> optuna.Study:
+    """A study of references or confirmation runs: random order, never pruned."""
+    return open_study(name, storage, direction, optuna.samplers.RandomSampler(), optuna.pruners.NopPruner(),
+                      display=spec.display)
+
+
+def fail_orphans_of(opened: Opened) -> int:
+    """Under the lock: a tuner holding the SQLite file alone fails whatever is RUNNING (orphaned by a dead tuner).
+    Returns the trials the study holds."""
+    with opened.lock:
+        if opened.hold is not None:
+            for s in (opened.study, opened.refs, opened.confirms):
                 if s is not None:
                     fail_orphans(s)
-        n_trials = len(study.get_trials(deepcopy=False))
-    # Re-seed with the number of trials already run, so a resumed study does not replay its first draws. Tuners
-    # sharing a study (journal, PostgreSQL) may start at the same count: each also draws a seed of its own.
-    seed = settings.seed + n_trials if spec.kind == "sqlite" else random.SystemRandom().randrange(2**32)
-    study.sampler = make_sampler(settings.sampler, seed % 2**32)
+        return len(opened.study.get_trials(deepcopy=False))
+
+
+def reseed(study: optuna.Study, settings: TuneSettings, spec: StorageSpec, n_trials: int) -> None:
+    """Re-seed with the number of trials already run, so a resumed study does not replay its first draws."""
+    # Tuners sharing a study (journal, PostgreSQL) may start at the same count: each also draws a seed of its own.
+    s = settings.search
+    seed = s.seed + n_trials if spec.kind == "sqlite" else random.SystemRandom().randrange(2**32)
+    study.sampler = make_sampler(s.sampler, seed % 2**32)
+
+
+def record(opened: Opened, settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any],
+           choice: Choice) -> None:
+    """The study's user attributes: environment, corpus, metric names, this invocation, the settings."""
+    study = opened.study
     study.set_user_attr("environment", env)
     study.set_user_attr("vocab_size", meta["vocab_size"])
-    # The corpus's size: the report says how many epochs of it each trial saw.
     # The dashboard names the objective (optuna-dashboard shows "Objective 0" without).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since 3.2 in all but name
-        for companion in (study, refs, confirms):
-            if companion is not None:
-                companion.set_metric_names([METRIC_NAMES[settings.objective]])
+        for s in (study, opened.refs, opened.confirms):
+            if s is not None:
+                s.set_metric_names([METRIC_NAMES[settings.search.objective]])
+    # The corpus's size: the report says how many epochs of it each trial saw.
     study.set_user_attr("corpus_tokens", {"train": meta["train_tokens"], "val": meta["val_tokens"]})
     # Every invocation, under a key of its own (several tuners may start at once: no read-modify-write).
     started = datetime.now(timezone.utc)
     study.set_user_attr(f"{INVOCATION_PREFIX}{started:%Y%m%dT%H%M%S.%fZ}-{socket.gethostname()}-{os.getpid()}", {
         "command": command_line(), "started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
         "versions": versions()})
-    study.set_user_attr("settings", {
+    study.set_user_attr("settings", stored_settings(settings, choice))
+
+
+def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
+    """The settings a study records, flat: what the report, compare, card and warm start read back."""
+    s, t, ex = settings.search, settings.training, settings.execution
+    budget, plan = choice.budget, choice.plan
+    return {
         "budget": str(budget), "budget_amount": budget.amount, "budget_unit": budget.unit,
-        "rungs": list(plan.fractions), "reduction_factor": plan.eta, "schedule": settings.schedule,
-        "objective": settings.objective, "dtype": dtype, "pruner": settings.pruner, "references": list(references),
-        "memory_limit_bytes": settings.memory_limit, "predict": settings.predict, "space": space.to_dict(),
-        "eval_iters": settings.eval_iters,
-        "eval_batch_size": settings.eval_batch_size, "corpus": str(settings.data), "seed": settings.seed,
-        "sampler": settings.sampler, "trials": settings.trials,
-        "confirm": settings.confirm, "confirm_runs": CONFIRM_RUNS,
-    })
-    legacy = uses_legacy_names([t.params for t in study.get_trials(deepcopy=False)])
-    return Session(settings, study, refs, space, env, meta, data_dir, results_dir, dtype, spec, budget, plan,
-                   slots, references, lock, hold, confirms, legacy)
+        "rungs": list(plan.fractions), "reduction_factor": plan.eta, "schedule": t.schedule,
+        "objective": s.objective, "dtype": choice.dtype, "pruner": s.pruner, "references": list(choice.references),
+        "memory_limit_bytes": ex.memory_limit, "predict": ex.predict, "space": choice.space.to_dict(),
+        "eval_iters": t.eval_iters, "eval_batch_size": t.eval_batch_size, "corpus": str(s.data), "seed": s.seed,
+        "sampler": s.sampler, "trials": s.trials, "confirm": s.confirm, "confirm_runs": CONFIRM_RUNS,
+    }
 
 
 def plan_message(session: Session, remaining: int, references: list[str], confirms: int = 0) -> str:
     """What the study will cost, from the rung plan, before it starts (`confirms`: confirmation runs to come)."""
     s, plan, budget = session.settings, session.plan, session.budget
-    pruning = s.pruner in ("asha", "hyperband") and s.objective == "loss"
+    pruning = s.search.pruner in ("asha", "hyperband") and s.search.objective == "loss"
     budgets = plan.cost(remaining) if pruning else float(remaining)
     reach = plan.reach(remaining)[-1] if pruning else float(remaining)
     default = (f" (the default on a {session.env['device_type'].upper()}; pass --budget for the training you will "
                f"really run, e.g. --budget 1h)")
-    lines = [f"target: {budget} of training per configuration" + ("" if s.budget else default),
-             f"rungs: {plan.describe(budget)} (reduction factor {plan.eta}, pruner {s.pruner}, "
-             f"schedule {s.schedule} to the target)"]
+    lines = [f"target: {budget} of training per configuration" + ("" if s.training.budget else default),
+             f"rungs: {plan.describe(budget)} (reduction factor {plan.eta}, pruner {s.search.pruner}, "
+             f"schedule {s.training.schedule} to the target)"]
     total = budgets + len(references) + confirms
     floor = "at least " if pruning else ""
     cost = f"expected training: {floor}{total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
@@ -324,12 +428,12 @@ def plan_message(session: Session, remaining: int, references: list[str], confir
         lines.append("(successive halving's floor; a sampler that keeps finding better configurations has more of "
                      "them promoted, up to about 3x this)")
     lines.append(f"at least {reach:.0f} of the {remaining} trials will train to the full target"
-                 if pruning else f"every trial trains to the full target (pruner {s.pruner})")
+                 if pruning else f"every trial trains to the full target (pruner {s.search.pruner})")
     if confirms:
-        lines.append(f"confirmation: once the study is done, its best {s.confirm} configurations (trials or "
-                     f"references) train {CONFIRM_RUNS} more times each to the target, with seeds {s.seed + 1}.."
-                     f"{s.seed + CONFIRM_RUNS}; the winner is the best mean ({confirms} runs to come; --confirm 0: "
-                     f"none)")
+        lines.append(f"confirmation: once the study is done, its best {s.search.confirm} configurations (trials or "
+                     f"references) train {CONFIRM_RUNS} more times each to the target, with seeds "
+                     f"{s.search.seed + 1}..{s.search.seed + CONFIRM_RUNS}; the winner is the best mean ({confirms} "
+                     f"runs to come; --confirm 0: none)")
     lines.append(workers_message(session))
     return "\n".join(lines)
 

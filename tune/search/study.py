@@ -40,6 +40,7 @@ from tune.search.dispatch import DONE, WAIT, Claim
 from tune.search.session import (
     Session,
     StudyOutcome,
+    full_disk,
     open_session,
     plan_message,
     reference_configs,
@@ -128,8 +129,8 @@ def closed_on_failure(trial: optuna.Trial, tuner: Tuner) -> Iterator[None]:
         raise
     except BaseException as exc:
         with contextlib.suppress(UpdateFinishedTrialError):
-            status = Status.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else Status.ERROR
-            trial.set_user_attr("status", status.value)
+            stopped = isinstance(exc, KeyboardInterrupt) or full_disk(exc) is not None  # not the configuration's fault
+            trial.set_user_attr("status", (Status.INTERRUPTED if stopped else Status.ERROR).value)
             trial.set_user_attr("error", f"tuner: {type(exc).__name__}: {exc}"[:300])
             tuner.tell(trial, Status.ERROR)
         raise
@@ -329,9 +330,9 @@ class ClaimRun:
 def work(tuner: Tuner, slot: Slot) -> None:
     """One worker: claim, run, repeat until the study holds --trials counted trials (or we are stopped).
 
-    A failure of the tuner itself (the database went away, a disk filled) closes the trial it hit (recorded as
-    an error and queued again, when the storage still answers), is said in one line, and counts toward the error
-    brake like a crashed trial: a database restart of a few seconds costs a retry, not the study.
+    A failure of the tuner itself (the database went away) closes the trial it hit (recorded as an error and
+    queued again, when the storage still answers), is said in one line, and counts toward the error brake like a
+    crashed trial: a database restart of a few seconds costs a retry, not the study. A full disk ends the study.
     """
     while not (tuner.stop.is_set() or tuner.drain.is_set()):
         try:
@@ -343,6 +344,8 @@ def work(tuner: Tuner, slot: Slot) -> None:
                 continue
             run_claim(tuner, claim, slot)
         except Exception as exc:
+            if full_disk(exc) is not None:  # every trial would fail alike: stop the study (tune.__main__: one line)
+                raise
             message = scrub(f"tuner: {type(exc).__name__}: {exc}".splitlines()[0][:300], tuner.session.storage)
             tuner.say(f"worker {slot.index} [{slot.describe()}]: {message}")
             tuner.book(TrialRun(status=Status.ERROR, message=message), counted=False)

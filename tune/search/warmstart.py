@@ -9,8 +9,8 @@ records it, so a resume enqueues nothing more and a resume from another source i
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,8 +30,7 @@ from tune.store.storage import make_storage, sqlite_tables, study_file_problem
 WARM_START_TOP = 5  # the source's best distinct configurations a warm start considers
 ATTR = "warm_start"  # the study's record of its warm start, and each warm-start trial's label
 # A source's trials are ranked by the figure its own objective chose its winner by (tune.report.frame.RANK_BY).
-# The objective line of summary.md (tune.report.summary.summary_markdown): trials.csv itself does not say.
-_OBJECTIVE_LINE = re.compile(r"^- objective: \*\*(\w+)\*\*", re.MULTILINE)
+# trials.csv itself does not say which: a results folder's best.json records it (provenance.objective).
 EXPECTED = "expected a results folder or trials.csv of an earlier study, or the name of a study in --storage"
 
 
@@ -60,8 +59,8 @@ class WarmStart:
 
 def prepare(settings: TuneSettings, space: Space, spec: StorageSpec, study_name: str,
             results_dir: Path) -> WarmStart | None:
-    """Read and check settings.warm_start against this study's space, before anything is created (None: no flag)."""
-    text = settings.warm_start
+    """Read and check --warm-start against this study's space, before anything is created (None: no flag)."""
+    text = settings.search.warm_start
     if text is None:
         return None
     if not text.strip():
@@ -91,8 +90,8 @@ def prepare(settings: TuneSettings, space: Space, spec: StorageSpec, study_name:
         raise UserError(f"--warm-start {text}: none of its {len(best)} best configuration(s) fits this search "
                         f"space (e.g. {outside[0].label}: {outside[0].outside}); widen the ranges or "
                         f"warm-start from another study")
-    return WarmStart(text, key, objective, how, tuple(inside[:settings.trials]), outside,
-                     tuple(inside[settings.trials:]))
+    return WarmStart(text, key, objective, how, tuple(inside[:settings.search.trials]), outside,
+                     tuple(inside[settings.search.trials:]))
 
 
 def recorded(spec: StorageSpec, study_name: str) -> dict[str, Any] | None:
@@ -142,14 +141,16 @@ def read_source(text: str, settings: TuneSettings, spec: StorageSpec, study_name
 
 
 def csv_objective(csv: Path) -> tuple[str, str]:
-    """The objective of the study a trials.csv comes from, as the summary.md beside it says (else loss)."""
+    """The objective of the study a trials.csv comes from, as the best.json beside it records it (else loss)."""
     try:
-        match = _OBJECTIVE_LINE.search((csv.parent / "summary.md").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        match = None
-    if match and match.group(1) in RANK_BY:
-        return match.group(1), "its objective, from the summary.md beside it"
-    return "loss", "no summary.md beside it states its objective"
+        best = json.loads((csv.parent / "best.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # none, unreadable, or not JSON: nothing states it
+        best = None
+    origin = best.get("provenance") if isinstance(best, dict) else None
+    objective = origin.get("objective") if isinstance(origin, dict) else None
+    if objective in RANK_BY:
+        return objective, "its objective, from the best.json beside it"
+    return "loss", "no best.json beside it states its objective"
 
 
 def read_study(text: str, settings: TuneSettings, spec: StorageSpec,
@@ -157,8 +158,8 @@ def read_study(text: str, settings: TuneSettings, spec: StorageSpec,
     """A study's trial table (tune.report.frame.trials_frame) and objective, read from its storage."""
     if text == study_name:
         raise UserError(f"--warm-start {text}: that is this study; name an earlier one")
-    if settings.storage is None:  # each study has a SQLite file of its own by default, in its results folder
-        spec = resolve_storage(None, settings.results / text / "study.db")
+    if settings.store.storage is None:  # each study has a SQLite file of its own by default, in its results folder
+        spec = resolve_storage(None, settings.store.results / text / "study.db")
     # A missing, empty or foreign file holds no study: never create a storage only to look into it.
     storage = None if study_file_problem(spec) else make_storage(spec)
     if storage is None or text not in optuna.get_all_study_names(storage):
