@@ -45,6 +45,7 @@ from benchmarks.stats import cpu_per_wall, quartiles
 from gptcore import hardware as hw
 from gptcore.errors import UserError
 from gptcore.hardware import TORCH_DTYPES
+from tune.core import units
 
 BLOCK_S = 0.01  # a timed block lasts at least this long, so clock resolution and overhead vanish
 Size = tuple[int, int, int]  # (M, N, K): (M, K) @ (K, N)
@@ -394,8 +395,8 @@ def run(cases: list[Case], settings: Settings, *, progress: bool | Mode = True,
         if check_timer_at == case.size and case.lib == "torch" and case.dtype == "float32" and not case.transfer:
             row["timer_gflops"] = timer_check(case, settings.min_time)
         rows.append(row)
-        line(mode, f"matmul {i}/{len(cases)}: {case.label} {row['size']}: {row['wall_ms']:.4g} ms, "
-                   f"{row['gflops']:.4g} GFLOP/s")
+        line(mode, f"matmul {i}/{len(cases)}: {case.label} {row['size']}: {units.MS.text(row['wall_ms'], True)}, "
+                   f"{units.GFLOPS.text(row['gflops'], True)}")
     return pd.DataFrame(rows)
 
 
