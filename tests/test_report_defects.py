@@ -3,17 +3,22 @@ evidence, the reports' rough edges, and the benchmarks' contention guard."""
 
 from __future__ import annotations
 
+import io
 import re
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from gptcore.memory import Calibration
 from tests.test_card import TRIALS, make_study
 from tune.core import units
+from tune.exec.console import Console
 from tune.memory.judge import (
     DEFAULT_MARGIN,
     MARGIN_RANGE,
@@ -24,11 +29,14 @@ from tune.memory.judge import (
     skip_margin,
 )
 from tune.report.card.command import main as card_main
+from tune.report.card.html import CSS, table
 from tune.report.compare.data import load_sides
 from tune.report.compare.render import markdown
 from tune.report.frame import COLUMNS, label, time_span
 from tune.report.memreport import memory_section
 from tune.report.outputs import write_report
+from tune.report.plots import history_plot, loss_vs_memory_plot, rungs_plot, throughput_plot
+from tune.store.storage import reference_study_name
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = units.MiB
@@ -169,3 +177,131 @@ def test_the_memory_report_names_the_margin_and_the_false_skips():
     assert "3 skipped, 0 ran out of memory" in lines and "skip margin at the last judgement: 5.0%" in lines
     assert "(the largest one)" in lines
     assert re.search(r"false skips\*\*: 1 later ran and fitted \(3\); 1 may have fitted \(4: .*\+5\.0%", lines)
+
+
+# --- the reports' rough edges (#24.15) --------------------------------------------------------------------------
+
+
+def _summary(tmp_path: Path, **kw) -> str:
+    study = make_study(tmp_path / "s1", **kw)
+    write_report(study, tmp_path / "s1", plots=False)
+    return (tmp_path / "s1" / "summary.md").read_text()
+
+
+def _stopped_early(tmp_path: Path) -> str:
+    """summary.md of a study stopped by Ctrl-C while its second reference preset ran: that run interrupted, its
+    retry still queued."""
+    study = make_study(tmp_path / "s1")
+    refs = optuna.load_study(study_name=reference_study_name("s1"), storage=f"sqlite:///{tmp_path / 's1' / 'study.db'}")
+    for state, status in ((TrialState.FAIL, "interrupted"), (TrialState.WAITING, None)):
+        refs.add_trial(optuna.trial.create_trial(state=state, user_attrs={"reference": "tiny", "status": status}))
+    write_report(study, tmp_path / "s1", plots=False)
+    return (tmp_path / "s1" / "summary.md").read_text()
+
+
+def test_the_summary_names_the_objective_one_way_and_says_one_rung_plainly(tmp_path):
+    text = _summary(tmp_path)
+    prose = text.split("## trials.csv")[0]
+    assert "Best at the target: **trial 1**, validation loss 2.2000" in prose
+    assert "val_loss " not in prose and "(val_loss" not in prose
+    assert "one rung, the target itself: every trial trains to the target" in prose and "best 1/" not in prose
+
+
+def test_a_study_stopped_early_counts_presets_and_says_what_a_queued_reference_is(tmp_path):
+    text = _stopped_early(tmp_path)
+    assert "2 reference preset(s) in 3 runs (1 ok, 1 interrupted, 1 queued)" in text
+    assert "- reference `tiny`: queued, not run (the study stopped first)" in text
+    assert "nan" not in text.split("## trials.csv")[0] and "reference run(s)" not in text
+
+
+def _draw(plot, *args) -> dict:
+    """Run a plot function with a save() that keeps its figure: {name: figure}; the note under 'note'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    kept = {}
+    kept["note"] = plot(*args, lambda fig, name: kept.update({name: fig}))
+    return kept
+
+
+def _runs(losses: list[float], rungs: int = 1) -> pd.DataFrame:
+    rows = [{"number": k, "status": "ok", "val_loss": v, "rung_loss": v, "peak_memory_bytes": (300 + k) * MiB,
+             "tokens_per_s": 1000.0 + k, **{f"loss_rung_{r}": v + (rungs - r) * 0.1 for r in range(1, rungs + 1)}}
+            for k, v in enumerate(losses)]
+    rows += [{"reference": name, "status": "ok", "val_loss": 2.5 + i / 10, "rung_loss": 2.5, "tokens_per_s": 900.0,
+              "peak_memory_bytes": 310 * MiB, "loss_rung_1": 2.6} for i, name in enumerate(("baby", "tiny"))]
+    return pd.DataFrame(rows).reindex(columns=[*COLUMNS, *(f"loss_rung_{r}" for r in range(1, rungs + 1))])
+
+
+def test_the_rungs_plot_is_linear_for_one_rung_and_gives_each_reference_its_colour():
+    one = _draw(rungs_plot, _runs([2.4, 2.5, 2.6]), {"rungs": [1.0], "budget_amount": 8.0, "budget_unit": "s"})
+    ax = one["rungs.png"].axes[0]
+    assert ax.get_xscale() == "linear"
+    colours = {ln.get_label(): ln.get_color() for ln in ax.get_lines() if ln.get_label().startswith("reference")}
+    assert len(colours) == 2 and len(set(colours.values())) == 2
+    three = _draw(rungs_plot, _runs([2.4, 2.5], 3), {"rungs": [1 / 9, 1 / 3, 1.0], "budget_amount": 9.0})
+    assert three["rungs.png"].axes[0].get_xscale() == "log"
+
+
+def test_an_outlier_is_clipped_off_the_axis_and_the_plot_says_so():
+    drawn = _draw(history_plot, _runs([2.40, 2.42, 2.45, 2.47, 2.50, 9.0]), {"objective": "loss"})
+    ax = drawn["history.png"].axes[0]
+    assert ax.get_ylim()[1] < 9.0 and ax.get_ylim()[1] > 2.6  # the rest keep the axis; the references too
+    assert any("off the y axis (9): clipped" in t.get_text() for t in ax.texts)
+    calm = _draw(history_plot, _runs([2.40, 2.42, 2.45, 2.47]), {"objective": "loss"})["history.png"].axes[0]
+    assert not calm.texts and calm.get_ylim()[1] > 2.47
+
+
+def test_labels_of_points_too_close_to_tell_apart_are_merged():
+    drawn = _draw(loss_vs_memory_plot, _runs([2.40, 2.40, 2.9]).assign(peak_memory_bytes=300 * MiB), None)
+    texts = [t.get_text() for t in drawn["loss_vs_memory.png"].axes[0].texts]
+    assert "0, 1" in texts and "2" in texts and "0" not in texts
+
+
+def test_a_plot_with_nothing_to_show_is_not_drawn_and_an_old_one_is_removed(tmp_path):
+    empty = _runs([]).iloc[:0]
+    assert "not drawn" in _draw(history_plot, empty, {})["note"]
+    assert "not drawn" in _draw(throughput_plot, empty, None)["note"]
+    study = make_study(tmp_path / "s1", trials=[t for t in TRIALS if t[0] == "oom"], reference=False)
+    (tmp_path / "s1" / "throughput_vs_memory.png").write_bytes(b"old")
+    write_report(study, tmp_path / "s1")
+    assert not (tmp_path / "s1" / "throughput_vs_memory.png").exists()
+    assert "throughput_vs_memory.png: not drawn" in (tmp_path / "s1" / "summary.md").read_text()
+
+
+def test_the_cards_numeric_cells_do_not_wrap():
+    html = table(["trial", "loss", "peak"], [["ref baby", "2.2000", "1,234"], ["3", "38.2 (96%)", "contended"]])
+    assert '<td class="num">2.2000</td>' in html and '<td class="num">1,234</td>' in html
+    assert '<td class="num">38.2 (96%)</td>' in html and "<td>ref baby</td>" in html and "<td>contended</td>" in html
+    assert "td.num { white-space: nowrap; }" in CSS
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_counts_runs_and_ends_its_line_when_the_tuner_stops():
+    stream, stop = _Terminal(), threading.Event()
+    console = Console(4, progress=True, stream=stream)
+    try:
+        console.stopping_on(stop)
+        console.started(1, "ref_baby")
+        assert console.progress().startswith("running: ref_baby 0s")
+        console.ended(1)
+        assert "1 run done" in console.progress() and "left" in console.progress()
+        stop.set()
+        assert _eventually(lambda: console.bar.disable)  # closed by its timer, on its own line
+        assert stream.getvalue().endswith("\n")
+    finally:
+        console.close()
+
+
+def _eventually(check, seconds: float = 10.0) -> bool:
+    """Whether `check()` holds within `seconds` (a thread's work, waited for; not a speed assertion)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
