@@ -14,7 +14,7 @@ from gptcore.files import atomic_write, atomic_write_text, check_output_dir
 from tune.core import units
 
 TABLE = ["device", "dtype", "lib", "size", "transfer", "wall_ms", "wall_iqr_ms", "cpu_ms", "cpu_per_wall", "gflops",
-         "share_of_peak", "speedup_vs_cpu", "cold_ms", "rel_error"]
+         "share_of_peak", "speedup_vs_cpu", "cold_ms", "rel_error", "contended"]
 # Each figure's unit (tune.core.units: the rounding every report shares); the others print as they are.
 COLUMN_UNITS = {"wall_ms": units.MS, "wall_iqr_ms": units.MS, "cpu_ms": units.MS, "cold_ms": units.MS,
                 "gflops": units.GFLOPS, "timer_gflops": units.GFLOPS, "share_of_peak": units.SHARE,
@@ -36,6 +36,20 @@ def peaks(df: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(rows.to_json(orient="records", double_precision=15))
 
 
+def contention_lines(df: pd.DataFrame) -> list[str]:
+    """Warnings for the cases measured while other processes competed for the CPU: their figures understate it."""
+    if "contended" not in df:
+        return []
+    hit = df[df["contended"].notna() & (df["contended"] != "")]
+    if hit.empty:
+        return []
+    cases = ", ".join(f"{r['device']} {r['dtype']} {r['lib']} {r['size']}" for _, r in hit.head(6).iterrows())
+    more = f" and {len(hit) - 6} more" if len(hit) > 6 else ""
+    return [f"warning: {len(hit)} of {len(df)} case(s) ran while other processes competed for the CPU ({cases}"
+            f"{more}; e.g. {hit['contended'].iloc[0]}): their times overstate and their GFLOP/s understate this "
+            f"machine. Re-run on a quiet machine."]
+
+
 def print_table(df: pd.DataFrame, notes: bool = True) -> None:
     """The readable matmul table on the terminal; with notes, each peak's source and the Timer cross-checks."""
     cols = [c for c in TABLE if c in df] + (["timer_gflops"] if "timer_gflops" in df else [])
@@ -43,14 +57,21 @@ def print_table(df: pd.DataFrame, notes: bool = True) -> None:
         cols.remove("speedup_vs_cpu")  # no GPU row: a column of blanks says nothing (the no-GPU line says why)
     shown = df[cols].copy()
     shown["transfer"] = shown["transfer"].map({True: "yes", False: ""})
+    if "contended" in shown:  # a flag in the table; the reason is in the warning below it and in the JSON
+        if shown["contended"].isna().all():
+            shown = shown.drop(columns="contended")
+        else:
+            shown["contended"] = shown["contended"].map(lambda v: "yes" if isinstance(v, str) and v else "")
     for col, unit in COLUMN_UNITS.items():
         if col in shown:
             shown[col] = shown[col].map(lambda v, unit=unit: "" if units.missing(v) else unit.text(v))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format",
                            lambda v: f"{v:.4g}"):
         print(shown.to_string(index=False, na_rep=""))
-    if not notes:
+    if not notes:  # --quiet: the table alone (its "contended" column still flags those cases)
         return
+    for warning in contention_lines(df):
+        print(warning)
     if "peak_source" in df:
         for p in peaks(df):
             rate = "unknown" if p["peak_gflops"] is None else units.GFLOPS.text(p["peak_gflops"], True)

@@ -332,7 +332,7 @@ def test_matmul_png_has_time_and_rate_panels_with_iqr_bars_and_peak_lines():
     cpu_peak = next(label for label in peak_lines if label.startswith("peak cpu float32"))
     assert "30.0 GFLOP/s" in cpu_peak and "--cpu-peak-gflops" in cpu_peak
     assert list(peak_lines[cpu_peak].get_ydata()) == [30.0, 30.0]
-    assert any("spec sheet" in label and "67000" in label for label in peak_lines)
+    assert any("spec sheet" in label and "67,000.0" in label for label in peak_lines)
     assert not [ln for ln in time_ax.get_lines() if ln.get_label().startswith("peak")]
 
 

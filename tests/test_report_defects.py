@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from benchmarks import matmul as mm
+from benchmarks.report import print_table
+from benchmarks.stats import contended
 from gptcore.memory import Calibration
 from tests.test_card import TRIALS, make_study
 from tune.core import units
@@ -305,3 +308,49 @@ def _eventually(check, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return check()
+
+
+# --- the benchmarks guard against contention (#24.14) -----------------------------------------------------------
+
+
+def test_a_benchmark_beside_a_busy_neighbour_is_flagged_and_its_own_idle_threads_are_not():
+    alone = {"others_cores": 0.05, "cores": [1], "threads": 1, "cores_owned": True, "cpu_share": 0.2}
+    assert contended(alone, "cpu") is None  # a small matmul leaving its threads idle is no neighbour
+    busy = {**alone, "others_cores": 0.8}
+    assert "other processes kept 0.8 of its 1 own core(s) busy" in contended(busy, "cpu")
+    assert contended({**busy, "cores": [0, 1, 2, 3], "threads": 2, "others_cores": 1.5}, "cpu") is None  # spare
+
+
+def _matmul_rows(devices: list[str], contention: str | None = None) -> pd.DataFrame:
+    rows = [{"device": d, "dtype": "float32", "lib": "torch", "size": str(n), "m": n, "n": n, "k": n,
+             "transfer": False, "wall_ms": 1.0 if d == "cpu" else 0.5, "gflops": 2 * n**3 / 1e6, "cpu_per_wall": 1.0,
+             "contended": contention if d == "cpu" else None} for d in devices for n in (64, 512)]
+    df = pd.DataFrame(rows)
+    cpu = df[df["device"] == "cpu"].set_index("size")["wall_ms"]
+    df["speedup_vs_cpu"] = [None if d == "cpu" or s not in cpu else cpu[s] / w
+                            for d, s, w in zip(df["device"], df["size"], df["wall_ms"])]
+    return df
+
+
+def test_a_gpu_only_matmul_run_claims_no_crossover_and_says_why():
+    gpu_only = _matmul_rows(["cuda"])
+    assert mm.crossover(gpu_only, transfer=False) == {}  # not "the GPU never beats the CPU"
+    assert "no CPU measured" in mm.no_cpu_note(gpu_only)["note"]
+    both = _matmul_rows(["cpu", "cuda"])
+    assert mm.crossover(both, transfer=False) == {"cuda float32": "64"} and mm.no_cpu_note(both) is None
+
+
+def test_the_matmul_table_flags_contended_cases_and_warns(capsys):
+    print_table(_matmul_rows(["cpu"], "other processes kept 0.8 of its 1 own core(s) busy"))
+    out = capsys.readouterr().out
+    assert "contended" in out.splitlines()[0] and "warning: 2 of 2 case(s) ran while other processes" in out
+    print_table(_matmul_rows(["cpu"]))
+    out = capsys.readouterr().out
+    assert "contended" not in out and "warning" not in out
+
+
+def test_the_cpu_time_benchmarks_are_grouped_as_cpu_time():
+    from benchmarks.conftest import TIMERS, group
+
+    ids = [p.id for p in TIMERS]
+    assert ids == ["wall", "cpu-time"] and group("matmul 128x128 float32", "cpu time").endswith(", cpu time")
