@@ -19,7 +19,7 @@ from benchmarks import matmul as mm
 from benchmarks.report import print_table
 from benchmarks.stats import contended
 from gptcore.memory import Calibration
-from tests.test_card import TRIALS, make_study
+from tests.test_card import TRIALS, make_study, matmul_doc
 from tune.core import units
 from tune.exec.console import Console
 from tune.memory.judge import (
@@ -31,8 +31,10 @@ from tune.memory.judge import (
     record_fields,
     skip_margin,
 )
+from tune.report.card import sections
 from tune.report.card.command import main as card_main
 from tune.report.card.html import CSS, table
+from tune.report.card.matmul import from_doc
 from tune.report.compare.data import load_sides
 from tune.report.compare.render import markdown
 from tune.report.frame import COLUMNS, label, time_span
@@ -354,3 +356,14 @@ def test_the_cpu_time_benchmarks_are_grouped_as_cpu_time():
 
     ids = [p.id for p in TIMERS]
     assert ids == ["wall", "cpu-time"] and group("matmul 128x128 float32", "cpu time").endswith(", cpu time")
+
+
+def test_the_card_of_a_gpu_only_matmul_file_claims_no_crossover():
+    doc = matmul_doc({"gpu": "H200"}, [("cuda", "float32", 64, 500.0), ("cuda", "float32", 512, 900.0)],
+                     crossover={"note": "no CPU measured (--devices): no crossover to report"})
+    m = from_doc(doc, "given")
+    assert m.crossover == {}
+    html = sections.matmul({"matmul": {"source": "given", "note": None, "missing": None, "rows": m.rows,
+                                       "peaks": m.peaks, "crossover": m.crossover},
+                            "environment": {"device_name": "H200"}})
+    assert "no CPU in these measurements" in html and "never beats" not in html
