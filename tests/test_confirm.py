@@ -120,7 +120,7 @@ def test_the_best_mean_wins_and_may_differ_from_the_single_run_winner(tmp_path):
     summary = (out.results_dir / "summary.md").read_text()
     assert f"is not the single-run winner, trial {int(single['number'])}" in summary
     assert "within noise of each other" in summary and "not to be trusted" in summary
-    assert f"Best at the target: **trial {int(expected['number'])}**, mean val_loss" in summary
+    assert f"Best at the target: **trial {int(expected['number'])}**, mean validation loss" in summary
 
 
 def test_a_failed_confirmation_run_is_retried_once_and_its_configuration_cannot_win(tmp_path):
