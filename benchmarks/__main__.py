@@ -260,7 +260,9 @@ def cmd_matmul(args: argparse.Namespace) -> int:
                                              "the GPU never beats the CPU at these sizes"))
         if missing:
             print(missing)
-    note = mm.no_gpu_note(torch.cuda.is_available()) if missing else None
+        elif mm.no_cpu_note(df):
+            print(mm.no_cpu_note(df)["note"])
+    note = mm.no_gpu_note(torch.cuda.is_available()) if missing else mm.no_cpu_note(df)
     paths = write_matmul(df, env, cross, args.out, note, {k: asdict(v) for k, v in cpu_peak.items()})
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

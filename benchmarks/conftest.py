@@ -4,7 +4,8 @@ Every benchmark runs twice: once timed by wall clock (pytest-benchmark's default
 by CPU time (time.process_time: every thread of this process), in groups named "..., wall" and "..., cpu time".
 pytest-benchmark's table and `pytest-benchmark compare` show only what its timer measured (extra_info is in
 the JSON alone), so a second timer is the way to put CPU time in both. CPU/wall of each case, from both clocks
-read around the same calls, is in extra_info and printed after the table.
+read around the same calls, is in extra_info and printed after the table, and so is contention: a run during
+which other processes kept busy the cores its threads needed is flagged (extra_info "contended") and warned of.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from benchmarks.clocks import CpuClock
+from benchmarks.stats import contended, meter
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -49,6 +51,24 @@ def record(benchmark, clock: CpuClock, flops: float | None = None, tokens: int |
         benchmark.extra_info["tokens_per_s"] = tokens / wall
 
 
+@pytest.fixture(autouse=True)
+def _neighbours(request):
+    """Around every benchmark: what other processes took from the CPU meanwhile. A contended run says so in its
+    extra_info ("contended": why) and in the lines after the table; its figures understate the machine."""
+    if "benchmark" not in request.fixturenames:
+        yield
+        return
+    bench = request.getfixturevalue("benchmark")  # now: it must outlive this fixture's teardown
+    watch = meter(torch.get_num_threads())
+    yield
+    measure = watch.stop()
+    device = "cuda" if "cuda" in request.node.name else "cpu"
+    bench.extra_info.update(others_cores=measure["others_cores"], contended=contended(measure, device))
+    for row in _ROWS:
+        if row["name"] == getattr(bench, "name", "?"):
+            row["contended"] = bench.extra_info["contended"]
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table
 def pytest_terminal_summary(terminalreporter) -> None:
     """One line per benchmark run: CPU/wall of the same calls and the thread count."""
@@ -59,4 +79,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
     width = max(len(r["name"]) for r in rows)
     for r in sorted(rows, key=lambda r: r["name"]):
         terminalreporter.write_line(f"{r['name']:<{width}}  CPU/wall {r['cpu_per_wall']:5.2f}  on "
-                                    f"{r['threads']} thread(s)  ({r['calls']} calls)")
+                                    f"{r['threads']} thread(s)  ({r['calls']} calls)"
+                                    + ("  CONTENDED" if r.get("contended") else ""))
+    hit = [r for r in rows if r.get("contended")]
+    if hit:
+        terminalreporter.write_line(f"warning: {len(hit)} of {len(rows)} benchmark run(s) ran while other processes "
+                                    f"competed for the CPU (e.g. {hit[0]['name']}: {hit[0]['contended']}): their "
+                                    f"times overstate this machine's. Re-run on a quiet machine.", yellow=True)

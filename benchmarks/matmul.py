@@ -41,10 +41,11 @@ import pandas as pd
 import torch
 
 from benchmarks.progress import Mode, as_mode, bar, line
-from benchmarks.stats import cpu_per_wall, quartiles
+from benchmarks.stats import contended, cpu_per_wall, meter, quartiles
 from gptcore import hardware as hw
 from gptcore.errors import UserError
 from gptcore.hardware import TORCH_DTYPES
+from tune.core import units
 
 BLOCK_S = 0.01  # a timed block lasts at least this long, so clock resolution and overhead vanish
 Size = tuple[int, int, int]  # (M, N, K): (M, K) @ (K, N)
@@ -347,10 +348,13 @@ def add_comparisons(df: pd.DataFrame, cpu_peak: dict[str, CpuPeak], gpu_name: st
 
 
 def crossover(df: pd.DataFrame, transfer: bool) -> dict[str, str | None]:
-    """Per GPU dtype: the smallest size from which on the GPU beats the CPU at every larger size measured."""
+    """Per GPU dtype: the smallest size from which on the GPU beats the CPU at every larger size measured (None:
+    it never does). A series with no CPU figure to compare with has no crossover at all: it is left out."""
     out: dict[str, str | None] = {}
     gpu = df[(df["device"] != "cpu") & (df["transfer"] == transfer)]
     for (device, dtype), rows in gpu.groupby(["device", "dtype"]):
+        if "speedup_vs_cpu" not in rows or rows["speedup_vs_cpu"].isna().all():
+            continue  # no CPU measured at these sizes: "never beats the CPU" would be a claim about nothing
         rows = rows.assign(flops=rows["m"] * rows["n"] * rows["k"]).sort_values("flops")
         faster = (rows["speedup_vs_cpu"] > 1).tolist()
         found = None
@@ -390,13 +394,23 @@ def run(cases: list[Case], settings: Settings, *, progress: bool | Mode = True,
     mode = as_mode(progress)
     rows = []
     for i, case in enumerate(bar(cases, mode, "matmul", "case"), 1):
+        watch = meter(torch.get_num_threads())
         row = run_case(case, min_time=settings.min_time, min_blocks=settings.min_blocks)
+        measure = watch.stop()
+        row.update(others_cores=measure["others_cores"], contended=contended(measure, case.device))
         if check_timer_at == case.size and case.lib == "torch" and case.dtype == "float32" and not case.transfer:
             row["timer_gflops"] = timer_check(case, settings.min_time)
         rows.append(row)
-        line(mode, f"matmul {i}/{len(cases)}: {case.label} {row['size']}: {row['wall_ms']:.4g} ms, "
-                   f"{row['gflops']:.4g} GFLOP/s")
+        line(mode, f"matmul {i}/{len(cases)}: {case.label} {row['size']}: {units.MS.text(row['wall_ms'], True)}, "
+                   f"{units.GFLOPS.text(row['gflops'], True)}")
     return pd.DataFrame(rows)
+
+
+def no_cpu_note(df: pd.DataFrame) -> dict[str, str] | None:
+    """matmul.json's crossover when GPU rows have no CPU row to compare with (--devices cuda): why it is empty."""
+    if (df["device"] != "cpu").any() and not (df["device"] == "cpu").any():
+        return {"note": "no CPU measured (--devices): no crossover to report"}
+    return None
 
 
 def no_gpu_note(cuda_available: bool) -> dict[str, str]:

@@ -11,9 +11,14 @@ import pandas as pd
 
 from gptcore.errors import UserError
 from gptcore.files import atomic_write, atomic_write_text, check_output_dir
+from tune.core import units
 
 TABLE = ["device", "dtype", "lib", "size", "transfer", "wall_ms", "wall_iqr_ms", "cpu_ms", "cpu_per_wall", "gflops",
-         "share_of_peak", "speedup_vs_cpu", "cold_ms", "rel_error"]
+         "share_of_peak", "speedup_vs_cpu", "cold_ms", "rel_error", "contended"]
+# Each figure's unit (tune.core.units: the rounding every report shares); the others print as they are.
+COLUMN_UNITS = {"wall_ms": units.MS, "wall_iqr_ms": units.MS, "cpu_ms": units.MS, "cold_ms": units.MS,
+                "gflops": units.GFLOPS, "timer_gflops": units.GFLOPS, "share_of_peak": units.SHARE,
+                "speedup_vs_cpu": units.RATIO, "cpu_per_wall": units.Unit("", 1, 2)}
 
 
 def check_out_dir(path: Path, flag: str = "--out") -> None:
@@ -31,6 +36,20 @@ def peaks(df: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(rows.to_json(orient="records", double_precision=15))
 
 
+def contention_lines(df: pd.DataFrame) -> list[str]:
+    """Warnings for the cases measured while other processes competed for the CPU: their figures understate it."""
+    if "contended" not in df:
+        return []
+    hit = df[df["contended"].notna() & (df["contended"] != "")]
+    if hit.empty:
+        return []
+    cases = ", ".join(f"{r['device']} {r['dtype']} {r['lib']} {r['size']}" for _, r in hit.head(6).iterrows())
+    more = f" and {len(hit) - 6} more" if len(hit) > 6 else ""
+    return [f"warning: {len(hit)} of {len(df)} case(s) ran while other processes competed for the CPU ({cases}"
+            f"{more}; e.g. {hit['contended'].iloc[0]}): their times overstate and their GFLOP/s understate this "
+            f"machine. Re-run on a quiet machine."]
+
+
 def print_table(df: pd.DataFrame, notes: bool = True) -> None:
     """The readable matmul table on the terminal; with notes, each peak's source and the Timer cross-checks."""
     cols = [c for c in TABLE if c in df] + (["timer_gflops"] if "timer_gflops" in df else [])
@@ -38,20 +57,31 @@ def print_table(df: pd.DataFrame, notes: bool = True) -> None:
         cols.remove("speedup_vs_cpu")  # no GPU row: a column of blanks says nothing (the no-GPU line says why)
     shown = df[cols].copy()
     shown["transfer"] = shown["transfer"].map({True: "yes", False: ""})
+    if "contended" in shown:  # a flag in the table; the reason is in the warning below it and in the JSON
+        if shown["contended"].isna().all():
+            shown = shown.drop(columns="contended")
+        else:
+            shown["contended"] = shown["contended"].map(lambda v: "yes" if isinstance(v, str) and v else "")
+    for col, unit in COLUMN_UNITS.items():
+        if col in shown:
+            shown[col] = shown[col].map(lambda v, unit=unit: "" if units.missing(v) else unit.text(v))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format",
                            lambda v: f"{v:.4g}"):
         print(shown.to_string(index=False, na_rep=""))
-    if not notes:
+    if not notes:  # --quiet: the table alone (its "contended" column still flags those cases)
         return
+    for warning in contention_lines(df):
+        print(warning)
     if "peak_source" in df:
         for p in peaks(df):
-            rate = "unknown" if p["peak_gflops"] is None else f"{p['peak_gflops']:.4g} GFLOP/s"
+            rate = "unknown" if p["peak_gflops"] is None else units.GFLOPS.text(p["peak_gflops"], True)
             print(f"peak {p['device']} {p['dtype']}: {rate} ({p['peak_source']})")
     if "timer_gflops" in df:
         for _, r in df.dropna(subset=["timer_gflops"]).iterrows():
             diff = r["gflops"] / r["timer_gflops"] - 1
-            print(f"check {r['device']} {r['dtype']} {r['lib']} {r['size']}: {r['gflops']:.1f} GFLOP/s here, "
-                  f"{r['timer_gflops']:.1f} from torch.utils.benchmark.Timer.blocked_autorange ({diff:+.1%})")
+            print(f"check {r['device']} {r['dtype']} {r['lib']} {r['size']}: {units.GFLOPS.text(r['gflops'], True)} "
+                  f"here, {units.GFLOPS.text(r['timer_gflops'])} from torch.utils.benchmark.Timer.blocked_autorange "
+                  f"({units.ERROR.text(diff, sign=True)})")
 
 
 def write_frame(df: pd.DataFrame, path: Path) -> Path:
@@ -115,8 +145,8 @@ def matmul_figure(df: pd.DataFrame, crossover: dict[str, str | None]):
         style = dict(marker="o", linestyle="--" if transfer else "-", color=colour, capsize=3, label=label)
         ax_t.errorbar(rows["x"], rows["wall_ms"], yerr=[rows["wall_ms"] - q1, q3 - rows["wall_ms"]], **style)
         # A rate's quartiles are the wall time's, swapped: the slowest quarter of blocks gives the lowest rate.
-        flops = 2 * rows["m"] * rows["n"] * rows["k"]
-        low, high = flops / (q3 / 1e3) / 1e9, flops / (q1 / 1e3) / 1e9
+        # (The same FLOPs in a quartile's time: the rate scales with median / quartile.)
+        low, high = rows["gflops"] * rows["wall_ms"] / q3, rows["gflops"] * rows["wall_ms"] / q1
         ax_r.errorbar(rows["x"], rows["gflops"], yerr=[rows["gflops"] - low, high - rows["gflops"]], **style)
     if "peak_gflops" in df:
         for p in peaks(df):
@@ -124,7 +154,7 @@ def matmul_figure(df: pd.DataFrame, crossover: dict[str, str | None]):
                 continue
             colour = next((c for lbl, c in colours.items() if lbl.startswith(f"{p['device']} {p['dtype']} ")), "k")
             ax_r.axhline(p["peak_gflops"], color=colour, linestyle="--", linewidth=1,
-                         label=f"peak {p['device']} {p['dtype']}: {p['peak_gflops']:.5g} GFLOP/s\n"
+                         label=f"peak {p['device']} {p['dtype']}: {units.GFLOPS.text(p['peak_gflops'], True)}\n"
                                f"{textwrap.fill(p['peak_source'], 48)}")
     d = df.assign(x=(df["m"] * df["n"] * df["k"]) ** (1 / 3))
     for series, size in crossover.items():

@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 import statistics
+from typing import Any
+
+from tune.core.trust import contention
+from tune.exec.health import CpuMeter, affinity
+
+
+def meter(threads: int) -> CpuMeter:
+    """A started meter of this process's CPU time and of what other processes took meanwhile from the cores it
+    may run on (pinned with taskset: those only; a neighbour on another core is none of its business). The
+    tuner's own measure, tune.exec.health: standard library only."""
+    return CpuMeter(threads, cores=affinity()).start()
+
+
+def contended(measure: dict[str, Any], device: str) -> str | None:
+    """Why figures measured with `measure` (CpuMeter.stop()) cannot be trusted: other processes kept busy the
+    cores the benchmark's threads needed (tune.core.trust.contention's rule); None when it ran alone as far as
+    can be told. The benchmark's own CPU share is no evidence here: a small matmul leaves threads idle alone."""
+    return contention({**measure, "cpu_share": None}, "cpu" if device == "cpu" else "cuda")
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:

@@ -12,6 +12,7 @@ from benchmarks import matmul as mm
 from benchmarks.__main__ import main
 from gptcore.cliutil import run
 from gptcore.errors import UserError
+from tune.core.units import GFLOPS
 
 
 def test_gflops_arithmetic_and_sizes():
@@ -241,7 +242,7 @@ def test_matmul_command_writes_well_formed_files(tmp_path, capsys, monkeypatch):
     assert doc["peaks"] == [{"device": "cpu", "dtype": "float32", "peak_gflops": pytest.approx(ref["gflops"]),
                              "peak_source": ref["source"]}]
     assert df["share_of_peak"].tolist() == pytest.approx((df["gflops"] / ref["gflops"]).tolist())
-    assert f"peak cpu float32: {ref['gflops']:.4g} GFLOP/s ({source}" in out
+    assert f"peak cpu float32: {GFLOPS.text(ref['gflops'], True)} ({source}" in out
     assert (tmp_path / "matmul.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -268,7 +269,7 @@ def test_a_given_cpu_peak_is_used_and_nothing_extra_is_measured(tmp_path, capsys
     doc = json.loads((tmp_path / "matmul.json").read_text())
     assert doc["cpu_peak"]["float32"] == {"gflops": 250.0, "source": "given on the command line (--cpu-peak-gflops)",
                                           "size": None, "threads": None, "blocks": None, "wall_ms": None}
-    assert "peak cpu float32: 250 GFLOP/s (given on the command line (--cpu-peak-gflops))" in out
+    assert "peak cpu float32: 250.0 GFLOP/s (given on the command line (--cpu-peak-gflops))" in out
     assert [r["share_of_peak"] for r in doc["results"]] == pytest.approx([r["gflops"] / 250 for r in doc["results"]])
 
 
@@ -329,9 +330,9 @@ def test_matmul_png_has_time_and_rate_panels_with_iqr_bars_and_peak_lines():
     peak_lines = {ln.get_label(): ln for ln in rate_ax.get_lines() if ln.get_label().startswith("peak")}
     assert len(peak_lines) == 2 and all(ln.get_linestyle() == "--" for ln in peak_lines.values())
     cpu_peak = next(label for label in peak_lines if label.startswith("peak cpu float32"))
-    assert "30 GFLOP/s" in cpu_peak and "--cpu-peak-gflops" in cpu_peak
+    assert "30.0 GFLOP/s" in cpu_peak and "--cpu-peak-gflops" in cpu_peak
     assert list(peak_lines[cpu_peak].get_ydata()) == [30.0, 30.0]
-    assert any("spec sheet" in label and "67000" in label for label in peak_lines)
+    assert any("spec sheet" in label and "67,000.0" in label for label in peak_lines)
     assert not [ln for ln in time_ax.get_lines() if ln.get_label().startswith("peak")]
 
 

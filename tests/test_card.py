@@ -97,7 +97,7 @@ def section(page: str, name: str) -> str:
 
 def table_rows(html_table: str) -> list[list[str]]:
     body = re.search(r"<tbody>(.*?)</tbody>", html_table, re.S).group(1)
-    return [re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", body)]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", body)]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_every_figure_on_the_card_is_the_studys(card):
     rows = table_rows(section(page, "loss"))
     assert [r[0] for r in rows] == [label(r) for _, r in runs.iterrows()] == ["ref baby", "0", "1", "2", "3", "4"]
     assert [r[1] for r in rows] == list(runs["status"])
-    assert rows[0][2:6] == ["2.4000", "5.0", "350", "0.80"] and rows[3][2:6] == ["-", "30.0", "250", "0.09"]
+    assert rows[0][2:6] == ["2.4000", "5.00", "350", "0.80"] and rows[3][2:6] == ["-", "30.0", "250", "0.09"]
     assert data["counts"] == {"ok": 3, "pruned": 1, "oom": 1, "predicted_oom": 1}
     # The out-of-memory frontier: oom_frontier's rows, and its table on the page.
     frontier = oom_frontier(runs)

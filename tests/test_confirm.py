@@ -121,7 +121,7 @@ def test_the_best_mean_wins_and_may_differ_from_the_single_run_winner(tmp_path):
     summary = (out.results_dir / "summary.md").read_text()
     assert f"is not the single-run winner, trial {int(single['number'])}" in summary
     assert "within noise of each other" in summary and "not to be trusted" in summary
-    assert f"Best at the target: **trial {int(expected['number'])}**, mean val_loss" in summary
+    assert f"Best at the target: **trial {int(expected['number'])}**, mean validation loss" in summary
 
 
 def test_a_failed_confirmation_run_is_retried_once_and_its_configuration_cannot_win(tmp_path):
@@ -300,7 +300,7 @@ def test_a_configuration_with_a_failed_run_cannot_win_and_pending_ones_are_not_j
     assert line["mean"] == pytest.approx(1.2) and line["sd"] == pytest.approx(0.1)
     text = "\n".join(confirmation_section(winner, "loss"))
     assert "| trial 0 | 2 of 3 (#2 diverged) |" in text and "cannot win: a run failed" in text
-    assert "| trial 1 | 3 of 3 | 1.2 ± 0.1 | 1.1..1.3 | **winner** |" in text and "not judged yet" in text
+    assert "| trial 1 | 3 of 3 | 1.2000 ± 0.1000 | 1.1000..1.3000 | **winner** |" in text and "not judged yet" in text
     assert "is not the single-run winner, trial 0" in text and "within noise" not in text
 
 
@@ -316,4 +316,4 @@ def test_overlapping_ranges_are_called_noise_and_separate_ones_are_not():
         return "\n".join(confirmation_section(winner, "loss"))
 
     assert "within noise of each other" in study([1.03, 1.12])  # trial 1's 1.03 falls inside 1.0..1.04
-    assert "does not overlap the runner-up's, trial 1 (1.1..1.12)" in study([1.11, 1.12])
+    assert "does not overlap the runner-up's, trial 1 (1.1000..1.1200)" in study([1.11, 1.12])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-MiB = 2**20
+from tune.core.units import MiB
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,10 @@ FIELDS: tuple[Field, ...] = (
           digits=3),
     _mib("mem_overhead_bytes", "mem_overhead_MiB", "the calibration's constant overhead when the trial was predicted"),
     _mib("mem_limit_bytes", "limit_MiB", "the memory limit the trial was judged against"),
+    Field("mem_skip_margin", "skip_margin", "how far over the limit (a share of it) a prediction could be and still "
+                                            "run when the trial was judged", digits=3),
+    Field("mem_skip_margin_why", "skip_margin_why", "where that margin came from (the study's measured prediction "
+                                                    "errors, or the default before there were enough)"),
     Field("mem_trace_error", "trace_error", "why the step could not be traced (the trial ran unpredicted)"),
     Field("mfu", "mfu", "model FLOPs utilisation: the share of the device's peak the training used (GPU)",
           digits=4),

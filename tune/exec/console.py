@@ -38,6 +38,9 @@ class Console:
         self.bar = tqdm(total=total, unit="trial", desc="tune", disable=not self.live, file=self.stream,
                         dynamic_ncols=True)
         self._running: dict[int, tuple[str, float]] = {}  # id of a run in flight -> (label, start time)
+        self._took: list[float] = []  # seconds each finished run took (references and confirmation runs too)
+        self._widest = 1  # the most runs in flight at once: the pace the ETA assumes
+        self._stopping: threading.Event | None = None  # the tuner's stop (Ctrl-C): the bar ends on its own line
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="tune-bar", daemon=True) if self.live else None
@@ -75,11 +78,14 @@ class Console:
         """A run began (shown from the next tick)."""
         with self._lock:
             self._running[key] = (label, time.monotonic())
+            self._widest = max(self._widest, len(self._running))
 
     def ended(self, key: int) -> None:
         """A run ended."""
         with self._lock:
-            self._running.pop(key, None)
+            run = self._running.pop(key, None)
+            if run is not None:
+                self._took.append(time.monotonic() - run[1])
 
     def running(self) -> str:
         """The runs in flight and their elapsed time: 'trial_0003 1:05, ref_baby 12s'."""
@@ -94,13 +100,38 @@ class Console:
         else:
             print(text, flush=True)
 
+    def stopping_on(self, stop: threading.Event) -> None:
+        """The event that stops the tuner: once set, the bar is closed on its own line, so that what the stopping
+        prints ('still stopping: ...') starts a line of its own instead of being glued to the bar."""
+        self._stopping = stop
+
+    def progress(self) -> str:
+        """What the bar says beside the count: the runs in flight, the runs done (references included) and, once
+        one finished, the time left at the pace so far: 'running: trial_0003 5s; 2 runs done; ~1:20 left'."""
+        now = time.monotonic()
+        with self._lock:
+            took, running, widest = list(self._took), [start for _, start in self._running.values()], self._widest
+        parts = [f"running: {self.running()}"] if running else []
+        if took:
+            parts.append(f"{len(took)} run{'s' if len(took) > 1 else ''} done")
+            mean = sum(took) / len(took)
+            left = max(0, (self.bar.total or 0) - self.bar.n - len(running)) * mean
+            left += sum(max(0.0, mean - (now - start)) for start in running)
+            parts.append(f"~{_elapsed(left / widest)} left")
+        return "; ".join(parts)
+
     def _tick(self) -> None:
+        self._draw()  # from the first second: the count and the runs starting
         while not self._stop.wait(TICK_SECONDS):
+            if self._stopping is not None and self._stopping.is_set():
+                self._draw()
+                self.bar.close()  # ends the bar's line: later lines start on their own
+                return
             self._draw()
 
     def _draw(self) -> None:
         """Redraw the bar with the runs in flight; also moves its elapsed time on while no trial finishes."""
-        now = self.running()
+        now = self.progress()
         self.bar.set_description_str(f"tune ({now})" if now else "tune", refresh=False)
         self.bar.refresh()
 
@@ -114,6 +145,8 @@ class _Watched:
     def run(self, job: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         """The runner's run(), on the bar while it runs (labelled by its log file: trial_0003, ref_baby)."""
         key = id(job)
+        if isinstance(kwargs.get("stop"), threading.Event):
+            self._console.stopping_on(kwargs["stop"])
         self._console.started(key, Path(job.get("log") or "trial").stem)
         try:
             return self._runner.run(job, *args, **kwargs)

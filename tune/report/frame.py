@@ -19,7 +19,7 @@ from gptcore.config import ModelConfig, TrainConfig, from_name, to_dict
 from gptcore.errors import UserError
 from gptcore.files import atomic_dir, contained_file, inside
 from gptcore.layout import CHECKPOINT_FILES, STATE
-from tune.core import schema
+from tune.core import schema, units
 from tune.core.budget import Budget, schedule_fields
 from tune.core.confirm import CONFIRM_RUNS, confirm_label, source_name
 from tune.core.outcomes import COUNTED, Status
@@ -55,6 +55,38 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return df
 
 
+@dataclass(frozen=True)
+class TimeSpan:
+    """When a study's runs ran, in UTC: from the first start to the last end (or start, for a run still going)."""
+
+    start: datetime  # UTC
+    end: datetime  # UTC
+
+    @property
+    def seconds(self) -> float:
+        """The span's wall time."""
+        return (self.end - self.start).total_seconds()
+
+    def text(self) -> str:
+        """'2026-12-05 07:41 to 09:02 UTC' (the end's date too when it is another day)."""
+        end = f"{self.end:%H:%M}" if self.end.date() == self.start.date() else f"{self.end:%Y-%m-%d %H:%M}"
+        return f"{self.start:%Y-%m-%d %H:%M} to {end} UTC"
+
+
+def utc(moment: datetime) -> datetime:
+    """An Optuna time (naive, the machine's local time) or an aware one, in UTC."""
+    return moment.astimezone(timezone.utc)
+
+
+def time_span(study: optuna.Study) -> TimeSpan | None:
+    """The study's time span over all its runs (searched trials, references, confirmation runs); None before any
+    started. Every report's start, end and duration of a study come from here."""
+    studies = [study, load_references(study), load_confirms(study)]
+    times = [utc(t) for s in studies if s is not None for tr in s.get_trials(deepcopy=False)
+             for t in (tr.datetime_start, tr.datetime_complete) if t is not None]
+    return TimeSpan(min(times), max(times)) if times else None
+
+
 def status_of(trial: optuna.trial.FrozenTrial) -> str:
     """A trial's status for every table: its recorded outcome; 'running' or 'queued' while it has none; and
     'interrupted' for a trial failed without a record (its tuner was killed: stale, failed by another tuner)."""
@@ -84,7 +116,7 @@ def _frame(study: optuna.Study, kind: str) -> pd.DataFrame:
                "state": t.state.name,
                "status": status_of(t), "retry_of": history[-1] if history and search else None,
                "objective_value": t.value if t.state == TrialState.COMPLETE else None,
-               "started": t.datetime_start.astimezone(timezone.utc) if t.datetime_start else None}
+               "started": utc(t.datetime_start) if t.datetime_start else None}
         if kind == "reference" and t.user_attrs.get("reference"):
             row.update({k: v for k, v in preset_params(t.user_attrs["reference"]).items() if pd.isna(row.get(k))})
         if kind == "confirm" and not t.user_attrs.get("confirm_of"):
@@ -119,28 +151,30 @@ def _fill_from_source(df: pd.DataFrame) -> None:
         df.loc[runs, p] = df.loc[runs, p].fillna(df.loc[runs, "confirm_of"].map(lookup[p]))
 
 
-def _mib(series: pd.Series) -> pd.Series:
-    return (series / 2**20).round(0)
-
-
 def readable(df: pd.DataFrame) -> pd.DataFrame:
-    """The table a person reads: memory in MiB, rounded figures, short column names."""
-    def whole(col: pd.Series) -> pd.Series:
-        return col.round(0).astype("Int64")  # integers that may be missing (an OOM trial has no steps)
+    """The table a person reads: memory in MiB, figures rounded as tune.core.units rounds them, short names."""
+    def whole(col: pd.Series, unit: units.Unit = units.WHOLE) -> pd.Series:
+        # integers that may be missing (an OOM trial has no steps)
+        return pd.Series([unit.value(v) for v in col], index=col.index, dtype="Float64").round(0).astype("Int64")
+
+    def shown(col: pd.Series, unit: units.Unit) -> pd.Series:
+        # As text: a table printer would drop a loss's trailing zeros (2.47 beside 2.4766)
+        return pd.Series([None if units.missing(v) else unit.text(v) for v in pd.to_numeric(col, errors="coerce")],
+                         index=col.index, dtype=object)
 
     table = pd.DataFrame({
         "trial": [label(r) for _, r in df.iterrows()], "status": df["status"],
         "retry_of": df["retry_of"],
         "batch": whole(df["batch_size"]), "block": whole(df["block_size"]), "embed": whole(df["n_embed"]),
         "heads": whole(df["n_head"]), "layers": whole(df["n_layer"]),
-        "lr": df["learning_rate"].map(lambda v: f"{v:.2e}" if pd.notna(v) else ""),
+        "lr": shown(df["learning_rate"], units.LR),
         "rung": [f"{int(r)}/{int(n)}" if pd.notna(r) and pd.notna(n) else "" for r, n in zip(df["rung"], df["rungs"])],
-        "loss_at_rung": df["rung_loss"].round(4),
-        "k tok/s": (pd.to_numeric(df["tokens_per_s"], errors="coerce") / 1e3).round(1),
-        "peak MiB": whole(df["peak_memory_bytes"] / 2**20), "pred MiB": whole(df["predicted_peak_bytes"] / 2**20),
-        "params M": (df["n_params"] / 1e6).round(2),
-        "steps": whole(df["steps"]), "epochs": pd.to_numeric(df["epochs"], errors="coerce").round(1),
-        "trial s": df["trial_seconds"].round(1),
+        "loss_at_rung": shown(df["rung_loss"], units.LOSS),
+        "k tok/s": shown(df["tokens_per_s"], units.KTOK),
+        "peak MiB": whole(df["peak_memory_bytes"], units.MIB), "pred MiB": whole(df["predicted_peak_bytes"], units.MIB),
+        "params M": shown(df["n_params"], units.PARAMS),
+        "steps": whole(df["steps"]), "epochs": shown(df["epochs"], units.EPOCHS),
+        "trial s": shown(df["trial_seconds"], units.SECONDS),
         "flags": _flags(df),
     })
     if df["retry_of"].isna().all():  # a column of blanks says nothing
@@ -378,7 +412,7 @@ def provenance(row: pd.Series, study: optuna.Study) -> dict[str, Any]:
     settings, env = study.user_attrs.get("settings", {}), study.user_attrs.get("environment", {})
     return {
         "study": study.study_name, "trial": trial_of(row), "val_loss_at_target": _number(row["val_loss"]),
-        "tokens_per_s": _number(row["tokens_per_s"]), "peak_memory_MiB": _number(row["peak_memory_bytes"] / 2**20),
+        "tokens_per_s": _number(row["tokens_per_s"]), "peak_memory_MiB": _number(row["peak_memory_bytes"] / units.MiB),
         "epochs_seen": _number(row.get("epochs")), "target_budget": settings.get("budget"),
         "schedule": settings.get("schedule"), "objective": settings.get("objective"), "corpus": settings.get("corpus"),
         "device": env.get("device_name"), "dtype": settings.get("dtype"),
@@ -428,12 +462,14 @@ def oom_frontier(df: pd.DataFrame) -> pd.DataFrame:
     for (layers, embed), _ in d.groupby(["n_layer", "n_embed"]):
         r, o, s = (f[(f["n_layer"] == layers) & (f["n_embed"] == embed)] for f in (ran, oom, skipped))
         biggest = r.loc[r["tokens_per_step"].idxmax()] if not r.empty else None
+        peak = units.MIB.value(biggest["peak_memory_bytes"]) if biggest is not None else None
         smallest = o.loc[o["tokens_per_step"].idxmin()] if not o.empty else None
         first_skip = s.loc[s["tokens_per_step"].idxmin()] if not s.empty else None
         rows.append({
             "layers": int(layers), "embed": int(embed),
             "largest batch x block that ran": biggest["shape"] if biggest is not None else "-",
-            "its peak MiB": _mib(pd.Series([biggest["peak_memory_bytes"]])).iloc[0] if biggest is not None else "-",
+            # whole MiB; NaN: the run measured no peak (the tables show '-' for it)
+            "its peak MiB": "-" if biggest is None else int(peak) if peak is not None else float("nan"),
             "smallest batch x block that OOM'd": smallest["shape"] if smallest is not None else "-",
             "smallest skipped (predicted OOM)": first_skip["shape"] if first_skip is not None else "-",
             "trials": len(r) + len(o) + len(s),

@@ -14,11 +14,67 @@ import pandas as pd
 from gptcore.files import atomic_write
 from tune.core import schema
 from tune.core.outcomes import OUT_OF_MEMORY, Status
+from tune.core.units import MiB
 from tune.report.frame import label, objective_key, reference_of
 from tune.report.memreport import memory_plot
 
 # Parameter importances (fANOVA) from fewer trials that trained to the target than this say little: not drawn.
 MIN_IMPORTANCE_TRIALS = 10
+# One colour per reference preset, none of them the searched trials' C0, the pruned grey, the OOM red (C3) or
+# the best-so-far green (C2).
+REF_COLOURS = ("C4", "C1", "C5", "C6", "C8", "C9", "C7")  # C2: history's best so far
+# An axis shows its data's middle: values farther than this many interquartile ranges beyond the quartiles (a
+# diverged trial's loss) are clipped, and the plot says so, rather than squashing every other point flat.
+OUTLIER_IQRS = 3.0
+# Labels whose anchors lie closer than this (pixels) are merged into one ("3, 7"): they would overlap.
+LABEL_PX = (22, 9)
+
+
+def ref_colour(i: int) -> str:
+    """The i-th reference preset's colour."""
+    return REF_COLOURS[i % len(REF_COLOURS)]
+
+
+def robust_limits(ax: Any, values: pd.Series, axis: str = "y") -> str | None:
+    """Clip `axis` to the values' robust range when an outlier would squash the rest; the note it writes on the
+    plot (None: nothing clipped)."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if len(v) < 4:
+        return None
+    q1, q3 = v.quantile(0.25), v.quantile(0.75)
+    spread = q3 - q1
+    low, high = q1 - OUTLIER_IQRS * spread, q3 + OUTLIER_IQRS * spread
+    outside = v[(v < low) | (v > high)]
+    if spread <= 0 or outside.empty:
+        return None
+    inside = v[(v >= low) & (v <= high)]
+    pad = 0.08 * (inside.max() - inside.min() or abs(inside.max()) or 1.0)
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(inside.min() - pad, inside.max() + pad)
+    note = (f"{len(outside)} point(s) off the {axis} axis ({', '.join(f'{x:.4g}' for x in sorted(outside)[:3])}"
+            f"{', ...' if len(outside) > 3 else ''}): clipped to the middle of the data")
+    ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="0.3", va="bottom")
+    return note
+
+
+def place_labels(ax: Any, points: list[tuple[float, float, str]], offset: tuple[int, int] = (3, 3),
+                 fontsize: int = 7) -> None:
+    """Write each point's label beside it, merging the labels of points too close to tell apart ('3, 7, 9'), so
+    no two labels overlap. Call it once the axes' limits are final."""
+    ax.figure.canvas.draw()  # the limits and the transform as they will be saved
+    groups: list[tuple[float, float, float, float, list[str]]] = []  # (px, py, x, y, labels)
+    for x, y, text in sorted(points, key=lambda p: (p[0], p[1])):
+        if not (pd.notna(x) and pd.notna(y)):
+            continue
+        px, py = ax.transData.transform((x, y))
+        near = next((g for g in groups if abs(g[0] - px) < LABEL_PX[0] and abs(g[1] - py) < LABEL_PX[1]), None)
+        if near is not None:
+            near[4].append(text)
+        else:
+            groups.append((px, py, x, y, [text]))
+    for _, _, x, y, texts in groups:
+        shown = ", ".join(texts[:4]) + (f" +{len(texts) - 4}" if len(texts) > 4 else "")
+        ax.annotate(shown, (x, y), fontsize=fontsize, xytext=offset, textcoords="offset points", alpha=0.8,
+                    annotation_clip=True)
 
 
 def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -28,10 +84,8 @@ def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 
 def _numbers(ax: Any, rows: pd.DataFrame, x: str, y: str) -> None:
-    """Each point's trial ('12', 'ref baby') beside it, small."""
-    for _, r in rows.iterrows():
-        if pd.notna(r[x]) and pd.notna(r[y]):
-            ax.annotate(label(r), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points", alpha=0.8)
+    """Each point's trial ('12', 'ref baby') beside it, small, close ones merged."""
+    place_labels(ax, [(r[x], r[y], label(r)) for _, r in rows.iterrows()])
 
 
 def _kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -49,13 +103,17 @@ def _oom_marks(ax: Any, oom: pd.DataFrame, x: pd.Series, y: float) -> None:
                    clip_on=False, zorder=4)
 
 
-def history_plot(df: pd.DataFrame, settings: dict[str, Any], save: Callable[[Any, str], None]) -> None:
-    """history.png: every searched trial by number at the figure it was judged on, the best so far, the references."""
+def history_plot(df: pd.DataFrame, settings: dict[str, Any], save: Callable[[Any, str], None]) -> str | None:
+    """history.png: every searched trial by number at the figure it was judged on, the best so far, the references;
+    a note instead when no trial has a figure yet."""
     import matplotlib.pyplot as plt
 
     key, lower = objective_key(settings.get("objective", "loss"))
     judged = "rung_loss" if key == "val_loss" else key  # a pruned trial's figure is its loss at its last rung
     ok, pruned, refs, oom = _kinds(df)
+    values = pd.concat([ok[key], pruned[judged], refs[key]]).dropna()
+    if values.empty:
+        return "history.png: not drawn (no trial has a figure yet)"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(ok["number"], ok[key], color="C0", zorder=3, label=f"trained to the target ({len(ok)})")
     ax.scatter(pruned["number"], pruned[judged], facecolors="none", edgecolors="0.5", zorder=3,
@@ -67,17 +125,17 @@ def history_plot(df: pd.DataFrame, settings: dict[str, Any], save: Callable[[Any
         xs, ys = [*best.index, max(last, best.index[-1])], [*best.values, best.values[-1]]
         ax.step(xs, ys, where="post", color="C2", label="best so far")
     for i, (_, r) in enumerate(refs[refs["status"] == Status.OK].iterrows()):
-        ax.axhline(r[key], color=f"C{4 + i}", linestyle="--", linewidth=1, label=f"reference {reference_of(r)}")
-    values = pd.concat([ok[key], pruned[judged], refs[key]]).dropna()
-    top = values.max() if lower else values.min()
+        ax.axhline(r[key], color=ref_colour(i), linestyle="--", linewidth=1, label=f"reference {reference_of(r)}")
+    robust_limits(ax, values)
     searched_oom = oom[oom["reference"].isna()]
-    if pd.notna(top):
-        _oom_marks(ax, searched_oom, searched_oom["number"], top)
+    low, high = ax.get_ylim()
+    _oom_marks(ax, searched_oom, searched_oom["number"], high if lower else low)  # at the worst end of the axis
     ax.set(xlabel="trial number", ylabel=schema.label(key) + (" (lower is better)" if lower else " (higher is "
                                                                                                 "better)"),
            title="Trials in order: the figure each was judged on")
     ax.legend(fontsize=8, loc="best")
     save(fig, "history.png")
+    return None
 
 
 def readable_param(name: str) -> str:
@@ -112,32 +170,40 @@ def importance_plot(study: optuna.Study, save: Callable[[Any, str], None]) -> st
 
 def _against_memory(df: pd.DataFrame, y: str, y_pruned: str, limit: float | None, oom_at: str) -> tuple[Any, ...]:
     """A figure of `y` against measured peak MiB: searched runs that trained, pruned ones (at `y_pruned`),
-    references, trial numbers, the memory limit and the out-of-memory runs at the limit (at the top or the bottom
-    of `y`: `oom_at`). Returns (fig, ax, frame of the runs that trained, with their peak in column peak_MiB)."""
+    references (a colour each), trial numbers, the memory limit and the out-of-memory runs at the limit (at the top
+    or the bottom of `y`: `oom_at`). Returns (fig, ax, frame of the runs that trained, with their peak in column
+    peak_MiB); None when no run has both figures."""
     import matplotlib.pyplot as plt
 
     mem = "peak_MiB"
-    frame = df.assign(**{mem: df["peak_memory_bytes"] / schema.MiB})
+    frame = df.assign(**{mem: df["peak_memory_bytes"] / MiB})
     ok, pruned, refs, oom = _kinds(frame)
+    shown = pd.concat([ok[[mem, y]], refs[[mem, y]], pruned[[mem, y_pruned]].set_axis([mem, y], axis=1)]).dropna()
+    if shown.empty:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(ok[mem], ok[y], color="C0", zorder=3, label=f"trained to the target ({len(ok)})")
     ax.scatter(pruned[mem], pruned[y_pruned], facecolors="none", edgecolors="0.5", zorder=3,
                label=f"pruned{': at its last rung' if y_pruned != y else ''} ({len(pruned)})")
-    ax.scatter(refs[mem], refs[y], marker="s", color="C4", zorder=3, label="reference presets")
-    _numbers(ax, pd.concat([ok, refs, pruned.assign(**{y: pruned[y_pruned]})]), mem, y)
+    for i, (_, r) in enumerate(refs.iterrows()):
+        ax.scatter([r[mem]], [r[y]], marker="s", color=ref_colour(i), zorder=3, label=f"reference {reference_of(r)}")
     if limit:
-        ax.axvline(limit / schema.MiB, color="C3", linestyle="--", linewidth=1, label="memory limit")
-    values = pd.concat([ok[y], refs[y], pruned[y_pruned]]).dropna()
-    if not values.empty:
-        x = [limit / schema.MiB if limit else frame[mem].max()] * len(oom)
-        _oom_marks(ax, oom, pd.Series(x, dtype=float), values.max() if oom_at == "top" else values.min())
+        ax.axvline(limit / MiB, color="C3", linestyle="--", linewidth=1, label="memory limit")
+    robust_limits(ax, shown[y])
+    low, high = ax.get_ylim()
+    x = [limit / MiB if limit else frame[mem].max()] * len(oom)
+    _oom_marks(ax, oom, pd.Series(x, dtype=float), high if oom_at == "top" else low)
     ax.set(xlabel=schema.label("peak_memory_bytes"), ylabel=schema.label(y))
+    _numbers(ax, pd.concat([ok, refs, pruned.assign(**{y: pruned[y_pruned]})]), mem, y)
     return fig, ax, pd.concat([ok, refs])
 
 
-def loss_vs_memory_plot(df: pd.DataFrame, limit: float | None, save: Callable[[Any, str], None]) -> None:
+def loss_vs_memory_plot(df: pd.DataFrame, limit: float | None, save: Callable[[Any, str], None]) -> str | None:
     """loss_vs_memory.png: loss against measured peak for every run that trained, the Pareto front, OOMs."""
-    fig, ax, trained = _against_memory(df, "val_loss", "rung_loss", limit, oom_at="top")
+    drawn = _against_memory(df, "val_loss", "rung_loss", limit, oom_at="top")
+    if drawn is None:
+        return "loss_vs_memory.png: not drawn (no run has both a loss and a measured peak yet)"
+    fig, ax, trained = drawn
     front = _pareto(trained.dropna(subset=["peak_MiB", "val_loss"]), "peak_MiB", "val_loss")
     # The front under the points, its members ringed: the markers must not hide the points they mark.
     ax.step(front["peak_MiB"], front["val_loss"], where="post", color="C3", linewidth=1, zorder=2,
@@ -146,46 +212,75 @@ def loss_vs_memory_plot(df: pd.DataFrame, limit: float | None, save: Callable[[A
     ax.set_title("Validation loss vs peak memory (lower left is better)")
     ax.legend(fontsize=8)
     save(fig, "loss_vs_memory.png")
+    return None
 
 
-def throughput_plot(df: pd.DataFrame, limit: float | None, save: Callable[[Any, str], None]) -> None:
+def throughput_plot(df: pd.DataFrame, limit: float | None, save: Callable[[Any, str], None]) -> str | None:
     """throughput_vs_memory.png: tokens/s against measured peak for every run that measured it, OOMs at the limit."""
-    fig, ax, _ = _against_memory(df, "tokens_per_s", "tokens_per_s", limit, oom_at="bottom")
+    drawn = _against_memory(df, "tokens_per_s", "tokens_per_s", limit, oom_at="bottom")
+    if drawn is None:
+        return "throughput_vs_memory.png: not drawn (no run has both its tokens/s and a measured peak yet)"
+    fig, ax, _ = drawn
     ax.set_title("Training throughput vs peak memory")
     ax.legend(fontsize=8)
     save(fig, "throughput_vs_memory.png")
+    return None
 
 
-def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> None:
-    """Validation loss at every rung: each trial a line (pruned ones fade), the references dashed and named."""
+def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> str | None:
+    """Validation loss at every rung: each trial a line (pruned ones fade), the references dashed, a colour and a
+    name each; a note instead when no run reached a rung yet."""
     import matplotlib.pyplot as plt
 
     fractions = settings.get("rungs") or [1.0]
     amount, unit = settings.get("budget_amount", 1.0), settings.get("budget_unit", "s")
     x = [f * amount for f in fractions]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = []
     for _, row in df.iterrows():
         ys = [row.get(f"loss_rung_{k}") for k in range(1, len(x) + 1)]
         pts = [(xi, yi) for xi, yi in zip(x, ys) if pd.notna(yi)]
-        if not pts:
-            continue
-        xs, ys = zip(*pts)
+        if pts:
+            lines.append((row, *zip(*pts)))
+    if not lines:
+        return "rungs.png: not drawn (no run reached a rung yet)"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ends, refs = [], 0
+    for row, xs, ys in lines:
         if reference_of(row):
-            ax.plot(xs, ys, "--o", lw=2, color="C3", label=f"reference {row['reference']}")
-            ax.annotate(row["reference"], (xs[-1], ys[-1]), fontsize=8, xytext=(4, 0), textcoords="offset points")
+            ax.plot(xs, ys, "--o", lw=2, color=ref_colour(refs), label=f"reference {row['reference']}")
+            refs += 1
+            ends.append((xs[-1], ys[-1], row["reference"]))
         elif row["status"] == Status.OK:
             ax.plot(xs, ys, "-o", color="C0", alpha=0.8)
-            ax.annotate(str(int(row["number"])), (xs[-1], ys[-1]), fontsize=7, xytext=(4, 0),
-                        textcoords="offset points")
+            ends.append((xs[-1], ys[-1], str(int(row["number"]))))
         else:
             ax.plot(xs, ys, "-", marker=".", color="0.6", alpha=0.5)
     ax.plot([], [], "-o", color="C0", label="trained to the target (trial number)")
     ax.plot([], [], "-", marker=".", color="0.6", label="stopped at a lower rung")
-    ax.set_xscale("log")
-    ax.set(xlabel=f"training budget ({'seconds' if unit == 's' else 'steps'}, log scale)",
+    # A log axis only where the rungs span a range it helps to read (eta**k); one or two close rungs: linear.
+    logged = len(x) > 1 and x[-1] >= 4 * x[0]
+    if logged:
+        ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.xaxis.set_minor_formatter(_null_formatter())
+    robust_limits(ax, pd.Series([v for _, _, ys in lines for v in ys]))
+    ax.set(xlabel=f"training budget ({'seconds' if unit == 's' else 'steps'}{', log scale' if logged else ''})",
            ylabel="validation loss", title="Validation loss at each rung")
+    place_labels(ax, ends, offset=(4, 0), fontsize=7)
     ax.legend(fontsize=8)
     save(fig, "rungs.png")
+    return None
+
+
+def _null_formatter() -> Any:
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
+
+
+# The order write_plots draws them in (summary.PLOTS lists them in the order summary.md shows them).
+PLOT_FILES = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
+              "memory.png")
 
 
 def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str]:
@@ -203,14 +298,9 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str
         plt.close(fig)
 
     limit = settings.get("memory_limit_bytes") or study.user_attrs.get("environment", {}).get("gpu_memory_bytes")
-    notes = []
-    rungs_plot(df, settings, save)
-    history_plot(df, settings, save)
-    note = importance_plot(study, save)
-    if note:  # not drawn now: an older one would show figures the study has moved past
-        (folder / "importances.png").unlink(missing_ok=True)
-    notes.append(note)
-    loss_vs_memory_plot(df, limit, save)
-    throughput_plot(df, limit, save)
-    notes.append(memory_plot(df, save))
+    notes = [rungs_plot(df, settings, save), history_plot(df, settings, save), importance_plot(study, save),
+             loss_vs_memory_plot(df, limit, save), throughput_plot(df, limit, save), memory_plot(df, save)]
+    for name, note in zip(PLOT_FILES, notes):
+        if note:  # not drawn now: an older one would show figures the study has moved past
+            (folder / name).unlink(missing_ok=True)
     return [n for n in notes if n]

@@ -3,14 +3,13 @@ figures can be trusted, the search space, the environment, the plots and what tr
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
 
-from tune.core import schema, trust
+from tune.core import schema, trust, units
 from tune.core.budget import format_seconds
 from tune.core.outcomes import COUNTED, OUT_OF_MEMORY, Status
 from tune.core.provenance import invocations
@@ -26,6 +25,7 @@ from tune.report.frame import (
     readable,
     reference_of,
     source_of,
+    time_span,
     within_noise,
 )
 from tune.report.memreport import memory_section
@@ -58,7 +58,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
         top = ok.sort_values(key, ascending=lower)
         lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references "
                   "(one run each: the confirmation runs are in their own section).",
-                  "", readable(top.head(10)).to_markdown(index=False), ""]
+                  "", readable(top.head(10)).to_markdown(index=False, disable_numparse=True), ""]
     lines += frontier_section(runs)
     lines += confirmation_section(winner, objective)
     rungs = settings.get("rungs") or [1.0]
@@ -78,6 +78,21 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
     return "\n".join(lines)
 
 
+def _v(key: str, value: float) -> str:
+    """A figure of the objective's column (val_loss, tokens_per_s) as every report rounds it."""
+    return units.figure(key, value)
+
+
+def _name(key: str) -> str:
+    """The objective's figure as every line of the report names it: 'validation loss', 'training tokens/s'."""
+    return schema.label(key)
+
+
+def _range(key: str, row: pd.Series) -> str:
+    """A confirmed configuration's min..max."""
+    return f"{_v(key, row['min'])}..{_v(key, row['max'])}"
+
+
 def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any], env: dict[str, Any]) -> list[str]:
     """What was run: the commands, when, how long, with which versions; trials asked and counted; the target."""
     lines = ["## What was run", ""]
@@ -86,12 +101,9 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
         started = str(call.get("started", "?")).replace("T", " ").removesuffix("+00:00")
         lines.append(f"- `{call.get('command')}` (started {started} UTC"
                      f"{' on ' + call['host'] if call.get('host') else ''})")
-    starts = [(s, d) for s, d in zip(df["started"], df["trial_seconds"]) if isinstance(s, datetime)]
-    if starts:
-        first = min(s for s, _ in starts)
-        last = max(s + timedelta(seconds=float(d) if pd.notna(d) else 0.0) for s, d in starts)
-        lines.append(f"- trials ran from {first:%Y-%m-%d %H:%M} to {last:%H:%M} UTC: "
-                     f"{format_seconds((last - first).total_seconds())} of wall time, "
+    span = time_span(study)
+    if span is not None:
+        lines.append(f"- trials ran from {span.text()}: {format_seconds(span.seconds)} of wall time, "
                      f"{format_seconds(float(df['trial_seconds'].fillna(0).sum()))} inside trials")
     versions = calls[-1].get("versions", {}) if calls else {}
     shown = {"gptcore-tune": versions.get("gptcore-tune"), "torch": env.get("torch") or versions.get("torch"),
@@ -110,8 +122,8 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
     others = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s not in COUNTED)
     lines.append(f"- trials: {settings.get('trials', counted)} asked, {counted} counted ({outcome or 'none yet'})"
                  f"{f'; not counted: {others}' if others else ''}"
-                 f"{f', {retries} retried with the same parameters' if retries else ''}; "
-                 f"{len(refs)} reference run(s); {repeats} confirmation run(s)")
+                 f"{f', {retries} retried with the same parameters' if retries else ''}"
+                 f"; {_references(refs)}; {repeats} confirmation run(s)")
     objective = settings.get("objective", "loss")
     meaning = "validation loss, lower is better" if objective == "loss" else "training tokens/s, higher is better"
     limit = settings.get("memory_limit_bytes")
@@ -119,18 +131,44 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
     size = (f": {corpus['train']:,} training and {corpus.get('val', 0):,} validation tokens"
             if corpus.get("train") else "")
     rungs = settings.get("rungs") or [1.0]
+    if len(rungs) > 1:
+        rung_line = (f"- rungs at {', '.join(f'{f:.3g}' for f in rungs)} of the target (reduction factor "
+                     f"{settings.get('reduction_factor')}, pruner {settings.get('pruner')}): only the best 1/"
+                     f"{settings.get('reduction_factor')} at a rung train on")
+    else:  # nothing to prune between: every trial trains to the target
+        rung_line = "- one rung, the target itself: every trial trains to the target (nothing is pruned)"
     lines += [f"- target: **{settings.get('budget')}** of training per configuration (evaluation excluded); the "
               f"winner is the best *at that budget*",
               f"- objective: **{objective}** ({meaning}), validation on {settings.get('eval_iters')} batches of "
               f"{settings.get('eval_batch_size')} windows, the same for every trial",
-              f"- rungs at {', '.join(f'{f:.3g}' for f in rungs)} of the target (reduction factor "
-              f"{settings.get('reduction_factor')}, pruner {settings.get('pruner')}): only the best 1/"
-              f"{settings.get('reduction_factor')} at a rung train on; learning-rate schedule "
-              f"**{settings.get('schedule')}** to the target, the same in every trial and in best.json",
+              f"{rung_line}; learning-rate schedule **{settings.get('schedule')}** to the target, the same in every "
+              f"trial and in best.json",
               f"- precision {settings.get('dtype')}, sampler {settings.get('sampler')}, seed {settings.get('seed')}, "
-              f"memory limit {f'{limit / 2**20:,.0f} MiB' if limit else 'none (the whole device)'}",
+              f"memory limit {units.MIB.text(limit, True) if limit else 'none (the whole device)'}",
               f"- corpus {settings.get('corpus')}{size}", ""]
     return lines
+
+
+def _references(refs: pd.DataFrame) -> str:
+    """'2 reference preset(s)', with its runs when a preset ran more than once (retried after an interruption)."""
+    presets = refs["reference"].nunique()
+    if len(refs) == presets:
+        return f"{presets} reference preset(s)"
+    outcomes = ", ".join(f"{n} {s}" for s, n in refs["status"].value_counts().items())
+    return f"{presets} reference preset(s) in {len(refs)} runs ({outcomes})"
+
+
+# What a run that did not train to the target was doing, when it recorded no error.
+UNFINISHED = {"queued": "queued, not run (the study stopped first)", "running": "still running",
+              "interrupted": "interrupted before it recorded a result"}
+
+
+def _not_ok(row: pd.Series) -> str:
+    """Why a run has no value: its status and error, in words."""
+    error = row.get("error")
+    if isinstance(error, str) and error:
+        return f"{row['status']} ({error})"
+    return UNFINISHED.get(row["status"], f"{row['status']} (no value)")
 
 
 def warnings_about(winner: Winner | None, df: pd.DataFrame, study: optuna.Study) -> list[str]:
@@ -165,13 +203,13 @@ def frontier_section(runs: pd.DataFrame) -> list[str]:
             return [*lines, "No configuration ran out of memory, and none measured its peak yet.", ""]
         big = ran.loc[ran["peak_memory_bytes"].idxmax()]
         return [*lines, f"No configuration ran out of memory; the largest tried used "
-                f"{big['peak_memory_bytes'] / 2**20:,.0f} MiB ({source_of(big)}: batch {int(big['batch_size'])} x "
+                f"{units.MIB.text(big['peak_memory_bytes'], True)} ({source_of(big)}: batch {int(big['batch_size'])} x "
                 f"block {int(big['block_size'])}, {int(big['n_layer'])} layers of width {int(big['n_embed'])}).",
                 ""]
     frontier = oom_frontier(runs)
     return [*lines, "Per model size, the largest batch x block that trained, the smallest that ran out of memory, "
             "and the smallest skipped as predicted out of memory (the predicted boundary: memory.png draws it).",
-            "", frontier.to_markdown(index=False), ""]
+            "", frontier.to_markdown(index=False, disable_numparse=True), ""]
 
 
 def environment_section(env: dict[str, Any]) -> list[str]:
@@ -184,11 +222,11 @@ def environment_section(env: dict[str, Any]) -> list[str]:
         rows.append(("torch threads per trial", f"{env['cpu_threads']}" + (f" (cores {', '.join(map(str, cores))})"
                                                                            if cores else "")))
     if env.get("gpu_memory_bytes"):
-        rows.append(("GPU memory", f"{env['gpu_memory_bytes'] / 2**30:,.1f} GiB"))
+        rows.append(("GPU memory", units.GIB.text(env['gpu_memory_bytes'], True)))
     if env.get("gpu_count"):
         rows.append(("GPUs", f"{env['gpu_count']}: {', '.join(str(g) for g in env.get('gpus') or [])}"))
     if env.get("vm_data_bytes"):
-        rows.append(("a trial process before its model (data segment)", f"{env['vm_data_bytes'] / 2**20:,.0f} MiB"))
+        rows.append(("a trial process before its model (data segment)", units.MIB.text(env['vm_data_bytes'], True)))
     if "bf16_supported" in env:
         rows.append(("bfloat16 supported", "yes" if env["bf16_supported"] else "no"))
     return ["## Environment", "", "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
@@ -206,24 +244,27 @@ def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, fol
     over = f" over {int(winner.line['n'])} runs (see Confirmation)" if winner.line is not None else ""
     shape = (f"batch {int(best['batch_size'])} x block {int(best['block_size'])}, {int(best['n_layer'])} layer(s) of "
              f"width {int(best['n_embed'])} with {int(best['n_head'])} head(s), learning rate "
-             f"{best['learning_rate']:.2e}" + (f", {best['n_params'] / 1e6:.2f} M parameters"
+             f"{units.LR.text(best['learning_rate'])}" + (f", {units.PARAMS.text(best['n_params'])} M parameters"
                                                 if pd.notna(best.get("n_params")) else ""))
-    lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {score:.4g}{over}: {shape}.", ""]
+    lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {_v(key, score)}{over}: {shape}.", ""]
     tried = originals(df)
-    for _, ref in tried[tried["reference"].notna()].iterrows():
+    refs = tried[tried["reference"].notna()]
+    # One line per preset: the run that trained to the target, else its latest (a retry after an interruption).
+    refs = refs.assign(_ok=refs["status"] == Status.OK).sort_values("_ok", kind="stable").groupby("reference").tail(1)
+    for _, ref in refs.sort_index().iterrows():
         if ref["status"] != Status.OK:
-            lines.append(f"- reference `{ref['reference']}`: {ref['status']} ({ref['error'] or 'no value'})")
+            lines.append(f"- reference `{ref['reference']}`: {_not_ok(ref)}")
             continue
         value, its = _figure(winner, ref, key)
         gain = (value - score) if lower else (score - value)
         if ref["reference"] == best["reference"]:
-            lines.append(f"- reference `{ref['reference']}` ({its} {value:.4g}) is the winner: no searched "
+            lines.append(f"- reference `{ref['reference']}` ({its} {_v(key, value)}) is the winner: no searched "
                          f"configuration beat it at this budget")
         else:
-            lines.append(f"- beats reference `{ref['reference']}` ({its} {value:.4g}) by {gain:.4g} "
-                         f"({gain / abs(value):.1%})" if gain > 0 else
-                         f"- does not beat reference `{ref['reference']}` ({its} {value:.4g})")
-    lines += ["", readable(best.to_frame().T).to_markdown(index=False), "",
+            lines.append(f"- beats reference `{ref['reference']}` ({its} {_v(key, value)}) by {_v(key, gain)} "
+                         f"({units.ERROR.text(gain / abs(value))})" if gain > 0 else
+                         f"- does not beat reference `{ref['reference']}` ({its} {_v(key, value)})")
+    lines += ["", readable(best.to_frame().T).to_markdown(index=False, disable_numparse=True), "",
               f"Train it from scratch, the same way and for the same budget: "
               f"`python -m gptcore train --config {folder / 'best.json'}`.",
               f"Or use the model it trained in the study: `python -m gptcore sample --checkpoint "
@@ -238,8 +279,8 @@ def _figure(winner: Winner, row: pd.Series, key: str) -> tuple[float, str]:
     if not t.empty:
         hit = t[(t["configuration"] == source_of(row)) & (t["state"] == "complete")]
         if not hit.empty:
-            return float(hit.iloc[0]["mean"]), f"mean {key}"
-    return float(row[key]), key
+            return float(hit.iloc[0]["mean"]), f"mean {_name(key)}"
+    return float(row[key]), _name(key)
 
 
 def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
@@ -252,19 +293,19 @@ def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
     extra = int(t["runs"].max()) - 1
     lines = ["## Confirmation", "",
              f"The best configurations that trained to the target were trained {extra} more time(s) each with fresh "
-             f"seeds, to the full target and never pruned. A configuration's figure is its mean {key} over its runs "
-             f"(the original run and the confirmation runs); one with a run that did not train to the target "
+             f"seeds, to the full target and never pruned. A configuration's figure is its mean {_name(key)} over its "
+             f"runs (the original run and the confirmation runs); one with a run that did not train to the target "
              f"(an error, divergence, out of memory, a timeout) cannot win on the runs that happened to succeed.", "",
-             f"| configuration | runs that trained to the target | mean ± sd of {key} | min..max | |",
+             f"| configuration | runs that trained to the target | mean ± sd of {_name(key)} | min..max | |",
              "| --- | --- | --- | --- | --- |"]
     for _, r in t.iterrows():
         runs = f"{int(r['n'])} of {int(r['runs'])}" + (f" ({r['failed']})" if r["failed"] else "")
         runs += f", {int(r['pending'])} pending" if r["pending"] else ""
-        sd = f" ± {r['sd']:.2g}" if pd.notna(r["sd"]) else ""
+        sd = f" ± {_v(key, r['sd'])}" if pd.notna(r["sd"]) else ""
         note = ("**winner**" if winner.line is not None and r["configuration"] == winner.line["configuration"]
                 else "cannot win: a run failed" if r["state"] == "failed"
                 else "not judged yet" if r["state"] == "pending" else "")
-        lines.append(f"| {r['configuration']} | {runs} | {r['mean']:.4g}{sd} | {r['min']:.4g}..{r['max']:.4g} | "
+        lines.append(f"| {r['configuration']} | {runs} | {_v(key, r['mean'])}{sd} | {_range(key, r)} | "
                      f"{note} |")
     lines.append("")
     single, single_name = winner.single, source_of(winner.single)
@@ -272,24 +313,25 @@ def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
         row = winner.row
         if row.name == single.name:
             lines.append(f"No confirmed configuration has trained to the target in every run yet: the winner is the "
-                         f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run), unconfirmed.")
+                         f"single-run winner, {single_name} ({_name(key)} {_v(key, single[key])} in one run), "
+                         f"unconfirmed.")
         else:
             lines.append(f"No confirmed configuration has trained to the target in every run: the winner is the best "
-                         f"single run of a configuration that did not fail one, {source_of(row)} ({key} "
-                         f"{row[key]:.4g}), unconfirmed; the single-run winner, {single_name}, failed a "
+                         f"single run of a configuration that did not fail one, {source_of(row)} ({_name(key)} "
+                         f"{_v(key, row[key])}), unconfirmed; the single-run winner, {single_name}, failed a "
                          f"confirmation run.")
         return [*lines, ""]
     line = winner.line
     if winner.row.name == single.name:
         lines.append(f"The confirmed winner is also the single-run winner: **{line['configuration']}**.")
     else:
-        lines.append(f"The confirmed winner, **{line['configuration']}** (mean {line['mean']:.4g}), is not the "
-                     f"single-run winner, {single_name} ({key} {single[key]:.4g} in one run): that run was partly "
-                     f"luck.")
+        lines.append(f"The confirmed winner, **{line['configuration']}** (mean {_v(key, line['mean'])}), is not the "
+                     f"single-run winner, {single_name} ({_name(key)} {_v(key, single[key])} in one run): that run "
+                     f"was partly luck.")
     noise = within_noise(winner)
     if not noise.empty:
-        others = ", ".join(f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g})" for _, r in noise.iterrows())
-        lines.append(f"The winner's range over its runs ({line['min']:.4g}..{line['max']:.4g}) overlaps that of "
+        others = ", ".join(f"{r['configuration']} ({_range(key, r)})" for _, r in noise.iterrows())
+        lines.append(f"The winner's range over its runs ({_range(key, line)}) overlaps that of "
                      f"{others}: the top configurations are within noise of each other at this budget, and the "
                      f"differences between their means are not to be trusted. Choose among them on other grounds "
                      f"(speed, memory), or confirm with more runs.")
@@ -297,8 +339,8 @@ def confirmation_section(winner: Winner | None, objective: str) -> list[str]:
         rest = t[(t["state"] == "complete") & (t["configuration"] != line["configuration"])]
         if not rest.empty:
             r = rest.iloc[0]
-            lines.append(f"The winner's range ({line['min']:.4g}..{line['max']:.4g}) does not overlap the runner-up's, "
-                         f"{r['configuration']} ({r['min']:.4g}..{r['max']:.4g}): its lead held in every run.")
+            lines.append(f"The winner's range ({_range(key, line)}) does not overlap the runner-up's, "
+                         f"{r['configuration']} ({_range(key, r)}): its lead held in every run.")
     return [*lines, ""]
 
 
@@ -370,12 +412,13 @@ def warm_start_section(study: optuna.Study, df: pd.DataFrame, objective: str) ->
     best_warm, best_sampled = best_row(started, objective), best_row(sampled, objective)
     for what, best in (("warm-start", best_warm), ("sampled", best_sampled)):
         source = f" ({best['warm_start']})" if best is not None and pd.notna(best["warm_start"]) else ""
-        lines.append(f"- best {what} trial: " + (f"{int(best['number'])}{source}, {key} {best[key]:.4g}"
+        lines.append(f"- best {what} trial: " + (f"{int(best['number'])}{source}, {_name(key)} {_v(key, best[key])}"
                                                   if best is not None else "none trained to the target"))
     if best_warm is not None and best_sampled is not None:
         gain = best_warm[key] - best_sampled[key] if objective == "loss" else best_sampled[key] - best_warm[key]
-        lines.append(f"- the sampler improved on the warm start by {gain:.4g} ({gain / abs(best_warm[key]):.1%})"
+        share = units.ERROR.text(gain / abs(best_warm[key]))
+        lines.append(f"- the sampler improved on the warm start by {_v(key, gain)} ({share})"
                      if gain > 0 else "- no sampled trial beat the warm start")
-    return [*lines, "", readable(started).to_markdown(index=False), ""]
+    return [*lines, "", readable(started).to_markdown(index=False, disable_numparse=True), ""]
 
 

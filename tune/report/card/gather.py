@@ -11,10 +11,11 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from tune.core.budget import format_seconds
 from tune.core.outcomes import OUT_OF_MEMORY
 from tune.core.space import PARAMS
 from tune.report.card import matmul as card_matmul
-from tune.report.frame import choose_winner, label, oom_frontier, originals, trials_frame
+from tune.report.frame import choose_winner, label, oom_frontier, originals, time_span, trials_frame
 
 
 def _value(v: Any) -> Any:
@@ -36,10 +37,8 @@ def trial_record(row: pd.Series) -> dict[str, Any]:
 
 
 def _ran(study: optuna.Study) -> str:
-    times = [t for tr in study.get_trials(deepcopy=False) for t in (tr.datetime_start, tr.datetime_complete) if t]
-    if not times:
-        return "no trial started yet"
-    return f"{min(times):%Y-%m-%d %H:%M} to {max(times):%Y-%m-%d %H:%M} (local time)"
+    span = time_span(study)
+    return f"{span.text()} ({format_seconds(span.seconds)})" if span else "no trial started yet"
 
 
 def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None) -> dict[str, Any]:

@@ -7,26 +7,22 @@ import base64
 import html
 import io
 import json
-import math
+import re
 from typing import Any
 
-MiB = 2**20
-# The one place the card turns raw SI figures into text: kind -> (scale, format, unit). The raw values stay in
-# the card-data block; a shared schema of human units can replace this table later.
-UNITS: dict[str, tuple[float, str, str]] = {
-    "mib": (MiB, "{:,.0f}", "MiB"), "ktok": (1e3, "{:,.1f}", "k tokens/s"), "gflops": (1, "{:,.1f}", "GFLOP/s"),
-    "loss": (1, "{:.4f}", ""), "params": (1e6, "{:.2f}", "M params"), "s": (1, "{:,.1f}", "s"),
-    "lr": (1, "{:.2e}", ""), "int": (1, "{:.0f}", ""), "share": (0.01, "{:.0f}", "%"),
+from tune.core import units
+
+# The card's kinds of figure -> their unit (tune.core.units: the rounding every report shares). The raw values stay
+# in the card-data block.
+UNITS: dict[str, units.Unit] = {
+    "mib": units.MIB, "ktok": units.KTOK, "gflops": units.GFLOPS, "loss": units.LOSS, "params": units.PARAMS,
+    "s": units.SECONDS, "lr": units.LR, "int": units.WHOLE, "share": units.SHARE,
 }
 
 
 def fmt(kind: str, value: Any, unit: bool = False) -> str:
     """A figure as the card shows it ('-' when missing); with unit=True, followed by its unit."""
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return "-"
-    scale, form, name = UNITS[kind]
-    text = form.format(value / scale)
-    return f"{text} {name}".replace(" %", "%") if unit and name else text
+    return UNITS[kind].text(value, unit)
 
 
 def esc(value: Any) -> str:
@@ -34,10 +30,20 @@ def esc(value: Any) -> str:
     return html.escape(str(value))
 
 
+# A figure a table cell must not break across lines: 1,234.5, 2.00e-03, 42%, 400 MiB, 38.2 (96%).
+NUMBER = re.compile(r"[-+]?\d[\d,.]*(e[-+]?\d+)?(%| [A-Za-z/]+)?( \([-+\d.,]+%\))?")
+
+
+def _cell(value: Any) -> str:
+    """A <td>; a number's carries class "num" (white-space: nowrap) so the figure never wraps."""
+    text = str(value)
+    return f'<td class="num">{esc(text)}</td>' if NUMBER.fullmatch(text) else f"<td>{esc(text)}</td>"
+
+
 def table(header: list[str] | None, rows: list[list[str]], cls: str = "") -> str:
     """An HTML table of formatted (not yet escaped) cells; header None: none."""
     head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
     return f'<table class="{cls}">{head}<tbody>{body}</tbody></table>'
 
 
@@ -112,7 +118,7 @@ def loss_plot(trials: list[dict[str, Any]], winner: str | None) -> Any:
     fig, ax = plt.subplots(figsize=(8, 4))
     x = [t["tokens_per_s"] / 1e3 for t in trials]
     y = [t["val_loss"] for t in trials]
-    mem = [(t["peak_memory_bytes"] or 0) / MiB for t in trials]
+    mem = [(t["peak_memory_bytes"] or 0) / units.MiB for t in trials]
     points = ax.scatter(x, y, c=mem, cmap="viridis", s=60, edgecolors="k", linewidths=0.5)
     fig.colorbar(points, ax=ax, label="peak memory (MiB)")
     for t, xi, yi in zip(trials, x, y):
@@ -163,6 +169,7 @@ table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 table.facts td { text-align: left; }
+td.num { white-space: nowrap; }
 figure { margin: 8px 0 16px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; } .note { background: #fff6dd; padding: 6px 10px; }
 .source { color: #555; font-size: 13px; }

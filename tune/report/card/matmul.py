@@ -71,6 +71,7 @@ def from_doc(doc: dict[str, Any], source: str, note: str | None = None) -> Matmu
     """The section's figures from a matmul JSON (optional keys may be absent)."""
     peaks = [p for p in doc.get("peaks") or [] if isinstance(p, dict)]
     cross = doc.get("crossover") if isinstance(doc.get("crossover"), dict) else {}
+    cross = {k: v for k, v in cross.items() if k != "note"}  # {"note": why empty}: no series
     return Matmul(source, list(doc["results"]), peaks, cross, note=note)
 
 

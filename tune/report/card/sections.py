@@ -46,6 +46,9 @@ def _crossover(data: dict[str, Any], rows: list[dict[str, Any]], cross: dict[str
         where = data["environment"].get("device_name") or "the CPU"
         return (f"<p><b>Crossover:</b> no GPU in these measurements (the study ran on {esc(where)}): there is no "
                 f"size from which a GPU beats the CPU to report.</p>")
+    if not any(str(r["device"]) == "cpu" for r in rows):
+        return ("<p><b>Crossover:</b> no CPU in these measurements: there is nothing to compare the GPU with, and "
+                "no crossover to report.</p>")
     items = [f"<li>{esc(k)}: " + (f"the GPU beats the CPU from size <b>{esc(v)}</b> on" if v else
                                   "the GPU never beats the CPU at these sizes") + "</li>" for k, v in cross.items()]
     return "<p><b>Crossover</b> (the smallest size from which the GPU beats the CPU):</p><ul>" + "".join(items) + \

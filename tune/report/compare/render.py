@@ -3,46 +3,35 @@ shared configuration, the out-of-memory frontiers) and compare.png."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from tune.core import units
 from tune.core.outcomes import COUNTED, Status
 from tune.report.compare.data import SHAPE, Side, geometric_mean, shared_speeds, speeds
-from tune.report.frame import choose_winner, label, oom_frontier, originals
+from tune.report.frame import choose_winner, label, oom_frontier, originals, time_span
 
-# --- formatting: the one place units and rounding are chosen (to follow the shared record schema later) ------
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
+# --- formatting: units and rounding come from tune.core.units (the same as every other report) ---------------
 
 
-def _fmt(spec: str, scale: float = 1.0, suffix: str = "") -> Callable[[Any], str]:
-    return lambda v: "-" if _missing(v) else f"{float(v) / scale:{spec}}{suffix}"
+KTOK = units.KTOK.text  # training tokens/s, in thousands
+MIB = units.MIB.text  # bytes, in MiB
+LOSS = units.LOSS.text
+LR = units.LR.text
+WHOLE = units.WHOLE.text
 
 
-def _sig3(scale: float = 1.0, suffix: str = "") -> Callable[[Any], str]:
-    """Three significant digits, never an exponent: 75.6, 0.0213, 1,234 (speeds and speed-ups span decades)."""
-    def text(v: Any) -> str:
-        if _missing(v):
-            return "-"
-        x = float(v) / scale
-        decimals = max(0, 2 - math.floor(math.log10(abs(x)))) if x else 0
-        return f"{x:,.{decimals}f}{suffix}"
-    return text
+def GIB(v: Any) -> str:  # noqa: N802 - named like the other formatters
+    """Bytes in GiB, with the unit."""
+    return units.GIB.text(v, unit=True)
 
 
-KTOK = _sig3(1e3)  # training tokens/s, in thousands
-MIB = _fmt(",.0f", 2**20)  # bytes, in MiB
-GIB = _fmt(",.0f", 2**30, " GiB")
-LOSS = _fmt(".4f")
-LR = _fmt(".2e")
-RATIO = _sig3(suffix="x")
-WHOLE = _fmt(".0f")
+def RATIO(v: Any) -> str:  # noqa: N802
+    """A speed-up: 1.23x ('-' when missing)."""
+    return units.RATIO.text(v, unit=True).replace(" x", "x")
 
 
 def _shape(key: Iterable[Any]) -> str:
@@ -70,12 +59,11 @@ def markdown(sides: list[Side]) -> str:
 
 def _dates(side: Side) -> str:
     """The days the study's trials ran: '2026-11-26' or '2026-11-26 .. 2026-11-28'."""
-    times = [t for tr in side.study.get_trials(deepcopy=False) for t in (tr.datetime_start, tr.datetime_complete)
-             if t is not None]
-    if not times:
+    span = time_span(side.study)
+    if span is None:
         return "-"
-    first, last = min(times).date().isoformat(), max(times).date().isoformat()
-    return first if first == last else f"{first} .. {last}"
+    first, last = span.start.date().isoformat(), span.end.date().isoformat()
+    return f"{first} (UTC)" if first == last else f"{first} .. {last} (UTC)"
 
 
 def _device(env: dict[str, Any]) -> str:
@@ -196,7 +184,7 @@ def _frontier_cells(side: Side) -> dict[tuple[int, int], str]:
     for _, r in oom_frontier(originals(side.df)).iterrows():
         ran, oom, skipped = (r[k] for k in ("largest batch x block that ran", "smallest batch x block that OOM'd",
                                             "smallest skipped (predicted OOM)"))
-        parts = [f"ran {ran} ({MIB(r['its peak MiB'] * 2**20)} MiB)"] if ran != "-" else []
+        parts = [f"ran {ran} ({MIB(r['its peak MiB'] * units.MiB)} MiB)"] if ran != "-" else []
         parts += [f"OOM {oom}"] if oom != "-" else []
         parts += [f"predicted OOM {skipped}"] if skipped != "-" else []
         cells[(int(r["layers"]), int(r["embed"]))] = "; ".join(parts) or "-"
