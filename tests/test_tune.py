@@ -14,7 +14,7 @@ import pytest
 
 from gptcore.config import ModelConfig, from_dict
 from gptcore.errors import Diverged, UserError
-from tests.conftest import CORPUS, ROOT, ctrl_c_default
+from tests.conftest import CORPUS, ROOT, ctrl_c_default, run_cli
 from tune.__main__ import main, parse_size
 from tune.core.budget import Budget, RungPlan
 from tune.core.outcomes import classify, requested_bytes
@@ -268,17 +268,17 @@ def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
     (["--memory-limit", "1MB"], "below what a trial process needs"),
     (["--device", "cuda"], "--device cuda: CUDA is not available"),
 ])
-def test_bad_flags_are_one_line_and_exit_2(argv, needle, tmp_path):
+def test_bad_flags_are_one_line_and_exit_2(argv, needle, tmp_path, capfd, monkeypatch):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
     argv = [a.replace("__FILE__", str(afile)) for a in argv]
     if torch_cuda() and argv[:2] == ["--device", "cuda"]:
         pytest.skip("CUDA is present here")
-    proc = subprocess.run([sys.executable, "-m", "tune", "--trials", "1", "--budget", "0.5s", "--device", "cpu",
-                           "--results", str(tmp_path / "r"), "--no-progress", *argv],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    monkeypatch.chdir(tmp_path)  # in-process (tests/conftest.py run_cli): relative paths resolve here
+    code, _, err = run_cli("tune", ["--trials", "1", "--budget", "0.5s", "--device", "cpu", "--results",
+                                    str(tmp_path / "r"), "--no-progress", *argv], capfd)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
 def torch_cuda() -> bool:

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import CORPUS, ROOT, ctrl_c_default
+from tests.conftest import CORPUS, ROOT, ctrl_c_default, run_cli
 from tests.test_tune import TINY_SPACE
 from tune.core.outcomes import COUNTED_STATUSES
 
@@ -263,12 +263,14 @@ def test_a_configuration_that_crashes_every_time_is_tried_twice_and_the_tuner_st
     (["--storage", "postgresql+pg8000://u:sekrit@127.0.0.1/db"], "pg8000"),
     (["--grace-period", "5", "--heartbeat-interval", "5"], "--grace-period 5: must be longer"),
 ])
-def test_bad_worker_and_storage_flags_are_one_line_exit_2_and_create_nothing(argv, needle, tmp_path):
-    proc = subprocess.run(tune_cmd(tmp_path / "r", None, 1) + argv, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
-    assert "sekrit" not in proc.stderr + proc.stdout
+def test_bad_worker_and_storage_flags_are_one_line_exit_2_and_create_nothing(argv, needle, tmp_path, capfd,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in-process (tests/conftest.py run_cli)
+    code, out, err = run_cli("tune", tune_cmd(tmp_path / "r", None, 1)[3:] + argv, capfd)  # less python -m tune
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "sekrit" not in err + out
     assert not (tmp_path / "r").exists()
 
 
