@@ -141,8 +141,21 @@ def test_parse_size(text, value):
 # --- whole studies ------------------------------------------------------------------------------------
 
 
-def test_study_completes_and_writes_every_file(tmp_path):
-    out = run_study(settings(tmp_path))
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished 4-trial study, shared: tests that need a finished study to refuse to resume work on a copy."""
+    return run_study(settings(tmp_path_factory.mktemp("finished")))
+
+
+def copy_of(finished, tmp_path) -> None:
+    """The finished study's results folder copied to where settings(tmp_path) looks for it."""
+    import shutil
+
+    shutil.copytree(finished.results_dir.parent, tmp_path / "results")
+
+
+def test_study_completes_and_writes_every_file(finished):
+    out = finished
     folder = out.results_dir
     for name in ("trials.csv", "summary.md", "best.json", "study.db", "rungs.png", "history.png",
                  "loss_vs_memory.png", "throughput_vs_memory.png"):
@@ -428,22 +441,23 @@ def test_random_sampler_is_seeded_and_reproducible(tmp_path):
     assert draws[0] == draws[1] and len({str(d) for d in draws[0]}) > 1
 
 
-def test_resume_with_another_search_space_is_refused(tmp_path):
-    run_study(settings(tmp_path, trials=1))
+def test_resume_with_another_search_space_is_refused(tmp_path, finished):
+    copy_of(finished, tmp_path)  # a finished study of 4 trials, resumed to 5
     with pytest.raises(UserError, match="space:"):
-        run_study(settings(tmp_path, trials=2, space_overrides={**TINY_SPACE, "n_layer": [1, 2]}))
+        run_study(settings(tmp_path, trials=5, space_overrides={**TINY_SPACE, "n_layer": [1, 2]}))
 
 
-def test_an_empty_study_db_beside_results_is_refused_and_nothing_overwritten(tmp_path):
-    out = run_study(settings(tmp_path, trials=1))
-    csv = (out.results_dir / "trials.csv").read_text()
-    (out.results_dir / "study.db").write_bytes(b"")
+def test_an_empty_study_db_beside_results_is_refused_and_nothing_overwritten(tmp_path, finished):
+    copy_of(finished, tmp_path)  # a finished study of 4 trials, resumed to 5
+    folder = tmp_path / "results" / "t"
+    csv = (folder / "trials.csv").read_text()
+    (folder / "study.db").write_bytes(b"")
     with pytest.raises(UserError, match="study.db: empty, but .*trials.csv holds"):
-        run_study(settings(tmp_path, trials=2))
-    assert (out.results_dir / "trials.csv").read_text() == csv
-    (out.results_dir / "study.db").write_text("not a database")
+        run_study(settings(tmp_path, trials=5))
+    assert (folder / "trials.csv").read_text() == csv
+    (folder / "study.db").write_text("not a database")
     with pytest.raises(UserError, match="not a SQLite database"):
-        run_study(settings(tmp_path, trials=2))
+        run_study(settings(tmp_path, trials=5))
 
 
 def test_a_storage_that_will_not_open_leaves_no_results_folder(tmp_path):
@@ -459,7 +473,8 @@ def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkey
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(study_mod, "record", broken_record)
-    out = run_study(settings(tmp_path, trials=1))  # said in one line per trial, never a traceback
+    # The stand-in trial "trains" at once: the fault under test is the parent's, after the trial ended.
+    out = run_study(settings(tmp_path, trials=1), target="tests.tune_faults:steady")  # one line per trial
     assert "3 trials in a row failed" in out.stopped_because and "disk full" in out.stopped_because
     stored = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'results' / 't' / 'study.db'}")
     trial, retry, other, queued = stored.trials  # each closed, and queued again once: the fault was the tuner's
