@@ -378,9 +378,10 @@ def test_a_neighbour_on_another_core_does_not_make_the_trials_cores_busy():
 
 
 def test_a_busy_neighbour_flags_the_trials_it_slowed(tmp_path):
-    """Two busy-looping processes on a 2-core machine: the trial that runs beside them is flagged contended."""
+    """A busy-looping process on every core the trial may use (two at least): the trial is flagged contended."""
     spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass\n"
-    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(max(os.cpu_count() or 1, 2))]
+    # As many as this process's cores (not os.cpu_count(): a tuner under taskset sees, and trains on, fewer).
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(max(len(os.sched_getaffinity(0)), 2))]
     try:
         time.sleep(0.5)
         out = run_study(settings(tmp_path, trials=1, trial_seconds=1.0))
