@@ -28,6 +28,25 @@ def ctrl_c_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def run_cli(cli: str, argv: list[str], capfd) -> tuple[int, str, str]:
+    """`python -m CLI argv` in this process: its main() through gptcore.cliutil.run, as the console command runs
+    it, errors named `python -m CLI`; (exit code, stdout, stderr), read at the file descriptors (a trial process's
+    output counts too). An exception other than the exit fails the test with its traceback.
+
+    A refusal costs milliseconds here, against an interpreter and its imports in a process of its own; each CLI
+    keeps one real-process case (tests/test_bad_input.py) for the console path end to end."""
+    import importlib
+
+    from gptcore.cliutil import run
+
+    module = importlib.import_module(f"{cli}.__main__")
+    capfd.readouterr()  # only this command's output
+    with pytest.raises(SystemExit) as info:
+        run(module.main, list(argv), prog=module.PROG)
+    out, err = capfd.readouterr()
+    return info.value.code, out, err
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     # On-the-fly preparations must never land in the user's ~/.cache during tests.

@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from gptcore.errors import UserError
-from tests.conftest import CORPUS, ROOT
+from tests.conftest import CORPUS, ROOT, run_cli
 from tests.test_tune import TINY_SPACE
 from tune.core.budget import Budget, RungPlan
 from tune.core.space import Space, preset_params
@@ -163,11 +163,12 @@ def test_confirm_0_runs_none(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("value", ["-1", "abc"])
-def test_a_bad_confirm_value_is_one_line_exit_2_and_creates_nothing(value, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tune", "--confirm", value, "--device", "cpu", "--results",
-                           str(tmp_path / "r"), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+def test_a_bad_confirm_value_is_one_line_exit_2_and_creates_nothing(value, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in-process (tests/conftest.py run_cli)
+    code, _, err = run_cli("tune", ["--confirm", value, "--device", "cpu", "--results", str(tmp_path / "r"),
+                                    "--no-progress"], capfd)
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and f"argument --confirm: expected an integer >= 0, got '{value}'" in lines[0]
     assert not (tmp_path / "r").exists()
     with pytest.raises(UserError, match="--confirm must be 0 .off. or more, got -1"):

@@ -14,7 +14,7 @@ import pytest
 
 from gptcore.config import ModelConfig, from_dict
 from gptcore.errors import Diverged, UserError
-from tests.conftest import CORPUS, ROOT, ctrl_c_default
+from tests.conftest import CORPUS, ROOT, ctrl_c_default, run_cli
 from tune.__main__ import main, parse_size
 from tune.core.budget import Budget, RungPlan
 from tune.core.outcomes import classify, requested_bytes
@@ -141,8 +141,21 @@ def test_parse_size(text, value):
 # --- whole studies ------------------------------------------------------------------------------------
 
 
-def test_study_completes_and_writes_every_file(tmp_path):
-    out = run_study(settings(tmp_path))
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished 4-trial study, shared: tests that need a finished study to refuse to resume work on a copy."""
+    return run_study(settings(tmp_path_factory.mktemp("finished")))
+
+
+def copy_of(finished, tmp_path) -> None:
+    """The finished study's results folder copied to where settings(tmp_path) looks for it."""
+    import shutil
+
+    shutil.copytree(finished.results_dir.parent, tmp_path / "results")
+
+
+def test_study_completes_and_writes_every_file(finished):
+    out = finished
     folder = out.results_dir
     for name in ("trials.csv", "summary.md", "best.json", "study.db", "rungs.png", "history.png",
                  "loss_vs_memory.png", "throughput_vs_memory.png"):
@@ -268,17 +281,17 @@ def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
     (["--memory-limit", "1MB"], "below what a trial process needs"),
     (["--device", "cuda"], "--device cuda: CUDA is not available"),
 ])
-def test_bad_flags_are_one_line_and_exit_2(argv, needle, tmp_path):
+def test_bad_flags_are_one_line_and_exit_2(argv, needle, tmp_path, capfd, monkeypatch):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
     argv = [a.replace("__FILE__", str(afile)) for a in argv]
     if torch_cuda() and argv[:2] == ["--device", "cuda"]:
         pytest.skip("CUDA is present here")
-    proc = subprocess.run([sys.executable, "-m", "tune", "--trials", "1", "--budget", "0.5s", "--device", "cpu",
-                           "--results", str(tmp_path / "r"), "--no-progress", *argv],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    monkeypatch.chdir(tmp_path)  # in-process (tests/conftest.py run_cli): relative paths resolve here
+    code, _, err = run_cli("tune", ["--trials", "1", "--budget", "0.5s", "--device", "cpu", "--results",
+                                    str(tmp_path / "r"), "--no-progress", *argv], capfd)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
 def torch_cuda() -> bool:
@@ -365,9 +378,10 @@ def test_a_neighbour_on_another_core_does_not_make_the_trials_cores_busy():
 
 
 def test_a_busy_neighbour_flags_the_trials_it_slowed(tmp_path):
-    """Two busy-looping processes on a 2-core machine: the trial that runs beside them is flagged contended."""
+    """A busy-looping process on every core the trial may use (two at least): the trial is flagged contended."""
     spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass\n"
-    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(max(os.cpu_count() or 1, 2))]
+    # As many as this process's cores (not os.cpu_count(): a tuner under taskset sees, and trains on, fewer).
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(max(len(os.sched_getaffinity(0)), 2))]
     try:
         time.sleep(0.5)
         out = run_study(settings(tmp_path, trials=1, trial_seconds=1.0))
@@ -428,22 +442,23 @@ def test_random_sampler_is_seeded_and_reproducible(tmp_path):
     assert draws[0] == draws[1] and len({str(d) for d in draws[0]}) > 1
 
 
-def test_resume_with_another_search_space_is_refused(tmp_path):
-    run_study(settings(tmp_path, trials=1))
+def test_resume_with_another_search_space_is_refused(tmp_path, finished):
+    copy_of(finished, tmp_path)  # a finished study of 4 trials, resumed to 5
     with pytest.raises(UserError, match="space:"):
-        run_study(settings(tmp_path, trials=2, space_overrides={**TINY_SPACE, "n_layer": [1, 2]}))
+        run_study(settings(tmp_path, trials=5, space_overrides={**TINY_SPACE, "n_layer": [1, 2]}))
 
 
-def test_an_empty_study_db_beside_results_is_refused_and_nothing_overwritten(tmp_path):
-    out = run_study(settings(tmp_path, trials=1))
-    csv = (out.results_dir / "trials.csv").read_text()
-    (out.results_dir / "study.db").write_bytes(b"")
+def test_an_empty_study_db_beside_results_is_refused_and_nothing_overwritten(tmp_path, finished):
+    copy_of(finished, tmp_path)  # a finished study of 4 trials, resumed to 5
+    folder = tmp_path / "results" / "t"
+    csv = (folder / "trials.csv").read_text()
+    (folder / "study.db").write_bytes(b"")
     with pytest.raises(UserError, match="study.db: empty, but .*trials.csv holds"):
-        run_study(settings(tmp_path, trials=2))
-    assert (out.results_dir / "trials.csv").read_text() == csv
-    (out.results_dir / "study.db").write_text("not a database")
+        run_study(settings(tmp_path, trials=5))
+    assert (folder / "trials.csv").read_text() == csv
+    (folder / "study.db").write_text("not a database")
     with pytest.raises(UserError, match="not a SQLite database"):
-        run_study(settings(tmp_path, trials=2))
+        run_study(settings(tmp_path, trials=5))
 
 
 def test_a_storage_that_will_not_open_leaves_no_results_folder(tmp_path):
@@ -459,7 +474,8 @@ def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkey
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(study_mod, "record", broken_record)
-    out = run_study(settings(tmp_path, trials=1))  # said in one line per trial, never a traceback
+    # The stand-in trial "trains" at once: the fault under test is the parent's, after the trial ended.
+    out = run_study(settings(tmp_path, trials=1), target="tests.tune_faults:steady")  # one line per trial
     assert "3 trials in a row failed" in out.stopped_because and "disk full" in out.stopped_because
     stored = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'results' / 't' / 'study.db'}")
     trial, retry, other, queued = stored.trials  # each closed, and queued again once: the fault was the tuner's

@@ -21,11 +21,24 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import CORPUS, ROOT, ctrl_c_default
+from tests.conftest import CORPUS, ROOT, ctrl_c_default, run_cli
 from tests.test_tune import TINY_SPACE
 from tune.core.outcomes import COUNTED
 
 SPACE_FLAGS = [a for k, v in TINY_SPACE.items() for a in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
+# Any two cores this process may use (never assumed to be 0 and 1); the tests that pin two workers skip without them.
+TWO_CORES = sorted(os.sched_getaffinity(0))[:2]
+two_cores = pytest.mark.skipif(len(TWO_CORES) < 2, reason="needs two cores: one worker pinned to each")
+
+
+def cores_flag() -> list[str]:
+    """--cores with the two chosen cores: two workers then own one each, on a machine of any size."""
+    return ["--cores", ",".join(map(str, TWO_CORES))]
+
+
+def one_core_each() -> set[str]:
+    """The worker names two workers on TWO_CORES carry."""
+    return {f"cores {c}" for c in TWO_CORES}
 
 
 def tune_cmd(results: Path, storage: str | None, trials: int, *extra: str, budget: str = "40steps") -> list[str]:
@@ -84,11 +97,11 @@ def check_books(study: optuna.Study, trials: int) -> None:
     assert all(t.user_attrs.get("status") in COUNTED for t in counted)
 
 
-def run_two(results: Path, storage: str, trials: int, tmp_path: Path) -> list[str]:
-    """Two tuner processes x 2 workers on one study, started at the same instant; their outputs."""
+def run_two(results: Path, storage: str, trials: int, tmp_path: Path, cores: list[str] = ()) -> list[str]:
+    """Two tuner processes x 2 workers on one study, started at the same instant; their outputs (`cores`: flags)."""
     marks = [uuid.uuid4().hex for _ in range(2)]
     logs = [tmp_path / f"tuner{i}.log" for i in range(2)]
-    procs = [start(tune_cmd(results / f"m{i}", storage, trials, "--workers", "2"), marks[i], logs[i])
+    procs = [start(tune_cmd(results / f"m{i}", storage, trials, "--workers", "2", *cores), marks[i], logs[i])
              for i in range(2)]
     for p in procs:
         p.wait(timeout=600)
@@ -102,14 +115,15 @@ def run_two(results: Path, storage: str, trials: int, tmp_path: Path) -> list[st
 
 
 @pytest.mark.slow
+@two_cores
 def test_two_tuners_two_workers_on_postgres_end_with_exactly_n_trials(tmp_path, postgres_url):
-    run_two(tmp_path, postgres_url, 10, tmp_path)
+    run_two(tmp_path, postgres_url, 10, tmp_path, cores_flag())
     study = study_of(postgres_url)
     check_books(study, 10)
     hosts_pids = {t.user_attrs["tuner_pid"] for t in study.trials}
     assert len(hosts_pids) == 2  # both tuners did work
     workers = {t.user_attrs["worker"] for t in study.trials}
-    assert workers == {"cores 0", "cores 1"}  # each worker owned one core of this 2-core machine
+    assert workers == one_core_each()  # each worker owned one of the two cores it was given
 
 
 @pytest.mark.slow
@@ -239,7 +253,9 @@ def test_a_configuration_that_crashes_every_time_is_tried_twice_and_the_tuner_st
 @pytest.mark.parametrize("argv, needle", [
     (["--workers", "0"], "argument --workers: expected a positive integer or auto, got '0'"),
     (["--workers", "-1"], "argument --workers: expected a positive integer or auto, got '-1'"),
-    (["--workers", "64"], "--workers 64: more workers than CPU cores"),
+    # One more worker than this process has cores, on a machine of any size.
+    (["--workers", f"{len(os.sched_getaffinity(0)) + 1}"],
+     f"--workers {len(os.sched_getaffinity(0)) + 1}: more workers than CPU cores"),
     (["--gpus", "0"], "--gpus 0: needs a CUDA device"),
     (["--gpus", "x"], "argument --gpus: expected indices like 0,2,3 or 0-3, got 'x'"),
     (["--cores", "999"], "--cores 999: core(s) 999 are not usable here"),
@@ -248,22 +264,24 @@ def test_a_configuration_that_crashes_every_time_is_tried_twice_and_the_tuner_st
     (["--storage", "postgresql+pg8000://u:sekrit@127.0.0.1/db"], "pg8000"),
     (["--grace-period", "5", "--heartbeat-interval", "5"], "--grace-period 5: must be longer"),
 ])
-def test_bad_worker_and_storage_flags_are_one_line_exit_2_and_create_nothing(argv, needle, tmp_path):
-    proc = subprocess.run(tune_cmd(tmp_path / "r", None, 1) + argv, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
-    assert "sekrit" not in proc.stderr + proc.stdout
+def test_bad_worker_and_storage_flags_are_one_line_exit_2_and_create_nothing(argv, needle, tmp_path, capfd,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in-process (tests/conftest.py run_cli)
+    code, out, err = run_cli("tune", tune_cmd(tmp_path / "r", None, 1)[3:] + argv, capfd)  # less python -m tune
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "sekrit" not in err + out
     assert not (tmp_path / "r").exists()
 
 
+@two_cores
 def test_two_workers_on_the_cpu_own_one_core_each_and_the_table_says_so(tmp_path):
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two cores")
-    proc = subprocess.run(tune_cmd(tmp_path, None, 4, "--workers", "2"), cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(tune_cmd(tmp_path, None, 4, "--workers", "2", *cores_flag()), cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(tmp_path / "w" / "trials.csv")
-    assert len(df) == 4 and set(df["worker"]) == {"cores 0", "cores 1"} and (df["threads"] == 1).all()
+    assert len(df) == 4 and set(df["worker"]) == one_core_each() and (df["threads"] == 1).all()
     assert not df["contended"].notna().any(), df[["worker", "contended"]]  # a sibling on the other core is no neighbour
 
 

@@ -83,10 +83,12 @@ class CpuMeter:
     """
 
     def __init__(self, threads: int, cores: list[int] | None = None,
-                 stat: Callable[[], list[str] | None] = read_proc_stat) -> None:
+                 stat: Callable[[], list[str] | None] = read_proc_stat,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.threads = max(threads, 1)
         self.owned = sorted(cores) if cores else None
         self._stat = stat
+        self._clock = clock  # tests pass a fake /proc/stat and a clock that moves with it instead of sleeping
         self._wall = self._own = 0.0
         self._busy: float | None = None
 
@@ -96,12 +98,12 @@ class CpuMeter:
 
     def start(self) -> CpuMeter:
         """Read the clocks."""
-        self._wall, self._own, self._busy = time.perf_counter(), own_cpu_seconds(), self._busy_now()
+        self._wall, self._own, self._busy = self._clock(), own_cpu_seconds(), self._busy_now()
         return self
 
     def stop(self) -> dict[str, Any]:
         """cpu_share, others_cores (cores other processes kept busy), load_1m, threads, cores, cores_owned."""
-        wall = max(time.perf_counter() - self._wall, 1e-9)
+        wall = max(self._clock() - self._wall, 1e-9)
         own = own_cpu_seconds() - self._own
         busy = self._busy_now()
         others = None
