@@ -21,7 +21,8 @@ from tune.search import dispatch
 from tune.search.settings import TuneSettings
 from tune.search.study import run_study
 from tune.store.liveness import fail_stale
-from tune.store.storage import make_storage, open_study, resolve_storage
+from tune.store.spec import resolve_storage
+from tune.store.storage import make_storage, open_study
 from tune.store.told import VALUE_KEY, recorded_status
 
 STEADY = "tests.tune_faults:steady"  # trains at once; its loss is set by the configuration
