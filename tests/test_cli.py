@@ -298,7 +298,7 @@ def test_the_tune_bar_counts_only_the_searched_trials_and_names_the_running_one(
 
     assert console.watch(Runner()).run({"log": "logs/trial_0007.log"}) == "ran"
     console.close()
-    assert "tune (trial_0007 0s)" in console.stream.getvalue()
+    assert "tune (running: trial_0007 0s)" in console.stream.getvalue()
 
 
 def test_the_tune_console_off_a_terminal_has_no_bar(capsys):
