@@ -290,7 +290,9 @@ def atomic_dir(path: str | Path, marker: str, what: str, owned: Collection[str] 
                     os.replace(old, path)
             _remove(tmp)
             _remove(new)
-        if isinstance(exc, Exception) and disk_full(exc, path.parent, max(need or 0, written)):
+        # A UserError is the block's own verdict (a corpus too small): never renamed a full disk.
+        if (isinstance(exc, Exception) and not isinstance(exc, UserError)
+                and disk_full(exc, path.parent, max(need or 0, written))):
             raise UserError(_no_space(exc, path, tmp, what, marker, need, written)) from None
         raise
 
