@@ -14,11 +14,11 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gptcore.config import ACTIVATIONS, DTYPES, LR_DECAYS, NORMS, SEED_MAX, ModelConfig, TrainConfig
+from gptcore.config import ACTIVATIONS, COMPILE_MODES, DTYPES, LR_DECAYS, NORMS, SEED_MAX, ModelConfig, TrainConfig
 from gptcore.errors import UserError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-CHOICES = {"norm": NORMS, "activation": ACTIVATIONS, "dtype": DTYPES, "lr_decay": LR_DECAYS}
+CHOICES = {"norm": NORMS, "activation": ACTIVATIONS, "dtype": DTYPES, "lr_decay": LR_DECAYS, "compile": COMPILE_MODES}
 ALIASES = {"learning_rate": ["--lr"]}
 QUIET_HELP = "print only warnings, errors and the final result (where the results went); no progress bar"
 PROGRESS_HELP = "no progress bar (a bar shows only when stderr is a terminal)"
