@@ -89,6 +89,17 @@ def postgres_db():
 
     The role in TUNE_TEST_POSTGRES needs CREATEDB. An unreachable server fails the test: it was asked for.
     """
+    yield from _postgres_databases()
+
+
+@pytest.fixture(scope="module")
+def postgres_module_db():
+    """postgres_db for a module-scoped fixture (one run several tests check): all dropped after the module."""
+    yield from _postgres_databases()
+
+
+def _postgres_databases():
+    """Yield a factory of fresh PostgreSQL databases, then drop every one it made."""
     import uuid
 
     import sqlalchemy

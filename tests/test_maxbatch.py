@@ -16,7 +16,7 @@ import pytest
 
 from gptcore.cliutil import run
 from gptcore.memory import Calibration
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tune.__main__ import main
 from tune.exec.record import measured_peak
 from tune.exec.runner import TrialRunner
@@ -145,12 +145,17 @@ def baseline() -> int:
     return TrialRunner().probe("cpu")["vm_data_bytes"]
 
 
-def test_bad_flags_are_refused_by_the_real_cli(tmp_path):
-    for flag, value in (("--block-size", "64,x"), ("--margin", "1.5"), ("--steps", "1"), ("--memory-limit", "lots")):
-        proc = subprocess.run([sys.executable, "-m", "tune", "max-batch", flag, value], cwd=tmp_path,
-                              capture_output=True, text=True)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and flag in lines[0], proc.stderr
+def test_bad_flags_are_refused_by_the_real_cli(tmp_path, capfd, monkeypatch):
+    # The first as a real `python -m tune` process; the others through the same main() in this process.
+    proc = subprocess.run([sys.executable, "-m", "tune", "max-batch", "--block-size", "64,x"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--block-size" in lines[0], proc.stderr
+    monkeypatch.chdir(tmp_path)
+    for flag, value in (("--margin", "1.5"), ("--steps", "1"), ("--memory-limit", "lots")):
+        code, _, err = run_cli("tune", ["max-batch", flag, value], capfd)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and flag in lines[0], err
     assert list(tmp_path.iterdir()) == []
 
 

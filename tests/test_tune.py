@@ -23,6 +23,7 @@ from tune.report.frame import trials_frame
 from tune.search.settings import TuneSettings
 from tune.search.study import run_study
 
+STEADY = "tests.tune_faults:steady"  # a stand-in trial for studies that check bookkeeping, not training
 TINY_SPACE = {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
               "n_layer": [1, 1], "learning_rate": [1e-3, 1e-2]}
 
@@ -249,9 +250,10 @@ def test_the_tuner_process_never_imports_torch(tmp_path):
 
 
 def test_rerun_resumes_and_report_regenerates(tmp_path, capsys):
-    first = run_study(settings(tmp_path, trials=3))
+    # Bookkeeping only: the stand-in trial "trains" to the target at once (its loss set by the configuration).
+    first = run_study(settings(tmp_path, trials=3), target=STEADY)
     first.study.ask()  # a trial left RUNNING, as by a tuner killed with SIGKILL
-    out = run_study(settings(tmp_path, trials=6))
+    out = run_study(settings(tmp_path, trials=6), target=STEADY)
     assert out.ran == 3  # the orphan is failed and queued again (it had drawn nothing yet), plus two new trials
     df = trials_frame(out.study)
     assert list(df["number"]) == [0, 1, 2, 3, 4, 5, 6] and df.loc[3, "status"] == "interrupted"
@@ -475,7 +477,7 @@ def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkey
 
     monkeypatch.setattr(study_mod, "record", broken_record)
     # The stand-in trial "trains" at once: the fault under test is the parent's, after the trial ended.
-    out = run_study(settings(tmp_path, trials=1), target="tests.tune_faults:steady")  # one line per trial
+    out = run_study(settings(tmp_path, trials=1), target=STEADY)  # said in one line per trial
     assert "3 trials in a row failed" in out.stopped_because and "disk full" in out.stopped_because
     stored = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'results' / 't' / 'study.db'}")
     trial, retry, other, queued = stored.trials  # each closed, and queued again once: the fault was the tuner's

@@ -97,8 +97,9 @@ def check_books(study: optuna.Study, trials: int) -> None:
     assert all(t.user_attrs.get("status") in COUNTED for t in counted)
 
 
-def run_two(results: Path, storage: str, trials: int, tmp_path: Path, cores: list[str] = ()) -> list[str]:
-    """Two tuner processes x 2 workers on one study, started at the same instant; their outputs (`cores`: flags)."""
+def run_two(results: Path, storage: str, trials: int, tmp_path: Path) -> list[str]:
+    """Two tuner processes x 2 workers (on TWO_CORES) on one study, started at the same instant; their outputs."""
+    cores = cores_flag()
     marks = [uuid.uuid4().hex for _ in range(2)]
     logs = [tmp_path / f"tuner{i}.log" for i in range(2)]
     procs = [start(tune_cmd(results / f"m{i}", storage, trials, "--workers", "2", *cores), marks[i], logs[i])
@@ -114,11 +115,20 @@ def run_two(results: Path, storage: str, trials: int, tmp_path: Path, cores: lis
     return outs
 
 
+@pytest.fixture(scope="module")
+def postgres_pair(tmp_path_factory, postgres_module_db) -> str:
+    """Two tuners x 2 workers started at one instant on an empty PostgreSQL database, to 10 trials: its URL.
+
+    One run checked by two tests (the books at the end; the race to create the tables, version row and study)."""
+    url, tmp = postgres_module_db(), tmp_path_factory.mktemp("pg-pair")
+    run_two(tmp, url, 10, tmp)
+    return url
+
+
 @pytest.mark.slow
 @two_cores
-def test_two_tuners_two_workers_on_postgres_end_with_exactly_n_trials(tmp_path, postgres_url):
-    run_two(tmp_path, postgres_url, 10, tmp_path, cores_flag())
-    study = study_of(postgres_url)
+def test_two_tuners_two_workers_on_postgres_end_with_exactly_n_trials(postgres_pair):
+    study = study_of(postgres_pair)
     check_books(study, 10)
     hosts_pids = {t.user_attrs["tuner_pid"] for t in study.trials}
     assert len(hosts_pids) == 2  # both tuners did work
@@ -127,6 +137,7 @@ def test_two_tuners_two_workers_on_postgres_end_with_exactly_n_trials(tmp_path, 
 
 
 @pytest.mark.slow
+@two_cores
 def test_two_tuners_two_workers_on_a_journal_end_with_exactly_n_trials(tmp_path):
     storage = f"journal:{tmp_path / 'study.journal'}"
     run_two(tmp_path, storage, 8, tmp_path)
@@ -134,22 +145,24 @@ def test_two_tuners_two_workers_on_a_journal_end_with_exactly_n_trials(tmp_path)
 
 
 @pytest.mark.slow
-def test_two_tuners_starting_at_once_on_an_empty_postgres_database(tmp_path, postgres_url):
-    # The storage's tables, its version row and the study are all created by whichever tuner comes first.
-    run_two(tmp_path, postgres_url, 2, tmp_path)
-    check_books(study_of(postgres_url), 2)
+@two_cores
+def test_two_tuners_starting_at_once_on_an_empty_postgres_database(postgres_pair):
+    # The storage's tables, its version row and the study are all created by whichever tuner comes first
+    # (postgres_pair started both at one instant on an empty database).
+    check_books(study_of(postgres_pair), 10)
 
 
 @pytest.mark.slow
+@two_cores
 @pytest.mark.parametrize("backend", ["postgres", "journal"])
 def test_a_killed_tuner_is_taken_over_its_trials_retried_and_nothing_is_left_running(tmp_path, backend, request):
     storage = (request.getfixturevalue("postgres_url") if backend == "postgres"
                else f"journal:{tmp_path / 'study.journal'}")
-    trials = 8
+    trials = 4  # two per worker of the victim: some finished, some running when it dies, some never started
     victim_mark, other_mark = uuid.uuid4().hex, uuid.uuid4().hex
     # Long enough trials that the victim is surely mid-trial when it dies.
-    victim = start(tune_cmd(tmp_path / "a", storage, trials, "--workers", "2", budget="600steps"), victim_mark,
-                   tmp_path / "a.log")
+    victim = start(tune_cmd(tmp_path / "a", storage, trials, "--workers", "2", *cores_flag(), budget="600steps"),
+                   victim_mark, tmp_path / "a.log")
     deadline = time.time() + 120
     running: list[optuna.trial.FrozenTrial] = []
     while time.time() < deadline and not running:
@@ -167,8 +180,8 @@ def test_a_killed_tuner_is_taken_over_its_trials_retried_and_nothing_is_left_run
     stopped = study_of(storage).trials
     running = [t for t in stopped if t.state == TrialState.RUNNING and t.user_attrs.get("tuner_pid") == victim.pid]
     before = {t.number: (t.state, t.values) for t in stopped if t.state.is_finished()}
-    other = start(tune_cmd(tmp_path / "b", storage, trials, "--workers", "2", budget="600steps"), other_mark,
-                  tmp_path / "b.log")
+    other = start(tune_cmd(tmp_path / "b", storage, trials, "--workers", "2", *cores_flag(), budget="600steps"),
+                  other_mark, tmp_path / "b.log")
     other.wait(timeout=600)
     out = (tmp_path / "b.log").read_text()
     assert other.returncode == 0 and "Traceback" not in out, out
