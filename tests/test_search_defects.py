@@ -206,3 +206,19 @@ def test_a_disk_that_fills_while_the_report_is_written_is_one_line_naming_the_fi
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(
         f"python -m tune: error: {results / 'r' / 'trials.csv'}: no space left on its disk; free at least "), err
+
+
+def test_the_cost_floor_counts_each_runs_start_up_from_the_studys_own_runs():
+    """#24.15: the plan's wall-clock floor adds each run's start-up and trace (the study's median, else a default)."""
+    from types import SimpleNamespace
+
+    from tune.search.session import RUN_OVERHEAD_S, run_overhead_seconds
+
+    def session(*attrs):
+        trials = [SimpleNamespace(user_attrs=a) for a in attrs]
+        return SimpleNamespace(study=SimpleNamespace(get_trials=lambda deepcopy=False: trials))
+
+    assert run_overhead_seconds(session()) == RUN_OVERHEAD_S  # no evidence yet
+    measured = session({"startup_seconds": 5.0, "mem_predict_seconds": 2.0}, {"startup_seconds": 9.0},
+                       {"status": "interrupted"})  # a run that never started says nothing
+    assert run_overhead_seconds(measured) == 8.0  # median of 7 and 9
