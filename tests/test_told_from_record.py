@@ -51,7 +51,7 @@ def settings(tmp_path, **kw) -> TuneSettings:
     base = dict(trials=2, budget=Budget(60, "steps"), references=(), data=CORPUS, device="cpu",
                 results=tmp_path / "results", study_name="r", space_overrides=TINY_SPACE, progress=False, seed=0,
                 confirm=0, save_models=False)
-    return TuneSettings(**{**base, **kw})
+    return TuneSettings.of(**{**base, **kw})
 
 
 def _stored(tmp_path) -> optuna.Study:

@@ -81,8 +81,24 @@ def _context() -> mp.context.BaseContext:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)
+        _start_forkserver()
         return ctx
     return mp.get_context("spawn")  # Windows: slower start-up, same isolation
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver now, with SIGTERM ignored: it keeps that through exec, so a SIGTERM sent to the whole
+    process group (systemd, Slurm) cannot end it, and with it every trial, before the tuner has recorded them
+    (Python's forkserver already ignores SIGINT). Only the main thread may change a signal's handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import forkserver
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _signal_name(code: int) -> str:
