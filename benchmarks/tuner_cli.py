@@ -62,6 +62,9 @@ def add_tuner_parser(sub: argparse._SubParsersAction, parser_class: type) -> Non
     r.add_argument("--seed", type=int, default=defaults.seed,
                    help=f"seed of the recording study's random sampler (default {defaults.seed})")
     r.add_argument("--data", type=Path, default=defaults.data, help=f"corpus to train on (default {defaults.data})")
+    r.add_argument("--space", default=defaults.space,
+                   help="the tuner's search space: small, medium, large, auto or a JSON file of ranges "
+                        f"(default {defaults.space})")
     r.add_argument("--table", type=Path, default=RECORDED_TABLE,
                    help=f"the CSV to write (default {RECORDED_TABLE}; replay it with --table)")
     r.add_argument("--out", type=Path, default=defaults.results,
@@ -86,7 +89,8 @@ def cmd_tuner(args: argparse.Namespace) -> int:
         check_out(args.table)
         settings = RecordSettings(trials=args.trials, budget=args.budget, rungs=args.rungs,
                                   reduction_factor=args.reduction_factor, workers=args.workers,
-                                  seed=args.seed, data=args.data, results=args.out, out=args.table)
+                                  seed=args.seed, data=args.data, results=args.out, out=args.table,
+                                  space=args.space)
         print(f"wrote {record(settings, quiet=args.quiet)} and {args.table.with_suffix('.json')}")
         return 0
     return replay_command(args)

@@ -48,6 +48,7 @@ class RecordSettings:
     data: Path = CORPUS
     results: Path = Path("results/tuner-record")
     out: Path = RECORDED_TABLE
+    space: str = "auto"  # the tuner's --space: a named space or a JSON file of ranges
 
 
 def record_command(s: RecordSettings) -> list[str]:
@@ -56,7 +57,7 @@ def record_command(s: RecordSettings) -> list[str]:
             "--budget", s.budget, "--rungs", str(s.rungs), "--reduction-factor", str(s.reduction_factor),
             "--trials", str(s.trials), "--workers", str(s.workers),
             "--seed", str(s.seed), "--confirm", "0", "--no-save-models", "--study-name", "tuner-record",
-            "--results", str(s.results), "--data", str(s.data), "--no-progress"]
+            "--results", str(s.results), "--data", str(s.data), "--space", str(s.space), "--no-progress"]
 
 
 def record(s: RecordSettings, quiet: bool = False) -> Path:

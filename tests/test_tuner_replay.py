@@ -14,6 +14,7 @@ from benchmarks.__main__ import main
 from benchmarks.tuner_replay import DEFAULT, TODAY, Strategy, compare, replay, summarise
 from benchmarks.tuner_table import DEFAULT_TABLE, KEEP, load_table
 from gptcore.cliutil import run
+from tests.test_tune import TINY_SPACE
 from tune.core.space import PARAMS, Space
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
@@ -171,8 +172,10 @@ def test_record_runs_the_tuner_and_exports_every_rung_of_every_trial(tmp_path, p
     from benchmarks.tuner_table import RecordSettings, record
 
     out = tmp_path / "table.csv"
+    space = tmp_path / "space.json"  # tiny models: the test checks the recording's bookkeeping, not the space
+    space.write_text(json.dumps(TINY_SPACE))
     settings = RecordSettings(trials=3, budget="40steps", rungs=2, workers=1, seed=0, data=prepared,
-                              results=tmp_path / "study", out=out)
+                              results=tmp_path / "study", out=out, space=str(space))
     record(settings)
     table = load_table(out)
     assert len(table.frame) == 3 and set(table.frame["status"]) == {"ok"}
