@@ -141,3 +141,27 @@ def test_no_re_exports():
         for mod, path in modules(package).items():
             bad = [line for line in path.read_text().splitlines() if line.lstrip().startswith(own) and "F401" in line]
             assert not bad, f"{mod}: a re-export ({bad[0].strip()}); import the name from the module that owns it"
+
+
+# Optuna's private API (underscore names): one adapter module uses it, so an Optuna upgrade is checked in one place.
+OPTUNA_ADAPTER = "tune/store/_optuna.py"
+PRIVATE_OPTUNA = ("._storage", "._trial_id", "._study_id", "._backend", "optuna.storages._", "optuna.study._",
+                  "optuna.trial._")
+
+
+def private_optuna_uses(files: dict[str, str]) -> list[str]:
+    """'path: needle' for each use of Optuna's private API outside the adapter."""
+    return [f"{path}: {needle}" for path, text in files.items() if path != OPTUNA_ADAPTER
+            for needle in PRIVATE_OPTUNA if needle in text]
+
+
+def test_optunas_private_api_is_used_only_behind_its_adapter():
+    files = {str(p.relative_to(ROOT)): p.read_text() for folder in ("tune", "benchmarks")
+             for p in (ROOT / folder).rglob("*.py")}
+    assert OPTUNA_ADAPTER in files
+    assert private_optuna_uses(files) == []
+
+
+def test_a_private_optuna_use_is_found():
+    assert private_optuna_uses({"tune/x.py": "s = study._storage", OPTUNA_ADAPTER: "study._storage"}) == [
+        "tune/x.py: ._storage"]

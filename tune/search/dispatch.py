@@ -30,6 +30,7 @@ from gptcore.config import SEED_MAX
 from tune.core.confirm import CONFIRM_RUNS, source_name
 from tune.core.outcomes import Status
 from tune.core.space import Space, preset_params
+from tune.store import _optuna
 from tune.store.told import COUNTED_STATES, tell_from_record
 
 MAX_RETRIES = 1  # a configuration is tried at most twice: a crash every time cannot loop forever
@@ -118,7 +119,8 @@ def claim_trial(study: optuna.Study, target: int) -> Claim | str:
         trial = study.ask()
     else:
         return WAIT
-    frozen = study._storage.get_trial(trial._trial_id)  # Trial has no public view of its system attributes
+    # A Trial has no public view of its system attributes: its frozen copy from the storage has.
+    frozen = _optuna.storage_of(study).get_trial(_optuna.trial_id(trial))
     return Claim(trial, retry_of=retry_of(frozen))
 
 
@@ -130,7 +132,7 @@ def claim_reference(refs: optuna.Study, presets: tuple[str, ...]) -> Claim | Non
     trials = refs.get_trials(deepcopy=False)
     while any(t.state == TrialState.WAITING for t in trials):
         trial = refs.ask()
-        frozen = refs._storage.get_trial(trial._trial_id)
+        frozen = _optuna.storage_of(refs).get_trial(_optuna.trial_id(trial))
         preset = frozen.user_attrs.get("reference")
         if preset:
             return Claim(trial, preset=preset, retry_of=retry_of(frozen))
@@ -160,14 +162,15 @@ def fail_orphans(study: optuna.Study) -> int:
     """Close every RUNNING trial: only for a storage this tuner holds alone (SQLite), where no live tuner can be
     running one. A trial whose record is complete is told from it (its tuner died after recording its end, before
     telling Optuna); the others are failed and queued again. Returns how many it failed."""
-    closed, storage = 0, study._storage
+    closed, storage = 0, _optuna.storage_of(study)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if tell_from_record(study, frozen):
             continue
-        storage.set_trial_user_attr(frozen._trial_id, "status", Status.INTERRUPTED.value)
-        storage.set_trial_user_attr(frozen._trial_id, "error", "the tuner process stopped during this trial")
-        if storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):
-            requeue(study, storage.get_trial(frozen._trial_id))
+        trial_id = _optuna.trial_id(frozen)
+        storage.set_trial_user_attr(trial_id, "status", Status.INTERRUPTED.value)
+        storage.set_trial_user_attr(trial_id, "error", "the tuner process stopped during this trial")
+        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            requeue(study, storage.get_trial(trial_id))
             closed += 1
     return closed
 
@@ -209,7 +212,7 @@ def claim_confirm(study: optuna.Study, refs: optuna.Study | None, confirms: optu
     trials = confirms.get_trials(deepcopy=False)
     while any(t.state == TrialState.WAITING for t in trials):
         trial = confirms.ask()  # pops the oldest queued retry
-        number = retry_of(confirms._storage.get_trial(trial._trial_id))
+        number = retry_of(_optuna.storage_of(confirms).get_trial(_optuna.trial_id(trial)))
         failed = next((t for t in trials if t.number == number), None)
         attrs = failed.user_attrs if failed is not None else {}
         source = find_source(study, attrs["confirm_of"]) if attrs.get("confirm_of") else None

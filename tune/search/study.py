@@ -48,7 +48,7 @@ from tune.search.session import (
     warn_if_busy,
 )
 from tune.search.settings import TuneSettings
-from tune.store import liveness, told
+from tune.store import _optuna, liveness, told
 from tune.store.spec import scrub
 
 # This many errors in a row (not OOM, not divergence: crashes) mean the set-up is broken, not the configurations:
@@ -92,17 +92,17 @@ class Tuner:
             if told.state_of(status) == TrialState.FAIL:
                 with self.session.lock:
                     study.tell(trial, state=TrialState.FAIL)
-                    dispatch.requeue(study, study._storage.get_trial(trial._trial_id))
+                    dispatch.requeue(study, _optuna.storage_of(study).get_trial(_optuna.trial_id(trial)))
             else:
                 told.tell(study, trial, status, value)
         except (UpdateFinishedTrialError, ValueError):
             # Optuna 5 refuses to tell a finished trial with ValueError ("Cannot tell a FAIL trial"): another
             # tuner failed it as stale. Any other ValueError is ours and must surface.
-            if study._storage.get_trial(trial._trial_id).state.is_finished():
+            if _optuna.storage_of(study).get_trial(_optuna.trial_id(trial)).state.is_finished():
                 raise TrialLost() from None
             raise
         finally:
-            self.beater.discard(trial._trial_id)
+            self.beater.discard(_optuna.trial_id(trial))
 
     def book(self, run: TrialRun, counted: bool) -> None:
         """Counters for the progress bar and the error brake."""
@@ -158,8 +158,9 @@ def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
                                                session.settings.confirm, session.settings.seed)
         if isinstance(claim, Claim):
             with closed_on_failure(claim.trial, tuner):
-                tuner.beater.add(claim.trial._trial_id)  # alive from the first instant another tuner could look
-                liveness.claim_grace(claim.trial.study._storage, claim.trial._trial_id)
+                # alive from the first instant another tuner could look
+                tuner.beater.add(_optuna.trial_id(claim.trial))
+                liveness.claim_grace(_optuna.storage_of(claim.trial.study), _optuna.trial_id(claim.trial))
                 # Which tuner runs it, and where: in the tables while it runs, and after a kill.
                 for key, value in (("host", HOST), ("tuner_pid", os.getpid()), ("worker", slot.describe())):
                     claim.trial.set_user_attr(key, value)
@@ -299,7 +300,7 @@ class ClaimRun:
     def _lost(self) -> None:
         """Another tuner took the trial over as stale: it failed it (and queued it again), or told it from its
         complete record; either way this tuner tells nothing."""
-        self.tuner.beater.discard(self.trial._trial_id)
+        self.tuner.beater.discard(_optuna.trial_id(self.trial))
         counted = self.trial.study.get_trials(deepcopy=False, states=tuple(told.COUNTED_STATES))
         fate = ("told Optuna its result from its record" if any(t.number == self.trial.number for t in counted)
                 else "queued it again; this run's result is dropped")
@@ -382,7 +383,7 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     if remaining or references or confirms:
         cores = [c for slot in session.slots for c in slot.cores]
         study.set_user_attr("busy_cores_at_start", warn_if_busy(say, cores))
-    beater = Beater(lambda trial_id: liveness.beat(study._storage, trial_id), settings.heartbeat_interval,
+    beater = Beater(lambda trial_id: liveness.beat(_optuna.storage_of(study), trial_id), settings.heartbeat_interval,
                     lambda line: say(f"warning: {line}"))
     tuner = Tuner(session, console.watch(runner), target, say, console.trial, console.bar, beater)
     try:
