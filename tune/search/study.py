@@ -244,7 +244,9 @@ class ClaimRun:
         session.study.set_user_attr(mem.CALIBRATION_ATTR, self.calibration.to_dict())
         # Only a searched configuration is skipped: a reference or a confirmation run is always measured.
         skippable = self.settings.predict and self.claim.searched
-        self.verdict = mem.Verdict.judge(memory, self.calibration, self.limit, skippable)
+        # How far over the limit a prediction may be and still run: the study's measured over-predictions.
+        margin = mem.margin_of((session.study, session.references, session.confirms))
+        self.verdict = mem.Verdict.judge(memory, self.calibration, self.limit, skippable, margin)
         return self.verdict.skip
 
     def _train(self) -> TrialRun:
@@ -261,7 +263,8 @@ class ClaimRun:
         memory = mem.record_fields(run.memory, self.verdict, self.calibration, self.limit)
         if run.status == Status.PREDICTED_OOM:
             run.message = (f"predicted {memory['predicted_peak_bytes'] / 2**20:,.0f} MiB, over the "
-                           f"{self.limit / 2**20:,.0f} MiB limit by more than {mem.SKIP_MARGIN:.0%}: not run")
+                           f"{self.limit / 2**20:,.0f} MiB limit by more than {self.verdict.margin.share:.0%} "
+                           f"({self.verdict.margin.why}): not run")
         try:
             value = self._value(run)
             extra = {**self._extra(run, memory), told.VALUE_KEY: value}
