@@ -155,6 +155,17 @@ def copy_of(finished, tmp_path) -> None:
     shutil.copytree(finished.results_dir.parent, tmp_path / "results")
 
 
+def test_each_trial_log_holds_what_the_trial_printed(finished):
+    """#24.15: a trial's log says what it trained, each evaluation with the tuner's answer, and how it ended."""
+    df = pd.read_csv(finished.results_dir / "trials.csv")
+    for _, row in df.iterrows():
+        log = (finished.results_dir / "logs" / f"trial_{int(row['number']):04d}.log").read_text()
+        assert log.startswith("model {") and "\ntrain {" in log, log
+        assert "evaluation 1 at step" in log, log
+        if row["status"] == "ok":
+            assert "done: stopped_by" in log and f"val_loss {row['val_loss']:.4f}"[:14] in log, log
+
+
 def test_study_completes_and_writes_every_file(finished):
     out = finished
     folder = out.results_dir

@@ -16,6 +16,7 @@ import contextlib
 import faulthandler
 import importlib
 import itertools
+import json
 import os
 import resource
 import signal
@@ -57,6 +58,8 @@ def _redirect_output(log_path: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    # Line by line: a trial killed by its tuner (a timeout, Ctrl-C) keeps every line it printed.
+    sys.stdout.reconfigure(line_buffering=True)
     faulthandler.enable()  # a segfault in a kernel leaves a Python stack in the log
 
 
@@ -215,6 +218,7 @@ def _train_and_report(conn: Connection, job: dict[str, Any]) -> None:
     if job.get("predict") and _predict_and_ask(conn, setup) == protocol.SKIP:
         return
     usage = _Usage(setup, cores)
+    print(f"model {json.dumps(job['model'])}\ntrain {json.dumps(job['train'])}")  # the log says what ran
     try:
         result = setup.train(setup.model_cfg, setup.train_cfg, setup.data, on_eval=_evaluator(conn),
                              progress=False, eval_at=job.get("eval_at"))
@@ -222,6 +226,8 @@ def _train_and_report(conn: Connection, job: dict[str, Any]) -> None:
         _report_failure(conn, exc, usage.measure())
         return
     figures = result.to_dict()
+    print("done: " + ", ".join(f"{k} {figures[k]}" for k in ("stopped_by", "steps", "val_loss", "tokens_per_s",
+                                                              "compile") if k in figures))
     figures["checkpoint"] = _keep_model(job, result, setup.model_cfg, setup.train_cfg, setup.data)
     conn.send(protocol.Finished(figures, usage.measure()))
 
@@ -288,8 +294,11 @@ def _evaluator(conn: Connection) -> Callable[[int, float, float], str]:
     count = itertools.count(1)
 
     def on_eval(step: int, train_loss: float, val_loss: float) -> str:
-        conn.send(protocol.Evaluated(next(count), step, train_loss, val_loss))
-        return conn.recv()
+        k = next(count)
+        conn.send(protocol.Evaluated(k, step, train_loss, val_loss))
+        answer = conn.recv()
+        print(f"evaluation {k} at step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f} -> {answer}")
+        return answer
 
     return on_eval
 
