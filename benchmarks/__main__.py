@@ -108,14 +108,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-step", help="training throughput of the gptcore GPT")
     t.add_argument("--configs", type=_csv(("tiny", "baby", "course-default", "course", "gpu"), "preset"),
-                   default=["baby", "course"], help="gptcore presets, comma-separated (default baby,course)")
+                   default=None, help="gptcore presets, comma-separated (default baby, plus course on a GPU)")
     t.add_argument("--devices", type=_csv(DEVICES, "device"), default=None,
                    help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if present)")
     t.add_argument("--dtypes", type=_csv(("float32", "bfloat16", "float16"), "dtype"), default=None,
                    help="comma-separated (default float32,bfloat16)")
     t.add_argument("--compile", type=_csv(("none", "default", "graphs"), "compile mode"), default=None,
                    help="compile modes side by side, comma-separated: none, default (torch.compile), graphs (CUDA "
-                        "graphs, CUDA devices only) (default none,default, plus graphs on a GPU)")
+                        "graphs, CUDA devices only) (default none on a CPU alone: compiling takes from 30 s to "
+                        "minutes per case there; none,default,graphs with a GPU)")
     t.add_argument("--dropout", type=_dropout, default=0.0,
                    help="dropout of every case, or 'preset' for each preset's own (default 0: the step without "
                         "dropout's masks)")
@@ -273,6 +274,7 @@ def cmd_train_step(args: argparse.Namespace) -> int:
     import torch
 
     from benchmarks import train_step
+    from benchmarks.report import contention_lines
     from gptcore import hardware as hw
     from gptcore.data import TokenData
 
@@ -280,12 +282,18 @@ def cmd_train_step(args: argparse.Namespace) -> int:
     devices = args.devices or default_devices()
     check_devices(devices)
     dtypes = {d: args.dtypes or ["float32", "bfloat16"] for d in devices}
-    modes = args.compile or ["none", "default", *(["graphs"] if any(d != "cpu" for d in devices) else [])]
+    gpu = any(d != "cpu" for d in devices)
+    # Defaults that finish in a few minutes on a 2-core CPU; a GPU gets the full comparison.
+    modes = args.compile or (["none", "default", "graphs"] if gpu else ["none"])
+    configs = args.configs or (["baby", "course"] if gpu else ["baby"])
     data = TokenData.open(args.data)
-    df = train_step.run(args.configs, devices, dtypes, data, steps=args.steps, progress=progress_mode(args),
+    df = train_step.run(configs, devices, dtypes, data, steps=args.steps, progress=progress_mode(args),
                         compile_modes=modes, archs=args.arch, dropout=args.dropout)
     with pd_display():
         print(df.round(3).to_string(index=False))
+    if not args.quiet:
+        for warning in contention_lines(df):
+            print(warning)
     missing = no_gpu_line("train-step", devices)
     if missing and not args.quiet:
         print(missing)

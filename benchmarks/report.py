@@ -36,6 +36,10 @@ def peaks(df: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(rows.to_json(orient="records", double_precision=15))
 
 
+# What names a case in a warning: matmul's (device, dtype, lib, size), train-step's (config, arch, ..., compile).
+CASE_COLUMNS = ("config", "arch", "device", "dtype", "lib", "size", "compile")
+
+
 def contention_lines(df: pd.DataFrame) -> list[str]:
     """Warnings for the cases measured while other processes competed for the CPU: their figures understate it."""
     if "contended" not in df:
@@ -43,10 +47,11 @@ def contention_lines(df: pd.DataFrame) -> list[str]:
     hit = df[df["contended"].notna() & (df["contended"] != "")]
     if hit.empty:
         return []
-    cases = ", ".join(f"{r['device']} {r['dtype']} {r['lib']} {r['size']}" for _, r in hit.head(6).iterrows())
+    keys = [c for c in CASE_COLUMNS if c in df]
+    cases = ", ".join(" ".join(str(r[c]) for c in keys) for _, r in hit.head(6).iterrows())
     more = f" and {len(hit) - 6} more" if len(hit) > 6 else ""
     return [f"warning: {len(hit)} of {len(df)} case(s) ran while other processes competed for the CPU ({cases}"
-            f"{more}; e.g. {hit['contended'].iloc[0]}): their times overstate and their GFLOP/s understate this "
+            f"{more}; e.g. {hit['contended'].iloc[0]}): their times overstate and their speeds understate this "
             f"machine. Re-run on a quiet machine."]
 
 

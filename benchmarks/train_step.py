@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from benchmarks.progress import Mode, as_mode, bar, line
+from benchmarks.stats import contended, meter
 from gptcore import hardware as hw
 from gptcore.compiling import CAPTURE_STEPS
 from gptcore.config import from_name
@@ -76,8 +77,11 @@ def run(presets: list[str], devices: list[str], dtypes: dict[str, list[str]], da
     try:
         for i, (preset, arch, device, dtype, compile) in enumerate(bar(todo, mode, "train-step", "case"), 1):
             hw.check_dtype(torch.device(device), dtype)
-            rows.append(run_one(preset, device, dtype, data, steps=steps, warmup=warmup, compile=compile, arch=arch,
-                                dropout=dropout))
+            watch = meter(torch.get_num_threads())  # a neighbour on the benchmark's cores is flagged, not hidden
+            row = run_one(preset, device, dtype, data, steps=steps, warmup=warmup, compile=compile, arch=arch,
+                          dropout=dropout)
+            measure = watch.stop()
+            rows.append({**row, "others_cores": measure["others_cores"], "contended": contended(measure, device)})
             line(mode, f"train-step {i}/{len(todo)}: {preset} {arch} {device} {dtype} {compile}: "
                        f"{rows[-1]['tokens_per_s'] / 1e3:.3g} k tokens/s")
     except KeyboardInterrupt:

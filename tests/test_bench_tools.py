@@ -165,6 +165,21 @@ def test_train_step_row_is_consistent(data):
     flops_per_token = model.flops_per_token()
     assert r["achieved_tflops"] == pytest.approx(flops_per_token * r["tokens_per_s"] / 1e12)
     assert r["peak_rss_MiB"] > 0 and r["threads"] == torch.get_num_threads()
+    # Measured for contention like matmul (#24.14): what other processes took of its cores, and a flag or none.
+    assert r["others_cores"] >= 0 and "contended" in df
+
+
+def test_a_contended_train_step_case_is_named_in_the_warning():
+    import pandas as pd
+
+    from benchmarks.report import contention_lines
+
+    df = pd.DataFrame([{"config": "baby", "arch": "course", "device": "cpu", "dtype": "float32", "compile": "none",
+                        "contended": "other processes kept 1.0 of its 1 own core(s) busy"},
+                       {"config": "tiny", "arch": "course", "device": "cpu", "dtype": "float32", "compile": "none",
+                        "contended": None}])
+    [warning] = contention_lines(df)
+    assert "1 of 2 case(s)" in warning and "baby course cpu float32 none" in warning and "tiny" not in warning
 
 
 def test_prepare_memory_shard_is_an_xz_tar_of_documents(tmp_path):
