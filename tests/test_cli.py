@@ -296,7 +296,7 @@ def test_the_tune_bar_counts_only_the_searched_trials_and_names_the_running_one(
             console._draw()  # what the timer thread does every second
             return "ran"
 
-    assert console.watch(Runner()).run({"log": "logs/trial_0007.log"}) == "ran"
+    assert console.watch(Runner()).run(SimpleNamespace(log="logs/trial_0007.log")) == "ran"
     console.close()
     assert "tune (running: trial_0007 0s)" in console.stream.getvalue()
 

@@ -263,15 +263,15 @@ def test_a_confirmation_job_trains_the_same_configuration_with_its_seed_and_keep
     _, original, _ = job_for(session, Claim(SimpleNamespace(number=7), params=params), slot)
     label, job, used = job_for(session, Claim(None, params=params, confirm=Confirm(Source(7, None, params), 2, 9)),
                                slot)
-    assert label == "confirm_trial_0007_2" and used == params and job["log"].endswith("confirm_trial_0007_2.log")
-    assert original["checkpoint"] and job["checkpoint"] is None  # best-model/ is always an original run's
-    assert job["model"] == original["model"] == trial_configs(params, session)[0]
-    assert job["train"] == {**original["train"], "seed": 9} and original["train"]["seed"] == 0
+    assert label == "confirm_trial_0007_2" and used == params and job.log.endswith("confirm_trial_0007_2.log")
+    assert original.checkpoint and job.checkpoint is None  # best-model/ is always an original run's
+    assert job.model == original.model == trial_configs(params, session)[0]
+    assert job.train == {**original.train, "seed": 9} and original.train["seed"] == 0
     ref = Source(None, "tiny", preset_params("tiny"))
     label, job, used = job_for(session, Claim(None, preset="tiny", params=ref.params, confirm=Confirm(ref, 1, 1)),
                                slot)
     model, train = reference_configs("tiny", session)
-    assert label == "confirm_ref_tiny_1" and job["model"] == model and job["train"] == {**train, "seed": 1}
+    assert label == "confirm_ref_tiny_1" and job.model == model and job.train == {**train, "seed": 1}
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

@@ -438,13 +438,15 @@ def test_a_trial_whose_checkpoint_did_not_fit_reports_no_model(tmp_path, monkeyp
     from types import SimpleNamespace
 
     import gptcore.checkpoint
+    from tune.exec.protocol import TrialJob
     from tune.exec.worker import _keep_model
 
     def full(path, *args, **kwargs):
         raise UserError(f"{path}: no space left on the device for the checkpoint")
 
     monkeypatch.setattr(gptcore.checkpoint, "save_checkpoint", full)
-    job = {"checkpoint": str(tmp_path / "checkpoints" / "trial_0000"), "log": str(tmp_path / "log")}
+    job = TrialJob(model={}, train={}, data="", device="cpu", log=str(tmp_path / "log"),
+                   checkpoint=str(tmp_path / "checkpoints" / "trial_0000"))
     result = SimpleNamespace(stopped_by="max_iters", model=None, optimizer=None, steps=3, val_loss=1.0)
     assert _keep_model(job, result, None, None, SimpleNamespace(tokenizer=None)) is None
     assert "no space left" in capsys.readouterr().err and not (tmp_path / "checkpoints").exists()

@@ -18,6 +18,7 @@ from gptcore.cliutil import run
 from gptcore.memory import Calibration
 from tests.conftest import ROOT, run_cli
 from tune.__main__ import main
+from tune.exec.protocol import TrialJob
 from tune.exec.record import measured_peak
 from tune.exec.runner import TrialRunner
 from tune.memory import maxbatch
@@ -223,8 +224,8 @@ def test_the_reported_batch_trains_under_the_limit_and_a_larger_one_does_not(rea
         model = {**doc["settings"]["model"], "block_size": BLOCK}
         train = {**doc["settings"]["train"], "batch_size": b, "max_iters": 2, "max_seconds": None, "eval_iters": 1,
                  "eval_batch_size": b, "eval_train_split": False, "device": "cpu"}
-        job = {"model": model, "train": train, "data": str(prepared), "device": "cpu", "memory_limit": limit,
-               "log": str(tmp_path / f"{uuid.uuid4().hex[:8]}.log"), "eval_at": [], "checkpoint": None}
+        job = TrialJob(model=model, train=train, data=str(prepared), device="cpu", memory_limit=limit,
+                       log=str(tmp_path / f"{uuid.uuid4().hex[:8]}.log"))
         return runner.run(job, lambda *_: False, 300)
 
     fits = probe(batch)
@@ -243,7 +244,7 @@ def test_a_probe_that_crashes_stops_the_search_and_names_its_log(tmp_path):
 
     class Crashing:
         def run(self, job, on_eval, timeout, stop=None, on_predicted=None) -> TrialRun:
-            Path(job["log"]).write_text("Traceback: boom\n")
+            Path(job.log).write_text("Traceback: boom\n")
             return TrialRun(status="error", message="trial process died: SIGKILL")
 
     env = {"device": "cpu", "device_type": "cpu", "vm_data_bytes": 200 * MiB}

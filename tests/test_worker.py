@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from tests.conftest import cuda
 from tune.core import trust
 from tune.exec import health
+from tune.exec.protocol import TrialJob
 from tune.exec.runner import TrialRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,7 @@ two_cores = pytest.mark.skipif(len(CORES) < 2, reason="needs two cores to pin tw
 # A tuner-like parent: runs one trial through TrialRunner.run and prints a line per evaluation.
 TUNER_SCRIPT = """
 import json, sys
+from tune.exec.protocol import TrialJob
 from tune.exec.runner import TrialRunner
 
 
@@ -36,7 +39,7 @@ def on_eval(k, step, train_loss, val_loss):
 
 
 if __name__ == "__main__":  # the trial process imports this module again (multiprocessing's spawn semantics)
-    job, timeout = json.loads(sys.argv[1]), float(sys.argv[2])
+    job, timeout = TrialJob(**json.loads(sys.argv[1])), float(sys.argv[2])
     run = TrialRunner().run(job, on_eval, timeout)
     print("ended", run.status, flush=True)
 """
@@ -47,14 +50,14 @@ def runner() -> TrialRunner:
     return TrialRunner()
 
 
-def make_job(prepared: Path, data, folder: Path, steps: int = 3, **extra) -> dict:
+def make_job(prepared: Path, data, folder: Path, steps: int = 3, **extra) -> TrialJob:
     """A tiny trial: one layer, 32 wide, a step budget."""
     model = {"vocab_size": data.vocab_size, "block_size": 16, "n_embed": 32, "n_head": 2, "n_layer": 1,
              "dropout": 0.0}
     train = {"batch_size": 4, "max_iters": steps, "max_seconds": None, "eval_interval": 5, "eval_iters": 1,
              "device": "cpu"}
-    return {"model": model, "train": train, "data": str(prepared), "device": "cpu", "memory_limit": None,
-            "log": str(folder / f"trial-{uuid.uuid4().hex[:8]}.log"), **extra}
+    return TrialJob(model=model, train=train, data=str(prepared), device="cpu",
+                    log=str(folder / f"trial-{uuid.uuid4().hex[:8]}.log"), **extra)
 
 
 def never_prune(*_args) -> bool:
@@ -95,17 +98,17 @@ def wait_for(condition, seconds: float, step: float = 0.1):
         time.sleep(step)
 
 
-def start_tuner(tmp_path: Path, job: dict, timeout: float, marker: str) -> subprocess.Popen:
+def start_tuner(tmp_path: Path, job: TrialJob, timeout: float, marker: str) -> subprocess.Popen:
     """The tuner-like parent in its own process, with `marker` in its environment (its helpers inherit it).
 
     The trial evaluates once, early, and then not for hours, as a trial between rungs does: so the only thing
     that can end it is the guard under test, not a failed send to a dead tuner.
     """
-    job = {**job, "train": {**job["train"], "eval_interval": 10**9}, "eval_at": [1e-6]}
+    job = replace(job, train={**job.train, "eval_interval": 10**9}, eval_at=[1e-6])
     script = tmp_path / "tuner.py"
     script.write_text(TUNER_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "W9_MARKER": marker}
-    return subprocess.Popen([sys.executable, str(script), json.dumps(job), str(timeout)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, str(script), json.dumps(asdict(job)), str(timeout)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -160,7 +163,7 @@ def test_trial_on_its_own_gpu_reports_that_gpu(runner, prepared, data, tmp_path)
     last = env["gpus"][-1]
     assert last["uuid"].startswith("GPU-") and last["memory_bytes"] > 0
     job = make_job(prepared, data, tmp_path, gpu=last["index"], memory_limit=2**30)
-    job["device"] = job["train"]["device"] = "cuda"
+    job.device = job.train["device"] = "cuda"
     run = runner.run(job, never_prune, 300)
     assert run.status == "ok", run.message
     # The UUID ties the device the child trained on to the one the probe listed (CUDA renumbers it cuda:0).
@@ -246,7 +249,7 @@ def test_trial_that_outlives_its_deadline_ends_itself_as_a_timeout(runner, prepa
     run = runner.run(job, never_prune, 30)  # the parent would kill it at 30 s: the child ends itself at 1 s
     assert run.status == "timeout" and run.message.startswith("ended itself"), run.message
     assert run.trial_seconds < 60
-    assert "past its deadline" in Path(job["log"]).read_text()
+    assert "past its deadline" in Path(job.log).read_text()
 
 
 # --- no orphans ----------------------------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ def test_trial_ends_at_its_deadline_while_the_tuner_is_frozen(prepared, data, tm
         assert len(trial) == 1, helpers  # the forkserver's child
         assert wait_for(lambda: trial[0] not in marked(marker), 15), "the trial outlived its deadline"
         assert tuner.poll() is None  # the tuner is still there, frozen: the trial ended by itself
-        assert "past its deadline" in Path(job["log"]).read_text()
+        assert "past its deadline" in Path(job.log).read_text()
         tuner.kill()  # a frozen process dies of SIGKILL too: then its helpers go with it
         tuner.wait()
         assert wait_for(lambda: not marked(marker), 10), marked(marker)
@@ -341,7 +344,7 @@ def test_busy_neighbour_flags_the_trial_on_its_core_only(runner, prepared, data,
             try:
                 time.sleep(0.3)  # pinned and spinning
                 job = make_job(prepared, data, tmp_path, steps=10**7, cores=[mine])
-                job["train"].update(max_iters=None, max_seconds=1.5)
+                job.train.update(max_iters=None, max_seconds=1.5)
                 run = runner.run(job, never_prune, 120)
             finally:
                 hog.kill()

@@ -142,12 +142,12 @@ class _Watched:
     def __init__(self, runner: Any, console: Console) -> None:
         self._runner, self._console = runner, console
 
-    def run(self, job: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def run(self, job: Any, *args: Any, **kwargs: Any) -> Any:
         """The runner's run(), on the bar while it runs (labelled by its log file: trial_0003, ref_baby)."""
         key = id(job)
         if isinstance(kwargs.get("stop"), threading.Event):
             self._console.stopping_on(kwargs["stop"])
-        self._console.started(key, Path(job.get("log") or "trial").stem)
+        self._console.started(key, Path(job.log).stem)
         try:
             return self._runner.run(job, *args, **kwargs)
         finally:

@@ -15,6 +15,31 @@ from typing import Any
 
 from tune.core.outcomes import Outcome
 
+
+@dataclass
+class TrialJob:
+    """What a trial process is given: its configs and data, where it runs and writes, and how it ends.
+
+    Plain values only (it is pickled to the trial process). The tuner (tune.search.study.job_for), max-batch
+    (tune.memory.maxbatch) and tests build it; TrialRunner.run fills the last three in."""
+
+    model: dict[str, Any]  # gptcore.config.ModelConfig fields
+    train: dict[str, Any]  # gptcore.config.TrainConfig fields
+    data: str  # the prepared-data folder
+    device: str  # the tuner's --device (a trial with its own GPU sees it as cuda:0)
+    log: str  # the trial's log file: its stdout and stderr
+    memory_limit: int | None = None  # bytes the step may hold (tune.memory.judge)
+    eval_at: list[float] | None = None  # the rungs below the target, as shares of the budget (None: eval_interval)
+    checkpoint: str | None = None  # where to keep the trained model (None: not kept)
+    cores: list[int] | None = None  # pinned to these (None: unpinned)
+    gpu: int | None = None  # its own GPU, by index (None: the device as given)
+    compile_cache: str | None = None  # torch.compile's cache, one per study
+    target: str = "gptcore.train:train"  # module:function that trains (tests substitute stand-ins)
+    tuner_pid: int | None = None  # the trial ends itself when this process dies (tune.exec.worker.guard)
+    deadline_s: float | None = None  # ... and after this many seconds
+    predict: bool = False  # trace the step and ask (Predicted) before training
+
+
 # The parent's answers. STOP and CONTINUE go to gptcore.train's on_eval unchanged: "stop" is what ends training.
 RUN, SKIP = "run", "skip"
 CONTINUE, STOP = "continue", "stop"

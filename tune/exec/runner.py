@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gptcore.errors import UserError
@@ -41,6 +41,7 @@ from tune.exec.protocol import (
     Probed,
     ProbeFailed,
     Ready,
+    TrialJob,
 )
 from tune.exec.worker import DEADLINE_EXIT, probe, run_trial
 
@@ -132,7 +133,7 @@ class TrialRunner:
             raise RuntimeError(f"device probe failed: {getattr(answer, 'message', answer)}")
         return answer.env
 
-    def run(self, job: dict[str, Any], on_eval: EvalHandler, timeout: float,
+    def run(self, job: TrialJob, on_eval: EvalHandler, timeout: float,
             stop: threading.Event | None = None, on_predicted: PredictHandler | None = None) -> TrialRun:
         """Run one trial; never raises for anything the trial does. Safe to call from several threads at once.
 
@@ -140,8 +141,9 @@ class TrialRunner:
         on_predicted, the job traces its step first and the handler says whether to skip it (predicted_oom).
         """
         # The job may name them itself (tests do); by default the trial ends with this process and its timeout.
-        job = {"tuner_pid": os.getpid(), "deadline_s": timeout + DEADLINE_GRACE_S, **job,
-               "predict": on_predicted is not None}
+        job = replace(job, tuner_pid=job.tuner_pid or os.getpid(),
+                      deadline_s=job.deadline_s if job.deadline_s is not None else timeout + DEADLINE_GRACE_S,
+                      predict=on_predicted is not None)
         t0 = time.perf_counter()
         conn, proc = self._start(run_trial, job)
         call = _TrialCall(conn, proc, t0, timeout, stop, on_eval, on_predicted)

@@ -31,8 +31,8 @@ from typing import Any
 
 from tune.core.outcomes import classify, first_line
 from tune.exec import protocol
+from tune.exec.protocol import TrialJob
 
-TRAIN_TARGET = "gptcore.train:train"
 DEADLINE_EXIT = 124  # the exit code of a trial process that ended itself at its deadline (as timeout(1) does)
 
 
@@ -166,16 +166,16 @@ def _gpu_uuid(device) -> str | None:
     return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
-def _keep_model(job: dict[str, Any], result: Any, model_cfg: Any, train_cfg: Any, data: Any) -> str | None:
+def _keep_model(job: TrialJob, result: Any, model_cfg: Any, train_cfg: Any, data: Any) -> str | None:
     """Save the model of a trial that trained to the full target (the study offers the best one); else None."""
-    path = job.get("checkpoint")
+    path = job.checkpoint
     if not path or result.stopped_by not in ("max_seconds", "max_iters"):
         return None
     from gptcore.checkpoint import save_checkpoint
 
     try:
         save_checkpoint(path, result.model, model_cfg, train_cfg, data.tokenizer, optimizer=result.optimizer,
-                        step=result.steps, extra={"tuner": {"val_loss": result.val_loss, "log": job["log"]}})
+                        step=result.steps, extra={"tuner": {"val_loss": result.val_loss, "log": job.log}})
     except Exception:  # a full disk, say: the trial's figures still count; the log has the reason
         traceback.print_exc()
         return None
@@ -195,12 +195,12 @@ class _Setup:
     placement: dict[str, Any]  # gpu_index and gpu_uuid, for the record
 
 
-def run_trial(conn: Connection, job: dict[str, Any]) -> None:
+def run_trial(conn: Connection, job: TrialJob) -> None:
     """Child entry point: train one configuration and report through `conn` (tune.exec.protocol)."""
     # Ctrl-C reaches the whole process group; the parent decides, and stops this process itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a group SIGTERM (systemd, Slurm) too: the tuner records first
-    _redirect_output(job["log"])
+    _redirect_output(job.log)
     try:
         _train_and_report(conn, job)
     except Exception as exc:  # set-up or reporting failed: an outcome (an OOM is still an OOM), not a crash
@@ -209,19 +209,19 @@ def run_trial(conn: Connection, job: dict[str, Any]) -> None:
         conn.close()
 
 
-def _train_and_report(conn: Connection, job: dict[str, Any]) -> None:
+def _train_and_report(conn: Connection, job: TrialJob) -> None:
     """Set up, say Ready, ask whether to run (when predicting), train, and send how it ended."""
-    cores = pin_cores(job.get("cores"))  # first: the threads started below inherit the mask
-    guard(job.get("tuner_pid"), job.get("deadline_s"))
+    cores = pin_cores(job.cores)  # first: the threads started below inherit the mask
+    guard(job.tuner_pid, job.deadline_s)
     setup = _set_up(job)
     conn.send(protocol.Ready())
-    if job.get("predict") and _predict_and_ask(conn, setup) == protocol.SKIP:
+    if job.predict and _predict_and_ask(conn, setup) == protocol.SKIP:
         return
     usage = _Usage(setup, cores)
-    print(f"model {json.dumps(job['model'])}\ntrain {json.dumps(job['train'])}")  # the log says what ran
+    print(f"model {json.dumps(job.model)}\ntrain {json.dumps(job.train)}")  # the log says what ran
     try:
         result = setup.train(setup.model_cfg, setup.train_cfg, setup.data, on_eval=_evaluator(conn),
-                             progress=False, eval_at=job.get("eval_at"))
+                             progress=False, eval_at=job.eval_at)
     except Exception as exc:
         _report_failure(conn, exc, usage.measure())
         return
@@ -232,12 +232,12 @@ def _train_and_report(conn: Connection, job: dict[str, Any]) -> None:
     conn.send(protocol.Finished(figures, usage.measure()))
 
 
-def _set_up(job: dict[str, Any]) -> _Setup:
+def _set_up(job: TrialJob) -> _Setup:
     """Choose the GPU, build the configs, apply the memory limit, load the data and the train function."""
-    device_name = select_gpu(job.get("gpu")) or job["device"]
-    if job.get("compile_cache"):  # read by torch when it first compiles: before the first step
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job["compile_cache"]
-        os.environ["TRITON_CACHE_DIR"] = os.path.join(job["compile_cache"], "triton")
+    device_name = select_gpu(job.gpu) or job.device
+    if job.compile_cache:  # read by torch when it first compiles: before the first step
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job.compile_cache
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(job.compile_cache, "triton")
     _tqdm_thread_lock()
     import torch
 
@@ -245,16 +245,17 @@ def _set_up(job: dict[str, Any]) -> _Setup:
     from gptcore.data import TokenData
     from tune.exec.health import GpuWatch
 
-    model_cfg = ModelConfig(**job["model"])
+    model_cfg = ModelConfig(**job.model)
     # With its own GPU, the one device this process sees is cuda:0, whatever the tuner's --device said.
-    train_cfg = TrainConfig(**{**job["train"], "device": device_name} if job.get("gpu") is not None
-                            else job["train"])
+    train_cfg = TrainConfig(**{**job.train, "device": device_name} if job.gpu is not None
+                            else job.train)
     device = torch.device(device_name)
-    apply_memory_limit(device.type, job.get("memory_limit"), device.index)
-    data = TokenData(job["data"])
-    train = _load_target(job.get("target", TRAIN_TARGET))
+    apply_memory_limit(device.type, job.memory_limit, device.index)
+    data = TokenData(job.data)
+    train = _load_target(job.target)
     uuid = _gpu_uuid(device)
-    placement = {"gpu_index": job.get("gpu", device.index if device.type == "cuda" else None), "gpu_uuid": uuid}
+    index = job.gpu if job.gpu is not None else device.index if device.type == "cuda" else None
+    placement = {"gpu_index": index, "gpu_uuid": uuid}
     return _Setup(model_cfg, train_cfg, device, data, train, GpuWatch(uuid).open(), placement)
 
 

@@ -29,6 +29,7 @@ from gptcore.errors import UserError
 from gptcore.files import atomic_write_text, check_output_dir
 from gptcore.memory import Calibration, estimate_step
 from tune.core.outcomes import Status
+from tune.exec.protocol import TrialJob
 from tune.exec.record import measured_peak
 from tune.exec.runner import TrialRunner
 from tune.memory.judge import MiB
@@ -155,12 +156,12 @@ class Prober:
                  "device": self.s.env["device"]}
         return model, train
 
-    def job(self, block_size: int, batch: int) -> dict[str, Any]:
-        """What the probe process needs (tune.search.study.job_for's fields; no rungs, no checkpoint)."""
+    def job(self, block_size: int, batch: int) -> TrialJob:
+        """What the probe process needs (no rungs, no checkpoint)."""
         model, train = self.configs(block_size, batch)
-        return {"model": model, "train": train, "data": str(self.s.data_dir), "device": self.s.env["device"],
-                "memory_limit": self.s.limit, "log": str(self.logs / f"block{block_size}-batch{batch}.log"),
-                "eval_at": [], "checkpoint": None, "cores": self.s.env.get("cores") or None, "gpu": None}
+        return TrialJob(model=model, train=train, data=str(self.s.data_dir), device=self.s.env["device"],
+                        memory_limit=self.s.limit, log=str(self.logs / f"block{block_size}-batch{batch}.log"),
+                        cores=self.s.env.get("cores") or None)
 
     def analytic(self, block_size: int, batch: int) -> int:
         """gptcore.memory's estimate of the step's tensor bytes (no process)."""
@@ -202,7 +203,7 @@ class Prober:
             self.baseline = int(memory.get("baseline_bytes", self.baseline))
         if run.status not in (Status.OK, Status.OOM):
             raise ProbeFailed(f"block {block_size}, batch {batch}: probe {run.status}: {run.message}"
-                              f"{self.keep_log(Path(job['log']))}")
+                              f"{self.keep_log(Path(job.log))}")
         traced_bytes = int(memory["peak_bytes"]) if memory and memory.get("peak_bytes") is not None else None
         predicted = calibration.predict(traced_bytes, self.baseline) if traced_bytes is not None else None
         measured = measured_peak(run.result["peak_memory"]) if run.result else None

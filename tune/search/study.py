@@ -31,6 +31,7 @@ from tune.core.outcomes import Status
 from tune.core.space import preset_params
 from tune.exec.console import Console
 from tune.exec.pool import Beater, run_workers
+from tune.exec.protocol import TrialJob
 from tune.exec.record import describe_run, figures, record
 from tune.exec.runner import TrialRun, TrialRunner
 from tune.exec.slots import Slot
@@ -167,7 +168,7 @@ def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
         return claim
 
 
-def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, TrialJob, dict[str, Any]]:
     """The trial's label, what its process needs (configs, data, slot, limits, log, model path), and its params."""
     if claim.preset:
         label, params = f"ref_{claim.preset}", preset_params(claim.preset)
@@ -180,13 +181,14 @@ def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, dict[str, 
         label, train = f"confirm_{label}_{claim.confirm.run}", {**train, "seed": claim.confirm.seed}
     folder = session.results_dir
     keep = session.settings.save_models and claim.confirm is None
-    job = {"model": model, "train": train, "data": str(session.data_dir), "device": session.env["device"],
-           "memory_limit": session.settings.memory_limit, "log": str(folder / "logs" / f"{label}.log"),
-           "eval_at": list(session.plan.fractions[:-1]),
-           "checkpoint": str(folder / "checkpoints" / label) if keep else None,
-           "cores": list(slot.cores), "gpu": slot.gpu,
-           # One compile cache per study: a configuration seen before (a retry, a confirmation) compiles from it.
-           "compile_cache": str(folder / "compile-cache")}
+    job = TrialJob(model=model, train=train, data=str(session.data_dir), device=session.env["device"],
+                   memory_limit=session.settings.memory_limit, log=str(folder / "logs" / f"{label}.log"),
+                   eval_at=list(session.plan.fractions[:-1]),
+                   checkpoint=str(folder / "checkpoints" / label) if keep else None,
+                   cores=list(slot.cores), gpu=slot.gpu,
+                   # One compile cache per study: a configuration seen before (a retry, a confirmation) compiles
+                   # from it.
+                   compile_cache=str(folder / "compile-cache"))
     return label, job, params
 
 
@@ -213,7 +215,7 @@ class ClaimRun:
         with closed_on_failure(self.trial, self.tuner):
             self.label, self.job, self.params = job_for(self.session, self.claim, self.slot)
         if self.tuner.target:
-            self.job["target"] = self.tuner.target
+            self.job.target = self.tuner.target
         try:
             with closed_on_failure(self.trial, self.tuner):
                 run = self._train()
@@ -286,7 +288,7 @@ class ClaimRun:
             "rung": self.n if run.status == Status.OK else min(len(run.evals), self.n), "rungs": self.n,
             "reached_target": run.status == Status.OK, "checkpoint": (run.result or {}).get("checkpoint"),
             "retry_of": claim.retry_of, **memory,
-            "config": {"model": self.job["model"], "train": self.job["train"]},  # complete: what best.json writes
+            "config": {"model": self.job.model, "train": self.job.train},  # complete: what best.json writes
         }
 
     def _value(self, run: TrialRun) -> float | None:
