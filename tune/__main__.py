@@ -32,7 +32,7 @@ from gptcore.cliutil import (
     prog,
     seed,
 )
-from gptcore.config import PRESETS
+from gptcore.config import COMPILE_MODES, PRESETS
 from gptcore.errors import UserError
 from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.core.confirm import CONFIRM_RUNS
@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="training precision of every trial: auto, bfloat16 on a GPU that has it, else float32 "
                         "(default auto)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                   help="how every trial compiles its training step: none (eager), default (torch.compile), graphs "
+                        "(CUDA graphs, GPU only) or auto (compile only when the trial's budget pays back the "
+                        "compile time; the default). Compile time is booked apart from the training budget")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (a bar shows only when stderr is a terminal; otherwise a line per trial)")
     add_quiet(p)
@@ -335,7 +339,7 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
                           references=args.references, warm_start=args.warm_start, confirm=args.confirm),
         training=TrainingArgs(budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
                               schedule=args.schedule),
-        execution=ExecArgs(device=args.device, dtype=args.dtype, memory_limit=args.memory_limit,
+        execution=ExecArgs(device=args.device, dtype=args.dtype, compile=args.compile, memory_limit=args.memory_limit,
                            predict=not args.no_predict, trial_timeout=args.trial_timeout, workers=args.workers,
                            gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
                            grace_period=args.grace_period),

@@ -143,7 +143,8 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
               f"{settings.get('eval_batch_size')} windows, the same for every trial",
               f"{rung_line}; learning-rate schedule **{settings.get('schedule')}** to the target, the same in every "
               f"trial and in best.json",
-              f"- precision {settings.get('dtype')}, sampler {settings.get('sampler')}, seed {settings.get('seed')}, "
+              f"- precision {settings.get('dtype')}, compile {settings.get('compile', 'auto')}, sampler "
+              f"{settings.get('sampler')}, seed {settings.get('seed')}, "
               f"memory limit {units.MIB.text(limit, True) if limit else 'none (the whole device)'}",
               f"- corpus {settings.get('corpus')}{size}", ""]
     return lines

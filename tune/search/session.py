@@ -157,7 +157,8 @@ class Session:
         t = self.settings.training
         return dict(**self.budget.train_fields(), **schedule_fields(t.schedule), eval_interval=10**9,
                     eval_iters=t.eval_iters, eval_batch_size=t.eval_batch_size, eval_train_split=False,
-                    dtype=self.dtype, device=self.env["device"], seed=self.settings.search.seed)
+                    dtype=self.dtype, compile=self.settings.execution.compile, device=self.env["device"],
+                    seed=self.settings.search.seed)
 
 
 def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -182,6 +183,13 @@ def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, .
     if unknown:
         raise UserError(f"--references: unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
     return tuple(names)
+
+
+def check_compile(settings: TuneSettings, env: dict[str, Any]) -> None:
+    """--compile graphs needs CUDA: refused before any trial runs rather than as an error in every trial."""
+    if settings.execution.compile == "graphs" and env["device_type"] != "cuda":
+        raise UserError(f"--compile graphs needs a CUDA device (CUDA graphs), not {env['device_type']}; "
+                        f"use default, none or auto")
 
 
 def resolve_dtype(settings: TuneSettings, env: dict[str, Any]) -> str:
@@ -259,6 +267,7 @@ class Choice:
 def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any]) -> Choice:
     """The flags resolved against the probed device and the corpus, each checked (one line)."""
     dtype = resolve_dtype(settings, env)
+    check_compile(settings, env)
     check_memory_limit(settings.execution.memory_limit, env)
     t = settings.training
     budget = t.budget or parse_budget(DEFAULT_BUDGET.get(env["device_type"], DEFAULT_BUDGET["cpu"]))
@@ -282,6 +291,8 @@ def study_fingerprint(settings: TuneSettings, env: dict[str, Any], meta: dict[st
                    "schedule": settings.training.schedule,
                    # what fits (run, OOM, skipped as predicted OOM) is judged against it
                    "memory_limit": settings.execution.memory_limit}
+    # A chosen mode changes how much a time budget trains (a study from before it was recorded resumes as it was).
+    fingerprint["compile"] = settings.execution.compile
     if env["device_type"] == "cpu":  # a time budget on fewer cores trains fewer tokens: another question
         fingerprint["threads_per_trial"] = len(slots[0].cores)
     return fingerprint
@@ -392,7 +403,8 @@ def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
     return {
         "budget": str(budget), "budget_amount": budget.amount, "budget_unit": budget.unit,
         "rungs": list(plan.fractions), "reduction_factor": plan.eta, "schedule": t.schedule,
-        "objective": s.objective, "dtype": choice.dtype, "pruner": s.pruner, "references": list(choice.references),
+        "objective": s.objective, "dtype": choice.dtype, "compile": ex.compile, "pruner": s.pruner,
+        "references": list(choice.references),
         "memory_limit_bytes": ex.memory_limit, "predict": ex.predict, "space": choice.space.to_dict(),
         "eval_iters": t.eval_iters, "eval_batch_size": t.eval_batch_size, "corpus": str(s.data), "seed": s.seed,
         "sampler": s.sampler, "trials": s.trials, "confirm": s.confirm, "confirm_runs": CONFIRM_RUNS,

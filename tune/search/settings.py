@@ -57,6 +57,7 @@ class ExecArgs:
 
     device: str = "auto"
     dtype: str = "auto"
+    compile: str = "auto"  # gptcore.config.TrainConfig.compile of every trial (auto: each trial decides)
     memory_limit: int | None = None
     predict: bool = True  # skip a configuration predicted over the memory limit (False: trace and record only)
     trial_timeout: float | None = None

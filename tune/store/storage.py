@@ -21,7 +21,7 @@ from tune.store.locks import server_init_lock
 from tune.store.spec import StorageSpec, connect_kwargs, damaged_sqlite, mask, scrub, secrets_of, storage_error
 
 FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
-                    "budget", "objective", "space", "schedule", "threads_per_trial", "memory_limit")
+                    "budget", "objective", "space", "schedule", "threads_per_trial", "memory_limit", "compile")
 
 
 # Tries and back-off for races between tuners that start at once on one database (table creation, study rows).
