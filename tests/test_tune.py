@@ -488,7 +488,9 @@ def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkey
 
     monkeypatch.setattr(study_mod, "record", broken_record)
     # The stand-in trial "trains" at once: the fault under test is the parent's, after the trial ended.
-    out = run_study(settings(tmp_path, trials=1), target=STEADY)  # said in one line per trial
+    # The worker waits a poll before its next claim after a fault of its own (a database restart passes): the
+    # shortest, 1 s, as the heartbeat sets it.
+    out = run_study(settings(tmp_path, trials=1, heartbeat_interval=1), target=STEADY)  # said in one line per trial
     assert "3 trials in a row failed" in out.stopped_because and "disk full" in out.stopped_because
     stored = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'results' / 't' / 'study.db'}")
     trial, retry, other, queued = stored.trials  # each closed, and queued again once: the fault was the tuner's
