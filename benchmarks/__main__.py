@@ -274,7 +274,7 @@ def cmd_train_step(args: argparse.Namespace) -> int:
     import torch
 
     from benchmarks import train_step
-    from benchmarks.report import contention_lines
+    from benchmarks.report import contention_lines, readable
     from gptcore import hardware as hw
     from gptcore.data import TokenData
 
@@ -289,8 +289,7 @@ def cmd_train_step(args: argparse.Namespace) -> int:
     data = TokenData.open(args.data)
     df = train_step.run(configs, devices, dtypes, data, steps=args.steps, progress=progress_mode(args),
                         compile_modes=modes, archs=args.arch, dropout=args.dropout)
-    with pd_display():
-        print(df.round(3).to_string(index=False))
+    print(readable(df))
     if not args.quiet:
         for warning in contention_lines(df):
             print(warning)
@@ -300,13 +299,6 @@ def cmd_train_step(args: argparse.Namespace) -> int:
     env = hw.environment(torch.device(devices[-1]))
     print("wrote " + ", ".join(str(p) for p in train_step.write(df, env, args.out)))
     return 0
-
-
-def pd_display():
-    """A pandas display wide enough for the train-step table on one line per case."""
-    import pandas as pd
-
-    return pd.option_context("display.width", 250, "display.max_columns", 30)
 
 
 def cmd_vs_course(args: argparse.Namespace) -> int:

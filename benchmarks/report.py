@@ -55,6 +55,16 @@ def contention_lines(df: pd.DataFrame) -> list[str]:
             f"machine. Re-run on a quiet machine."]
 
 
+def readable(df: pd.DataFrame) -> str:
+    """A results table as a person reads it: no column that is empty in every case (MFU with no known peak, GPU
+    memory on the CPU), blanks rather than None, and the contended flag as yes or blank."""
+    shown = df.dropna(axis="columns", how="all").copy()
+    if "contended" in shown:  # the reason is in the warning under the table and in the JSON
+        shown["contended"] = shown["contended"].map(lambda v: "yes" if isinstance(v, str) and v else "")
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        return shown.round(3).to_string(index=False, na_rep="")
+
+
 def print_table(df: pd.DataFrame, notes: bool = True) -> None:
     """The readable matmul table on the terminal; with notes, each peak's source and the Timer cross-checks."""
     cols = [c for c in TABLE if c in df] + (["timer_gflops"] if "timer_gflops" in df else [])

@@ -311,6 +311,8 @@ def test_train_step_without_a_gpu_says_so_and_quiet_keeps_the_table(prepared, tm
         assert info.value.code == 0, err
         assert (line in out.splitlines()) is not quiet and out.splitlines()[-1].startswith("wrote ")
         assert "tokens_per_s" in out.splitlines()[0] and "\r" not in err
+        header = out.splitlines()[0].split()  # a table a person reads: no column of blanks, no "None"
+        assert "None" not in out and "peak_allocated_MiB" not in header and "mfu" not in header
         assert err.startswith("train-step 1/1: tiny course cpu float32 none: ") if not quiet else err == ""
 
 
