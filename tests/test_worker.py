@@ -331,6 +331,22 @@ def test_contention_counts_only_the_owned_cores_with_a_fake_proc_stat():
     assert health.busy_seconds([7], after) is None  # a core /proc/stat does not show: unknown, not 0
 
 
+def test_a_process_the_meter_s_process_started_counts_as_its_own_work_not_a_neighbour():
+    # torch.compile's compile workers are children of the trial (or benchmark) process, on its cores: before this,
+    # every compiled run was flagged contended by its own compiler. A child that burns CPU while alive (not yet
+    # reaped) and one already reaped both count. CPU seconds, not wall time: the child loops until it has used
+    # 0.3 s of CPU, however busy the machine.
+    burn = "import time\nwhile time.process_time() < 0.3: pass"
+    before = health.own_cpu_seconds()
+    alive = subprocess.Popen([sys.executable, "-c", burn + "\nprint('burnt', flush=True)\ninput()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reaped = subprocess.run([sys.executable, "-c", burn])
+    assert reaped.returncode == 0 and alive.stdout.readline() == "burnt\n"  # now idle, waiting on its stdin
+    used = health.own_cpu_seconds() - before
+    alive.communicate("\n")
+    assert used >= 0.6 - 0.05  # both children's 0.3 s (less a clock tick each)
+
+
 @two_cores
 def test_busy_neighbour_flags_the_trial_on_its_core_only(runner, prepared, data, tmp_path):
     mine, other = CORES[0], CORES[1]
