@@ -367,3 +367,15 @@ def test_the_card_of_a_gpu_only_matmul_file_claims_no_crossover():
                                        "peaks": m.peaks, "crossover": m.crossover},
                             "environment": {"device_name": "H200"}})
     assert "no CPU in these measurements" in html and "never beats" not in html
+
+
+def test_markdown_tables_right_align_figures_and_left_align_text():
+    from tune.report.frame import markdown_table
+
+    table = pd.DataFrame({"trial": ["1", "12"], "shape": ["4 x 32", "8 x 64"], "lr": ["1.03e-03", "2.00e-04"],
+                          "error": ["-9.3%", None], "k tok/s": ["1,234", "57.6"]})
+    header, rule, *_ = markdown_table(table).splitlines()
+    align = ["right" if c.strip().endswith(":") and not c.strip().startswith(":") else "left"
+             for c in rule.strip("|").split("|")]
+    assert align == ["right", "left", "right", "right", "right"]
+    assert header.split("|")[1] == "   trial "  # the figure column's name sits right too

@@ -5,6 +5,7 @@ tune.report.plots show them."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -149,6 +150,22 @@ def _fill_from_source(df: pd.DataFrame) -> None:
     lookup = lookup[~lookup.index.duplicated(keep="last")]
     for p in PARAMS:
         df.loc[runs, p] = df.loc[runs, p].fillna(df.loc[runs, "confirm_of"].map(lookup[p]))
+
+
+# A figure as units.py writes it: 2.4389, 1.03e-03, 12,345, -21.0%, 0.93
+_FIGURE = re.compile(r"[+-]?(\d[\d,]*)?\.?\d+(e[+-]?\d+)?%?")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A table in Markdown as a person reads it: columns of figures right-aligned, text left.
+
+    The cells are text already (units.py rounds each figure), so the table printer cannot tell figures apart."""
+    def figures(col: pd.Series) -> bool:
+        cells = [str(v) for v in col if v is not None and str(v) not in ("", "nan", "<NA>")]
+        return bool(cells) and all(_FIGURE.fullmatch(c) for c in cells)
+
+    align = ["right" if figures(table[c]) else "left" for c in table.columns]
+    return table.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def readable(df: pd.DataFrame) -> pd.DataFrame:

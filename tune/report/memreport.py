@@ -15,6 +15,7 @@ from gptcore.memory import Calibration
 from tune.core.outcomes import MEASURED, Status
 from tune.core.units import ERROR, MIB, SECONDS, MiB
 from tune.memory.judge import SKIP_MARGIN, calibration_points, over_predictions, skip_margin
+from tune.report.frame import markdown_table
 
 
 def predicted_vs_measured(df: pd.DataFrame) -> pd.DataFrame:
@@ -139,7 +140,7 @@ def memory_section(df: pd.DataFrame, settings: dict[str, Any], label: Callable[[
                               "predicted MiB": ran["predicted_peak_bytes"].map(MIB.text),
                               "measured MiB": ran["measured_peak_bytes"].map(MIB.text),
                               "error": ran["error"].map(lambda e: ERROR.text(e, sign=True))})
-        lines += [table.to_markdown(index=False, disable_numparse=True), ""]
+        lines += [markdown_table(table), ""]
     return lines
 
 

@@ -19,6 +19,7 @@ from tune.report.frame import (
     best_row,
     choose_winner,
     label,
+    markdown_table,
     objective_key,
     oom_frontier,
     originals,
@@ -58,7 +59,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
         top = ok.sort_values(key, ascending=lower)
         lines += ["## Top 10 at the target", "", "Searched trials that trained to the target, and the references "
                   "(one run each: the confirmation runs are in their own section).",
-                  "", readable(top.head(10)).to_markdown(index=False, disable_numparse=True), ""]
+                  "", markdown_table(readable(top.head(10))), ""]
     lines += frontier_section(runs)
     lines += confirmation_section(winner, objective)
     rungs = settings.get("rungs") or [1.0]
@@ -210,7 +211,7 @@ def frontier_section(runs: pd.DataFrame) -> list[str]:
     frontier = oom_frontier(runs)
     return [*lines, "Per model size, the largest batch x block that trained, the smallest that ran out of memory, "
             "and the smallest skipped as predicted out of memory (the predicted boundary: memory.png draws it).",
-            "", frontier.to_markdown(index=False, disable_numparse=True), ""]
+            "", markdown_table(frontier), ""]
 
 
 def environment_section(env: dict[str, Any]) -> list[str]:
@@ -265,7 +266,7 @@ def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, fol
             lines.append(f"- beats reference `{ref['reference']}` ({its} {_v(key, value)}) by {_v(key, gain)} "
                          f"({units.ERROR.text(gain / abs(value))})" if gain > 0 else
                          f"- does not beat reference `{ref['reference']}` ({its} {_v(key, value)})")
-    lines += ["", readable(best.to_frame().T).to_markdown(index=False, disable_numparse=True), "",
+    lines += ["", markdown_table(readable(best.to_frame().T)), "",
               f"Train it from scratch, the same way and for the same budget: "
               f"`python -m gptcore train --config {folder / 'best.json'}`.",
               f"Or use the model it trained in the study: `python -m gptcore sample --checkpoint "
@@ -420,6 +421,6 @@ def warm_start_section(study: optuna.Study, df: pd.DataFrame, objective: str) ->
         share = units.ERROR.text(gain / abs(best_warm[key]))
         lines.append(f"- the sampler improved on the warm start by {_v(key, gain)} ({share})"
                      if gain > 0 else "- no sampled trial beat the warm start")
-    return [*lines, "", readable(started).to_markdown(index=False, disable_numparse=True), ""]
+    return [*lines, "", markdown_table(readable(started)), ""]
 
 
