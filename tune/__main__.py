@@ -33,6 +33,7 @@ from gptcore.cliutil import (
     seed,
 )
 from gptcore.config import PRESETS
+from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
 from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.core.confirm import CONFIRM_RUNS
@@ -53,7 +54,7 @@ from tune.store.names import check_study_name
 if TYPE_CHECKING:
     from tune.search.session import StudyOutcome
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+DEFAULT_DATA = DEFAULT_CORPUS
 PROG = "python -m tune"
 RESULTS_HELP = "the folder holding each study's results folder (default results/)"
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gptcore.corpus import DEFAULT_CORPUS
 from tune.core.budget import Budget
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
@@ -25,7 +26,7 @@ class SearchArgs:
     """What is searched, on which corpus, and how the search proposes, ranks and confirms configurations."""
 
     trials: int = 50
-    data: Path = Path("data/wizard_of_oz.txt")
+    data: Path = DEFAULT_CORPUS
     space: str = "auto"
     space_overrides: dict[str, Any] = field(default_factory=dict)
     objective: str = "loss"
