@@ -11,6 +11,7 @@ from typing import Any
 
 from gptcore.corpus import DEFAULT_CORPUS
 from tune.core.budget import Budget
+from tune.core.studyfile import StudyFile
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
 # --confirm: the best this many configurations train CONFIRM_RUNS more times with fresh seeds once the study is
@@ -95,6 +96,7 @@ class TuneSettings:
     execution: ExecArgs = field(default_factory=ExecArgs)
     store: StoreArgs = field(default_factory=StoreArgs)
     output: OutputArgs = field(default_factory=OutputArgs)
+    study_file: StudyFile | None = None  # --config: recorded with the invocation (its values are in the groups)
 
     @classmethod
     def of(cls, **flat: Any) -> TuneSettings:
