@@ -19,9 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from gptcore.corpus import CORPUS_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
-# What the build reads: the project's files, its packages and the corpus (build/ and *.egg-info land in the copy).
-SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "gptcore", "tune", "benchmarks", "data"]
+# What the build reads: the project's files, its packages and the corpus (build/ and *.egg-info land in the copy;
+# the rest of data/ may hold a user's prepared corpora, which the build never reads).
+SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "gptcore", "tune", "benchmarks",
+           f"data/{CORPUS_NAME}"]
 # The tuner's smallest study: one trial of a 1-layer model for 4 steps, no references, no confirmation.
 TINY = ["--trials", "1", "--budget", "4steps", "--references", "none", "--confirm", "0", "--device", "cpu",
         "--batch-size", "2", "--block-size", "8", "--n-embed", "64", "--n-head", "1", "--n-layer", "1",
@@ -47,11 +51,11 @@ def _read_only(folder: Path, on: bool) -> None:
 def installed(tmp_path):
     """The site folder: the checkout built into a wheel and installed with --target into a read-only folder."""
     src = tmp_path / "src"
-    src.mkdir()
     for name in SOURCES:
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "prepared"))
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
     _pip("wheel", "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), str(src))
     (wheel,) = (tmp_path / "dist").glob("gptcore_tune-*.whl")
@@ -74,7 +78,7 @@ def test_a_wheel_installed_outside_the_checkout_runs_a_study_on_its_packaged_cor
         cwd=work, env=env, capture_output=True, text=True, check=True).stdout.split()
     # The installed copy is imported (not the checkout), and its default corpus is the one inside the wheel.
     assert all(Path(p).is_relative_to(site) for p in where), where
-    assert Path(where[2]).read_bytes() == (ROOT / "data" / "wizard_of_oz.txt").read_bytes()
+    assert Path(where[2]).read_bytes() == (ROOT / "data" / CORPUS_NAME).read_bytes()
 
     proc = subprocess.run([sys.executable, "-m", "tune", *TINY], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
