@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.flags import add_output_flags, progress_mode
 from gptcore.cliutil import Parser, console, int_range, positive_float, positive_int, prog
 from gptcore.cliutil import seed as seed_flag
+from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
 
 DEFAULT_SIZES = "64,128,256,512,1024,2048,4096"
@@ -26,7 +27,7 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "tf32", "bfloat16", "float16")
 LIBS = ("torch", "numpy")
 THREADS = int_range(1, 1024)  # torch overflows above 2**31 - 1; far past any core count anyway
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+DEFAULT_DATA = DEFAULT_CORPUS
 
 
 def _csv(choices: tuple[str, ...], what: str):

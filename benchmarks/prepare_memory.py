@@ -23,8 +23,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from gptcore.cliutil import Parser, positive_float, positive_int, run
+from gptcore.corpus import DEFAULT_CORPUS
 
-CORPUS = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+CORPUS = DEFAULT_CORPUS
 
 
 def make_shard(path: str, text_bytes: int, docs: int, seed: int) -> int:

@@ -28,8 +28,9 @@ import torch
 
 from gptcore import cliutil as flag
 from gptcore.cliutil import Parser, run
+from gptcore.corpus import DEFAULT_CORPUS
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+DEFAULT_DATA = DEFAULT_CORPUS
 DEFAULT_OUT = Path("results") / "tokenizers.json"
 PROG = "python -m benchmarks.tokenizers_bench"
 

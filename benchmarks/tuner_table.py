@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
 from gptcore.files import check_output_dir, read_json_object
 from tune.core.budget import Budget
@@ -27,7 +28,7 @@ from tune.core.space import PARAMS, POW2, Space
 DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_TABLE = DATA / "tuner_small.csv"  # the shipped table the replay reads (and docs/tuner-strategies.md cites)
 RECORDED_TABLE = Path("results/bench/tuner_table.csv")  # where `record` writes: never over the shipped evidence
-CORPUS = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+CORPUS = DEFAULT_CORPUS
 # What a replay needs per configuration; the rung losses (loss_rung_1..n) come after these.
 KEEP = ["number", "status", *PARAMS, "val_loss", "tokens_per_s", "steps", "train_seconds", "eval_seconds",
         "warmup_seconds", "startup_seconds", "trial_seconds", "peak_memory_bytes", "n_params", "threads"]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from gptcore.cliutil import PROGRESS_HELP, Parser, add_config_flags, add_quiet, config_overrides, console, prog
 from gptcore.config import ModelConfig, TrainConfig
+from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+DEFAULT_DATA = DEFAULT_CORPUS
 DEFAULT_OUT = Path("results") / "model"
 PROG = "python -m gptcore"
 

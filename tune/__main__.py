@@ -33,7 +33,9 @@ from gptcore.cliutil import (
     seed,
 )
 from gptcore.config import COMPILE_MODES, PRESETS
+from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
+from tune.core import studyfile
 from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.core.confirm import CONFIRM_RUNS
 from tune.core.space import PARAMS, SPACES, load_space, parse_range
@@ -53,7 +55,7 @@ from tune.store.names import check_study_name
 if TYPE_CHECKING:
     from tune.search.session import StudyOutcome
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "wizard_of_oz.txt"
+DEFAULT_DATA = DEFAULT_CORPUS
 PROG = "python -m tune"
 RESULTS_HELP = "the folder holding each study's results folder (default results/)"
 
@@ -185,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "compile time; the default). Compile time is booked apart from the training budget")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (a bar shows only when stderr is a terminal; otherwise a line per trial)")
+    p.add_argument("--config", type=Path, default=None, metavar="STUDY.toml",
+                   help="a TOML file of this command's flags, each key a flag's long name without its dashes "
+                        "(trials = 30, budget = \"10m\", n-layer = [2, 8], no-save-models = true); flags on the "
+                        "command line override it; its text is recorded in the study")
     add_quiet(p)
     return p
 
@@ -297,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = studyfile.parse_args(parser, argv)  # --config's flags under the command line's
     if args.grace_period <= args.heartbeat_interval:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
@@ -346,6 +352,7 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
         store=StoreArgs(study_name=args.study_name, storage=args.storage, results=args.results),
         output=OutputArgs(save_models=not args.no_save_models, progress=not (args.no_progress or args.quiet),
                           quiet=args.quiet),
+        study_file=getattr(args, "study_file", None),  # set by studyfile.parse_args
     )
 
 

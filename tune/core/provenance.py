@@ -7,9 +7,12 @@ import os
 import platform
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+
+if TYPE_CHECKING:
+    from tune.core.studyfile import StudyFile
 
 INVOCATION_PREFIX = "invocation:"  # one study user attribute per tuner start (no read-modify-write between tuners)
 
@@ -22,6 +25,14 @@ def command_line(argv: list[str] | None = None) -> str:
     if program == "__main__.py":
         program = f"python -m {os.path.basename(os.path.dirname(argv[0]))}"
     return " ".join([program, *(shlex.quote(a) for a in argv[1:])])
+
+
+def study_file_record(study_file: StudyFile | None) -> dict[str, Any]:
+    """What an invocation read beside its command line: {"study_file": {"path", "text"}} for --config, else {}.
+
+    The text itself, not a hash or the path alone: the file may change or vanish after the study, and a command line
+    that says `--config study.toml` is only reproducible with what that file held then."""
+    return {} if study_file is None else {"study_file": {"path": study_file.path, "text": study_file.text}}
 
 
 def _version(package: str) -> str | None:

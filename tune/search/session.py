@@ -34,7 +34,7 @@ from tune.core.budget import (
     schedule_fields,
 )
 from tune.core.confirm import CONFIRM_RUNS
-from tune.core.provenance import INVOCATION_PREFIX, command_line, versions
+from tune.core.provenance import INVOCATION_PREFIX, command_line, study_file_record, versions
 from tune.core.space import Space, load_space, preset_params, uses_legacy_names
 from tune.exec import health
 from tune.exec.runner import TrialRunner
@@ -392,7 +392,7 @@ def record(opened: Opened, settings: TuneSettings, env: dict[str, Any], meta: di
     started = datetime.now(timezone.utc)
     study.set_user_attr(f"{INVOCATION_PREFIX}{started:%Y%m%dT%H%M%S.%fZ}-{socket.gethostname()}-{os.getpid()}", {
         "command": command_line(), "started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
-        "versions": versions()})
+        "versions": versions(), **study_file_record(settings.study_file)})
     study.set_user_attr("settings", stored_settings(settings, choice))
 
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gptcore.corpus import DEFAULT_CORPUS
 from tune.core.budget import Budget
+from tune.core.studyfile import StudyFile
 from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
 # --confirm: the best this many configurations train CONFIRM_RUNS more times with fresh seeds once the study is
@@ -25,7 +27,7 @@ class SearchArgs:
     """What is searched, on which corpus, and how the search proposes, ranks and confirms configurations."""
 
     trials: int = 50
-    data: Path = Path("data/wizard_of_oz.txt")
+    data: Path = DEFAULT_CORPUS
     space: str = "auto"
     space_overrides: dict[str, Any] = field(default_factory=dict)
     objective: str = "loss"
@@ -95,6 +97,7 @@ class TuneSettings:
     execution: ExecArgs = field(default_factory=ExecArgs)
     store: StoreArgs = field(default_factory=StoreArgs)
     output: OutputArgs = field(default_factory=OutputArgs)
+    study_file: StudyFile | None = None  # --config: recorded with the invocation (its values are in the groups)
 
     @classmethod
     def of(cls, **flat: Any) -> TuneSettings:
