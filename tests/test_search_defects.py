@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import shutil
 from pathlib import Path
 
@@ -222,3 +223,13 @@ def test_the_cost_floor_counts_each_runs_start_up_from_the_studys_own_runs():
     measured = session({"startup_seconds": 5.0, "mem_predict_seconds": 2.0}, {"startup_seconds": 9.0},
                        {"status": "interrupted"})  # a run that never started says nothing
     assert run_overhead_seconds(measured) == 8.0  # median of 7 and 9
+
+
+def test_the_study_says_the_threads_and_cores_its_trials_had_not_the_probes(tmp_path):
+    # The device probe runs unpinned on every usable core; a trial pinned by --cores gets one thread per core of
+    # its own. summary.md and the card said "2 threads per trial" of trials that ran on one.
+    core = sorted(os.sched_getaffinity(0))[-1]
+    out = study_module.run_study(settings(tmp_path, trials=1, cores=(core,)), target=STEADY)
+    env = out.study.user_attrs["environment"]
+    assert (env["cpu_threads"], env["cores"]) == (1, [core])
+    assert f"| torch threads per trial | 1 (cores {core}) |" in (out.results_dir / "summary.md").read_text()

@@ -47,6 +47,12 @@ def usable_cores() -> tuple[int, ...]:
     return tuple(affinity())
 
 
+def as_trials_see_it(env: dict[str, Any], slots: list[Slot]) -> dict[str, Any]:
+    """The probed environment with the threads and cores of a trial: each is pinned to its slot's cores with one
+    torch thread per core (tune.exec.worker.pin_cores), whereas the probe ran unpinned on every usable core."""
+    return {**env, "cpu_threads": len(slots[0].cores), "cores": sorted({c for slot in slots for c in slot.cores})}
+
+
 def plan_slots(workers: int | None, env: dict[str, Any], gpus: tuple[int, ...] | None = None,
                cores: tuple[int, ...] | None = None) -> list[Slot]:
     """One slot per worker: `workers` None means auto (one per chosen GPU; one on a CPU). Errors are one line."""

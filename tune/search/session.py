@@ -38,7 +38,7 @@ from tune.core.provenance import INVOCATION_PREFIX, command_line, study_file_rec
 from tune.core.space import Space, load_space, preset_params, uses_legacy_names
 from tune.exec import health
 from tune.exec.runner import TrialRunner
-from tune.exec.slots import Slot, plan_slots
+from tune.exec.slots import Slot, as_trials_see_it, plan_slots
 from tune.memory.judge import check_memory_limit, limit_for
 from tune.search import warmstart
 from tune.search.dispatch import fail_orphans, requeue
@@ -226,6 +226,7 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     results_dir = settings.store.results / name
     ex = settings.execution
     slots = plan_slots(ex.workers, env, ex.gpus, ex.cores)
+    env = as_trials_see_it(env, slots)  # what summary.md and the card say of the threads per trial
     spec = resolve_storage(settings.store.storage, results_dir / "study.db")
     # read and checked before anything is created
     warm = warmstart.prepare(settings, choice.space, spec, name, results_dir)
