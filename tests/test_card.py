@@ -271,3 +271,13 @@ def test_it_renders_in_headless_chromium(card, tmp_path):
         ["matmul", "loss", "size"]
     assert "Hardware report card: Test CPU" in dom and 'id="card-data"' in dom
     assert card_data(dom) == card_data(page)
+
+
+def test_the_card_command_names_the_winner_by_the_figure_it_is_judged_by():
+    from tune.report.card.command import _best
+
+    single = {"label": "9", "val_loss": 1.9006, "confirmed_mean": None}
+    assert _best(single) == "trial 9 (val loss 1.9006)" and _best(None) == "none yet"
+    # Confirmed: the mean the card's best section and summary.md's verdict give, not the single run's loss.
+    confirmed = {**single, "confirmed_mean": 1.94023, "confirmed_runs": 3}
+    assert _best(confirmed) == "trial 9 (mean val loss 1.9402 over 3 runs)"

@@ -100,11 +100,18 @@ def write_card(args: argparse.Namespace) -> int:
     data = gather(loaded.study, loaded.folder, matmul)
     atomic_write_text(out, render(data))
     if not args.quiet:
-        w = data["winner"]
-        print(f"study {data['study']}: {len(data['trials'])} configurations, best "
-              + (f"{named(w['label'])} (val loss {fmt('loss', w['val_loss'])})" if w else "none yet"))
+        print(f"study {data['study']}: {len(data['trials'])} configurations, best {_best(data['winner'])}")
     print(f"wrote {out}")
     return 0
+
+
+def _best(w: dict | None) -> str:
+    """The winner and the figure the card and summary.md judge it by: its confirmed mean when it has one."""
+    if w is None:
+        return "none yet"
+    if w.get("confirmed_mean") is not None:
+        return f"{named(w['label'])} (mean val loss {fmt('loss', w['confirmed_mean'])} over {w['confirmed_runs']} runs)"
+    return f"{named(w['label'])} (val loss {fmt('loss', w['val_loss'])})"
 
 
 if __name__ == "__main__":
