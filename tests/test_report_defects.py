@@ -244,8 +244,11 @@ def test_the_rungs_plot_is_linear_for_one_rung_and_gives_each_reference_its_colo
     assert ax.get_xscale() == "linear"
     colours = {ln.get_label(): ln.get_color() for ln in ax.get_lines() if ln.get_label().startswith("reference")}
     assert len(colours) == 2 and len(set(colours.values())) == 2
-    three = _draw(rungs_plot, _runs([2.4, 2.5], 3), {"rungs": [1 / 9, 1 / 3, 1.0], "budget_amount": 9.0})
-    assert three["rungs.png"].axes[0].get_xscale() == "log"
+    three = _draw(rungs_plot, _runs([2.4, 2.5], 3), {"rungs": [1 / 9, 1 / 3, 1.0], "budget_amount": 20.0})
+    ax = three["rungs.png"].axes[0]
+    assert ax.get_xscale() == "log"
+    # The rungs as the plan prints them (2.22 s, 6.67 s, 20 s), not 2.22222 and 6.66667.
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2.22", "6.67", "20"]
 
 
 def test_an_outlier_is_clipped_off_the_axis_and_the_plot_says_so():

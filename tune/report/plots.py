@@ -261,7 +261,7 @@ def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> str | N
     logged = len(x) > 1 and x[-1] >= 4 * x[0]
     if logged:
         ax.set_xscale("log")
-    ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.set_xticks(x, [f"{v:.3g}" for v in x])  # as the plan prints the rungs: 6.67, 20
     ax.xaxis.set_minor_formatter(_null_formatter())
     robust_limits(ax, pd.Series([v for _, _, ys in lines for v in ys]))
     ax.set(xlabel=f"training budget ({'seconds' if unit == 's' else 'steps'}{', log scale' if logged else ''})",
