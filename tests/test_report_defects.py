@@ -382,3 +382,13 @@ def test_markdown_tables_right_align_figures_and_left_align_text():
              for c in rule.strip("|").split("|")]
     assert align == ["right", "left", "right", "right", "right"]
     assert header.split("|")[1] == "   trial "  # the figure column's name sits right too
+
+
+def test_the_throughput_plot_keeps_the_fastest_run_in_view():
+    # One configuration 6x faster than the rest is the plot's news, not an outlier to clip (a study's fastest
+    # trial, 156 k tokens/s beside 4-50 k, was drawn off the axis).
+    runs = _runs([2.4, 2.5, 2.6, 2.7, 2.8]).assign(tokens_per_s=[5_000.0, 6_000.0, 7_000.0, 8_000.0, 156_000.0,
+                                                                 4_000.0, 4_500.0])
+    ax = _draw(throughput_plot, runs, None)["throughput_vs_memory.png"].axes[0]
+    assert ax.get_ylim()[0] <= 4_000 and ax.get_ylim()[1] >= 156_000
+    assert ax.get_yscale() == "log" and not any("clipped" in t.get_text() for t in ax.texts)

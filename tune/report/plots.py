@@ -189,7 +189,11 @@ def _against_memory(df: pd.DataFrame, y: str, y_pruned: str, limit: float | None
         ax.scatter([r[mem]], [r[y]], marker="s", color=ref_colour(i), zorder=3, label=f"reference {reference_of(r)}")
     if limit:
         ax.axvline(limit / MiB, color="C3", linestyle="--", linewidth=1, label="memory limit")
-    robust_limits(ax, shown[y])
+    if y == "tokens_per_s":  # a fast configuration is data, not an outlier: a log axis keeps every run in view
+        if shown[y].min() > 0 and shown[y].max() > 10 * shown[y].min():
+            ax.set_yscale("log")
+    else:  # a diverged loss would squash the others
+        robust_limits(ax, shown[y])
     low, high = ax.get_ylim()
     x = [limit / MiB if limit else frame[mem].max()] * len(oom)
     _oom_marks(ax, oom, pd.Series(x, dtype=float), high if oom_at == "top" else low)
