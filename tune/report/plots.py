@@ -35,6 +35,13 @@ def ref_colour(i: int) -> str:
     return REF_COLOURS[i % len(REF_COLOURS)]
 
 
+def _plain_formatter() -> Any:
+    """Tick labels as plain figures with thousands separators, on a log axis too."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+
+
 def robust_limits(ax: Any, values: pd.Series, axis: str = "y") -> str | None:
     """Clip `axis` to the values' robust range when an outlier would squash the rest; the note it writes on the
     plot (None: nothing clipped)."""
@@ -192,6 +199,7 @@ def _against_memory(df: pd.DataFrame, y: str, y_pruned: str, limit: float | None
     if y == "tokens_per_s":  # a fast configuration is data, not an outlier: a log axis keeps every run in view
         if shown[y].min() > 0 and shown[y].max() > 10 * shown[y].min():
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(_plain_formatter())  # 10,000 rather than 10^4
     else:  # a diverged loss would squash the others
         robust_limits(ax, shown[y])
     low, high = ax.get_ylim()
