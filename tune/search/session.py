@@ -240,6 +240,9 @@ def check_flags(settings: TuneSettings) -> None:
         raise UserError(f"--trials must be at least 1, got {s.trials}")
     if s.confirm < 0:
         raise UserError(f"--confirm must be 0 (off) or more, got {s.confirm}")
+    keep = settings.output.keep_models
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise UserError(f"--keep-models must be an integer >= 0 (0: only best-model/), got {keep!r}")
     if settings.training.schedule not in SCHEDULES:
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.training.schedule!r}")
     make_sampler(s.sampler, s.seed)  # an unknown name or a missing package, before anything is created
@@ -396,6 +399,7 @@ def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
         "memory_limit_bytes": ex.memory_limit, "predict": ex.predict, "space": choice.space.to_dict(),
         "eval_iters": t.eval_iters, "eval_batch_size": t.eval_batch_size, "corpus": str(s.data), "seed": s.seed,
         "sampler": s.sampler, "trials": s.trials, "confirm": s.confirm, "confirm_runs": CONFIRM_RUNS,
+        "save_models": settings.output.save_models, "keep_models": settings.output.keep_models,
     }
 
 
