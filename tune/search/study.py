@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from tune.core import trust
 from tune.core.confirm import CONFIRM_RUNS, confirm_label
+from tune.core.epochs import EpochEstimate
 from tune.core.outcomes import Status
 from tune.core.space import preset_params
 from tune.exec.console import Console
@@ -42,10 +43,12 @@ from tune.search.dispatch import DONE, WAIT, Claim
 from tune.search.session import (
     Session,
     StudyOutcome,
+    epoch_estimate,
     full_disk,
     open_session,
     plan_message,
     reference_configs,
+    target_budgets,
     trial_configs,
     warn_if_busy,
 )
@@ -418,7 +421,13 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     say, info = console.say, console.info
     info(f"study {study.study_name}: {counted} counted trial(s) so far, running {remaining} more on "
          f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
-    info(plan_message(session, remaining, references, confirms))
+    epochs = None
+    if remaining or references or confirms:  # before the first trial: what the target means for this corpus
+        budgets = target_budgets(session, remaining, references, confirms)
+        epochs = epoch_estimate(session, runner, references, budgets * (session.budget.seconds or 0))
+    info(plan_message(session, remaining, references, confirms, epochs))
+    if isinstance(epochs, EpochEstimate) and epochs.warning():
+        say(epochs.warning())
     info(f"storage {session.storage.display}\nresults {session.results_dir}\n"
          f"search space:\n{session.space.describe()}")
     if remaining or references or confirms:
