@@ -36,6 +36,7 @@ from tune.core.budget import (
 )
 from tune.core.confirm import CONFIRM_RUNS
 from tune.core.epochs import EpochEstimate
+from tune.core.outcomes import Status
 from tune.core.provenance import INVOCATION_PREFIX, command_line, versions
 from tune.core.space import Space, load_space, preset_params, uses_legacy_names
 from tune.exec import health
@@ -533,12 +534,14 @@ def probe_throughput(session: Session, runner: TrialRunner, model: dict[str, Any
                    log=str(session.results_dir / "logs" / "plan_probe.log"), eval_at=[], cores=list(slot.cores),
                    gpu=slot.gpu, compile_cache=str(session.results_dir / "compile-cache"))
     run = runner.run(job, lambda *_: False, PROBE_SECONDS + 120 + RUN_OVERHEAD_S)
+    if run.status == Status.INTERRUPTED:  # Ctrl-C during the probe stops the tuner, as during a trial
+        raise KeyboardInterrupt
     rate = (run.result or {}).get("tokens_per_s")
-    if run.status.value != "ok" or not rate:
+    if run.status != Status.OK or not rate:
         return None, f"the throughput probe ended {run.status.value}: {run.message or 'no tokens/s'}"
     mode = (run.result or {}).get("compile", "none")
     return rate, (f"{rate:,.0f} tokens/s from a {PROBE_SECONDS:.0f} s throughput probe of it, compile {mode}"
-                  + ("; compiled trials run faster, so likely more" if mode == "none" else ""))
+                  + ("; a trial that compiles runs faster and sees more" if mode == "none" else ""))
 
 
 # A run's fixed cost before its first step when the study has no evidence yet: the trial process's start, torch's
