@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import optuna
@@ -110,6 +111,18 @@ def test_only_finished_runs_outside_the_best_k_are_prunable_never_one_an_attempt
     assert keep.prunable(study, refs, 2) == ["trial_0000", "trial_0003", "trial_0004", "trial_0005"]
     assert keep.prunable(study, refs, 0) == ["ref_baby", "trial_0000", "trial_0001", "trial_0003", "trial_0004",
                                              "trial_0005"]
+
+
+def test_a_prune_waits_while_another_process_copies_best_model(tmp_path):
+    study, _ = _study([(TrialState.COMPLETE, 1.0), (TrialState.COMPLETE, 2.0)])
+    (tmp_path / "checkpoints" / "trial_0001").mkdir(parents=True)
+    with keep.checkpoints_lock(tmp_path):  # what write_report holds while it copies best-model/
+        pruning = threading.Thread(target=keep.prune, args=(tmp_path, study, None, 1))
+        pruning.start()
+        pruning.join(0.5)
+        assert pruning.is_alive() and (tmp_path / "checkpoints" / "trial_0001").is_dir()
+    pruning.join()
+    assert models_in(tmp_path) == [] and os.listdir(tmp_path / "checkpoints") == []  # trash emptied too
 
 
 def test_a_kill_between_rename_and_delete_leaves_a_loadable_state(tmp_path):

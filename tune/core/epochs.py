@@ -53,8 +53,8 @@ class EpochEstimate:
 
     def line(self) -> str:
         """The plan's line."""
-        span = (f"; the search space spans {self.span[0]:,.3g} to {self.span[1]:,.3g}" if self.span else "")
-        return (f"epochs of the corpus per trial at the target: about {self.epochs:,.3g} for {self.what} "
+        span = (f"; the search space spans {_figure(self.span[0])} to {_figure(self.span[1])}" if self.span else "")
+        return (f"epochs of the corpus per trial at the target: about {_figure(self.epochs)} for {self.what} "
                 f"({self.how}){span}")
 
     def warning(self) -> str | None:
@@ -77,3 +77,8 @@ def _down(x: float) -> float:
     """`x` rounded down to two significant digits (a shorter budget must not overshoot the threshold)."""
     scale = 10.0 ** (math.floor(math.log10(x)) - 1)
     return math.floor(x / scale * (1 + 1e-12)) * scale
+
+
+def _figure(epochs: float) -> str:
+    """3 significant digits, never an exponent: 0.0123, 58.8, 3,015."""
+    return f"{epochs:,.0f}" if epochs >= 100 else f"{epochs:.3g}"
