@@ -408,6 +408,7 @@ def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
 
 
 def _pruning(session: Session) -> bool:
+    """Whether the study prunes at its rungs (successive halving on the loss)."""
     s = session.settings.search
     return s.pruner in ("asha", "hyperband") and s.objective == "loss"
 
@@ -433,7 +434,7 @@ def plan_message(session: Session, remaining: int, references: list[str], confir
              f"schedule {s.training.schedule} to the target)"]
     if epochs is not None:
         lines.append(epochs if isinstance(epochs, str) else epochs.line())
-    total = budgets + len(references) + confirms
+    total = target_budgets(session, remaining, references, confirms)
     floor = "at least " if pruning else ""
     cost = f"expected training: {floor}{total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
     cost += f" + {len(references)} for the references {', '.join(references)}" if references else ""
