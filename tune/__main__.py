@@ -41,6 +41,7 @@ from tune.core.confirm import CONFIRM_RUNS
 from tune.core.space import PARAMS, SPACES, load_space, parse_range
 from tune.search.settings import (
     DEFAULT_CONFIRM,
+    DEFAULT_KEEP_MODELS,
     ExecArgs,
     OutputArgs,
     SearchArgs,
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_CONFIRM}; 0: none)")
     p.add_argument("--no-save-models", action="store_true",
                    help="do not keep the models of the trials that train to the target (best-model/ is one of them)")
+    p.add_argument("--keep-models", type=non_negative_int, default=DEFAULT_KEEP_MODELS, metavar="K",
+                   help=f"keep the models of the best K runs besides best-model/; the others are deleted as the "
+                        f"study goes (those it may still confirm stay until confirmation is over). Default "
+                        f"{DEFAULT_KEEP_MODELS}: the default --confirm {DEFAULT_CONFIRM} top configurations and a "
+                        f"runner-up, so the disk holds at most {DEFAULT_KEEP_MODELS + 1} models whatever --trials; 0: "
+                        f"only best-model/")
     p.add_argument("--trial-timeout", type=positive_float, default=None,
                    help="kill a trial after this many seconds (default 3 x a time budget + 120 s; 1 h for steps)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -351,7 +358,7 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
                            grace_period=args.grace_period),
         store=StoreArgs(study_name=args.study_name, storage=args.storage, results=args.results),
         output=OutputArgs(save_models=not args.no_save_models, progress=not (args.no_progress or args.quiet),
-                          quiet=args.quiet),
+                          quiet=args.quiet, keep_models=args.keep_models),
         study_file=getattr(args, "study_file", None),  # set by studyfile.parse_args
     )
 

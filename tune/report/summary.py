@@ -11,6 +11,7 @@ import pandas as pd
 
 from tune.core import schema, trust, units
 from tune.core.budget import format_seconds
+from tune.core.epochs import MANY_EPOCHS
 from tune.core.outcomes import COUNTED, OUT_OF_MEMORY, Status
 from tune.core.provenance import invocations
 from tune.core.space import Space
@@ -29,13 +30,11 @@ from tune.report.frame import (
     time_span,
     within_noise,
 )
+from tune.report.keep import disk_used, kept_models
 from tune.report.memreport import memory_section
 
 PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
          "memory.png")
-# The winner saw its training split this many times or more: on a small corpus the best at this budget may be the
-# best at memorising it (validation loss is held out, but the ranking is then about this corpus, not language).
-MANY_EPOCHS = 10
 
 
 def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes: list[str] | None = None) -> str:
@@ -51,6 +50,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
              f"Which GPT configuration trains best in **{settings.get('budget', '?')}** on **"
              f"{env.get('device_name', '?')}** ({settings.get('dtype', '?')}), judged by {what}.", ""]
     lines += run_section(study, df, settings, env)
+    lines[-1:-1] = [disk_line(folder, settings)]  # the last line of "What was run"
     lines += verdict_section(winner, df, objective, folder)
     lines += warnings_about(winner, df, study)
     ok = runs[runs["status"] == Status.OK]
@@ -149,6 +149,17 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
               f"memory limit {units.MIB.text(limit, True) if limit else 'none (the whole device)'}",
               f"- corpus {settings.get('corpus')}{size}", ""]
     return lines
+
+
+def disk_line(folder: Path, settings: dict[str, Any]) -> str:
+    """What the study's folder takes on disk, and how much of it is kept models (--keep-models)."""
+    models = kept_models(folder)
+    keep = settings.get("keep_models")
+    rule = ("--no-save-models: none kept" if settings.get("save_models") is False
+            else f"--keep-models {keep}: the best {keep} and best-model/" if keep is not None
+            else "every model that trained to the target")
+    return (f"- disk: the study's folder holds {disk_used(folder) / units.MiB:,.1f} MiB, "
+            f"{sum(models.values()) / units.MiB:,.1f} MiB of it in {len(models)} model folder(s) ({rule})")
 
 
 def _references(refs: pd.DataFrame) -> str:

@@ -6,6 +6,7 @@ Everything here runs in the tuner's parent, which never imports torch: the devic
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import re
@@ -34,9 +35,12 @@ from tune.core.budget import (
     schedule_fields,
 )
 from tune.core.confirm import CONFIRM_RUNS
+from tune.core.epochs import EpochEstimate
+from tune.core.outcomes import Status
 from tune.core.provenance import INVOCATION_PREFIX, command_line, study_file_record, versions
 from tune.core.space import Space, load_space, preset_params, uses_legacy_names
 from tune.exec import health
+from tune.exec.protocol import TrialJob
 from tune.exec.runner import TrialRunner
 from tune.exec.slots import Slot, as_trials_see_it, plan_slots
 from tune.memory.judge import check_memory_limit, limit_for
@@ -249,6 +253,9 @@ def check_flags(settings: TuneSettings) -> None:
         raise UserError(f"--trials must be at least 1, got {s.trials}")
     if s.confirm < 0:
         raise UserError(f"--confirm must be 0 (off) or more, got {s.confirm}")
+    keep = settings.output.keep_models
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise UserError(f"--keep-models must be an integer >= 0 (0: only best-model/), got {keep!r}")
     if settings.training.schedule not in SCHEDULES:
         raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings.training.schedule!r}")
     make_sampler(s.sampler, s.seed)  # an unknown name or a missing package, before anything is created
@@ -409,13 +416,28 @@ def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
         "memory_limit_bytes": ex.memory_limit, "predict": ex.predict, "space": choice.space.to_dict(),
         "eval_iters": t.eval_iters, "eval_batch_size": t.eval_batch_size, "corpus": str(s.data), "seed": s.seed,
         "sampler": s.sampler, "trials": s.trials, "confirm": s.confirm, "confirm_runs": CONFIRM_RUNS,
+        "save_models": settings.output.save_models, "keep_models": settings.output.keep_models,
     }
 
 
-def plan_message(session: Session, remaining: int, references: list[str], confirms: int = 0) -> str:
-    """What the study will cost, from the rung plan, before it starts (`confirms`: confirmation runs to come)."""
+def _pruning(session: Session) -> bool:
+    """Whether the study prunes at its rungs (successive halving on the loss)."""
+    s = session.settings.search
+    return s.pruner in ("asha", "hyperband") and s.objective == "loss"
+
+
+def target_budgets(session: Session, remaining: int, references: list[str], confirms: int = 0) -> float:
+    """Target budgets the study expects to train (successive halving's floor when it prunes)."""
+    budgets = session.plan.cost(remaining) if _pruning(session) else float(remaining)
+    return budgets + len(references) + confirms
+
+
+def plan_message(session: Session, remaining: int, references: list[str], confirms: int = 0,
+                 epochs: EpochEstimate | str | None = None) -> str:
+    """What the study will cost, from the rung plan, before it starts (`confirms`: confirmation runs to come;
+    `epochs`: the epochs of the corpus per trial, tune.search.session.epoch_estimate)."""
     s, plan, budget = session.settings, session.plan, session.budget
-    pruning = s.search.pruner in ("asha", "hyperband") and s.search.objective == "loss"
+    pruning = _pruning(session)
     budgets = plan.cost(remaining) if pruning else float(remaining)
     reach = plan.reach(remaining)[-1] if pruning else float(remaining)
     default = (f" (the default on a {session.env['device_type'].upper()}; pass --budget for the training you will "
@@ -423,7 +445,9 @@ def plan_message(session: Session, remaining: int, references: list[str], confir
     lines = [f"target: {budget} of training per configuration" + ("" if s.training.budget else default),
              f"rungs: {plan.describe(budget)} (reduction factor {plan.eta}, pruner {s.search.pruner}, "
              f"schedule {s.training.schedule} to the target)"]
-    total = budgets + len(references) + confirms
+    if epochs is not None:
+        lines.append(epochs if isinstance(epochs, str) else epochs.line())
+    total = target_budgets(session, remaining, references, confirms)
     floor = "at least " if pruning else ""
     cost = f"expected training: {floor}{total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
     cost += f" + {len(references)} for the references {', '.join(references)}" if references else ""
@@ -452,6 +476,86 @@ def plan_message(session: Session, remaining: int, references: list[str], confir
                      f"runs to come; --confirm 0: none)")
     lines.append(workers_message(session))
     return "\n".join(lines)
+
+
+# Epochs per trial with a time budget need a throughput: a trial process trains the study's first configuration
+# for PROBE_SECONDS of timed steps (the same code, device, precision and cores as the trials). It is run only when
+# its cost (about RUN_OVERHEAD_S + PROBE_SECONDS) is at most PROBE_SHARE of the training the study expects: a
+# probe never costs a short study (or a test) noticeably, and a long one learns before spending hours.
+PROBE_SECONDS = 3.0
+PROBE_SHARE = 0.05
+
+
+def epoch_estimate(session: Session, runner: TrialRunner, references: list[str],
+                   expected_seconds: float) -> EpochEstimate | str:
+    """Epochs of the corpus the study's first configuration sees at the target: exact for a step budget; for a
+    time budget from the study's own runs, else a throughput probe; a sentence when there is no estimate."""
+    budget, train_tokens = session.budget, session.meta["train_tokens"]
+    what, model, train = first_configuration(session, references)
+    if budget.steps:
+        space = session.space
+        span = (space.batch_size[0] * space.block_size[0], space.batch_size[1] * space.block_size[1])
+        return EpochEstimate.of_steps(budget, train["batch_size"] * train.get("grad_accum_steps", 1),
+                                      model["block_size"], train_tokens, what, span)
+    measured = [a["tokens_per_s"] for a in (t.user_attrs for t in session.study.get_trials(deepcopy=False))
+                if a.get("status") == "ok" and a.get("tokens_per_s")]
+    if measured:
+        return EpochEstimate.of_seconds(budget, statistics.median(measured), train_tokens,
+                                        f"the median of the {len(measured)} trial(s) this study ran to the target",
+                                        "at their measured tokens/s")
+    cost = RUN_OVERHEAD_S + PROBE_SECONDS
+    if cost > PROBE_SHARE * expected_seconds:
+        return (f"epochs of the corpus per trial at the target: not estimated (a throughput probe, about "
+                f"{cost:.0f} s, would cost more than {PROBE_SHARE:.0%} of this study's training; summary.md gives "
+                f"the epochs each trial saw)")
+    tokens_per_s, how = probe_throughput(session, runner, model, train)
+    if tokens_per_s is None:
+        return f"epochs of the corpus per trial at the target: not estimated ({how})"
+    return EpochEstimate.of_seconds(budget, tokens_per_s, train_tokens, what, how)
+
+
+def first_configuration(session: Session, references: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The configuration the study trains first (its first pending reference, else the middle of its search
+    space): a name for it, its model and train fields."""
+    if references:
+        model, train = reference_configs(references[0], session)
+        name = f"ref {references[0]}"
+    else:
+        model, train = trial_configs(middle(session.space), session)
+        name = "the middle of the search space"
+    return f"{name}: batch {train['batch_size']} x block {model['block_size']}", model, train
+
+
+def middle(space: Space) -> dict[str, Any]:
+    """The search space's middle configuration: geometric middles, powers of two kept, n_embed a multiple of 64."""
+    def geo(pair: tuple[float, float]) -> float:
+        return math.sqrt(pair[0] * pair[1])
+
+    values = {name: 2 ** round(math.log2(geo(getattr(space, name)))) for name in ("batch_size", "block_size",
+                                                                                  "n_head")}
+    return {**values, "n_embed": max(64, round(geo(space.n_embed) / 64) * 64), "n_layer": round(geo(space.n_layer)),
+            "learning_rate": geo(space.learning_rate)}
+
+
+def probe_throughput(session: Session, runner: TrialRunner, model: dict[str, Any],
+                     train: dict[str, Any]) -> tuple[float | None, str]:
+    """Train `model` for PROBE_SECONDS in a trial process on the first worker's slot: (tokens/s, how it was got),
+    or (None, why not). The parent stays torch-free; the probe's log is logs/plan_probe.log."""
+    slot = session.slots[0]
+    job = TrialJob(model=model, train={**train, "max_seconds": PROBE_SECONDS, "max_iters": None},
+                   data=str(session.data_dir), device=session.env["device"],
+                   memory_limit=session.settings.execution.memory_limit,
+                   log=str(session.results_dir / "logs" / "plan_probe.log"), eval_at=[], cores=list(slot.cores),
+                   gpu=slot.gpu, compile_cache=str(session.results_dir / "compile-cache"))
+    run = runner.run(job, lambda *_: False, PROBE_SECONDS + 120 + RUN_OVERHEAD_S)
+    if run.status == Status.INTERRUPTED:  # Ctrl-C during the probe stops the tuner, as during a trial
+        raise KeyboardInterrupt
+    rate = (run.result or {}).get("tokens_per_s")
+    if run.status != Status.OK or not rate:
+        return None, f"the throughput probe ended {run.status.value}: {run.message or 'no tokens/s'}"
+    mode = (run.result or {}).get("compile", "none")
+    return rate, (f"{rate:,.0f} tokens/s from a {PROBE_SECONDS:.0f} s throughput probe of it, compile {mode}"
+                  + ("; a trial that compiles runs faster and sees more" if mode == "none" else ""))
 
 
 # A run's fixed cost before its first step when the study has no evidence yet: the trial process's start, torch's

@@ -20,6 +20,10 @@ from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 # winner in 1 of 9 with K = 2 and in the same 1 of 9 with K = 3 (and never can with K = 1); the top configurations
 # were within noise of each other in 6 of 9 (run-to-run sd 0.030 median). K = 2 buys that for 4 target budgets.
 DEFAULT_CONFIRM = 2
+# --keep-models: the trained models a study keeps besides best-model/. 3 covers the default --confirm 2 (its top 2
+# keep their models through confirmation) and one runner-up to compare with, and bounds the disk to 4 models
+# (best-model/ included) whatever --trials: an 8-trial study of tiny models kept 91 MB without a bound.
+DEFAULT_KEEP_MODELS = 3
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class OutputArgs:
     """What the study keeps and prints."""
 
     save_models: bool = True  # trials that reach the target keep their checkpoint
+    keep_models: int = DEFAULT_KEEP_MODELS  # only the best this many checkpoints stay (tune.report.keep)
     progress: bool = True
     quiet: bool = False  # only warnings, errors and the final lines (tune.exec.console)
 

@@ -26,7 +26,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tune.core import trust
-from tune.core.confirm import confirm_label
+from tune.core.confirm import CONFIRM_RUNS, confirm_label
+from tune.core.epochs import EpochEstimate
 from tune.core.outcomes import Status
 from tune.core.space import preset_params
 from tune.exec.console import Console
@@ -36,15 +37,18 @@ from tune.exec.record import describe_run, figures, record
 from tune.exec.runner import TrialRun, TrialRunner
 from tune.exec.slots import Slot
 from tune.memory import judge as mem
+from tune.report import keep as keep_models
 from tune.search import dispatch
 from tune.search.dispatch import DONE, WAIT, Claim
 from tune.search.session import (
     Session,
     StudyOutcome,
+    epoch_estimate,
     full_disk,
     open_session,
     plan_message,
     reference_configs,
+    target_budgets,
     trial_configs,
     warn_if_busy,
 )
@@ -225,6 +229,8 @@ class ClaimRun:
             self._lost()
             return
         self._say(run)
+        if run.result and run.result.get("checkpoint"):
+            prune_models(self.tuner)
 
     def on_eval(self, k: int, step: int, train_loss: float, val_loss: float) -> bool:
         """Report the loss at rung k (objective loss); True to stop: pruned, or lost to another tuner."""
@@ -333,6 +339,39 @@ class ClaimRun:
         return name + (f" (retry of {claim.retry_of})" if claim.retry_of is not None else "")
 
 
+def prune_models(tuner: Tuner) -> None:
+    """Keep the best --keep-models checkpoints, and while the study runs those of the configurations it may yet
+    confirm and the current best (best-model/ is copied from it at the end): tune.report.keep."""
+    session = tuner.session
+    settings = session.settings
+    if not settings.save_models:
+        return
+    keep = max(settings.output.keep_models, settings.confirm if session.confirms is not None else 0, 1)
+    try:
+        keep_models.prune(session.results_dir, session.study, session.references, keep)
+    except OSError as exc:  # the models stay: a disk concern, never a reason to stop the study
+        tuner.say(f"warning: --keep-models: could not prune the checkpoints ({exc})")
+
+
+def study_over(session: Session) -> bool:
+    """Whether nothing is left to run anywhere: --trials counted, every reference and confirmation run done."""
+    s = session.settings
+    n = dispatch.tally(session.study)
+    if n["counted"] < s.trials or n["running"] or n["queued"]:
+        return False
+    if dispatch.references_pending(session.references, session.presets):
+        return False
+    for other in (session.references, session.confirms):
+        if other is not None and other.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            return False
+    if session.confirms is None or s.confirm <= 0:
+        return True
+    claimed = {(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run"))
+               for t in session.confirms.get_trials(deepcopy=False)}
+    top = dispatch.top_configurations(session.study, session.references, s.confirm)
+    return all((c.name, run) in claimed for c in top for run in range(1, CONFIRM_RUNS + 1))
+
+
 def work(tuner: Tuner, slot: Slot) -> None:
     """One worker: claim, run, repeat until the study holds --trials counted trials (or we are stopped).
 
@@ -382,7 +421,13 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     say, info = console.say, console.info
     info(f"study {study.study_name}: {counted} counted trial(s) so far, running {remaining} more on "
          f"{session.env['device_name']} ({session.dtype}, objective {settings.objective})")
-    info(plan_message(session, remaining, references, confirms))
+    epochs = None
+    if remaining or references or confirms:  # before the first trial: what the target means for this corpus
+        budgets = target_budgets(session, remaining, references, confirms)
+        epochs = epoch_estimate(session, runner, references, budgets * (session.budget.seconds or 0))
+    info(plan_message(session, remaining, references, confirms, epochs))
+    if isinstance(epochs, EpochEstimate) and epochs.warning():
+        say(epochs.warning())
     info(f"storage {session.storage.display}\nresults {session.results_dir}\n"
          f"search space:\n{session.space.describe()}")
     if remaining or references or confirms:
@@ -391,6 +436,7 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     beater = Beater(lambda trial_id: liveness.beat(_optuna.storage_of(study), trial_id), settings.heartbeat_interval,
                     lambda line: say(f"warning: {line}"))
     tuner = Tuner(session, console.watch(runner), target, say, console.trial, console.bar, beater)
+    prune_models(tuner)  # a resumed study: its --keep-models now, and the trash a killed prune left
     try:
         interrupted = run_workers(session.slots, lambda slot: work(tuner, slot), tuner.stop)
     finally:
@@ -408,7 +454,9 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
                         t.user_attrs for t in session.confirms.get_trials(deepcopy=False)})
     for line in trust.study_warnings(records):
         say(f"warning: {line}")
-    write_report(study, session.results_dir)
+    # Once nothing is left to run anywhere, best-model/ is copied and only the best --keep-models stay.
+    over = settings.save_models and not interrupted and study_over(session)
+    write_report(study, session.results_dir, keep_models=settings.output.keep_models if over else None)
     return StudyOutcome(study=study, results_dir=session.results_dir, ran=tuner.ran, interrupted=interrupted,
                         stopped_because=tuner.stopped_because)
 
