@@ -125,6 +125,31 @@ def complete_records(data: bytes) -> int:
     return n
 
 
+@pytest.mark.parametrize("content", [b"garbage\n", b"line one\nline two\n", b"no newline at all",
+                                     b'{"not": "a journal record"}\n{"op_code": 0}\n', b"\xff\xfe\x00binary"])
+def test_a_file_that_is_no_journal_is_refused_and_left_as_it_was(tmp_path, content):
+    # A log or a database named by mistake: its "torn" last line was moved aside and records appended to it.
+    from gptcore.errors import UserError
+    from tune.store.spec import resolve_storage
+    from tune.store.storage import make_storage
+
+    path = tmp_path / "notes.log"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="notes.log: not an Optuna journal .*left as it was"):
+        make_storage(resolve_storage(f"journal:{path}", tmp_path / "unused.db"))
+    assert path.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == ["notes.log"]
+
+
+def test_a_journal_whose_first_record_was_torn_is_repaired_as_empty(tmp_path, capsys):
+    path = tmp_path / "study.journal"
+    journal_study(path, trials=0)
+    first = path.read_bytes().split(b"\n")[0]
+    path.write_bytes(first[:20])  # killed while writing its very first record
+    journal_study(path, trials=1)  # opens: the partial record goes aside, the study starts afresh
+    assert Path(f"{path}.torn").read_bytes() == first[:20] and "torn" in capsys.readouterr().err
+    assert path.read_bytes().startswith(b'{"op_code"')
+
+
 def test_a_resume_onto_a_journal_torn_at_its_end_keeps_every_complete_record(tmp_path, capsys):
     import optuna
 

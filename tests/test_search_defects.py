@@ -46,7 +46,8 @@ def command(tmp_path) -> list[str]:
             "--results", str(tmp_path), "--data", str(CORPUS), "--device", "cpu", *SPACE_FLAGS, "--seed", "3",
             "--schedule", "wsd", "--pruner", "median", "--sampler", "random", "--rungs", "2",
             "--reduction-factor", "4", "--no-save-models", "--no-progress", "--trial-timeout", "99",
-            "--heartbeat-interval", "5", "--grace-period", "30", "--workers", "1", "--keep-models", "1"]
+            "--heartbeat-interval", "5", "--grace-period", "30", "--workers", "1", "--keep-models", "1",
+            "--compile", "none"]
 
 
 # --- #21.7: TuneSettings in groups, built once from the flags -------------------------------------------------------
@@ -62,7 +63,8 @@ def test_grouped_settings_hold_every_flag_as_the_flat_settings_did(tmp_path):
         results=tmp_path, space="auto", space_overrides={k: tuple(v) for k, v in TINY_SPACE.items()},
         objective="loss", memory_limit=None, predict=True, pruner="median", sampler="random", seed=3,
         dtype="auto", trial_timeout=99.0, progress=False, workers=1, gpus=None, cores=None, heartbeat_interval=5,
-        grace_period=30, confirm=1, quiet=False, eval_iters=4, eval_batch_size=32, keep_models=1)
+        grace_period=30, confirm=1, quiet=False, eval_iters=4, eval_batch_size=32, keep_models=1,
+        compile="none")
     assert TuneSettings.of(**flat) == settings_from_args(args)  # the flat names reach the same groups
 
 
@@ -80,7 +82,7 @@ def test_the_settings_a_study_stores_are_the_flat_dict_they_were(tmp_path):
         "space": {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
                   "n_layer": [1, 1], "learning_rate": [0.001, 0.01]},
         "eval_iters": 4, "eval_batch_size": 32, "corpus": str(CORPUS), "seed": 3, "sampler": "random", "trials": 3,
-        "confirm": 1, "confirm_runs": 2, "save_models": False, "keep_models": 1}
+        "confirm": 1, "confirm_runs": 2, "save_models": False, "keep_models": 1, "compile": "none"}
 
 
 def test_an_unknown_flat_setting_is_named():

@@ -23,6 +23,8 @@ from gptcore.errors import UserError
 from gptcore.files import atomic_write
 
 _CHUNK = 1 << 16  # bytes read at a time when looking back for the last line's start
+_FIRST_LINE_MAX = 1 << 20  # bytes of the first line read to tell a journal (its first record is a short one)
+_RECORD_START = b'{"op_code"'  # how Optuna's journal writes every record (JournalStorage's _create_operation_log)
 
 
 @contextmanager
@@ -136,8 +138,28 @@ class GuardedJournalBackend(JournalFileBackend):
                 os.close(fd)
 
 
+def check_is_journal(path: Path, display: str) -> None:
+    """Refuse, before anything touches it, a non-empty file whose first line is no journal record: a log or a
+    database named by mistake would otherwise have its last line "repaired" away and records appended to it."""
+    with open(path, "rb") as f:
+        first = f.readline(_FIRST_LINE_MAX)
+    if not first:
+        return  # empty or new: Optuna writes the first record
+    try:
+        record = json.loads(first)
+        ok = isinstance(record, dict) and "op_code" in record
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        # A first record torn by a killed write, or longer than the bound read, still starts as Optuna writes one.
+        ok = not first.endswith(b"\n") and first.startswith(_RECORD_START)
+    if not ok:
+        raise UserError(f"{display}: not an Optuna journal (its first line is not a journal record); name a new "
+                        f"file or an existing journal (the file was left as it was)")
+
+
 def open_backend(path: Path, display: str) -> GuardedJournalBackend:
     """The journal's backend, its torn last line (if any) moved aside first and said so on stderr."""
+    if path.is_file():
+        check_is_journal(path, display)
     backend = GuardedJournalBackend(path, display)
     if torn_tail(path) is None:  # whole: no lock taken, so a read-only journal still opens for a report
         return backend
