@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -116,8 +117,21 @@ def parse_sizes(text: str) -> list[Size]:
         if len(dims) not in (1, 3) or not all(d.isdigit() and int(d) > 0 for d in dims):
             raise ValueError(f"bad size {part!r}: expected N or MxNxK with positive integers")
         m, n, k = (int(dims[0]),) * 3 if len(dims) == 1 else tuple(int(d) for d in dims)
+        # Refused before allocating: the inputs and the product in float32 (a cast or a device copy adds more).
+        need, have = 4 * (m * k + k * n + m * n), _memory_bytes()
+        if have and need > have:
+            raise ValueError(f"bad size {part!r}: its three float32 matrices need {need / 2**30:,.0f} GiB, more "
+                             f"than this machine's {have / 2**30:,.0f} GiB of memory")
         sizes.append((m, n, k))
     return sizes
+
+
+def _memory_bytes() -> int | None:
+    """The machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass

@@ -196,6 +196,8 @@ def list_sources(src: Path) -> list[Path]:
         if src.suffix not in SOURCE_SUFFIXES:
             raise UserError(f"{src}: expected a .txt or .xz file, or a folder of them")
         return [src]
+    if not src.is_dir():  # a device, a pipe or a socket
+        raise UserError(f"{src}: not a regular file or a folder; expected a .txt or .xz file, or a folder of them")
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
     if not files:
         raise UserError(f"{src}: folder has no .txt or .xz files")

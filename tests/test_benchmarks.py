@@ -22,6 +22,10 @@ def test_gflops_arithmetic_and_sizes():
     for bad in ("0", "64x64", "abc", "8x-1x2"):
         with pytest.raises(ValueError, match="bad size"):
             mm.parse_sizes(bad)
+    # A size whose matrices could never fit is refused before allocating (it was a NumPy traceback).
+    with pytest.raises(ValueError, match=r"bad size '10000000': its three float32 matrices need [\d,]+ GiB, more "
+                                         r"than this machine's [\d,]+ GiB"):
+        mm.parse_sizes("10000000")
 
 
 def test_calibration_grows_the_block_until_it_lasts_block_s_and_syncs_around_each():

@@ -95,6 +95,8 @@ def test_empty_corpus_and_missing_source(tmp_path):
     (tmp_path / "dir").mkdir()
     with pytest.raises(UserError, match="no .txt or .xz files"):
         prepare(tmp_path / "dir", tmp_path / "o", progress=False)
+    with pytest.raises(UserError, match="/dev/null: not a regular file or a folder"):  # it said "folder has no"
+        prepare("/dev/null", tmp_path / "o", progress=False)
 
 
 def test_rerun_replaces_previous_output(tmp_path):

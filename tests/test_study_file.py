@@ -37,6 +37,12 @@ def test_the_command_line_overrides_the_file_and_the_file_overrides_the_defaults
     assert args.study_file == StudyFile(str(path), path.read_text())
 
 
+def test_a_file_starting_with_a_byte_order_mark_reads_as_toml(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbftrials = 7\n")  # as Windows Notepad saves UTF-8
+    assert parsed(["--config", path]).trials == 7
+
+
 def test_every_flag_in_a_file_makes_the_settings_its_command_line_makes(tmp_path):
     """Each flag of a command line that moves most of them off their defaults, written as a file instead."""
     argv, lines = command(tmp_path), []

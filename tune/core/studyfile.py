@@ -65,7 +65,7 @@ def read(path: str | Path) -> tuple[StudyFile, dict[str, Any]]:
     where = f"{FLAG} {path}"
     raw = _read_bounded(Path(path), where, EXPECTED, None, MAX_BYTES)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows Notepad writes one) is no TOML error
     except UnicodeDecodeError as exc:
         raise UserError(f"{where}: not UTF-8 text (at byte {exc.start}); expected {EXPECTED}") from None
     try:
