@@ -79,6 +79,7 @@ def add_training_flags(p: argparse.ArgumentParser, steps: int, steps_help: str, 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """Flags of every subcommand."""
     from benchmarks import matmul as mm  # --sizes' parser and the reference size; imports torch
+    from benchmarks import train_step  # the configs --configs names
 
     p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -108,8 +109,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     add_output_flags(m)
 
     t = sub.add_parser("train-step", help="training throughput of the gptcore GPT")
-    t.add_argument("--configs", type=_csv(("tiny", "baby", "course-default", "course", "gpu"), "preset"),
-                   default=None, help="gptcore presets, comma-separated (default baby, plus course on a GPU)")
+    t.add_argument("--configs", type=_csv(train_step.CONFIGS, "config"), default=None,
+                   help="gptcore presets and/or small-min, small-mid, small-max (points of the tuner's small "
+                        "space), comma-separated (default baby, plus course on a GPU)")
     t.add_argument("--devices", type=_csv(DEVICES, "device"), default=None,
                    help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if present)")
     t.add_argument("--dtypes", type=_csv(("float32", "bfloat16", "float16"), "dtype"), default=None,

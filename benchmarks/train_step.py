@@ -30,6 +30,20 @@ ARCHS: dict[str, dict[str, Any]] = {
     "nanogpt": dict(norm="pre", activation="gelu", bias=False),
 }
 COMPILE = ("none", "default", "graphs")
+# Corners and middle of the tuner's small (CPU) search space, on baby's training settings: what a CPU trial trains.
+SMALL_SPACE: dict[str, dict[str, Any]] = {
+    "small-min": dict(batch_size=4, block_size=16, n_embed=64, n_head=1, n_layer=1),
+    "small-mid": dict(batch_size=16, block_size=64, n_embed=128, n_head=4, n_layer=2),
+    "small-max": dict(batch_size=32, block_size=128, n_embed=256, n_head=8, n_layer=4),
+}
+CONFIGS = ("tiny", "baby", "course-default", "course", "gpu", *SMALL_SPACE)
+
+
+def _config(name: str, **overrides: Any):
+    """(model, train) configs of a gptcore preset or of a point of the small space."""
+    if name in SMALL_SPACE:
+        return from_name("baby", **{**SMALL_SPACE[name], **overrides})
+    return from_name(name, **overrides)
 
 
 def run_one(preset: str, device: str, dtype: str, data: TokenData, *, steps: int, warmup: int,
@@ -41,10 +55,10 @@ def run_one(preset: str, device: str, dtype: str, data: TokenData, *, steps: int
     overrides = dict(device=device, dtype=dtype, eval_iters=1, eval_interval=10**9, compile=compile, **ARCHS[arch],
                      **({} if dropout is None else {"dropout": dropout}))
     if compile == "none":  # first-use costs (kernels, allocator, thread pools) stay out of the timing
-        m, t = from_name(preset, max_iters=warmup, **overrides)
+        m, t = _config(preset, max_iters=warmup, **overrides)
         train(m.with_vocab(data.vocab_size), t, data, progress=False)
     # train() keeps its own capture and warm-up steps out of the clock: run them on top of the timed steps.
-    m, t = from_name(preset, max_iters=steps + CAPTURE_STEPS[compile] + WARMUP_STEPS, **overrides)
+    m, t = _config(preset, max_iters=steps + CAPTURE_STEPS[compile] + WARMUP_STEPS, **overrides)
     m = m.with_vocab(data.vocab_size)
     r = train(m, t, data, progress=False)
     flops_per_token = GPT.flops_per_token(r.model, m.block_size)

@@ -447,3 +447,14 @@ def test_bad_inference_input_is_one_line_exit_2_and_writes_nothing(argv, needle,
     err = capsys.readouterr().err
     assert info.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_a_point_of_the_small_space_is_baby_s_training_at_that_shape():
+    from benchmarks import train_step
+    from gptcore.config import from_name
+
+    m, t = train_step._config("small-max", device="cpu")
+    baby_m, baby_t = from_name("baby")
+    assert (t.batch_size, m.block_size, m.n_embed, m.n_head, m.n_layer) == (32, 128, 256, 8, 4)
+    assert (t.learning_rate, m.dropout, t.device) == (baby_t.learning_rate, baby_m.dropout, "cpu")
+    assert train_step._config("baby") == from_name("baby")
