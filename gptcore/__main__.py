@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sample":
             s.add_argument("--prompt", default="", help="text to continue (default: none, start from a newline)")
         tokens = 500 if name == "sample" else 200
-        s.add_argument("--max-new-tokens", type=flag.non_negative_int, default=tokens,
+        # A bound: the generated ids stay in memory and each token costs a forward pass; a million is hours.
+        s.add_argument("--max-new-tokens", type=flag.int_range(0, 10**6), default=tokens,
                        help=f"characters to generate{' per reply' if name == 'chat' else ''} (default {tokens})")
         s.add_argument("--temperature", type=flag.non_negative_float, default=1.0,
                        help="softmax temperature: below 1 safer, above 1 wilder, 0 greedy (default 1.0)")

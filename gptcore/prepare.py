@@ -578,7 +578,11 @@ def cache_root() -> Path:
     """Where on-the-fly preparations of plain text files go ($GPTCORE_CACHE, else ~/.cache/gptcore)."""
     env = os.environ.get("GPTCORE_CACHE")
     if env:
-        return Path(env)
+        root = Path(env)
+        if root.exists() and not root.is_dir():  # the user set it: name the variable, not only the path
+            raise UserError(f"GPTCORE_CACHE={env}: not a folder; expected a folder for prepared corpora (or unset "
+                            f"it to use ~/.cache/gptcore)")
+        return root
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptcore"
 
 

@@ -254,7 +254,8 @@ CASES: list[tuple] = [
     *[(f"sample-{flag}-{v}", "gptcore", SAMPLE + f"--{flag}={v}", f"--{flag}", None)
       for flag, v in [("temperature", "nan"), ("temperature", "inf"), ("temperature", "-1"), ("temperature", "x"),
                       ("top-k", "0"), ("top-k", "-1"), ("top-k", "abc"), ("max-new-tokens", "-1"),
-                      ("max-new-tokens", "1.5"), ("max-new-tokens", "abc"), ("seed", "99999999999999999999999"),
+                      ("max-new-tokens", "1.5"), ("max-new-tokens", "abc"), ("max-new-tokens", "10000000000"),
+                      ("seed", "99999999999999999999999"),
                       ("seed", "-1"), ("seed", "1e23"), ("seed", "abc")]],
     ("sample-device-tpu", "gptcore", SAMPLE + "--device tpu", "--device", None),
     ("sample-device-cuda-7", "gptcore", SAMPLE + "--device cuda:7", "--device cuda:7", None),

@@ -416,6 +416,17 @@ def test_tune_refuses_an_in_memory_storage_before_creating_anything(tmp_path, ca
     assert tree(tmp_path) == before
 
 
+
+def test_tune_refuses_a_sqlite_url_naming_a_folder_before_creating_anything(tmp_path, capsys):
+    from tests.conftest import CORPUS
+
+    (tmp_path / "dbdir").mkdir()
+    before = tree(tmp_path)
+    code, err = tune_cli("--storage", f"sqlite:///{tmp_path / 'dbdir'}", "--trials", "1", "--data", str(CORPUS),
+                         "--results", str(tmp_path / "results"), cwd=tmp_path, capsys=capsys)
+    assert_refused(code, err, "--storage", "not a regular file")
+    assert tree(tmp_path) == before  # before: a 0-byte dbdir.tuner beside it and "unable to open database file"
+
 def foreign_study(db: Path, *, directions: list[str], attrs: dict) -> None:
     """A study "x" in `db` made by another tool: its own objectives, its own attributes, one finished trial."""
     import optuna

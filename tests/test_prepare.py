@@ -220,3 +220,15 @@ def test_char_and_bpe_preparations_of_one_file_do_not_collide(tmp_path, monkeypa
     assert ensure_prepared(src, tokenizer="bpe", vocab_size=300) == bpe300  # cached
     prints = {corpus_fingerprint(read_meta(f)) for f in (char, bpe300, bpe280)}
     assert len(prints) == 3 and {read_meta(f)["vocab_size"] for f in (bpe300, bpe280)} == {300, 280}
+
+
+def test_a_gptcore_cache_naming_a_file_is_refused_naming_the_variable(tmp_path, monkeypatch):
+    from gptcore.prepare import ensure_prepared
+
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("GPTCORE_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "t.txt"
+    src.write_text("hello world\n" * 50, encoding="utf-8")
+    with pytest.raises(UserError, match=r"^GPTCORE_CACHE=.*cache: not a folder"):
+        ensure_prepared(src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "t.txt"]

@@ -131,3 +131,14 @@ def test_the_console_refuses_a_bad_file_in_one_line_and_creates_nothing(tmp_path
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"python -m tune: error: --config {path}: trials: expected a positive integer, got '0'\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]  # no results/, no study
+
+
+def test_a_value_from_the_file_refused_after_parsing_names_the_file_and_the_command_line_s_does_not(tmp_path, capfd):
+    path = write(tmp_path, 'compile = "graphs"\ntrials = 1\n')  # parses as a flag; refused later without CUDA
+    base = ["--config", str(path), "--device", "cpu", "--data", str(CORPUS), "--results", str(tmp_path / "r")]
+    code, _, err = run_cli("tune", base, capfd)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--config {path}: compile: --compile graphs needs a CUDA device" in err
+    code, _, err = run_cli("tune", [*base, "--compile", "graphs"], capfd)  # the command line's own value
+    assert code == 2 and "--compile graphs needs a CUDA device" in err and "--config" not in err
+    assert not (tmp_path / "r").exists()

@@ -316,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.heartbeat_interval}")
     from tune.report.frame import readable, trials_frame
 
-    outcome = run_study_or_one_line(settings_from_args(args))
+    try:
+        outcome = run_study_or_one_line(settings_from_args(args))
+    except UserError as exc:  # a value the flag's parser took but a later check refused: from --config's file?
+        raise studyfile.blame(exc, args) from None
     if not args.quiet:
         print(readable(trials_frame(outcome.study)).to_string(index=False))
     print(f"results: {outcome.results_dir} (summary.md, trials.csv, best.json, best-model/, plots)")

@@ -33,6 +33,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
 
 FLAG = "--config"
 EXPECTED = "a TOML file of the tuner's flags"
+_UNSET = object()  # a namespace value argparse leaves alone when the command line does not set the flag
 MAX_BYTES = 2**20  # a study file is a few hundred bytes; a device or a log given by mistake is refused, not read
 
 
@@ -57,7 +58,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     # over them, and the defaults only where neither says anything.
     args = parser.parse_args(argv, namespace=argparse.Namespace(**values))
     args.study_file = study
+    # The file's flags the command line left alone: a later check that refuses one of their values names the file.
+    unset = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(values, _UNSET)))
+    flags = {action.dest: f"--{key}" for key, action in _keys(parser).items()}
+    args.flags_from_file = tuple(flags[dest] for dest in values if getattr(unset, dest) is _UNSET)
     return args
+
+
+def blame(exc: UserError, args: argparse.Namespace) -> UserError:
+    """`exc` naming the study file too when its line starts with a flag whose value came from the file."""
+    study, text = getattr(args, "study_file", None), str(exc)
+    for flag in getattr(args, "flags_from_file", ()):
+        if text == flag or text.startswith((f"{flag} ", f"{flag}:", f"{flag}=")):
+            return UserError(f"{FLAG} {study.path}: {flag[2:]}: {text}")
+    return exc
 
 
 def read(path: str | Path) -> tuple[StudyFile, dict[str, Any]]:

@@ -114,6 +114,9 @@ def resolve_storage(arg: str | None, default_sqlite: Path) -> StorageSpec:
         path = Path(database).resolve()
         if not path.parent.is_dir():
             raise UserError(f"--storage {display}: folder {path.parent} does not exist")
+        if path.exists() and not path.is_file():  # SQLite would say only "unable to open database file"
+            raise UserError(f"--storage {display}: {path} is not a regular file; expected a SQLite database file, "
+                            f"e.g. sqlite:///{path}/study.db")
         return StorageSpec("sqlite", full, display, path, secrets_of(full))
     return StorageSpec("rdb", full, display, None, secrets_of(full))
 
