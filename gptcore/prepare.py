@@ -146,6 +146,18 @@ def _chain_final(decoder: codecs.IncrementalDecoder, chunks: Iterator[bytes]) ->
     yield decoder.decode(b"", final=True)
 
 
+# A text with a few bad bytes (a stray Latin-1 character) is repaired: each is replaced and counted. One where more
+# than this share of the characters were bad bytes is no text (an image, a zip, an executable) and is refused.
+MAX_INVALID_SHARE = 0.10
+
+
+def check_is_text(path: str | Path, invalid_bytes: int, chars: int) -> None:
+    """BadSource when invalid UTF-8 bytes were more than MAX_INVALID_SHARE of a source's characters."""
+    if invalid_bytes > MAX_INVALID_SHARE * max(chars, 1):
+        raise BadSource(f"{path}: not UTF-8 text ({invalid_bytes:,} of its {chars:,} characters were invalid "
+                        f"bytes); expected a text corpus")
+
+
 def scan_source(path: str) -> SourceStats:
     """Pass 1 for one file: token count, documents, invalid bytes and distinct characters."""
     p = Path(path)
@@ -155,6 +167,7 @@ def scan_source(path: str) -> SourceStats:
         stats.tokens += len(text)
         seen.update(text)
     stats.chars = "".join(sorted(seen))
+    check_is_text(path, stats.invalid_utf8_bytes, stats.tokens)
     return stats
 
 

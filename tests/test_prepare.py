@@ -232,3 +232,18 @@ def test_a_gptcore_cache_naming_a_file_is_refused_naming_the_variable(tmp_path, 
     with pytest.raises(UserError, match=r"^GPTCORE_CACHE=.*cache: not a folder"):
         ensure_prepared(src)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "t.txt"]
+
+
+def test_a_binary_file_is_refused_as_no_text_and_skipped_with_skip_bad(tmp_path, capsys):
+    import random
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text(CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    (tmp_path / "in" / "b.txt").write_text(CORPUS.read_text(encoding="utf-8")[20_000:30_000], encoding="utf-8")
+    # Random bytes: most are no valid UTF-8 (an image or a zip renamed .txt looks the same).
+    (tmp_path / "in" / "0.txt").write_bytes(random.Random(0).randbytes(20_000))
+    with pytest.raises(UserError, match=r"0\.txt: not UTF-8 text \(.* invalid bytes\).*--skip-bad"):
+        prepare(tmp_path / "in", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    summary = prepare(tmp_path / "in", tmp_path / "out", progress=False, skip_bad=True)
+    assert [p.rsplit("/", 1)[-1] for p in summary.skipped] == ["0.txt"]
