@@ -23,6 +23,7 @@ from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
 from gptcore.files import check_output_dir, read_json_object
 from tune.core.budget import Budget
+from tune.core.outcomes import Status
 from tune.core.space import PARAMS, POW2, Space
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -32,8 +33,9 @@ CORPUS = DEFAULT_CORPUS
 # What a replay needs per configuration; the rung losses (loss_rung_1..n) come after these.
 KEEP = ["number", "status", *PARAMS, "val_loss", "tokens_per_s", "steps", "train_seconds", "eval_seconds",
         "warmup_seconds", "startup_seconds", "trial_seconds", "peak_memory_bytes", "n_params", "threads"]
-# Statuses that say something about the configuration (error / interrupted runs say nothing: left out).
-OUTCOMES = ("ok", "pruned", "oom", "diverged", "timeout")
+# Statuses of runs that say something about the configuration (error / interrupted runs say nothing) and ran (a
+# predicted OOM never did): tune.core.outcomes.Status's traits, not a list of its strings.
+OUTCOMES = tuple(s.value for s in Status if s.counted and s is not Status.PREDICTED_OOM)
 
 
 @dataclass(frozen=True)

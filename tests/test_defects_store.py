@@ -427,12 +427,18 @@ def test_tune_refuses_a_sqlite_url_naming_a_folder_before_creating_anything(tmp_
     assert_refused(code, err, "--storage", "not a regular file")
     assert tree(tmp_path) == before  # before: a 0-byte dbdir.tuner beside it and "unable to open database file"
 
+
 def foreign_study(db: Path, *, directions: list[str], attrs: dict) -> None:
     """A study "x" in `db` made by another tool: its own objectives, its own attributes, one finished trial."""
     import optuna
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name="x", storage=f"sqlite:///{db}", directions=directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line is no output of the test
+    try:
+        study = optuna.create_study(study_name="x", storage=f"sqlite:///{db}", directions=directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     trial = study.ask()
@@ -451,4 +457,16 @@ def test_a_study_another_tool_made_is_refused_at_load_time_naming_what_it_lacks(
     before = tree(tmp_path)
     code, err = tune_cli(*command, cwd=tmp_path, capsys=capsys)
     assert_refused(code, err, "'x'", lacks)
+    assert tree(tmp_path) == before
+
+
+def test_warm_starting_from_another_tool_s_study_with_two_objectives_is_one_line(tmp_path, capsys):
+    from tests.conftest import CORPUS
+
+    foreign_study(tmp_path / "other.db", directions=["minimize", "maximize"], attrs={})
+    before = tree(tmp_path)
+    code, err = tune_cli("--warm-start", "x", "--storage", f"sqlite:///{tmp_path / 'other.db'}", "--study-name", "y",
+                         "--trials", "1", "--data", str(CORPUS), "--results", str(tmp_path / "results"), cwd=tmp_path,
+                         capsys=capsys)
+    assert_refused(code, err, "--warm-start x", "2 objectives")
     assert tree(tmp_path) == before

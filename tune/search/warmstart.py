@@ -24,6 +24,7 @@ from tune.core import schema
 from tune.core.space import PARAMS, Space
 from tune.report.frame import RANK_BY, trials_frame
 from tune.search.settings import TuneSettings
+from tune.store.load import check_one_objective
 from tune.store.spec import StorageSpec, resolve_storage
 from tune.store.storage import make_storage, sqlite_tables, study_file_problem
 
@@ -164,7 +165,8 @@ def read_study(text: str, settings: TuneSettings, spec: StorageSpec,
     storage = None if study_file_problem(spec) else make_storage(spec)
     if storage is None or text not in optuna.get_all_study_names(storage):
         raise UserError(f"--warm-start {text}: no such folder or file, nor a study in {spec.display}; {EXPECTED}")
-    study = optuna.load_study(study_name=text, storage=storage)
+    # Another tool's study may warm-start this one (its parameters are matched by name below), if it has one objective.
+    study = check_one_objective(optuna.load_study(study_name=text, storage=storage), f"--warm-start {text}")
     objective = study.user_attrs.get("settings", {}).get("objective")
     if objective not in RANK_BY:  # not a study of this tool's: its direction says which way is better
         objective = "throughput" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "loss"

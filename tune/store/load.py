@@ -31,11 +31,17 @@ class Loaded:
 OUR_STUDY_ATTRS = ("fingerprint", "settings", "environment")
 
 
-def _ours(study: optuna.Study, where: str) -> optuna.Study:
-    """The study, if the tuner could have made it: one objective and at least one of the tuner's attributes."""
+def check_one_objective(study: optuna.Study, where: str) -> optuna.Study:
+    """The study, if it has one objective (the tuner's tables rank by one); a one-line UserError otherwise."""
     if len(study.directions) != 1:
         raise UserError(f"study {study.study_name!r} in {where}: has {len(study.directions)} objectives; expected a "
                         f"study made by python -m tune (one objective)")
+    return study
+
+
+def _ours(study: optuna.Study, where: str) -> optuna.Study:
+    """The study, if the tuner could have made it: one objective and at least one of the tuner's attributes."""
+    check_one_objective(study, where)
     if not any(key in study.user_attrs for key in OUR_STUDY_ATTRS):
         raise UserError(f"study {study.study_name!r} in {where}: has none of the tuner's attributes "
                         f"({', '.join(OUR_STUDY_ATTRS)}); expected a study made by python -m tune")
