@@ -352,6 +352,8 @@ CASES: list[tuple] = [
     ("report-two-studies", "tune", "report", "--study-name",
      files({"results/a/study.db": b"", "results/b/study.db": b""})),
     ("report-study-file-missing", "tune", "report --study-name x", "study.db", None),
+    ("report-study-named-twice", "tune", "report a --study-name b", "--study-name", None),
+    ("report-study-folder-missing", "tune", "report results/nowhere", "results/nowhere", None),
     ("report-storage-file-missing", "tune", "report --study-name x --storage sqlite:///new.db", "--storage", None),
     ("report-storage-bad-url", "tune", "report --study-name x --storage bogus://nowhere", "--storage", None),
     ("report-empty-study-file", "tune", "report --study-name x", "study.db", files({"results/x/study.db": b""})),

@@ -343,6 +343,9 @@ def test_quiet_tune_prints_warnings_and_where_the_results_went(tmp_path, monkeyp
     assert tune_cli.main(["report", "--results", str(tmp_path / "r"), "-q"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"wrote {tmp_path / 'r' / 'q'}/trials.csv") and len(out.splitlines()) == 1
+    for named in (str(tmp_path / "r" / "q"), "q"):  # a positional STUDY, as card and compare take it
+        assert tune_cli.main(["report", named, "--results", str(tmp_path / "r"), "-q"]) == 0
+        assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'r' / 'q'}/trials.csv")
     assert tune_cli.main(argv) == 0  # without -q: the plan, the table (the study is complete: no trial runs)
     out = capsys.readouterr().out
     assert "study q: 2 counted trial(s) so far" in out and "loss_at_rung" in out

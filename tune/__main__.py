@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 def build_report_parser() -> argparse.ArgumentParser:
     """Flags of `python -m tune report`."""
     p = Parser(prog=f"{prog(PROG)} report", description="Regenerate a study's tables and plots from its storage.")
+    p.add_argument("study", nargs="?", default=None, metavar="STUDY",
+                   help="a study's results folder or its name, as card and compare take it (default: --study-name, "
+                        "else the only study under --results)")
     p.add_argument("--study-name", type=study_name_flag, default=None,
                    help="the study to report (default: the only study under --results)")
     p.add_argument("--storage", default=None,
@@ -220,10 +223,14 @@ def main_report(argv: list[str]) -> int:
     from gptcore.files import check_room
     from tune.report.frame import readable
     from tune.report.outputs import write_report
-    from tune.store.load import load_study
+    from tune.store.load import load_named, load_study
 
-    args = build_report_parser().parse_args(argv)
-    loaded = load_study(args.study_name, storage=args.storage, results=args.results)
+    parser = build_report_parser()
+    args = parser.parse_args(argv)
+    if args.study is not None and args.study_name is not None:
+        parser.error(f"STUDY {args.study} and --study-name {args.study_name}: name the study once")
+    loaded = load_named(args.study, storage=args.storage, results=args.results) if args.study is not None else \
+        load_study(args.study_name, storage=args.storage, results=args.results)
     study, folder = loaded.study, loaded.folder
     check_room(folder, "report")
     df = write_report(study, folder)
