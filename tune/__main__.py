@@ -69,6 +69,17 @@ def budget_flag(text: str) -> Budget:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--budget {text!r}: ")) from None
 
 
+def max_time_flag(text: str) -> float:
+    """A flag type for --max-time: a duration ('45m', '2h', '90s'), in seconds."""
+    try:
+        budget = parse_budget(text)
+    except UserError:
+        budget = None
+    if budget is None or budget.seconds is None:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 45m, 2h or 1h30m, got {text!r}")
+    return budget.seconds
+
+
 def references_flag(text: str) -> tuple[str, ...]:
     """A flag type for --references: comma-separated preset names, or 'none'."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -153,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=index_list, default=None, metavar="0-7",
                    help="the CPU cores this tuner shares out among its workers (default: all it may use); give "
                         "two tuners on one machine disjoint sets")
+    p.add_argument("--max-time", type=max_time_flag, default=None, metavar="DURATION",
+                   help="wall-clock cap on this tuner's run, e.g. 45m or 2h: no new run is started after it, the "
+                        "running ones finish, and best.json, best-model/ and summary.md hold the answer so far; "
+                        "the same command resumes the study (default: none)")
     p.add_argument("--heartbeat-interval", type=int_range(1, 3600), default=10,
                    help="seconds between the liveness records of a running trial (default 10)")
     p.add_argument("--grace-period", type=int_range(2, 86400), default=60,
@@ -365,7 +380,7 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
         execution=ExecArgs(device=args.device, dtype=args.dtype, compile=args.compile, memory_limit=args.memory_limit,
                            predict=not args.no_predict, trial_timeout=args.trial_timeout, workers=args.workers,
                            gpus=args.gpus, cores=args.cores, heartbeat_interval=args.heartbeat_interval,
-                           grace_period=args.grace_period),
+                           grace_period=args.grace_period, max_time=args.max_time),
         store=StoreArgs(study_name=args.study_name, storage=args.storage, results=args.results),
         output=OutputArgs(save_models=not args.no_save_models, progress=not (args.no_progress or args.quiet),
                           quiet=args.quiet, keep_models=args.keep_models),

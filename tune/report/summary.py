@@ -52,6 +52,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
     lines += run_section(study, df, settings, env)
     lines[-1:-1] = [disk_line(folder, settings)]  # the last line of "What was run"
     lines += verdict_section(winner, df, objective, folder)
+    lines += answer_so_far(runs, settings, winner)
     lines += warnings_about(winner, df, study)
     ok = runs[runs["status"] == Status.OK]
     if not ok.empty:
@@ -243,6 +244,24 @@ def environment_section(env: dict[str, Any]) -> list[str]:
     if "bf16_supported" in env:
         rows.append(("bfloat16 supported", "yes" if env["bf16_supported"] else "no"))
     return ["## Environment", "", "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
+def answer_so_far(runs: pd.DataFrame, settings: dict[str, Any], winner: Winner | None) -> list[str]:
+    """What the verdict still lacks while the study is unfinished (stopped, or still running); [] once complete."""
+    search = runs[runs["reference"].isna()]
+    counted, asked = int(search["status"].isin(COUNTED).sum()), int(settings.get("trials") or 0)
+    missing = [f"{counted} of {asked} trials counted"] if counted < asked else []
+    done_refs = set(runs.loc[runs["reference"].notna() & runs["status"].isin(COUNTED), "reference"])
+    refs = [r for r in settings.get("references") or [] if r not in done_refs]
+    missing += [f"reference(s) {', '.join(refs)} not run"] if refs else []
+    if winner is not None and settings.get("confirm") and winner.line is None:
+        missing.append("the winner unconfirmed (its figure is one run's)")
+    running = int((runs["status"] == Status.RUNNING).sum())
+    missing += [f"{running} run(s) still running"] if running else []
+    if not missing:
+        return []
+    return [f"**The answer so far**: {'; '.join(missing)}. best.json and best-model/ hold this answer and are "
+            f"rewritten as runs finish; running the same command again resumes the study.", ""]
 
 
 def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, folder: Path) -> list[str]:

@@ -82,6 +82,7 @@ class StudyOutcome:
     ran: int
     interrupted: bool
     stopped_because: str | None = None  # the error brake: the study stopped short of --trials
+    time_up: bool = False  # --max-time passed: no new run was started after it
 
 
 def full_disk(exc: BaseException | None) -> str | None:

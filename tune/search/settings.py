@@ -72,6 +72,7 @@ class ExecArgs:
     cores: tuple[int, ...] | None = None  # CPU cores the workers share out; None: every core this process may use
     heartbeat_interval: int = 10  # seconds between a running trial's liveness records
     grace_period: int = 60  # a running trial without a record for this long is stale: failed, queued again
+    max_time: float | None = None  # --max-time: seconds after which this tuner starts no new run; None: no cap
 
 
 @dataclass(frozen=True)

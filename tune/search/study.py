@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tune.core import trust
+from tune.core.budget import format_seconds
 from tune.core.confirm import CONFIRM_RUNS, confirm_label
 from tune.core.epochs import EpochEstimate
 from tune.core.outcomes import Status
@@ -60,6 +62,7 @@ from tune.store.spec import scrub
 # the tuner stops instead of sampling forever.
 MAX_ERRORS_IN_A_ROW = 3
 HOST = socket.gethostname()
+now = time.monotonic  # --max-time's clock (a test moves it)
 
 
 class TrialLost(Exception):
@@ -83,7 +86,10 @@ class Tuner:
     ran: int = 0
     errors_in_a_row: int = 0
     stopped_because: str | None = None
+    deadline: float | None = None  # --max-time: the monotonic clock's time after which no run is claimed
+    time_up: bool = False
     _books: threading.Lock = field(default_factory=threading.Lock)
+    _answer: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def poll_seconds(self) -> float:
@@ -108,6 +114,32 @@ class Tuner:
             raise
         finally:
             self.beater.discard(_optuna.trial_id(trial))
+
+    def out_of_time(self) -> bool:
+        """Whether --max-time has passed: the first worker to see it says so, and every worker stops claiming."""
+        if self.deadline is None or now() < self.deadline:
+            return False
+        with self._books:
+            if not self.time_up:
+                self.time_up = True
+                self.drain.set()  # the running trials finish and count; nothing new starts
+                self.say(f"--max-time {format_seconds(self.session.settings.execution.max_time)} reached: no new "
+                         f"run starts; the running ones finish")
+        return True
+
+    def refresh_answer(self) -> None:
+        """Write best.json, best-model/, trials.csv and summary.md as they stand (the plots wait for the end), so a
+        crash, a kill or --max-time at any moment leaves the answer so far."""
+        from tune.report.outputs import write_report
+
+        session = self.session
+        with self._answer:  # one writer at a time; each reads the storage afresh, so the last one is current
+            try:
+                write_report(session.study, session.results_dir, plots=False)
+            except Exception as exc:  # the study's figures are stored: the files are written again at the end
+                if full_disk(exc) is not None:
+                    raise
+                self.say(f"warning: could not write the answer so far ({type(exc).__name__}: {exc})"[:300])
 
     def book(self, run: TrialRun, counted: bool) -> None:
         """Counters for the progress bar and the error brake."""
@@ -229,6 +261,8 @@ class ClaimRun:
             self._lost()
             return
         self._say(run)
+        if run.status == Status.OK:  # a run at the target may change the answer: best.json says it from now on
+            self.tuner.refresh_answer()
         if run.result and run.result.get("checkpoint"):
             prune_models(self.tuner)
 
@@ -379,7 +413,7 @@ def work(tuner: Tuner, slot: Slot) -> None:
     queued again, when the storage still answers), is said in one line, and counts toward the error brake like a
     crashed trial: a database restart of a few seconds costs a retry, not the study. A full disk ends the study.
     """
-    while not (tuner.stop.is_set() or tuner.drain.is_set()):
+    while not (tuner.stop.is_set() or tuner.drain.is_set() or tuner.out_of_time()):
         try:
             claim = claim_next(tuner, slot)
             if claim == DONE:
@@ -436,6 +470,8 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     beater = Beater(lambda trial_id: liveness.beat(_optuna.storage_of(study), trial_id), settings.heartbeat_interval,
                     lambda line: say(f"warning: {line}"))
     tuner = Tuner(session, console.watch(runner), target, say, console.trial, console.bar, beater)
+    max_time = settings.execution.max_time
+    tuner.deadline = None if max_time is None else now() + max_time
     prune_models(tuner)  # a resumed study: its --keep-models now, and the trash a killed prune left
     try:
         interrupted = run_workers(session.slots, lambda slot: work(tuner, slot), tuner.stop)
@@ -457,8 +493,12 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     # Once nothing is left to run anywhere, best-model/ is copied and only the best --keep-models stay.
     over = settings.save_models and not interrupted and study_over(session)
     write_report(study, session.results_dir, keep_models=settings.output.keep_models if over else None)
+    if tuner.time_up and not interrupted:
+        say(f"--max-time {format_seconds(max_time)}: stopped with {dispatch.tally(study)['counted']} of "
+            f"{settings.trials} trial(s) counted; best.json and summary.md hold the answer so far (the same command "
+            f"resumes the study)")
     return StudyOutcome(study=study, results_dir=session.results_dir, ran=tuner.ran, interrupted=interrupted,
-                        stopped_because=tuner.stopped_because)
+                        stopped_because=tuner.stopped_because, time_up=tuner.time_up)
 
 
 def _best_value(study: optuna.Study) -> float | None:
