@@ -79,3 +79,24 @@ def test_max_time_refuses_steps_and_nonsense_in_one_line(tmp_path, capfd):
         code, _, err = run_cli("tune", ["--max-time", bad, "--results", str(tmp_path / "r")], capfd)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "--max-time" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_time_split_books_each_kind_of_run_in_seconds_and_target_budgets():
+    import pandas as pd
+
+    from tune.report.summary import time_split
+
+    df = pd.DataFrame({
+        "status": ["ok", "pruned", "pruned", "oom", "ok", "ok", "ok"],
+        "reference": [None, None, None, None, "baby", None, None],
+        "confirm_of": [None, None, None, None, None, "trial 0", "trial 0"],
+        "trial_seconds": [20.0, 5.0, 5.0, 2.0, 20.0, 20.0, 20.0],
+    })
+    line = time_split(df, {"budget_amount": 20, "budget_unit": "s"}, wall=100.0)
+    assert line == ("- where the time went of 1 min 40 s (5.0 target budgets): 20 s (1.0 target budgets) in 1 "
+                    "trial(s) that reached the target, 10 s (0.5 target budgets) in 2 pruned trial(s), 2 s (0.1 "
+                    "target budgets) in 1 trial(s) that failed or were cut short, 20 s (1.0 target budgets) in 1 "
+                    "run(s) of reference presets, 40 s (2.0 target budgets) in 2 confirmation run(s); 8 s between "
+                    "runs (the tuner's own work)")
+    steps = time_split(df, {"budget_amount": 500, "budget_unit": "steps"}, wall=50.0)  # overlapping workers
+    assert "target budgets" not in steps and "between runs" not in steps and "in 2 confirmation run(s)" in steps

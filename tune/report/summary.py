@@ -107,6 +107,7 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
     if span is not None:
         lines.append(f"- trials ran from {span.text()}: {format_seconds(span.seconds)} of wall time, "
                      f"{format_seconds(float(df['trial_seconds'].fillna(0).sum()))} inside trials")
+        lines.append(time_split(df, settings, span.seconds))
     versions = calls[-1].get("versions", {}) if calls else {}
     shown = {"gptcore-tune": versions.get("gptcore-tune"), "torch": env.get("torch") or versions.get("torch"),
              "Optuna": versions.get("optuna") or optuna.__version__,
@@ -244,6 +245,29 @@ def environment_section(env: dict[str, Any]) -> list[str]:
     if "bf16_supported" in env:
         rows.append(("bfloat16 supported", "yes" if env["bf16_supported"] else "no"))
     return ["## Environment", "", "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
+def time_split(df: pd.DataFrame, settings: dict[str, Any], wall: float) -> str:
+    """Where the study's time went, by kind of run, in seconds and (for a time target) in target budgets: what a
+    study costs, and what the searched trials' share of it is."""
+    seconds = df["trial_seconds"].fillna(0).astype(float)
+    confirm = df["confirm_of"].notna() if "confirm_of" in df else pd.Series(False, index=df.index)
+    ref = df["reference"].notna() & ~confirm
+    search = ~ref & ~confirm
+    parts = [("trial(s) that reached the target", search & (df["status"] == Status.OK)),
+             ("pruned trial(s)", search & (df["status"] == Status.PRUNED)),
+             ("trial(s) that failed or were cut short", search & ~df["status"].isin([Status.OK, Status.PRUNED])),
+             ("run(s) of reference presets", ref), ("confirmation run(s)", confirm)]
+    target = settings.get("budget_amount") if settings.get("budget_unit") == "s" else None
+
+    def amount(t: float) -> str:
+        return format_seconds(t) + (f" ({t / target:.1f} target budgets)" if target else "")
+
+    said = [f"{amount(float(seconds[mask].sum()))} in {int(mask.sum())} {what}" for what, mask in parts if mask.any()]
+    outside = wall - float(seconds.sum())  # negative with parallel workers: their trials overlap
+    rest = f"; {format_seconds(outside)} between runs (the tuner's own work)" if outside > 0 else ""
+    total = f" of {amount(wall)}" if target else ""
+    return f"- where the time went{total}: {', '.join(said) or 'no run yet'}{rest}"
 
 
 def answer_so_far(runs: pd.DataFrame, settings: dict[str, Any], winner: Winner | None) -> list[str]:
