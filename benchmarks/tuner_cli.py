@@ -1,4 +1,4 @@
-"""`python -m benchmarks tuner record|replay`: the flags and what each action writes."""
+"""`python -m benchmarks tuner record|replay|cost`: the flags and what each action writes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pandas as pd
 
 from benchmarks.flags import add_output_flags, progress_mode
 from benchmarks.progress import LineCounter
+from benchmarks.tuner_cost import NOISE
 from benchmarks.tuner_table import DEFAULT_TABLE, RECORDED_TABLE, RecordSettings, check_out, load_table, record
-from gptcore.cliutil import int_range, positive_int
+from gptcore.cliutil import int_range, non_negative_float, positive_int
 from gptcore.errors import UserError
 from tune.search.strategy import PRUNERS, SAMPLERS
 
@@ -82,6 +83,21 @@ def add_tuner_parser(sub: argparse._SubParsersAction, parser_class: type) -> Non
     p.add_argument("--trials", type=int_range(1, 10_000), default=50, help="trials per study (default 50)")
     add_output_flags(p)
 
+    c = actions.add_parser("cost", help="the answer a study would name (best.json) against its study time, "
+                                        "references and confirmation runs charged, with re-run noise")
+    c.add_argument("--table", type=Path, default=DEFAULT_TABLE, help=f"recorded curves (default {DEFAULT_TABLE})")
+    c.add_argument("--strategies", type=strategies_flag, default=None,
+                   help="SAMPLER+PRUNER[:RUNGS],... (default: the tuner's default and the defaults before it)")
+    c.add_argument("--seeds", type=int_range(1, 10_000), default=100, help="studies per strategy (default 100)")
+    c.add_argument("--trials", type=int_range(1, 10_000), default=20, help="trials per study (default 20)")
+    c.add_argument("--references", type=int_range(0, 20), default=2,
+                   help="reference runs each study makes first, one target budget each (default 2: the tuner's)")
+    c.add_argument("--confirm", type=int_range(0, 50), default=2,
+                   help="configurations confirmed after the search (default 2: the tuner's --confirm)")
+    c.add_argument("--noise", type=non_negative_float, default=NOISE,
+                   help=f"run-to-run sd of the val loss at the target (default {NOISE}: measured with --confirm)")
+    add_output_flags(c)
+
 
 def cmd_tuner(args: argparse.Namespace) -> int:
     """Record a table, or replay studies against one and write the comparison."""
@@ -93,7 +109,43 @@ def cmd_tuner(args: argparse.Namespace) -> int:
                                   space=args.space)
         print(f"wrote {record(settings, quiet=args.quiet)} and {args.table.with_suffix('.json')}")
         return 0
+    if args.action == "cost":
+        return cost_command(args)
     return replay_command(args)
+
+
+def cost_command(args: argparse.Namespace) -> int:
+    """Replay studies as best.json answers them; print and write the answer's regret at 4, 8 and 16 budgets."""
+    from tqdm import tqdm
+
+    from benchmarks.report import write_frame
+    from benchmarks.tuner_cost import Spend, compare_answers, summarise_answers
+    from benchmarks.tuner_replay import DEFAULT, TODAY, check_strategies
+    from gptcore.files import atomic_write_text
+
+    table = load_table(args.table)
+    strategies = args.strategies or (TODAY, DEFAULT)
+    check_strategies(table, strategies)
+    spend = Spend(references=args.references, confirm=args.confirm, noise=args.noise)
+    mode = progress_mode(args)
+    total = len(strategies) * args.seeds
+    with tqdm(total=total, desc="cost", unit="study", disable=mode != "bar") as bar:
+        counter = LineCounter(mode, "cost", total, args.seeds, "studies") if mode == "lines" else bar
+        runs = compare_answers(table, strategies, args.seeds, args.trials, spend, progress=counter)
+    summary = summarise_answers(runs)
+    text = summary.to_markdown(index=False, floatfmt=".4g")
+    print(text)
+    command = (f"python -m benchmarks tuner cost --seeds {args.seeds} --trials {args.trials} --references "
+               f"{args.references} --confirm {args.confirm} --noise {args.noise} --table {args.table}")
+    md = "\n".join(["# The answer's cost", "", f"`{command}`", "",
+                     "- regret@Tb: median (IQR) over seeds of the true regret of the answer the study names after T "
+                     "target budgets of study time (references first, then the search, then the confirmation runs); "
+                     "inf: no answer yet.",
+                     "- study budgets: the whole study's median length; budgets to within noise: median time until "
+                     "the answer was within the noise of the best recorded configuration (inf: never).", "", text, ""])
+    paths = [write_frame(runs, args.out / "tuner_cost.csv"), atomic_write_text(args.out / "tuner_cost.md", md)]
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def replay_command(args: argparse.Namespace) -> int:

@@ -110,7 +110,7 @@ def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> Replayed
         for i in range(trials):
             trial = study.ask()
             row = table.rows[table.nearest(table.space.suggest(trial))]
-            seconds, value = _run(study, trial, row, plan, columns, len(recorded))
+            seconds, value = run_recorded(study, trial, row, plan, columns, len(recorded))
             clock += seconds
             if value is not None:
                 best = min(best, value)
@@ -134,7 +134,7 @@ def checkpoints(trials: int) -> list[int]:
     return sorted({k for k in CHECKPOINTS if k < trials} | {trials})
 
 
-def _run(study: optuna.Study, trial: optuna.Trial, row: dict[str, Any], plan: RungPlan, columns: list[str],
+def run_recorded(study: optuna.Study, trial: optuna.Trial, row: dict[str, Any], plan: RungPlan, columns: list[str],
          recorded: int) -> tuple[float, float | None]:
     """Feed `row`'s recorded curve to the trial as the tuner's on_eval would and tell its end: (simulated seconds,
     its loss at the target when it got there)."""

@@ -1,0 +1,148 @@
+"""The study as best.json answers it: replayed studies charged for what a real study spends besides its searched
+trials (the reference presets first, the confirmation runs last) and with re-run noise, so the figure is the regret
+of the answer the study would name at each moment, against simulated study time in target budgets.
+
+tune.search.study runs the references before the search and the confirmation runs after it; the report names the
+best single run until the confirmation completes, then the best mean (tune.report.frame.choose_winner). Replayed
+here the same way:
+- each run's losses are the recorded ones plus one draw of run-to-run noise (N(0, noise), one offset per run: a
+  seed moves a whole curve) - the table's value is the configuration's truth, which the study never sees;
+- the answer at any moment is the best observed single run so far, then, once its --confirm configurations have
+  run CONFIRM_RUNS more times each, the best mean; its regret is its *true* loss minus the table's best;
+- a reference costs one run of the table's median configuration to the target, and cannot win (the table holds
+  no reference rows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from benchmarks.tuner_replay import Strategy, cost_to, run_recorded, sampler_for
+from benchmarks.tuner_table import Table
+from tune.core.budget import RungPlan
+from tune.core.confirm import CONFIRM_RUNS
+from tune.search.strategy import make_pruner
+
+# Run-to-run sd of the validation loss at the target, measured with --confirm on 9 real 20-trial studies (12 s
+# target, 2-core CPU, median over the studies): tune/search/settings.py DEFAULT_CONFIRM's comment.
+NOISE = 0.030
+READ_AT = (4, 8, 16)  # study time, in target budgets, at which the answer's regret is read
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What the real study spends besides its searched trials, and the noise of a run."""
+
+    references: int = 2
+    confirm: int = 2
+    noise: float = NOISE
+
+
+@dataclass(frozen=True)
+class Answers:
+    """One replayed study: the simulated clock at each change of the answer, and the answer's true regret."""
+
+    clock: np.ndarray  # seconds at which the named answer changed (ascending)
+    regret: np.ndarray  # its true regret from then on
+    end: float  # seconds the whole study took (references, trials, confirmation)
+
+    def at(self, seconds: float) -> float:
+        """The regret of the answer named at `seconds` of study time (inf before any)."""
+        k = np.searchsorted(self.clock, seconds, side="right") - 1
+        return float(self.regret[k]) if k >= 0 else math.inf
+
+    def first_within(self, margin: float) -> float:
+        """The study time at which the answer first came within `margin` of the best (inf: never)."""
+        hit = np.nonzero(self.regret <= margin)[0]
+        return float(self.clock[hit[0]]) if hit.size else math.inf
+
+
+def noisy(row: dict, columns: list[str], offset: float) -> dict:
+    """The row as one run would record it: every loss moved by the run's noise."""
+    return {**row, **{c: row[c] + offset for c in [*columns, "val_loss"] if not pd.isna(row[c])}}
+
+
+def replay_answers(table: Table, strategy: Strategy, seed: int, trials: int, spend: Spend) -> Answers:
+    """Replay one study of `trials` trials with `strategy`, charged and judged as the real study is."""
+    rng = np.random.default_rng(seed)
+    plan = RungPlan.for_budget(table.budget, table.meta["eta"], strategy.rungs)
+    columns = [table.rung_column(f) for f in plan.fractions]
+    reference_s = float(table.frame.loc[table.frame["status"] == "ok", "trial_seconds"].median())
+    clock = spend.references * reference_s
+    observed: dict[int, list[float]] = {}  # row position -> its observed losses at the target
+    times: list[float] = []
+    regrets: list[float] = []
+    named = None  # the row the answer names now
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=f"replay-{seed}", direction="minimize",
+                                sampler=sampler_for(strategy.sampler, seed), pruner=make_pruner(strategy.pruner, plan))
+    for _ in range(trials):
+        trial = study.ask()
+        position = table.nearest(table.space.suggest(trial))
+        row = noisy(table.rows[position], columns, rng.normal(0, spend.noise))
+        seconds, value = run_recorded(study, trial, row, plan, columns, len(table.fractions))
+        clock += seconds
+        if value is None:
+            continue
+        observed.setdefault(position, []).append(value)
+        best = min(observed, key=lambda p: min(observed[p]))  # the best single run: what the report names
+        if best != named:
+            named = best
+            times.append(clock)
+            regrets.append(_regret(table, best))
+    # Confirmation, after the search: the best --confirm configurations run CONFIRM_RUNS more times each, then the
+    # answer is the best mean over each one's runs.
+    top = sorted(observed, key=lambda p: min(observed[p]))[:spend.confirm]
+    for position in top:
+        for _ in range(CONFIRM_RUNS):
+            clock += cost_to(table.rows[position], len(table.fractions), 1.0, 1)
+            observed[position].append(float(table.rows[position]["val_loss"]) + rng.normal(0, spend.noise))
+    if top:
+        times.append(clock)
+        regrets.append(_regret(table, min(top, key=lambda p: float(np.mean(observed[p])))))
+    return Answers(np.asarray(times, dtype=float), np.asarray(regrets, dtype=float), clock)
+
+
+def _regret(table: Table, position: int) -> float:
+    """How much worse the configuration truly is than the table's best (its recorded loss is its truth)."""
+    return float(table.rows[position]["val_loss"]) - table.best
+
+
+def compare_answers(table: Table, strategies: tuple[Strategy, ...], seeds: int, trials: int, spend: Spend,
+                    progress=None) -> pd.DataFrame:
+    """One row per (strategy, seed): the answer's regret at READ_AT budgets, the study's length and the time its
+    answer first came within the noise of the best, all in target budgets."""
+    unit = table.run_seconds
+    rows = []
+    for strategy in strategies:
+        for seed in range(seeds):
+            a = replay_answers(table, strategy, seed, trials, spend)
+            row = {"strategy": strategy.name, "seed": seed,
+                   "study_budgets": a.end / unit,
+                   "budgets_within_noise": a.first_within(spend.noise) / unit}
+            row.update({f"regret_at_{b}b": a.at(b * unit) for b in READ_AT})
+            rows.append(row)
+            if progress is not None:
+                progress.update(1)
+    return pd.DataFrame(rows)
+
+
+def summarise_answers(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: median and IQR of the answer's regret at READ_AT budgets, the median study length and time to
+    within noise (a seed that never got there counts as infinitely late), in the order given."""
+    g = runs.groupby("strategy", sort=False)
+    out = pd.DataFrame(index=pd.Index(runs["strategy"].unique(), name="strategy"))
+    for b in READ_AT:
+        col = runs[f"regret_at_{b}b"]
+        out[f"regret@{b}b"] = g[col.name].median()
+        out[f"IQR@{b}b"] = g[col.name].quantile(0.75) - g[col.name].quantile(0.25)
+    out["study budgets"] = g["study_budgets"].median()
+    out["budgets to within noise"] = g["budgets_within_noise"].median()
+    out["within noise"] = g["budgets_within_noise"].apply(lambda s: f"{int(np.isfinite(s).sum())}/{len(s)}")
+    return out.reset_index()
