@@ -166,17 +166,21 @@ class Session:
 
 
 def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Model and train config fields for one trial: the six parameters plus the shared rest."""
+    """Model and train config fields for one trial: the six parameters, the extra fields it drew (a user model's
+    under the model's `extra`), plus the shared rest."""
     model = dict(vocab_size=session.meta["vocab_size"], block_size=params["block_size"], n_embed=params["n_embed"],
                  n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
     train = dict(session.train_fields(), batch_size=params["batch_size"], learning_rate=params["learning_rate"])
+    session.space.place(params, model, train)  # a reference (the six only) trains what an unsearched field gets
     return model, train
 
 
 def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
     """A preset's six searched values, trained exactly as every trial is: the study's schedule, warm-up, dropout 0,
     evaluation, budget, precision and seed. Only what the search varies differs, so "the winner beats baby by 8 %"
-    compares configurations, not schedules (a preset's own constant rate or dropout would be a handicap)."""
+    compares configurations, not schedules (a preset's own constant rate or dropout would be a handicap). A field
+    searched beside the six is not the preset's either: a reference trains what a trial would without the search
+    (dropout 0, else the config's default), the same whatever the space, and the tables show that value."""
     return trial_configs(preset_params(preset), session)
 
 
@@ -282,7 +286,7 @@ def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any]) ->
     plan = RungPlan.for_budget(budget, t.reduction_factor, t.rungs)
     references = resolve_references(settings, env["device_type"])
     s = settings.search
-    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides)
+    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides, s.space_search)
     biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
     shortest = min(meta["train_tokens"], meta["val_tokens"])
     if biggest + 2 > shortest:
