@@ -322,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.grace_period <= args.heartbeat_interval:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
+    if args.dry_run:  # the plan, the space and a few predictions; nothing created
+        from tune.search.dryrun import dry_run
+
+        dry_run(settings_from_args(args))
+        return 0
     from tune.report.frame import readable, trials_frame
 
     outcome = run_study_or_one_line(settings_from_args(args))

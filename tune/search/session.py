@@ -222,8 +222,22 @@ def warn_if_busy(say: Any, cores: list[int]) -> float | None:
     return busy
 
 
-def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
-    """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
+@dataclass(frozen=True)
+class Survey:
+    """What the flags come to before anything of the study is created: the corpus, the device, the choices, the
+    study's name and folder, the worker slots (open_session goes on to open the study; --dry-run stops here)."""
+
+    data_dir: Path
+    meta: dict[str, Any]
+    env: dict[str, Any]
+    choice: Choice
+    name: str
+    results_dir: Path
+    slots: list[Slot]
+
+
+def survey(settings: TuneSettings, runner: TrialRunner) -> Survey:
+    """Check every flag against the corpus and the probed device (one line each), creating nothing of the study."""
     check_flags(settings)
     data_dir = ensure_prepared(settings.search.data, progress=settings.output.progress)
     meta = read_meta(data_dir)
@@ -231,10 +245,17 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     choice = choose(settings, env, meta)
     name = (check_study_name(settings.store.study_name) if settings.store.study_name is not None
             else f"{slug(env['device_name'])}-{slug(Path(settings.search.data).stem)}")
-    results_dir = settings.store.results / name
     ex = settings.execution
     slots = plan_slots(ex.workers, env, ex.gpus, ex.cores)
     env = as_trials_see_it(env, slots)  # what summary.md and the card say of the threads per trial
+    return Survey(data_dir, meta, env, choice, name, settings.store.results / name, slots)
+
+
+def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
+    """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
+    surveyed = survey(settings, runner)
+    data_dir, meta, env, choice = surveyed.data_dir, surveyed.meta, surveyed.env, surveyed.choice
+    name, results_dir, slots = surveyed.name, surveyed.results_dir, surveyed.slots
     spec = resolve_storage(settings.store.storage, results_dir / "study.db")
     # read and checked before anything is created
     warm = warmstart.prepare(settings, choice.space, spec, name, results_dir)
