@@ -21,7 +21,7 @@ def test_dry_run_prints_the_plan_space_and_memory_and_creates_nothing(tmp_path, 
     before = files_under(tmp_path)
     code, out, err = run_cli("tune", ["--dry-run", "--trials", "3", "--budget", "60steps", "--device", "cpu",
                                       "--data", str(CORPUS), "--results", "r", "--references", "tiny",
-                                      "--search", "dropout=0,0.3", "--search", "weight_decay=1e-3,0.3,log",
+                                      "--param", "dropout=0,0.3", "--param", "weight_decay=1e-3,0.3,log",
                                       "--memory-limit", "4GiB", "--no-progress"], capfd)
     assert code == 0, err
     assert files_under(tmp_path) == before and not (tmp_path / "r").exists()
@@ -52,9 +52,9 @@ def test_a_configuration_over_the_limit_is_said_to_be_skipped(tmp_path, capfd, m
 
 def test_a_bad_flag_in_a_dry_run_is_one_line_exit_2_and_nothing_created(tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli("tune", ["--dry-run", "--device", "cpu", "--results", "r", "--search",
+    code, _, err = run_cli("tune", ["--dry-run", "--device", "cpu", "--results", "r", "--param",
                                     "dropout=0,1"], capfd)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--search dropout: dropout 1" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--param dropout: dropout 1" in err, err
     assert list(tmp_path.iterdir()) == []
 
 

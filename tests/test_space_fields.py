@@ -12,7 +12,7 @@ from gptcore.errors import UserError
 from tests.conftest import CORPUS, run_cli
 from tests.test_tune import TINY_SPACE, settings
 from tune.core.budget import Budget, RungPlan
-from tune.core.space import PARAMS, SPACES, Space, load_space, parse_search
+from tune.core.space import PARAMS, SPACES, Space, load_space, parse_param_flag
 from tune.search.settings import TuneSettings
 from tune.search.strategy import SAMPLERS, make_sampler
 from tune.search.study import run_study
@@ -36,7 +36,7 @@ def saved_config(checkpoint):
 # --- the format -------------------------------------------------------------------------------------------------
 
 
-def test_the_space_file_and_the_search_flag_read_the_same_format(tmp_path):
+def test_the_space_file_and_the_param_flag_read_the_same_format(tmp_path):
     f = tmp_path / "space.json"
     f.write_text(json.dumps({"n_layer": [1, 2], "dropout": [0.0, 0.3], "weight_decay": {"float": [1e-3, 0.3],
                                                                                          "log": True},
@@ -45,7 +45,7 @@ def test_the_space_file_and_the_search_flag_read_the_same_format(tmp_path):
     from_file = load_space(str(f), "cpu", None, {})
     flags = dict(pair for text in ["n_layer=1,2", "dropout=0.0,0.3; weight_decay=1e-3,0.3,log",
                                    "grad_accum_steps=1,4", "activation=relu|gelu", "beta2=0.9,0.99",
-                                   "warmup_iters=0,100,step=10"] for pair in parse_search(text))
+                                   "warmup_iters=0,100,step=10"] for pair in parse_param_flag(text))
     from_flags = load_space("small", "cpu", None, {}, flags)
     assert from_file == from_flags
     assert from_file.names == (*PARAMS, "dropout", "weight_decay", "grad_accum_steps", "activation", "beta2",
@@ -109,7 +109,7 @@ def test_a_bad_entry_is_one_line_naming_it_exit_2_and_nothing_created(entry, nee
         (tmp_path / "space.json").write_text(json.dumps(entry))
         args, where = ["--space", "space.json"], "--space space.json: "
     else:
-        args, where = ["--search", f"{name}={json.dumps(spec)}"], f"--search {name}: "
+        args, where = ["--param", f"{name}={json.dumps(spec)}"], f"--param {name}: "
     code, _, err = run_cli("tune", ["--trials", "1", "--budget", "20steps", "--device", "cpu", "--results",
                                     str(tmp_path / "r"), "--no-progress", *args], capfd)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -118,10 +118,10 @@ def test_a_bad_entry_is_one_line_naming_it_exit_2_and_nothing_created(entry, nee
 
 
 @pytest.mark.parametrize("text", ["dropout", "=0,1", "dropout=", "dropout={bad json"])
-def test_a_malformed_search_flag_is_one_line_exit_2(text, tmp_path, capfd, monkeypatch):
+def test_a_malformed_param_flag_is_one_line_exit_2(text, tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli("tune", ["--device", "cpu", "--search", text], capfd)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--search" in err, err
+    code, _, err = run_cli("tune", ["--device", "cpu", "--param", text], capfd)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--param" in err, err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -172,7 +172,7 @@ def test_a_user_models_declared_fields_are_searched_into_the_models_extra():
 def searched(tmp_path_factory):
     """3 trials of 60 steps and one reference, searching dropout and weight decay beside the six."""
     return run_study(settings(tmp_path_factory.mktemp("fields"), trials=3, budget=Budget(60, "steps"),
-                              references=("tiny",), space_search=EXTRA, keep_models=5))
+                              references=("tiny",), space_params=EXTRA, keep_models=5))
 
 
 def test_the_study_trains_the_drawn_values_and_every_output_shows_them(searched):
@@ -219,7 +219,7 @@ def test_a_resume_with_another_extra_field_range_is_refused(searched, tmp_path):
     changed = {**EXTRA, "dropout": {"float": [0.0, 0.5]}}
     with pytest.raises(UserError, match="space:"):
         run_study(settings(tmp_path, trials=4, budget=Budget(60, "steps"), references=("tiny",),
-                           space_search=changed))
+                           space_params=changed))
     with pytest.raises(UserError, match="space:"):  # a field searched no more is a change too
         run_study(settings(tmp_path, trials=4, budget=Budget(60, "steps"), references=("tiny",)))
 
@@ -252,3 +252,15 @@ def test_the_importance_plot_names_the_extra_fields():
 
     assert importance_plot(study, save) is None
     assert drawn[0][0] == "importances.png" and {"dropout", "weight decay", "activation"} <= drawn[0][1]
+
+
+def test_a_study_file_and_the_command_line_add_param_entries(tmp_path):
+    from tune.__main__ import build_parser, settings_from_args
+    from tune.core import studyfile
+
+    toml = tmp_path / "study.toml"
+    toml.write_text('param = "dropout=0,0.3; beta2=0.9,0.999"\n')
+    args = studyfile.parse_args(build_parser(), ["--config", str(toml), "--param", "weight_decay=0.01,0.1,log",
+                                                 "--param", "dropout=0.1"])
+    assert settings_from_args(args).search.space_params == {
+        "dropout": 0.1, "beta2": [0.9, 0.999], "weight_decay": {"float": [0.01, 0.1], "log": True}}

@@ -1,6 +1,6 @@
 """Search parameters beyond the six: any ModelConfig/TrainConfig field, or a field a user's model declares, drawn
-as an integer, a float or one of a list of choices. The format, the same in a space file and in `--search
-NAME=SPEC` (tune.core.space.parse_search), defined here once:
+as an integer, a float or one of a list of choices. The format, the same in a space file and in `--param
+NAME=SPEC` (tune.core.space.parse_param_flag), defined here once:
 
     "dropout": [0.0, 0.3]                                a range, drawn as the field's type: a float uniformly,
                                                          an int as integers
@@ -190,7 +190,7 @@ def _shown(value: Any) -> str:
 
 
 def parse_param(name: Any, spec: Any, where: str, known: Mapping[str, Field] | None) -> Param:
-    """One entry of a space file (or a --search flag) checked: its name, its form, its range and a sample of its
+    """One entry of a space file (or a --param flag) checked: its name, its form, its range and a sample of its
     values against the config's own validation; a one-line UserError naming `where`, the field and the rule.
     `known`: searchable(); None reads a study's recorded space back without checking it against any config."""
     shown = repr(name)[:60]

@@ -160,7 +160,7 @@ def label(name: str) -> str:
 
 def param_field(name: str) -> Field:
     """The column of a searched parameter: one of the six's fields above, or a field searched beside them
-    (--search, a space file), as trained, unrounded like the learning rate."""
+    (--param, a space file), as trained, unrounded like the learning rate."""
     return BY_NAME.get(name) or Field(name, name, "a field searched beside the six, as the run trained it",
                                       label=name.replace("_", " "))
 

@@ -214,9 +214,9 @@ def auto_space(device_type: str, memory_bytes: int | None) -> str:
 
 
 def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides: dict[str, Any],
-               search: Mapping[str, Any] | None = None, extra_fields: Mapping[str, Any] | None = None) -> Space:
+               params: Mapping[str, Any] | None = None, extra_fields: Mapping[str, Any] | None = None) -> Space:
     """small | medium | large | auto | FILE.json (ranges over a named space), then the six's flag overrides, then
-    the --search entries. `extra_fields`: a user model's declared fields and their defaults (searchable too)."""
+    the --param entries. `extra_fields`: a user model's declared fields and their defaults (searchable too)."""
     known = searchable(extra_fields)
     if spec == "auto":
         spec = auto_space(device_type, memory_bytes)
@@ -230,8 +230,8 @@ def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides:
             raise UserError(f"--space {spec}: base must be one of {', '.join(SPACES)} or auto, got {base!r}")
         space = _with_ranges(load_space(base, device_type, memory_bytes, {}), ranges, f"--space {spec}", known)
     space = _with_ranges(space, overrides, None, None)
-    for name, value in (search or {}).items():
-        space = _with_ranges(space, {name: value}, f"--search {str(name)[:60]}", known)
+    for name, value in (params or {}).items():
+        space = _with_ranges(space, {name: value}, f"--param {str(name)[:60]}", known)
     return space
 
 
@@ -250,7 +250,7 @@ def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None,
         if name not in PARAMS:
             if known is None:
                 raise UserError(f"{label}: unknown parameter {name!r}; expected {', '.join(PARAMS)} (other fields: "
-                                f"--search NAME=SPEC)")
+                                f"--param NAME=SPEC)")
             param = parse_param(name, value, label, known)
             space = replace(space, extra=(*(p for p in space.extra if p.name != name), param))
             continue
@@ -263,8 +263,8 @@ def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None,
     return space
 
 
-def parse_search(text: str) -> list[tuple[str, Any]]:
-    """--search NAME=SPEC (several: separated by ';') -> [(name, the space file's form)], for the flag. SPEC:
+def parse_param_flag(text: str) -> list[tuple[str, Any]]:
+    """--param NAME=SPEC (several: separated by ';') -> [(name, the space file's form)], for the flag. SPEC:
     LOW,HIGH (a range of the field's type), with ',log', ',step=N', ',int' or ',float' to say more; A|B|C (a
     choice); one value (pinned); or the space file's JSON form ({"float": [0, 0.3]})."""
     out = []
@@ -278,11 +278,11 @@ def parse_search(text: str) -> list[tuple[str, Any]]:
     return out
 
 
-parse_search.__name__ = "search entry (NAME=SPEC)"
+parse_param_flag.__name__ = "search entry (NAME=SPEC)"
 
 
 def _spec_of_text(text: str) -> Any:
-    """A --search SPEC in the space file's form (tune.core.fields' format)."""
+    """A --param SPEC in the space file's form (tune.core.fields' format)."""
     if text[0] in "{[":
         try:
             return json.loads(text)

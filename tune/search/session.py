@@ -307,7 +307,7 @@ def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any]) ->
     plan = RungPlan.for_budget(budget, t.reduction_factor, t.rungs)
     references = resolve_references(settings, env["device_type"])
     s = settings.search
-    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides, s.space_search)
+    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides, s.space_params)
     biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
     shortest = min(meta["train_tokens"], meta["val_tokens"])
     if biggest + 2 > shortest:
