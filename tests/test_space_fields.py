@@ -264,3 +264,15 @@ def test_a_study_file_and_the_command_line_add_param_entries(tmp_path):
                                                  "--param", "dropout=0.1"])
     assert settings_from_args(args).search.space_params == {
         "dropout": 0.1, "beta2": [0.9, 0.999], "weight_decay": {"float": [0.01, 0.1], "log": True}}
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"drop\nout": [0, 0.1]}, "--param 'drop\\nout': unknown parameter 'drop\\nout'"),
+    ({"activation": {"choice": ["relu", "ge\nlu"]}}, "activation 'ge\\nlu': activation must be one of"),
+    ({"x" * 500: 1}, "unknown parameter 'xxxxxxxx"),
+])
+def test_a_hostile_name_or_value_stays_one_line(params, needle):
+    with pytest.raises(UserError) as info:
+        load_space("small", "cpu", None, {}, params)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600 and needle in message, message

@@ -186,7 +186,12 @@ class Param:
 
 def _shown(value: Any) -> str:
     """A choice as the space file spells it: true, 0.1, relu."""
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value)
+    return text[:60] if text.isprintable() else repr(text)[:60]  # a message stays one line
 
 
 def parse_param(name: Any, spec: Any, where: str, known: Mapping[str, Field] | None) -> Param:

@@ -231,7 +231,8 @@ def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides:
         space = _with_ranges(load_space(base, device_type, memory_bytes, {}), ranges, f"--space {spec}", known)
     space = _with_ranges(space, overrides, None, None)
     for name, value in (params or {}).items():
-        space = _with_ranges(space, {name: value}, f"--param {str(name)[:60]}", known)
+        shown = name[:60] if isinstance(name, str) and name.isidentifier() else repr(name)[:60]  # one line
+        space = _with_ranges(space, {name: value}, f"--param {shown}", known)
     return space
 
 
