@@ -8,7 +8,7 @@ import json
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class Space:
     n_head: tuple[int, int] = (1, 8)
     n_layer: tuple[int, int] = (1, 4)
     learning_rate: tuple[float, float] = (1e-4, 3e-3)
-    extra: tuple[Param, ...] = field(default=(), compare=True)
+    extra: tuple[Param, ...] = ()
 
     def __post_init__(self) -> None:
         for name in PARAMS:
