@@ -170,9 +170,10 @@ def test_a_user_models_declared_fields_are_searched_into_the_models_extra():
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """3 trials of 60 steps and one reference, searching dropout and weight decay beside the six."""
+    """3 trials of 60 steps and one reference, searching dropout and weight decay beside the six; the best
+    configuration confirmed by 2 more runs."""
     return run_study(settings(tmp_path_factory.mktemp("fields"), trials=3, budget=Budget(60, "steps"),
-                              references=("tiny",), space_params=EXTRA, keep_models=5))
+                              references=("tiny",), space_params=EXTRA, keep_models=5, confirm=1))
 
 
 def test_the_study_trains_the_drawn_values_and_every_output_shows_them(searched):
@@ -180,7 +181,8 @@ def test_the_study_trains_the_drawn_values_and_every_output_shows_them(searched)
     df = pd.read_csv(folder / "trials.csv")
     columns = list(df.columns)
     assert columns[columns.index("learning_rate") + 1:][:2] == ["dropout", "weight_decay"]
-    trials = df[df["reference"].isna()]
+    confirms = df[df["confirm_of"].notna()]
+    trials = df[df["reference"].isna() & df["confirm_of"].isna()]
     assert len(trials) == 3 and trials["dropout"].between(0, 0.3).all()
     assert trials["weight_decay"].between(1e-3, 0.3).all() and trials["dropout"].nunique() == 3
     ref = df[df["reference"] == "tiny"].iloc[0]
@@ -188,6 +190,13 @@ def test_the_study_trains_the_drawn_values_and_every_output_shows_them(searched)
     for _, row in df[df["checkpoint"].notna()].iterrows():  # each kept model trained its row's values
         model, train = saved_config(folder / "checkpoints" / row["checkpoint"].rsplit("/", 1)[-1])
         assert (model.dropout, train.weight_decay) == pytest.approx((row["dropout"], row["weight_decay"]))
+    # A confirmation run trains its configuration's drawn values again (with another seed).
+    assert len(confirms) == 2
+    for _, run in confirms.iterrows():
+        source = df[(df["trial"] == run["confirm_of"].removeprefix("trial ")) | (df["trial"] == run["confirm_of"])]
+        model, train = from_dict(json.loads(run["config"]))
+        assert (model.dropout, train.weight_decay) == tuple(source.iloc[0][["dropout", "weight_decay"]])
+        assert (run["dropout"], run["weight_decay"]) == tuple(source.iloc[0][["dropout", "weight_decay"]])
     best = json.loads((folder / "best.json").read_text())
     model, train = from_dict(best)
     winner = df.loc[df["val_loss"].idxmin()]
