@@ -285,3 +285,24 @@ def test_a_hostile_name_or_value_stays_one_line(params, needle):
         load_space("small", "cpu", None, {}, params)
     message = str(info.value)
     assert "\n" not in message and len(message) < 600 and needle in message, message
+
+
+def test_the_card_shows_the_extra_fields_of_the_winner_and_of_every_configuration(searched, tmp_path):
+    import re
+    import shutil
+
+    from tune.report.card.command import main as card
+
+    folder = tmp_path / "s"
+    shutil.copytree(searched.results_dir, folder)
+    assert card([str(folder), "--no-matmul", "-q"]) == 0
+    page = (folder / "card.html").read_text()
+    df = pd.read_csv(folder / "trials.csv")
+    winner = df.loc[df["val_loss"].idxmin()]
+    best = re.search(r'<section id="best">(.*?)</section>', page, re.S).group(1)
+    headers = re.findall(r"<th>(.*?)</th>", best)
+    assert headers[headers.index("learning_rate") + 1:][:2] == ["dropout", "weight_decay"]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", best)
+    assert cells[headers.index("dropout")] == f"{winner['dropout']:.3g}"
+    tried = re.search(r'<section id="loss">(.*?)</section>', page, re.S).group(1)
+    assert "<th>dropout</th><th>weight_decay</th><th>flags</th>" in tried
