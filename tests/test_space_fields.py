@@ -306,3 +306,20 @@ def test_the_card_shows_the_extra_fields_of_the_winner_and_of_every_configuratio
     assert cells[headers.index("dropout")] == f"{winner['dropout']:.3g}"
     tried = re.search(r'<section id="loss">(.*?)</section>', page, re.S).group(1)
     assert "<th>dropout</th><th>weight_decay</th><th>flags</th>" in tried
+
+
+def test_compare_shows_a_searched_field_beside_a_study_that_did_not_search_it(searched, tmp_path):
+    import shutil
+
+    from tune.report.compare.command import main as compare
+
+    shutil.copytree(searched.results_dir, tmp_path / "fields")
+    six = run_study(settings(tmp_path / "six", trials=2, budget=Budget(60, "steps"), references=("tiny",)))
+    shutil.copytree(six.results_dir, tmp_path / "six-only")
+    assert compare([str(tmp_path / "fields"), str(tmp_path / "six-only"), "--out", str(tmp_path / "out"),
+                    "-q"]) == 0
+    text = (tmp_path / "out" / "compare.md").read_text()
+    best = text[text.index("## Best configuration"):]
+    dropout = next(line for line in best.splitlines() if line.startswith("| dropout"))
+    assert [c.strip() for c in dropout.split("|")][3] == "-"  # the study of the six did not search it
+    assert [c.strip() for c in dropout.split("|")][2] != "-"
