@@ -335,7 +335,7 @@ CASES: list[tuple] = [
         ("base-a-list", '{"base": ["small"]}'),
         ("not-json", "{batch_size: 4"),
         ("a-json-list", "[4, 8]"),
-        ("unknown-parameter", '{"dropout": [0, 0.2]}'),
+        ("unknown-parameter", '{"mlp_ratio": [2, 4]}'),  # dropout is a field to search since #23.2
         ("three-numbers", '{"n_layer": [1, 2, 3]}'),
         ("text-bound", '{"n_layer": "2"}'),
         ("null-bound", '{"n_layer": null}'),

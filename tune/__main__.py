@@ -38,7 +38,7 @@ from gptcore.errors import UserError
 from tune.core import studyfile
 from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
 from tune.core.confirm import CONFIRM_RUNS
-from tune.core.space import PARAMS, SPACES, load_space, parse_range
+from tune.core.space import PARAMS, SPACES, load_space, parse_param_flag, parse_range
 from tune.search.settings import (
     DEFAULT_CONFIRM,
     DEFAULT_KEEP_MODELS,
@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", dest=f"space_{name}", type=parse_range, default=None,
                        metavar="LOW,HIGH",
                        help=f"search {name} from LOW to HIGH instead of the space's range; one value pins it")
+    p.add_argument("--param", type=parse_param_flag, action="append", default=None, metavar="NAME=SPEC",
+                   help="also search another ModelConfig/TrainConfig field (repeatable; several: separated by ';'): "
+                        "dropout=0,0.3 (a range of the field's type), weight_decay=1e-3,0.3,log, "
+                        "warmup_iters=0,100,step=10, activation=relu|gelu, beta2=0.9,0.999, dropout=0.1 (pinned), "
+                        "or the space file's JSON form (docs/search-space.md)")
     p.add_argument("--objective", choices=["loss", "throughput"], default="loss",
                    help="what the study minimises or maximises: loss, the validation loss at the target budget; "
                         "throughput, training tokens per second (default loss)")
@@ -213,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a TOML file of this command's flags, each key a flag's long name without its dashes "
                         "(trials = 30, budget = \"10m\", n-layer = [2, 8], no-save-models = true); flags on the "
                         "command line override it; its text is recorded in the study")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (target, rungs, cost), the search space and the predicted memory of a few "
+                        "sampled configurations, then exit without creating the study or any file")
     add_quiet(p)
     return p
 
@@ -336,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.grace_period <= args.heartbeat_interval:
         parser.error(f"--grace-period {args.grace_period}: must be longer than --heartbeat-interval "
                      f"{args.heartbeat_interval}")
+    if args.dry_run:  # the plan, the space and a few predictions; nothing created
+        from tune.search.dryrun import dry_run
+
+        dry_run(settings_from_args(args))
+        return 0
     from tune.report.frame import readable, trials_frame
 
     try:
@@ -369,12 +382,17 @@ def run_study_or_one_line(settings: TuneSettings) -> StudyOutcome:
 def settings_from_args(args: argparse.Namespace) -> TuneSettings:
     """The study's settings from its parsed flags, grouped once here (the space's file and flags checked now)."""
     overrides = {n: getattr(args, f"space_{n}") for n in PARAMS if getattr(args, f"space_{n}") is not None}
+    # --param entries in order, a later one for the same name winning: each flag's list of (name, spec), and a
+    # study file's (its one value, not appended) as loose pairs.
+    pairs = [pair for item in args.param or [] for pair in (item if isinstance(item, list) else [item])]
+    params = dict(pairs)
     # The device only picks the base space; the file and the flags are checked now, before the device probe.
-    load_space(args.space, "cpu", None, overrides)
+    load_space(args.space, "cpu", None, overrides, params)
     return TuneSettings(
         search=SearchArgs(trials=args.trials, data=args.data, space=args.space, space_overrides=overrides,
                           objective=args.objective, pruner=args.pruner, sampler=args.sampler, seed=args.seed,
-                          references=args.references, warm_start=args.warm_start, confirm=args.confirm),
+                          references=args.references, warm_start=args.warm_start, confirm=args.confirm,
+                          space_params=params),
         training=TrainingArgs(budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
                               schedule=args.schedule),
         execution=ExecArgs(device=args.device, dtype=args.dtype, compile=args.compile, memory_limit=args.memory_limit,

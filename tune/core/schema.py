@@ -158,10 +158,31 @@ def label(name: str) -> str:
     return f.label or f.column.replace("_", " ")
 
 
-def csv_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """trials.csv: the record's fields as columns in their units, then the loss at every rung."""
+def param_field(name: str) -> Field:
+    """The column of a searched parameter: one of the six's fields above, or a field searched beside them
+    (--param, a space file), as trained, unrounded like the learning rate."""
+    return BY_NAME.get(name) or Field(name, name, "a field searched beside the six, as the run trained it",
+                                      label=name.replace("_", " "))
+
+
+def param_text(value: Any) -> str:
+    """A searched field's value in a table a person reads: 0.123, 4, gelu, true ('' when missing)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return str(value)
+
+
+def csv_frame(df: pd.DataFrame, params: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
+    """trials.csv: the record's fields as columns in their units, the searched fields beyond the six (`params`)
+    after the learning rate, then the loss at every rung."""
     out = pd.DataFrame(index=df.index)
-    for f in FIELDS:
+    order = [*FIELDS[:FIELDS.index(BY_NAME["learning_rate"]) + 1], *(param_field(p) for p in params),
+             *FIELDS[FIELDS.index(BY_NAME["learning_rate"]) + 1:]]
+    for f in order:
         values = df[f.name] if f.name in df else pd.Series([None] * len(df), index=df.index, dtype=object)
         out[f.column] = f.to_column(values)
     rungs = sorted((c for c in df.columns if c.startswith("loss_rung_")), key=lambda c: int(c.rsplit("_", 1)[1]))
@@ -182,10 +203,13 @@ def from_csv(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def glossary() -> list[str]:
-    """summary.md's table of trials.csv's columns and what each means."""
+def glossary(params: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """summary.md's table of trials.csv's columns and what each means (`params`: the fields searched beside the
+    six)."""
     lines = ["| column | meaning |", "| --- | --- |"]
     lines += [f"| `{f.column}` | {f.doc} |" for f in FIELDS]
+    lines += [f"| `{p}` | {param_field(p).doc} (a reference: what a trial trains without the search) |"
+              for p in params]
     lines.append("| `loss_rung_K` | validation loss at rung K |")
     return lines
 

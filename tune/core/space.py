@@ -1,11 +1,14 @@
-"""The search space: six hyperparameters, ranges sized to the device, always valid configurations."""
+"""The search space: six hyperparameters, ranges sized to the device, always valid configurations; and any other
+ModelConfig/TrainConfig field (or a user model's declared field) searched beside them (tune.core.fields)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from gptcore.cliutil import finite_float
 from gptcore.config import INT_MAX, from_name, to_dict
 from gptcore.errors import UserError
 from gptcore.files import read_json_object
+from tune.core.fields import Field, Param, parse_param, plain, searchable
 
 PARAMS = ("batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate")
 POW2 = ("batch_size", "block_size", "n_head")  # searched over powers of two
@@ -33,7 +37,8 @@ def uses_legacy_names(params: list[dict[str, Any]]) -> bool:
 
 @dataclass(frozen=True)
 class Space:
-    """Inclusive (low, high) ranges. Powers of two for batch, block and heads; n_embed in steps of 64."""
+    """Inclusive (low, high) ranges. Powers of two for batch, block and heads; n_embed in steps of 64. `extra`: any
+    other fields searched beside the six (tune.core.fields), none by default."""
 
     batch_size: tuple[int, int] = (4, 32)
     block_size: tuple[int, int] = (16, 128)
@@ -41,6 +46,7 @@ class Space:
     n_head: tuple[int, int] = (1, 8)
     n_layer: tuple[int, int] = (1, 4)
     learning_rate: tuple[float, float] = (1e-4, 3e-3)
+    extra: tuple[Param, ...] = ()
 
     def __post_init__(self) -> None:
         for name in PARAMS:
@@ -63,9 +69,15 @@ class Space:
         if self.n_head[1] > 64:
             raise UserError(f"n_head must be at most 64, got {self.n_head[1]}")
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The searched parameters: the six, then the extra fields in the order the space file and flags gave."""
+        return (*PARAMS, *(p.name for p in self.extra))
+
     def suggest(self, trial: optuna.Trial, legacy: bool = False) -> dict[str, Any]:
-        """Draw the six values. Powers of two are drawn as integer exponents, so TPE sees their order; `legacy`:
-        under the names studies started before 0.2 used (log2_batch_size), so a resumed one keeps its history."""
+        """Draw the six values, then the extra fields. Powers of two are drawn as integer exponents, so TPE sees
+        their order; `legacy`: under the names studies started before 0.2 used (log2_batch_size), so a resumed one
+        keeps its history. An extra field is drawn under its own name."""
         out: dict[str, Any] = {}
         for name in POW2:
             lo, hi = getattr(self, name)
@@ -74,23 +86,29 @@ class Space:
         out["n_embed"] = trial.suggest_int("n_embed", *self.n_embed, step=64)
         out["n_layer"] = trial.suggest_int("n_layer", *self.n_layer)
         out["learning_rate"] = trial.suggest_float("learning_rate", *self.learning_rate, log=True)
-        return {k: out[k] for k in PARAMS}
+        out = {k: out[k] for k in PARAMS}
+        out.update({p.name: p.suggest(trial) for p in self.extra})
+        return out
 
     @staticmethod
     def decode(params: dict[str, Any]) -> dict[str, Any]:
-        """The six values from a trial's stored Optuna parameters (what suggest drew): for rows of trials that
-        never recorded anything (their tuner was killed), so every row shows its configuration."""
+        """The searched values from a trial's stored Optuna parameters (what suggest drew): for rows of trials that
+        never recorded anything (their tuner was killed), so every row shows its configuration. An extra field is
+        its own parameter: it passes through."""
         out = {}
         for key, value in params.items():
             exponent = key.startswith(("log2(", "log2_"))
             name = key.removeprefix("log2_").removeprefix("log2(").removesuffix(")")
             if name in PARAMS:
                 out[name] = 2 ** int(value) if exponent else value
+            elif not exponent:
+                out[key] = value
         return out
 
     @staticmethod
     def encode(values: dict[str, Any]) -> dict[str, Any]:
-        """The Optuna parameters suggest draws for the six values (the inverse of decode): for enqueue_trial."""
+        """The Optuna parameters suggest draws for these values (the inverse of decode): for enqueue_trial. Values
+        of extra fields pass through under their own names."""
         out: dict[str, Any] = {}
         for name in PARAMS:
             value = values[name]
@@ -98,10 +116,14 @@ class Space:
                 out[exponent_name(name)] = int(math.log2(value))
             else:  # plain Python numbers: the storage writes them as JSON, which has no numpy types
                 out[name] = float(value) if name == "learning_rate" else int(value)
+        out.update({k: plain(v) for k, v in values.items() if k not in PARAMS})
         return out
 
     def allows(self, name: str, value: Any) -> bool:
         """Whether suggest can draw `value` for parameter `name` (in range, and a power of two or step of 64)."""
+        extra = {p.name: p for p in self.extra}
+        if name in extra:
+            return extra[name].allows(value)
         lo, hi = getattr(self, name)
         # numbers.Real, not _is_number: values read from a table are numpy numbers (int64 is no Python int).
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
@@ -116,8 +138,19 @@ class Space:
         return name != "n_embed" or int(value) % 64 == 0
 
     def contains(self, values: dict[str, Any]) -> bool:
-        """Whether suggest can draw exactly these six values (a warm start enqueues only such configurations)."""
-        return all(self.allows(name, values.get(name)) for name in PARAMS)
+        """Whether suggest can draw exactly these values (a warm start enqueues only such configurations)."""
+        return all(self.allows(name, values.get(name)) for name in self.names)
+
+    def place(self, values: dict[str, Any], model: dict[str, Any], train: dict[str, Any]) -> None:
+        """Put the drawn values of the extra fields into a trial's model and train config fields."""
+        for p in self.extra:
+            if p.name in values:
+                p.place(values[p.name], model, train)
+
+    def values_in(self, model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+        """The value of each extra field that a run's configs train (drawn, or what an unsearched run trains: a
+        reference preset shows it in the tables)."""
+        return {p.name: p.value_in(model, train) for p in self.extra}
 
     def describe(self) -> str:
         """A table of the ranges, for the terminal and summary.md."""
@@ -134,11 +167,22 @@ class Space:
             else:
                 values, how = f"{int(lo)} .. {int(hi)}", "integers"
             rows.append(f"| {name} | {values} | {how} |")
+        rows += ["| {} | {} | {} |".format(p.name, *p.describe()) for p in self.extra]
         return "| parameter | values | drawn as |\n| --- | --- | --- |\n" + "\n".join(rows)
 
-    def to_dict(self) -> dict[str, list[float]]:
-        """JSON form."""
-        return {k: list(v) for k, v in asdict(self).items()}
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: the six ranges, then each extra field in the space file's form (a study without extra
+        fields records exactly what it did before they existed: its fingerprint is unchanged)."""
+        out: dict[str, Any] = {k: list(getattr(self, k)) for k in PARAMS}
+        out.update({p.name: p.to_json() for p in self.extra})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Space:
+        """A study's recorded space (to_dict) read back for its report, without checking it against any config."""
+        six = {k: tuple(v) for k, v in data.items() if k in PARAMS}
+        extra = tuple(parse_param(k, v, "recorded space", None) for k, v in data.items() if k not in PARAMS)
+        return cls(**six, extra=extra)
 
 
 def _is_number(v: object) -> bool:
@@ -169,8 +213,11 @@ def auto_space(device_type: str, memory_bytes: int | None) -> str:
     return "medium" if memory_bytes < 16 * GiB else "large"
 
 
-def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides: dict[str, Any]) -> Space:
-    """small | medium | large | auto | FILE.json (ranges over a named space), then flag overrides."""
+def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides: dict[str, Any],
+               params: Mapping[str, Any] | None = None, extra_fields: Mapping[str, Any] | None = None) -> Space:
+    """small | medium | large | auto | FILE.json (ranges over a named space), then the six's flag overrides, then
+    the --param entries. `extra_fields`: a user model's declared fields and their defaults (searchable too)."""
+    known = searchable(extra_fields)
     if spec == "auto":
         spec = auto_space(device_type, memory_bytes)
     if spec in SPACES:
@@ -181,8 +228,12 @@ def load_space(spec: str, device_type: str, memory_bytes: int | None, overrides:
         # The base is a named space, never another file: a file naming itself (or a cycle) would never end.
         if base != "auto" and (not isinstance(base, str) or base not in SPACES):
             raise UserError(f"--space {spec}: base must be one of {', '.join(SPACES)} or auto, got {base!r}")
-        space = _with_ranges(load_space(base, device_type, memory_bytes, {}), ranges, f"--space {spec}")
-    return _with_ranges(space, overrides, None)
+        space = _with_ranges(load_space(base, device_type, memory_bytes, {}), ranges, f"--space {spec}", known)
+    space = _with_ranges(space, overrides, None, None)
+    for name, value in (params or {}).items():
+        shown = name[:60] if isinstance(name, str) and name.isidentifier() else repr(name)[:60]  # one line
+        space = _with_ranges(space, {name: value}, f"--param {shown}", known)
+    return space
 
 
 def _read_space_file(path: Path) -> dict[str, Any]:
@@ -190,12 +241,20 @@ def _read_space_file(path: Path) -> dict[str, Any]:
                             missing="not small, medium, large, auto, or an existing JSON file")
 
 
-def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None) -> Space:
-    """`space` with some ranges replaced; a bad one is named by its file (`where`) or else by its own flag."""
+def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None,
+                 known: Mapping[str, Field] | None) -> Space:
+    """`space` with some ranges replaced; a bad one is named by its file or flag (`where`) or else by its own flag
+    (the six's --batch-size style flags). `known`: the fields besides the six that may be searched (None: only
+    the six)."""
     for name, value in ranges.items():
         label = where or f"--{name.replace('_', '-')}"
         if name not in PARAMS:
-            raise UserError(f"{label}: unknown parameter {name!r}; expected {', '.join(PARAMS)}")
+            if known is None:
+                raise UserError(f"{label}: unknown parameter {name!r}; expected {', '.join(PARAMS)} (other fields: "
+                                f"--param NAME=SPEC)")
+            param = parse_param(name, value, label, known)
+            space = replace(space, extra=(*(p for p in space.extra if p.name != name), param))
+            continue
         # A single number pins a parameter; a pair is a range.
         pair = value if isinstance(value, (list, tuple)) else [value, value]
         try:
@@ -203,6 +262,60 @@ def _with_ranges(space: Space, ranges: dict[str, Any], where: str | None) -> Spa
         except UserError as exc:
             raise UserError(f"{label}: {exc}") from None
     return space
+
+
+def parse_param_flag(text: str) -> list[tuple[str, Any]]:
+    """--param NAME=SPEC (several: separated by ';') -> [(name, the space file's form)], for the flag. SPEC:
+    LOW,HIGH (a range of the field's type), with ',log', ',step=N', ',int' or ',float' to say more; A|B|C (a
+    choice); one value (pinned); or the space file's JSON form ({"float": [0, 0.3]})."""
+    out = []
+    for entry in (e.strip() for e in text.split(";") if e.strip()):
+        name, eq, spec = entry.partition("=")
+        if not eq or not name.strip() or not spec.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=SPEC (e.g. dropout=0,0.3), got {entry!r}")
+        out.append((name.strip(), _spec_of_text(spec.strip())))
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected NAME=SPEC (e.g. dropout=0,0.3), got {text!r}")
+    return out
+
+
+parse_param_flag.__name__ = "search entry (NAME=SPEC)"
+
+
+def _spec_of_text(text: str) -> Any:
+    """A --param SPEC in the space file's form (tune.core.fields' format)."""
+    if text[0] in "{[":
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}") from None
+    if "|" in text:
+        return {"choice": [_scalar(v.strip()) for v in text.split("|")]}
+    parts = [p.strip() for p in text.split(",")]
+    words = {p for p in parts if p in ("log", "int", "float")}
+    steps = [p for p in parts if p.startswith("step=")]
+    values = [_scalar(p) for p in parts if p not in words and p not in steps]
+    if not words and not steps:
+        return values[0] if len(values) == 1 else values
+    kind = "float" if "float" in words else "int" if "int" in words or steps else (
+        "int" if all(isinstance(v, int) and not isinstance(v, bool) for v in values) else "float")
+    out: dict[str, Any] = {kind: values, **({"log": True} if "log" in words else {})}
+    if steps:
+        out["step"] = _scalar(steps[-1].removeprefix("step="))
+    return out
+
+
+def _scalar(text: str) -> Any:
+    """'3' -> 3, '0.1' -> 0.1, 'true' -> True, 'gelu' -> 'gelu'."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        return value if math.isfinite(value) else text
+    return text
 
 
 def parse_range(text: str) -> tuple[float, float]:

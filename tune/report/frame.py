@@ -30,6 +30,7 @@ from tune.store.storage import load_confirms, load_references
 
 # trials_frame's columns: the record (tune.core.schema), the figures the tables are built from, and bookkeeping.
 COLUMNS = [*(f.name for f in schema.FIELDS), "state", "measured_peak_bytes", "tuner_pid", "parent_rss_bytes"]
+_KNOWN = frozenset(COLUMNS)
 
 # What a confirmation run's row says it repeats when its tuner died before recording it.
 UNRECORDED = "(unrecorded)"
@@ -39,10 +40,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, the references first, then the searched trials, then the confirmation runs (from the
     trials' user attributes), plus the loss at every rung."""
     refs, confirms = load_references(study), load_confirms(study)
-    frames = [_frame(refs, "reference")] if refs is not None else []
-    frames.append(_frame(study, "search"))
+    params = searched_extras(study)
+    frames = [_frame(refs, "reference", params)] if refs is not None else []
+    frames.append(_frame(study, "search", params))
     if confirms is not None:
-        frames.append(_frame(confirms, "confirm"))
+        frames.append(_frame(confirms, "confirm", params))
     df = pd.concat([f for f in frames if not f.empty] or frames, ignore_index=True)
     corpus = study.user_attrs.get("corpus_tokens") or {}
     # Epochs: how often the trial saw the training split (unknown for studies that did not record its size).
@@ -54,6 +56,18 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     _fill_from_source(df)
     df["trial"] = [label(r) for _, r in df.iterrows()]
     return df
+
+
+def searched_extras(study: optuna.Study) -> list[str]:
+    """The fields the study searched beside the six (its recorded space; none for a study of the six)."""
+    space = study.user_attrs.get("settings", {}).get("space") or {}
+    return [name for name in space if name not in PARAMS]
+
+
+def extra_params(df: pd.DataFrame) -> list[str]:
+    """The columns of a trials_frame that are fields searched beside the six: trials_frame keeps no column but the
+    record's, its bookkeeping, those and the rungs' (a helper column a caller adds starts with '_')."""
+    return [c for c in df.columns if c not in _KNOWN and not c.startswith(("loss_rung_", "_"))]
 
 
 @dataclass(frozen=True)
@@ -101,8 +115,9 @@ def status_of(trial: optuna.trial.FrozenTrial) -> str:
     return status or trial.state.name.lower()
 
 
-def _frame(study: optuna.Study, kind: str) -> pd.DataFrame:
-    """The rows of one study; `kind`: search, reference or confirm (numbers only mean something in the search)."""
+def _frame(study: optuna.Study, kind: str, params: list[str]) -> pd.DataFrame:
+    """The rows of one study; `kind`: search, reference or confirm (numbers only mean something in the search);
+    `params`: the fields searched beside the six, a column each."""
     search = kind == "search"
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
@@ -133,22 +148,23 @@ def _frame(study: optuna.Study, kind: str) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     extra = sorted((c for c in df.columns if c.startswith("loss_rung_")), key=lambda c: int(c.rsplit("_", 1)[1]))
-    df = df.reindex(columns=[*COLUMNS, *extra])
+    df = df.reindex(columns=[*COLUMNS, *params, *extra])
     for col in ("retry_of", "confirm_run", "confirm_seed"):  # whole numbers, or empty
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     return df
 
 
 def _fill_from_source(df: pd.DataFrame) -> None:
-    """A confirmation run's row shows its configuration's six values even when its tuner died before recording
-    them: they are those of the run it repeats."""
+    """A confirmation run's row shows its configuration's searched values even when its tuner died before
+    recording them: they are those of the run it repeats."""
     runs = df["confirm_of"].notna()
     if not runs.any():
         return
     tried = df[~runs]
-    lookup = tried[list(PARAMS)].set_axis([source_of(r) for _, r in tried.iterrows()])
+    names = [*PARAMS, *extra_params(df)]
+    lookup = tried[names].set_axis([source_of(r) for _, r in tried.iterrows()])
     lookup = lookup[~lookup.index.duplicated(keep="last")]
-    for p in PARAMS:
+    for p in names:
         df.loc[runs, p] = df.loc[runs, p].fillna(df.loc[runs, "confirm_of"].map(lookup[p]))
 
 
@@ -185,6 +201,7 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         "batch": whole(df["batch_size"]), "block": whole(df["block_size"]), "embed": whole(df["n_embed"]),
         "heads": whole(df["n_head"]), "layers": whole(df["n_layer"]),
         "lr": shown(df["learning_rate"], units.LR),
+        **{p: df[p].map(schema.param_text).astype(object) for p in extra_params(df)},
         "rung": [f"{int(r)}/{int(n)}" if pd.notna(r) and pd.notna(n) else "" for r, n in zip(df["rung"], df["rungs"])],
         "loss_at_rung": shown(df["rung_loss"], units.LOSS),
         "k tok/s": shown(df["tokens_per_s"], units.KTOK),

@@ -15,6 +15,7 @@ from tune.report.frame import (
     best_config,
     choose_winner,
     confirmation_provenance,
+    extra_params,
     keep_best_model,
     originals,
     provenance,
@@ -35,7 +36,7 @@ def write_report(study: optuna.Study, folder: Path, *, plots: bool = True,
     """
     folder.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
-    atomic_write(folder / "trials.csv", lambda tmp: schema.csv_frame(df).to_csv(tmp, index=False))
+    atomic_write(folder / "trials.csv", lambda tmp: schema.csv_frame(df, extra_params(df)).to_csv(tmp, index=False))
     settings = study.user_attrs.get("settings", {})
     winner = choose_winner(df, settings)
     notes, copied = [], True

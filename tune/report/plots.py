@@ -149,7 +149,7 @@ def readable_param(name: str) -> str:
     """'log2(batch_size)' -> 'batch size (drawn as log2)': the parameter a person knows."""
     if name.startswith(("log2(", "log2_")):
         return schema.label(name.removeprefix("log2_").removeprefix("log2(").removesuffix(")")) + " (log2)"
-    return schema.label(name) if name in schema.BY_NAME else name
+    return schema.label(name) if name in schema.BY_NAME else schema.param_field(name).label or name
 
 
 def importance_plot(study: optuna.Study, save: Callable[[Any, str], None]) -> str | None:

@@ -19,6 +19,7 @@ from tune.report.frame import (
     Winner,
     best_row,
     choose_winner,
+    extra_params,
     label,
     markdown_table,
     objective_key,
@@ -70,13 +71,13 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
     lines += warm_start_section(study, runs, objective)
     space = settings.get("space")
     if space:
-        lines += ["## Search space", "", Space(**{k: tuple(v) for k, v in space.items()}).describe(), ""]
+        lines += ["## Search space", "", Space.from_dict(space).describe(), ""]
     lines += environment_section(env)
     # The plots that were drawn, and why any other was not (too few trials, nothing predicted).
     lines += ["## Plots", "", *(f"![{p}]({p})" for p in PLOTS if (folder / p).exists()), ""]
     lines += [*(f"- {n}" for n in notes or []), ""] if notes else []
     lines += ["## trials.csv", "", "One row per run (searched trials, references, confirmation runs); sizes in "
-              "MiB, times in seconds.", "", *schema.glossary(), ""]
+              "MiB, times in seconds.", "", *schema.glossary(extra_params(df)), ""]
     return "\n".join(lines)
 
 
@@ -300,8 +301,9 @@ def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, fol
     over = f" over {int(winner.line['n'])} runs (see Confirmation)" if winner.line is not None else ""
     shape = (f"batch {int(best['batch_size'])} x block {int(best['block_size'])}, {int(best['n_layer'])} layer(s) of "
              f"width {int(best['n_embed'])} with {int(best['n_head'])} head(s), learning rate "
-             f"{units.LR.text(best['learning_rate'])}" + (f", {units.PARAMS.text(best['n_params'])} M parameters"
-                                                if pd.notna(best.get("n_params")) else ""))
+             f"{units.LR.text(best['learning_rate'])}"
+             + "".join(f", {p} {schema.param_text(best[p])}" for p in extra_params(df))
+             + (f", {units.PARAMS.text(best['n_params'])} M parameters" if pd.notna(best.get("n_params")) else ""))
     lines = ["## Verdict", "", f"Best at the target: **{name}**, {what} {_v(key, score)}{over}: {shape}.", ""]
     tried = originals(df)
     refs = tried[tried["reference"].notna()]

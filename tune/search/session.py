@@ -167,17 +167,21 @@ class Session:
 
 
 def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Model and train config fields for one trial: the six parameters plus the shared rest."""
+    """Model and train config fields for one trial: the six parameters, the extra fields it drew (a user model's
+    under the model's `extra`), plus the shared rest."""
     model = dict(vocab_size=session.meta["vocab_size"], block_size=params["block_size"], n_embed=params["n_embed"],
                  n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
     train = dict(session.train_fields(), batch_size=params["batch_size"], learning_rate=params["learning_rate"])
+    session.space.place(params, model, train)  # a reference (the six only) trains what an unsearched field gets
     return model, train
 
 
 def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
     """A preset's six searched values, trained exactly as every trial is: the study's schedule, warm-up, dropout 0,
     evaluation, budget, precision and seed. Only what the search varies differs, so "the winner beats baby by 8 %"
-    compares configurations, not schedules (a preset's own constant rate or dropout would be a handicap)."""
+    compares configurations, not schedules (a preset's own constant rate or dropout would be a handicap). A field
+    searched beside the six is not the preset's either: a reference trains what a trial would without the search
+    (dropout 0, else the config's default), the same whatever the space, and the tables show that value."""
     return trial_configs(preset_params(preset), session)
 
 
@@ -219,8 +223,22 @@ def warn_if_busy(say: Any, cores: list[int]) -> float | None:
     return busy
 
 
-def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
-    """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
+@dataclass(frozen=True)
+class Survey:
+    """What the flags come to before anything of the study is created: the corpus, the device, the choices, the
+    study's name and folder, the worker slots (open_session goes on to open the study; --dry-run stops here)."""
+
+    data_dir: Path
+    meta: dict[str, Any]
+    env: dict[str, Any]
+    choice: Choice
+    name: str
+    results_dir: Path
+    slots: list[Slot]
+
+
+def survey(settings: TuneSettings, runner: TrialRunner) -> Survey:
+    """Check every flag against the corpus and the probed device (one line each), creating nothing of the study."""
     check_flags(settings)
     data_dir = ensure_prepared(settings.search.data, progress=settings.output.progress)
     meta = read_meta(data_dir)
@@ -228,10 +246,17 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     choice = choose(settings, env, meta)
     name = (check_study_name(settings.store.study_name) if settings.store.study_name is not None
             else f"{slug(env['device_name'])}-{slug(Path(settings.search.data).stem)}")
-    results_dir = settings.store.results / name
     ex = settings.execution
     slots = plan_slots(ex.workers, env, ex.gpus, ex.cores)
     env = as_trials_see_it(env, slots)  # what summary.md and the card say of the threads per trial
+    return Survey(data_dir, meta, env, choice, name, settings.store.results / name, slots)
+
+
+def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
+    """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
+    surveyed = survey(settings, runner)
+    data_dir, meta, env, choice = surveyed.data_dir, surveyed.meta, surveyed.env, surveyed.choice
+    name, results_dir, slots = surveyed.name, surveyed.results_dir, surveyed.slots
     spec = resolve_storage(settings.store.storage, results_dir / "study.db")
     # read and checked before anything is created
     warm = warmstart.prepare(settings, choice.space, spec, name, results_dir)
@@ -283,7 +308,7 @@ def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any]) ->
     plan = RungPlan.for_budget(budget, t.reduction_factor, t.rungs)
     references = resolve_references(settings, env["device_type"])
     s = settings.search
-    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides)
+    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides, s.space_params)
     biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
     shortest = min(meta["train_tokens"], meta["val_tokens"])
     if biggest + 2 > shortest:

@@ -41,6 +41,8 @@ class SearchArgs:
     references: tuple[str, ...] | None = None  # presets run beside the search; None: REFERENCES for the device
     warm_start: str | None = None  # an earlier study (folder, trials.csv or name) whose best configurations go first
     confirm: int = DEFAULT_CONFIRM  # the best K configurations re-run with fresh seeds at the end; 0: none
+    # --param: fields searched beside the six, {name: the space file's form} (tune.core.fields), over --space
+    space_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,8 @@ def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, TrialJob, 
         number = claim.confirm.source.number if claim.confirm else claim.trial.number
         label, params = f"trial_{number:04d}", claim.params
         model, train = trial_configs(params, session)
+    # The extra fields' values as trained: a reference's unsearched ones too, so its row shows them.
+    params = {**params, **session.space.values_in(model, train)}
     if claim.confirm:  # the same configuration, another seed; no model kept (best-model/ is the original run's)
         label, train = f"confirm_{label}_{claim.confirm.run}", {**train, "seed": claim.confirm.seed}
     folder = session.results_dir

@@ -81,7 +81,7 @@ def prepare(settings: TuneSettings, space: Space, spec: StorageSpec, study_name:
     if missing:
         raise UserError(f"--warm-start {text}: its table lacks the column(s) {', '.join(missing)}; expected a "
                         f"trials.csv written by python -m tune")
-    best = best_configs(frame, objective, text)
+    best = best_configs(frame, objective, text, space=space)
     if not best:
         raise UserError(f"--warm-start {text}: none of its {len(frame)} trial(s) trained to the target (status ok) "
                         f"with a {column}; expected a study with finished trials")
@@ -173,8 +173,10 @@ def read_study(text: str, settings: TuneSettings, spec: StorageSpec,
     return trials_frame(study), objective, "its objective", f"study {text} in {spec.display}"
 
 
-def best_configs(frame: pd.DataFrame, objective: str, given: str, top: int = WARM_START_TOP) -> list[Candidate]:
-    """The `top` best distinct configurations that trained to the target (status ok, references too), best first."""
+def best_configs(frame: pd.DataFrame, objective: str, given: str, top: int = WARM_START_TOP,
+                 space: Space | None = None) -> list[Candidate]:
+    """The `top` best distinct configurations that trained to the target (status ok, references too), best first;
+    with `space`, each with the values of the fields it searches beside the six."""
     column, lower = RANK_BY[objective]
     ok = frame[frame["status"] == "ok"]
     if "confirm_of" in ok.columns:  # a confirmation run repeats a configuration with another seed: not a candidate
@@ -184,7 +186,7 @@ def best_configs(frame: pd.DataFrame, objective: str, given: str, top: int = WAR
     seen: set[tuple[Any, ...]] = set()
     out: list[Candidate] = []
     for index, row in ok.iterrows():
-        values = _values(row)
+        values = _values(row, space)
         key = tuple(values.values()) if values else None
         if key is None or key in seen:  # a retry, or a reference that equals a searched trial: one is enough
             continue
@@ -195,8 +197,9 @@ def best_configs(frame: pd.DataFrame, objective: str, given: str, top: int = WAR
     return out
 
 
-def _values(row: pd.Series) -> dict[str, Any] | None:
-    """The six parameters of a row as plain numbers (integers where whole), None if one is missing."""
+def _values(row: pd.Series, space: Space | None = None) -> dict[str, Any] | None:
+    """The six parameters of a row as plain numbers (integers where whole), None if one is missing; then the
+    fields `space` searches beside them (_extra_values)."""
     out: dict[str, Any] = {}
     for name in PARAMS:
         try:
@@ -207,6 +210,28 @@ def _values(row: pd.Series) -> dict[str, Any] | None:
             return None
         # A whole number stays a float only if it is not whole: Space.contains refuses it for an integer.
         out[name] = value if name == "learning_rate" or not value.is_integer() else int(value)
+    extra = _extra_values(row, space) if space is not None and space.extra else {}
+    return None if extra is None else {**out, **extra}
+
+
+def _extra_values(row: pd.Series, space: Space) -> dict[str, Any] | None:
+    """The values a row trained for the fields `space` searches beside the six: its column when the source
+    searched the field too, else its recorded config (a source that did not search it trained the tuner's own
+    value); None when neither says."""
+    config = row.get("config")
+    if isinstance(config, str):  # trials.csv holds it as JSON
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = None
+    out: dict[str, Any] = {}
+    for p in space.extra:
+        value = p.coerce(row.get(p.name))
+        if value is None and isinstance(config, dict):
+            value = p.value_in(config.get("model") or {}, config.get("train") or {})
+        if value is None:
+            return None
+        out[p.name] = value
     return out
 
 
@@ -223,12 +248,14 @@ def _name(row: pd.Series, index: Any) -> str:
 
 def _outside(space: Space, c: Candidate) -> str:
     """Which of a configuration's values the space cannot draw, e.g. 'n_embed 32'."""
-    return ", ".join(f"{name} {c.values[name]:g}" for name in PARAMS if not space.allows(name, c.values[name]))
+    return ", ".join(f"{name} {schema.param_text(c.values[name])}" for name in space.names
+                     if not space.allows(name, c.values.get(name)))
 
 
 def _config(values: dict[str, Any]) -> str:
+    extra = "".join(f" {k} {schema.param_text(v)}" for k, v in values.items() if k not in PARAMS)
     return (f"batch {values['batch_size']} block {values['block_size']} embed {values['n_embed']} heads "
-            f"{values['n_head']} layers {values['n_layer']} lr {values['learning_rate']:.2e}")
+            f"{values['n_head']} layers {values['n_layer']} lr {values['learning_rate']:.2e}{extra}")
 
 
 def enqueue(study: optuna.Study, warm: WarmStart | None, lock: Any, say: Callable[[str], None] = print) -> None:

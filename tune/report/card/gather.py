@@ -15,7 +15,15 @@ from tune.core.budget import format_seconds
 from tune.core.outcomes import OUT_OF_MEMORY
 from tune.core.space import PARAMS
 from tune.report.card import matmul as card_matmul
-from tune.report.frame import choose_winner, label, oom_frontier, originals, time_span, trials_frame
+from tune.report.frame import (
+    choose_winner,
+    extra_params,
+    label,
+    oom_frontier,
+    originals,
+    time_span,
+    trials_frame,
+)
 
 
 def _value(v: Any) -> Any:
@@ -27,9 +35,10 @@ def _value(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
-def trial_record(row: pd.Series) -> dict[str, Any]:
-    """One trial's raw figures on the card."""
-    keys = ("status", *PARAMS, "val_loss", "tokens_per_s", "peak_memory_bytes", "n_params", "steps", "trial_seconds")
+def trial_record(row: pd.Series, extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """One trial's raw figures on the card (`extra`: the fields the study searched beside the six)."""
+    keys = ("status", *PARAMS, *extra, "val_loss", "tokens_per_s", "peak_memory_bytes", "n_params", "steps",
+            "trial_seconds")
     # Figures to take with care (summary.md's "flags"): read from the notes, absent columns meaning none.
     flags = [name for name, col in (("contended", "contended"), ("short", "budget_warning"))
              if isinstance(row.get(col), str) and row.get(col)]
@@ -46,10 +55,11 @@ def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None)
     env, settings = study.user_attrs.get("environment", {}), study.user_attrs.get("settings", {})
     df = trials_frame(study)
     runs = originals(df)
+    extra = extra_params(df)
     winner = choose_winner(df, settings)
     best = None
     if winner is not None:
-        best = trial_record(winner.row)
+        best = trial_record(winner.row, extra)
         if winner.line is not None:
             best["confirmed_mean"] = _value(winner.line["mean"])
             best["confirmed_runs"] = int(winner.line["n"])
@@ -64,7 +74,8 @@ def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None)
         "settings": {k: _value(settings.get(k)) for k in ("budget", "dtype", "objective", "memory_limit_bytes",
                                                            "trials", "sampler", "pruner")},
         "counts": {k: int(v) for k, v in runs["status"].value_counts().items()},
-        "trials": [trial_record(r) for _, r in runs.iterrows()],
+        "params": [*PARAMS, *extra],  # the searched parameters, the columns of the card's tables
+        "trials": [trial_record(r, extra) for _, r in runs.iterrows()],
         "winner": best,
         "out_of_memory": int(runs["status"].isin(OUT_OF_MEMORY).sum()),
         "largest_peak_bytes": _value(peak),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tune.core import schema
 from tune.core.outcomes import Status
 from tune.core.space import PARAMS
 from tune.report.card.html import edge, esc, figure, fmt, loss_plot, matmul_plot, series_name, size_plot, table
@@ -100,8 +101,9 @@ def best(data: dict[str, Any]) -> str:
         return head + "<p>No configuration trained to the target yet.</p></section>"
     confirmed = (f", confirmed: mean val loss {fmt('loss', w['confirmed_mean'])} over {w['confirmed_runs']} runs"
                  if w.get("confirmed_mean") is not None else "")
-    header = ["trial", *PARAMS, "val loss at target", "k tokens/s", "peak MiB", "M params"]
-    row = [w["label"], *[fmt(PARAM_KIND.get(p, "int"), w[p]) for p in PARAMS], fmt("loss", w["val_loss"]),
+    params = data.get("params") or PARAMS
+    header = ["trial", *params, "val loss at target", "k tokens/s", "peak MiB", "M params"]
+    row = [w["label"], *[param_cell(p, w.get(p)) for p in params], fmt("loss", w["val_loss"]),
            fmt("ktok", w["tokens_per_s"]), fmt("mib", w["peak_memory_bytes"]), fmt("params", w["n_params"])]
     train = f"python -m gptcore train --config {data['folder']}/best.json"
     budget = data["settings"].get("budget") or "-"
@@ -125,13 +127,19 @@ def frontier(data: dict[str, Any]) -> str:
             f"{table(header, cells, 'frontier')}</section>")
 
 
-def trials_table(trials: list[dict[str, Any]]) -> str:
-    """Every configuration tried, with the figures the plots draw."""
+def param_cell(name: str, value: Any) -> str:
+    """A searched value in a card's table: the six in their units, a field searched beside them as written."""
+    return fmt(PARAM_KIND.get(name, "int"), value) if name in PARAMS else (schema.param_text(value) or "-")
+
+
+def trials_table(trials: list[dict[str, Any]], params: list[str] | tuple[str, ...] = PARAMS) -> str:
+    """Every configuration tried, with the figures the plots draw (`params`: the searched parameters)."""
+    extra = [p for p in params if p not in PARAMS]
     header = ["trial", "status", "val loss", "k tokens/s", "peak MiB", "M params", "batch", "block", "embed",
-              "heads", "layers", "lr", "flags"]
+              "heads", "layers", "lr", *extra, "flags"]
     rows = [[t["label"], t["status"], fmt("loss", t["val_loss"]), fmt("ktok", t["tokens_per_s"]),
              fmt("mib", t["peak_memory_bytes"]), fmt("params", t["n_params"]),
-             *[fmt(PARAM_KIND.get(p, "int"), t[p]) for p in PARAMS], ", ".join(t["flags"])] for t in trials]
+             *[param_cell(p, t.get(p)) for p in (*PARAMS, *extra)], ", ".join(t["flags"])] for t in trials]
     flagged = [t["label"] for t in trials if t["flags"]]
     note = (f'<p class="note">{len(flagged)} of {len(trials)} configurations are flagged: "contended" (other '
             f"processes competed for the device: its tokens/s, and with a time budget its loss, understate the "
@@ -149,7 +157,8 @@ def loss(data: dict[str, Any]) -> str:
     plot = (figure(loss_plot(ok, winner), "loss", "Validation loss at the target against training throughput; "
                    "colour: peak memory; labels: trial numbers (ref: a reference preset)") if ok
             else "<p>No trial trained to the target: nothing to plot.</p>")
-    return f"{head}{plot}<p>Every configuration tried:</p>{trials_table(data['trials'])}</section>"
+    tried = trials_table(data["trials"], data.get("params") or PARAMS)
+    return f"{head}{plot}<p>Every configuration tried:</p>{tried}</section>"
 
 
 def size(data: dict[str, Any]) -> str:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from tune.core import units
+from tune.core import schema, units
 from tune.core.outcomes import COUNTED, Status
 from tune.report.compare.data import SHAPE, Side, geometric_mean, shared_speeds, speeds
-from tune.report.frame import choose_winner, label, oom_frontier, originals, time_span
+from tune.report.frame import choose_winner, extra_params, label, oom_frontier, originals, time_span
 
 # --- formatting: units and rounding come from tune.core.units (the same as every other report) ---------------
 
@@ -112,7 +112,9 @@ def _differ(sides: list[Side], what: str, value: Callable[[Side], str]) -> list[
 def best_section(sides: list[Side]) -> list[str]:
     """Each study's winner (tune.report.frame.choose_winner): its six values and figures at its target."""
     header = ["", *(s.name for s in sides)]
-    names = ["configuration", "batch", "block", "embed", "heads", "layers", "learning rate",
+    # The fields any study searched beside the six, a row each ('-' for a study that did not search it).
+    extra = list(dict.fromkeys(p for s in sides for p in extra_params(s.df)))
+    names = ["configuration", "batch", "block", "embed", "heads", "layers", "learning rate", *extra,
              "val loss at the target", "k tokens/s", "peak MiB"]
     columns = []
     for s in sides:
@@ -125,7 +127,8 @@ def best_section(sides: list[Side]) -> list[str]:
         loss = LOSS(r["val_loss"]) if winner.line is None else (
             f"{LOSS(winner.line['mean'])} (mean of {int(winner.line['n'])} runs)")
         columns.append([f"trial {name}" if name.isdigit() else name, *(WHOLE(r[k]) for k in SHAPE),
-                        LR(r["learning_rate"]), loss, KTOK(r["tokens_per_s"]), MIB(r["peak_memory_bytes"])])
+                        LR(r["learning_rate"]), *(schema.param_text(r.get(p)) or "-" for p in extra), loss,
+                        KTOK(r["tokens_per_s"]), MIB(r["peak_memory_bytes"])])
     lines = ["## Best configuration of each study", "",
              "The winner each study chose (by its objective, at its own target budget; confirmed by repeated runs "
              "where the study confirmed).", ""]
