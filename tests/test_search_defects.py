@@ -57,6 +57,7 @@ def test_grouped_settings_hold_every_flag_as_the_flat_settings_did(tmp_path):
     args = build_parser().parse_args(command(tmp_path))
     flat = settings_from_args(args).flat()
     assert flat.pop("space_params") == {}  # no --param given (a setting added since: tests/test_space_fields.py)
+    assert flat.pop("max_time") is None  # no --max-time given (tests/test_anytime.py)
     # The flat TuneSettings the CLI built before the groups, field by field from the same flags.
     assert flat == dict(
         trials=3, budget=Budget(40, "steps"), rungs=2, reduction_factor=4, schedule="wsd", references=("baby",),

@@ -33,7 +33,12 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
 
 FLAG = "--config"
 EXPECTED = "a TOML file of the tuner's flags"
-_UNSET = object()  # a namespace value argparse leaves alone when the command line does not set the flag
+class _Unset(list):
+    """A namespace value argparse leaves alone when the command line does not set the flag. A list, because an
+    append flag (--param) copies the list it finds before appending: the copy is no longer this object."""
+
+
+_UNSET = _Unset()
 MAX_BYTES = 2**20  # a study file is a few hundred bytes; a device or a log given by mistake is refused, not read
 
 
