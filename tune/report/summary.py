@@ -33,7 +33,7 @@ from tune.report.frame import (
 from tune.report.keep import disk_used, kept_models
 from tune.report.memreport import memory_section
 
-PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
+PLOTS = ("curves.png", "rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
          "memory.png")
 
 

@@ -84,6 +84,10 @@ def tracked_run(study: str, name: str, log: str | Path, params: dict[str, Any], 
                       {k: str(v) for k, v in tags.items() if v is not None})
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -96,8 +100,12 @@ class Trackers:
         self._lock = threading.Lock()
         self._writers = []
         for name in names:
-            self._writers.append(TensorBoard(self.results_dir) if name == "tensorboard"
-                                 else MLflow(self.results_dir, study))
+            try:
+                self._writers.append(TensorBoard(self.results_dir) if name == "tensorboard"
+                                     else MLflow(self.results_dir, study))
+            except Exception as exc:  # a corrupt mlflow.db, a folder that cannot be written: said in one line
+                raise UserError(f"--log-to {name}: cannot open its files in {self.results_dir} "
+                                f"({type(exc).__name__}: {_first_line(exc)})") from None
 
     def log(self, run: TrackedRun) -> list[str]:
         """Log one run to every tracker; a warning line for each that failed (the others still log)."""
@@ -108,7 +116,7 @@ class Trackers:
                     writer.log(run)
                 except Exception as exc:  # a full disk, a locked database: the study's own records are safe
                     warnings.append(f"--log-to {writer.name}: {run.name} not logged ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''})")
+                                    f"{_first_line(exc)})")
         return warnings
 
 
@@ -173,9 +181,9 @@ class MLflow:
     def __init__(self, results_dir: Path, study: str) -> None:
         results_dir.mkdir(parents=True, exist_ok=True)
         self.uri = f"sqlite:///{(results_dir / MLFLOW_DB).absolute()}"
-        with _quiet_mlflow():
-            from mlflow import MlflowClient
+        from mlflow import MlflowClient  # first: importing mlflow sets its loggers' levels
 
+        with _quiet_mlflow():
             self.client = MlflowClient(tracking_uri=self.uri)
             self.experiment = self._experiment(study, (results_dir / MLFLOW_ARTIFACTS).absolute().as_uri())
 

@@ -83,6 +83,7 @@ class Tuner:
     ran: int = 0
     errors_in_a_row: int = 0
     stopped_because: str | None = None
+    trackers: Any = None  # --log-to: tune.report.tracking.Trackers, or None
     _books: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -229,6 +230,7 @@ class ClaimRun:
             self._lost()
             return
         self._say(run)
+        self._track(run)
         if run.result and run.result.get("checkpoint"):
             prune_models(self.tuner)
 
@@ -327,6 +329,23 @@ class ClaimRun:
         where = f" [{self.slot.describe()}]" if len(self.session.slots) > 1 else ""
         self.tuner.trial_line(*describe_run(self._name() + where, run, self.trial.user_attrs))
         self.tuner.book(run, counted)
+
+    def _track(self, run: TrialRun) -> None:
+        """--log-to: the run, its parameters and the curve its process wrote, to each tracker; failures warned."""
+        if self.tuner.trackers is None:
+            return
+        from tune.report.tracking import tracked_run
+
+        claim = self.claim
+        final = run.result or {}
+        val = final.get("val_loss", run.evals[-1][3] if run.evals else None)
+        tags = {"trial": claim.trial.number if claim.searched else None, "reference": claim.preset,
+                "confirm_of": claim.confirm.source.name if claim.confirm else None, "retry_of": claim.retry_of}
+        tracked = tracked_run(self.session.study.study_name, self.label, self.job.log,
+                              {**self.params, "seed": self.job.train.get("seed")}, run.status.value,
+                              {"val_loss": val, "tokens_per_s": final.get("tokens_per_s")}, tags)
+        for line in self.tuner.trackers.log(tracked):
+            self.tuner.say(f"warning: {line}")
 
     def _name(self) -> str:
         """How the console names the trial: 'trial  12 (retry of 9)', 'ref baby', 'confirm trial 3 #1 (seed 4)'."""
@@ -436,6 +455,10 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     beater = Beater(lambda trial_id: liveness.beat(_optuna.storage_of(study), trial_id), settings.heartbeat_interval,
                     lambda line: say(f"warning: {line}"))
     tuner = Tuner(session, console.watch(runner), target, say, console.trial, console.bar, beater)
+    if settings.output.log_to:
+        from tune.report.tracking import Trackers
+
+        tuner.trackers = Trackers(settings.output.log_to, session.results_dir, study.study_name)
     prune_models(tuner)  # a resumed study: its --keep-models now, and the trash a killed prune left
     try:
         interrupted = run_workers(session.slots, lambda slot: work(tuner, slot), tuner.stop)
