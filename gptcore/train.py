@@ -9,7 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -388,6 +388,7 @@ class _Run:
     tokens_per_step: int = 0
     lr: float = 0.0  # the learning rate of the last step
     logged: tuple[int, float] = (0, 0.0)  # timed steps and seconds at the curve's last point
+    held: CurvePoint | None = None  # the last read-back point, until the next: an evaluation at its step joins it
 
     @property
     def cfg(self) -> TrainConfig:
@@ -455,6 +456,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
             _log(run, step)  # the losses read back since the last point
     finally:
         bar.close()
+        _release(run)  # the curve's last read-back point, whatever ended the run
     return _result(run, step - resume.step, tokens_per_step, stopped_by)
 
 
@@ -501,15 +503,31 @@ def _evaluate(run: _Run, step: int) -> bool:
 
 
 def _log(run: _Run, step: int, val_loss: float | None = None) -> None:
-    """Give on_log the curve's next point: the losses read back since the last one, the rate since then."""
+    """The curve's next point: the losses read back since the last one, the rate since then; one point per step
+    (a run whose budget ends on a read-back step evaluates at that step: the two make one point)."""
     if run.on_log is None:
         return
     timed, seconds = run.accounts.counts["train"], run.clock.seconds["train"]
     steps, spent = timed - run.logged[0], seconds - run.logged[1]
     rate = steps * run.tokens_per_step / spent if steps > 0 and spent > 0 else None
     run.logged = (timed, seconds)
-    run.on_log(CurvePoint(step=step, tokens=step * run.tokens_per_step, train_seconds=seconds,
-                          train_loss=run.losses.take_unlogged(), val_loss=val_loss, lr=run.lr, tokens_per_s=rate))
+    point = CurvePoint(step=step, tokens=step * run.tokens_per_step, train_seconds=seconds,
+                       train_loss=run.losses.take_unlogged(), val_loss=val_loss, lr=run.lr, tokens_per_s=rate)
+    if run.held is not None and run.held.step == step:
+        point = replace(run.held, val_loss=val_loss)
+        run.held = None
+    _release(run)
+    if val_loss is None:
+        run.held = point
+    else:
+        run.on_log(point)
+
+
+def _release(run: _Run) -> None:
+    """Give on_log the read-back point it holds, if any."""
+    if run.on_log is not None and run.held is not None:
+        point, run.held = run.held, None
+        run.on_log(point)
 
 
 def _stop_reason(cfg: TrainConfig, step: int, clock: Clock, interrupt: threading.Event | None) -> str | None:

@@ -33,6 +33,14 @@ def test_on_log_gives_a_point_per_read_back_and_the_val_loss_at_each_evaluation(
     assert all(p.tokens_per_s is not None and p.tokens_per_s > 0 for p in points)
 
 
+def test_a_budget_that_ends_on_a_read_back_step_gives_that_step_one_point(data):
+    points = []
+    result = _train(data, points, max_iters=30, eval_interval=1000)  # read back at 30, then evaluated at 30
+    assert [p.step for p in points] == [10, 20, 30]
+    assert points[-1].val_loss == result.val_loss and points[-1].train_loss is not None
+    assert points[-1].tokens_per_s is not None
+
+
 def test_the_curve_follows_the_learning_rate_schedule(data):
     points = []
     _train(data, points, max_iters=40, eval_interval=1000, warmup_iters=0, lr_decay="cosine")
