@@ -103,7 +103,7 @@ def test_tensorboard_reads_back_each_run_its_curve_and_parameters(study):
                    for (_, v), p in zip(val, [p for p in points if p.val_loss is not None])), name
         assert len(acc.Scalars("loss/train")) == sum(p.train_loss is not None for p in points)
         assert [e.value for e in acc.Scalars("lr")] == pytest.approx([p.lr for p in points], rel=1e-6)
-        assert acc.Scalars("final/val_loss")[0].value == pytest.approx(trial.user_attrs["val_loss"], rel=1e-6)
+        assert acc.Scalars("result/val_loss")[0].value == pytest.approx(trial.user_attrs["val_loss"], rel=1e-6)
         content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
         assert hparams["learning_rate"].number_value == pytest.approx(trial.user_attrs["learning_rate"])
@@ -127,7 +127,7 @@ def test_mlflow_reads_back_each_run_its_parameters_curve_and_end(study):
         assert run.info.status == "FINISHED"  # every run of this study trained to its target or a rung
         history = sorted(client.get_metric_history(run.info.run_id, "loss/val"), key=lambda m: m.step)
         assert [(m.step, m.value) for m in history] == [(p.step, p.val_loss) for p in points if p.val_loss is not None]
-        assert run.data.metrics["final/val_loss"] == trial.user_attrs["val_loss"]
+        assert run.data.metrics["result/val_loss"] == trial.user_attrs["val_loss"]
     assert experiment.artifact_location.startswith((folder / "mlartifacts").as_uri())
 
 

@@ -302,11 +302,11 @@ def curves_figure(curves: list[RunCurve], settings: dict[str, Any]) -> Any:
         train = [(getattr(p, x), p.train_loss) for p in curve.points if p.train_loss is not None]
         val = [(getattr(p, x), p.val_loss) for p in curve.points if p.val_loss is not None]
         if train:
-            ax.plot(*zip(*train), style, color=colour, linewidth=0.8, alpha=0.45)
+            ax.plot(*zip(*train), style, color=colour, linewidth=0.9, alpha=0.55)
         if val:
             ax.plot(*zip(*val), style, marker="o", color=colour, linewidth=width, markersize=5,
                     label=f"{curve.name}{' (winner)' if curve.winner else ''}: validation {val[-1][1]:.3f}")
-    ax.plot([], [], "-", color="0.5", linewidth=0.8, alpha=0.6, label="thin: training loss (mean of the steps)")
+    ax.plot([], [], "-", color="0.5", linewidth=0.9, alpha=0.6, label="thin: training loss (mean since the last point)")
     losses = [v for c in curves for p in c.points for v in (p.train_loss, p.val_loss) if v is not None and v > 0]
     logged = bool(losses) and max(losses) >= 2 * min(losses)
     if logged:  # the early fall and the late gains both in view

@@ -154,7 +154,7 @@ class TensorBoard:
                     writer.add_event(event_pb2.Event(wall_time=start + p.train_seconds, step=p.step,
                                                      summary=summary_pb2.Summary(value=values)))
                 last = run.curve[-1].step if run.curve else 0
-                final = [summary_pb2.Summary.Value(tag=f"final/{k}", simple_value=v)
+                final = [summary_pb2.Summary.Value(tag=f"result/{k}", simple_value=v)
                          for k, v in run.final.items() if v is not None]
                 if final:
                     writer.add_event(event_pb2.Event(wall_time=end, step=last,
@@ -216,7 +216,7 @@ class MLflow:
             metrics = [Metric(SERIES[k], float(v), start_ms + int(1000 * p.train_seconds), p.step)
                        for p in run.curve for k, v in _series(p)]
             last = run.curve[-1].step if run.curve else 0
-            metrics += [Metric(f"final/{k}", v, end_ms, last) for k, v in run.final.items() if v is not None]
+            metrics += [Metric(f"result/{k}", v, end_ms, last) for k, v in run.final.items() if v is not None]
             params = [Param(k, str(v)) for k, v in run.params.items()]
             # log_batch takes at most 100 parameters and 1000 metrics a call.
             for i in range(0, len(params), 100):
