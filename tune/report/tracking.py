@@ -53,7 +53,7 @@ def check_available(trackers: tuple[str, ...] | list[str]) -> None:
     for name in trackers:
         missing = [m for m in NEEDS[name] if importlib.util.find_spec(m) is None]
         if missing:
-            raise UserError(f"--log-to {name}: needs the {', '.join(missing)} package(s), not installed; "
+            raise UserError(f"--log-to {name}: {' and '.join(missing)} not installed; "
                             f"pip install 'gptcore-tune[{name}]'")
 
 
