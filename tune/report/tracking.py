@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcore.curve import CurvePoint, read_curve
+from gptcore.curve import CurvePoint, curve_path, read_curve
 from gptcore.errors import UserError
 from gptcore.files import atomic_dir
 
@@ -73,8 +73,6 @@ class TrackedRun:
 def tracked_run(study: str, name: str, log: str | Path, params: dict[str, Any], status: str,
                 final: dict[str, Any], tags: dict[str, Any]) -> TrackedRun:
     """A run from its record's figures and the curve beside its log (a curve that cannot be read: none)."""
-    from gptcore.curve import curve_path
-
     try:
         curve = read_curve(curve_path(log))
     except (OSError, ValueError):  # the run is still logged, with its parameters and end
