@@ -15,6 +15,8 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import IO
 
+from gptcore.files import atomic_write
+
 COLUMNS = ("step", "tokens", "train_seconds", "train_loss", "val_loss", "lr", "tokens_per_s")
 SUFFIX = ".curve.csv"
 
@@ -87,6 +89,17 @@ class CurveWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_curve(path: str | Path, points: list[CurvePoint]) -> Path:
+    """Write a whole curve at once, atomically (the old file or the new one, at any instant)."""
+
+    def write(tmp: Path) -> None:
+        with CurveWriter(tmp) as writer:
+            for point in points:
+                writer.add(point)
+
+    return atomic_write(path, write)
 
 
 def _number(text: str, kind: type) -> float | int | None:

@@ -105,3 +105,50 @@ def test_reading_a_curve_imports_no_torch(tmp_path):
     # The tuner's parent reads the curves and must never import torch.
     code = "import sys, gptcore.curve; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- `gptcore train`: curve.csv beside the checkpoint ------------------------------------------------------------
+
+
+def _gptcore(argv, capsys):
+    from gptcore.__main__ import main
+    from gptcore.cliutil import run
+
+    with pytest.raises(SystemExit) as info:
+        run(main, argv, prog="python -m gptcore")
+    return info.value.code, *capsys.readouterr()
+
+
+def test_gptcore_train_writes_its_curve_into_the_checkpoint_and_a_resume_continues_it(tmp_path, capsys):
+    import json
+
+    from tests.conftest import CORPUS
+
+    out = tmp_path / "ck"
+    tiny = ["--data", str(CORPUS), "--out", str(out), "--preset", "tiny", "--device", "cpu", "--no-progress"]
+    code, _, err = _gptcore(["train", *tiny, "--max-iters", "30", "--eval-interval", "15"], capsys)
+    assert code == 0, err
+    first = read_curve(out / "curve.csv")
+    result = json.loads((out / "state.json").read_text())["result"]
+    # Read back every 10 steps buffered: the evaluation at 15 reads back too, so the next read-back is at 25.
+    assert [p.step for p in first] == [10, 15, 25, 30]
+    assert [p.val_loss for p in first if p.val_loss is not None] == [h["val_loss"] for h in result["history"]]
+    code, _, err = _gptcore(["train", *tiny, "--resume", "--max-iters", "50"], capsys)
+    assert code == 0, err
+    both = read_curve(out / "curve.csv")
+    assert both[:len(first)] == first and [p.step for p in both[len(first):]] == [40, 45, 50]  # 45: an evaluation
+
+
+def test_gptcore_train_refuses_to_resume_onto_a_curve_that_is_no_curve(tmp_path, capsys):
+    from tests.conftest import CORPUS
+
+    out = tmp_path / "ck"
+    tiny = ["--data", str(CORPUS), "--out", str(out), "--preset", "tiny", "--device", "cpu", "--no-progress",
+            "--max-iters", "10"]
+    assert _gptcore(["train", *tiny], capsys)[0] == 0
+    (out / "curve.csv").write_text("not,a,curve\n")
+    before = (out / "model.safetensors").read_bytes()
+    code, _, err = _gptcore(["train", *tiny, "--resume", "--max-iters", "20"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "curve.csv: line 1: expected the header" in err
+    assert (out / "model.safetensors").read_bytes() == before  # refused before training: the checkpoint is as it was
