@@ -185,8 +185,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from gptcore.checkpoint import check_save_path, load_checkpoint, save_checkpoint
     from gptcore.cliutil import EXIT_INTERRUPTED
+    from gptcore.curve import read_curve, write_curve
     from gptcore.data import TokenData
     from gptcore.errors import Diverged
+    from gptcore.layout import CURVE
     from gptcore.train import train
 
     check_save_path(args.out)  # before any work: not after an hour of training
@@ -214,6 +216,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = ckpt.build_model() if ckpt else None
     if model is not None:
         model.train()
+    try:  # a resumed run's curve goes on from the earlier one's
+        curve = read_curve(args.out / CURVE) if ckpt else []
+    except ValueError as exc:
+        raise UserError(f"--resume: {exc}; move it away to start the curve afresh") from None
     stop = threading.Event()
     with ctrl_c_stops(stop):  # also during the save: a second Ctrl-C there rolls the save back
         try:
@@ -221,7 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            optimizer_state=ckpt.optimizer_state if ckpt else None,
                            start_step=ckpt.step if ckpt else 0,
                            progress=False if args.no_progress or args.quiet else None,  # None: on a terminal
-                           kind=args.model, interrupt=stop)
+                           kind=args.model, interrupt=stop, on_log=curve.append)
         except Diverged as exc:
             print(f"{name}: training diverged: {exc}; try a lower --lr or --dtype float32",
                   file=sys.stderr)
@@ -233,6 +239,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         path = save_checkpoint(args.out, result.model, model_cfg, train_cfg, data.tokenizer,
                                optimizer=result.optimizer, step=step, kind=args.model,
                                extra={"result": result.to_dict()})
+        # After the save, beside it: a save replaces the whole folder. A kill in between leaves the checkpoint
+        # complete and its curve missing, never a curve of another checkpoint.
+        try:
+            write_curve(path / CURVE, curve)
+        except OSError as exc:  # a full disk: the checkpoint is saved, only its curve is missing
+            print(f"{name}: {path / CURVE}: not written ({exc})", file=sys.stderr)
     if result.stopped_by == "interrupted":
         print(f"{name}: interrupted: checkpoint saved at step {step} ({result.steps} steps this "
               f"run) to {path}; continue with --resume", file=sys.stderr)

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -18,12 +18,15 @@ from tqdm import tqdm
 from gptcore import compiling
 from gptcore import hardware as hw
 from gptcore.config import ModelConfig, TrainConfig
+from gptcore.curve import CurvePoint
 from gptcore.data import TokenData
 from gptcore.errors import Diverged, UserError
 from gptcore.model import LanguageModel, build_model
 
 # on_eval(step, train_loss, val_loss) -> "stop" to end training early (the tuner prunes through it).
 EvalCallback = Callable[[int, float, float], Any]
+# on_log(point): the training curve, a point each time the losses are read back and at each evaluation (gptcore.curve).
+LogCallback = Callable[[CurvePoint], None]
 CHECK_EVERY = 10  # steps between reading losses back from the device (each read is a GPU sync)
 # The first steps of a process pay one-time costs (allocator growth, kernel selection, AdamW state, lazy imports).
 # They train like any other step but run before the clock starts: outside the time budget and outside tokens/s,
@@ -246,6 +249,7 @@ class LossBuffer:
         self.every = every
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back
         self.recent: list[float] = []  # read back since the last evaluation
+        self.unlogged: list[float] = []  # read back since the curve's last point
 
     def add(self, step: int, loss: torch.Tensor) -> float | None:
         """Buffer one step's loss; read the buffer back when it is full (the last loss), else None."""
@@ -262,7 +266,14 @@ class LossBuffer:
                 raise Diverged(step, value)
         self.pending.clear()
         self.recent.extend(values)
+        self.unlogged.extend(values)
         return values[-1]
+
+    def take_unlogged(self) -> float | None:
+        """Mean training loss read back since the last call (None if none), then start over."""
+        mean = sum(self.unlogged) / len(self.unlogged) if self.unlogged else None
+        self.unlogged.clear()
+        return mean
 
     def mean_since_eval(self) -> float:
         """Mean training loss since the last call (NaN if none), then start over."""
@@ -315,6 +326,7 @@ def train(
     eval_at: Sequence[float] | None = None,
     kind: str = "gpt",
     interrupt: threading.Event | None = None,
+    on_log: LogCallback | None = None,
 ) -> TrainResult:
     """Train a model on `data` within the budget; returns losses, throughput, memory and the model.
 
@@ -324,11 +336,14 @@ def train(
     When `interrupt` is set (the CLI sets it on Ctrl-C) the loop stops at the next step boundary, with no final
     evaluation, so the model and optimizer are consistent and can be saved.
     `progress=False` shows no bar; otherwise a bar shows when stderr is a terminal.
+    `on_log` receives the training curve (gptcore.curve.CurvePoint): a point at each read-back of the losses, every
+    CHECK_EVERY steps (no extra device sync), and one with the validation loss at each evaluation.
     """
     resume = Resume(model, optimizer_state, start_step)
     with tagged(["setup"]) as phase:
         return _train(model_cfg, train_cfg, data, resume, EvalSchedule(train_cfg.eval_interval, eval_at),
-                      on_eval=on_eval, progress=progress, kind=kind, interrupt=interrupt, phase=phase)
+                      on_eval=on_eval, progress=progress, kind=kind, interrupt=interrupt, phase=phase,
+                      on_log=on_log)
 
 
 def _setup(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Resume, kind: str,
@@ -369,6 +384,11 @@ class _Run:
     history: list[EvalPoint] = field(default_factory=list)
     choice: compiling.Choice | None = None  # None until auto has measured the eager step
     say: Callable[[str], None] = lambda line: None
+    on_log: LogCallback | None = None
+    tokens_per_step: int = 0
+    lr: float = 0.0  # the learning rate of the last step
+    logged: tuple[int, float] = (0, 0.0)  # timed steps and seconds at the curve's last point
+    held: CurvePoint | None = None  # the last read-back point, until the next: an evaluation at its step joins it
 
     @property
     def cfg(self) -> TrainConfig:
@@ -383,7 +403,7 @@ class _Run:
 
 def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Resume, schedule: EvalSchedule, *,
            on_eval: EvalCallback | None, progress: bool | None, kind: str, interrupt: threading.Event | None,
-           phase: list[str]) -> TrainResult:
+           phase: list[str], on_log: LogCallback | None) -> TrainResult:
     model, parts = _setup(model_cfg, cfg, data, resume, kind, phase)
     T = model_cfg.block_size
     tokens_per_step = cfg.batch_size * T * cfg.grad_accum_steps
@@ -393,7 +413,8 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
     show = progress is not False and sys.stderr.isatty()
     bar = tqdm(total=cfg.max_iters, initial=resume.step, unit="step", disable=not show, leave=False, desc="train",
                dynamic_ncols=True)
-    run = _Run(model, parts, data, T, phase, on_eval, Clock(parts.device))
+    run = _Run(model, parts, data, T, phase, on_eval, Clock(parts.device), on_log=on_log,
+               tokens_per_step=tokens_per_step)
     if progress is not False:  # the CLI's run says which compile mode it chose; the tuner records it instead
         run.say = lambda line: tqdm.write(line, file=sys.stderr)
     if cfg.compile != "auto":
@@ -408,6 +429,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
             lr = lr_at(cfg, step, run.budget_used(step))
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
+            run.lr = lr
             account = run.accounts.next()
             step += 1
             last = run.losses.add(step, train_step(parts, next_batch, phase))
@@ -424,12 +446,17 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenData, resume: Re
                 if _evaluate(run, step):
                     stopped_by = "callback"
                     break
+            elif last is not None:  # the losses were just read back: a point of the curve, at no extra sync
+                _log(run, step)
         run.losses.flush()
         run.clock.book(run.accounts.current, sync=True)
         if stopped_by not in ("callback", "interrupted"):
             _evaluate(run, step)  # the final figures are always measured at the end of the budget
+        elif run.losses.unlogged:
+            _log(run, step)  # the losses read back since the last point
     finally:
         bar.close()
+        _release(run)  # the curve's last read-back point, whatever ended the run
     return _result(run, step - resume.step, tokens_per_step, stopped_by)
 
 
@@ -469,9 +496,38 @@ def _evaluate(run: _Run, step: int) -> bool:
     train_loss = val["train"] if "train" in val else run.losses.mean_since_eval()
     run.losses.recent.clear()
     run.history.append(EvalPoint(step, train_loss, val["val"], run.clock.seconds["train"]))
+    _log(run, step, val["val"])  # before the callback: a trial pruned (or killed) there keeps this point
     stop = run.on_eval is not None and run.on_eval(step, train_loss, val["val"]) == "stop"
     run.clock.book("eval", sync=True)  # the callback (the tuner's report and prune decision) is evaluation overhead
     return stop
+
+
+def _log(run: _Run, step: int, val_loss: float | None = None) -> None:
+    """The curve's next point: the losses read back since the last one, the rate since then; one point per step
+    (a run whose budget ends on a read-back step evaluates at that step: the two make one point)."""
+    if run.on_log is None:
+        return
+    timed, seconds = run.accounts.counts["train"], run.clock.seconds["train"]
+    steps, spent = timed - run.logged[0], seconds - run.logged[1]
+    rate = steps * run.tokens_per_step / spent if steps > 0 and spent > 0 else None
+    run.logged = (timed, seconds)
+    point = CurvePoint(step=step, tokens=step * run.tokens_per_step, train_seconds=seconds,
+                       train_loss=run.losses.take_unlogged(), val_loss=val_loss, lr=run.lr, tokens_per_s=rate)
+    if run.held is not None and run.held.step == step:
+        point = replace(run.held, val_loss=val_loss)
+        run.held = None
+    _release(run)
+    if val_loss is None:
+        run.held = point
+    else:
+        run.on_log(point)
+
+
+def _release(run: _Run) -> None:
+    """Give on_log the read-back point it holds, if any."""
+    if run.on_log is not None and run.held is not None:
+        point, run.held = run.held, None
+        run.on_log(point)
 
 
 def _stop_reason(cfg: TrainConfig, step: int, clock: Clock, interrupt: threading.Event | None) -> str | None:

@@ -206,7 +206,8 @@ def test_study_completes_and_writes_every_file(finished):
     assert ModelConfig(**trained["model"]) == model_cfg and train_cfg.seed == trained["train"]["seed"]
     assert best_json["provenance"]["trial"] == int(best["number"]) and train_cfg.device == "auto"
     assert best_json["provenance"]["val_loss_at_target"] == pytest.approx(best["val_loss"], abs=1e-4)
-    assert sorted(p.name for p in (folder / "logs").iterdir()) == [f"trial_{i:04d}.log" for i in range(4)]
+    assert sorted(p.name for p in (folder / "logs").iterdir()) == sorted(
+        f"trial_{i:04d}{ext}" for i in range(4) for ext in (".log", ".curve.csv"))  # a curve beside each log
 
 
 def test_memory_limit_gives_oom_rows_and_every_trial_is_recorded(tmp_path):

@@ -99,6 +99,16 @@ def study_name_flag(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{str(exc).removeprefix(f'--study-name {text!r}: ')}, got {text!r}") from None
 
 
+def log_to_flag(text: str) -> list[str]:
+    """--log-to: tensorboard, mlflow, or both comma-separated."""
+    from tune.report.tracking import parse_log_to
+
+    try:
+        return parse_log_to(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--log-to {text!r}: ")) from None
+
+
 def workers_flag(text: str) -> int | None:
     """A flag type for --workers: a positive integer, or 'auto' (-> None: one per GPU, one on a CPU)."""
     if text.strip().lower() == "auto":
@@ -143,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_KEEP_MODELS}: the default --confirm {DEFAULT_CONFIRM} top configurations and a "
                         f"runner-up, so the disk holds at most {DEFAULT_KEEP_MODELS + 1} models whatever --trials; 0: "
                         f"only best-model/")
+    p.add_argument("--log-to", type=log_to_flag, action="extend", default=None, metavar="TRACKER",
+                   help="also log every run (trials, references, confirmation runs) with its parameters and "
+                        "training curve to tensorboard and/or mlflow (repeat the flag or comma-separate), as local "
+                        "files in the study's results folder: RESULTS/STUDY/tensorboard/, RESULTS/STUDY/mlflow.db "
+                        "(pip install 'gptcore-tune[tensorboard]' or '[mlflow]')")
     p.add_argument("--trial-timeout", type=positive_float, default=None,
                    help="kill a trial after this many seconds (default 3 x a time budget + 120 s; 1 h for steps)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -388,6 +403,10 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
     params = dict(pairs)
     # The device only picks the base space; the file and the flags are checked now, before the device probe.
     load_space(args.space, "cpu", None, overrides, params)
+    from tune.report.tracking import check_available
+
+    log_to = tuple(dict.fromkeys(args.log_to or ()))  # each tracker once, in the order given
+    check_available(log_to)  # a missing extra is refused now, before anything is created
     return TuneSettings(
         search=SearchArgs(trials=args.trials, data=args.data, space=args.space, space_overrides=overrides,
                           objective=args.objective, pruner=args.pruner, sampler=args.sampler, seed=args.seed,
@@ -401,7 +420,7 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
                            grace_period=args.grace_period, max_time=args.max_time),
         store=StoreArgs(study_name=args.study_name, storage=args.storage, results=args.results),
         output=OutputArgs(save_models=not args.no_save_models, progress=not (args.no_progress or args.quiet),
-                          quiet=args.quiet, keep_models=args.keep_models),
+                          quiet=args.quiet, keep_models=args.keep_models, log_to=log_to),
         study_file=getattr(args, "study_file", None),  # set by studyfile.parse_args
     )
 

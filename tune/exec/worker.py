@@ -219,12 +219,16 @@ def _train_and_report(conn: Connection, job: TrialJob) -> None:
         return
     usage = _Usage(setup, cores)
     print(f"model {json.dumps(job.model)}\ntrain {json.dumps(job.train)}")  # the log says what ran
-    try:
-        result = setup.train(setup.model_cfg, setup.train_cfg, setup.data, on_eval=_evaluator(conn),
-                             progress=False, eval_at=job.eval_at)
-    except Exception as exc:
-        _report_failure(conn, exc, usage.measure())
-        return
+    from gptcore.curve import CurveWriter, curve_path
+
+    # The curve beside the log, line by line: a trial killed or failed keeps the points it reached.
+    with CurveWriter(curve_path(job.log)) as curve:
+        try:
+            result = setup.train(setup.model_cfg, setup.train_cfg, setup.data, on_eval=_evaluator(conn),
+                                 progress=False, eval_at=job.eval_at, on_log=curve.add)
+        except Exception as exc:
+            _report_failure(conn, exc, usage.measure())
+            return
     figures = result.to_dict()
     print("done: " + ", ".join(f"{k} {figures[k]}" for k in ("stopped_by", "steps", "val_loss", "tokens_per_s",
                                                               "compile") if k in figures))

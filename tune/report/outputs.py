@@ -56,6 +56,7 @@ def write_report(study: optuna.Study, folder: Path, *, plots: bool = True,
     if keep_models is not None and copied:  # a winner best-model/ does not hold keeps its checkpoint
         prune(folder, study, load_references(study), keep_models)
     if plots:
-        notes += write_plots(study, originals(df), folder)  # one point per configuration tried
+        # one point per configuration tried; the winner's curve
+        notes += write_plots(study, originals(df), folder, winner.row if winner is not None else None)
     atomic_write_text(folder / "summary.md", summary_markdown(study, df, folder, notes))
     return df

@@ -15,6 +15,7 @@ from gptcore.files import atomic_write
 from tune.core import schema
 from tune.core.outcomes import OUT_OF_MEMORY, Status
 from tune.core.units import MiB
+from tune.report.curves import RunCurve, study_curves, x_axis
 from tune.report.frame import label, objective_key, reference_of
 from tune.report.memreport import memory_plot
 
@@ -284,6 +285,58 @@ def rungs_plot(df: pd.DataFrame, settings: dict[str, Any], save: Any) -> str | N
     return None
 
 
+def curves_figure(curves: list[RunCurve], settings: dict[str, Any]) -> Any:
+    """The curves as one figure: each run's validation loss at its evaluations (markers), over its training loss
+    (a thin line of the same colour); the winner solid in C0, the references dashed in their colours."""
+    import matplotlib.pyplot as plt
+
+    x, xlabel = x_axis(settings)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    refs = 0
+    for curve in curves:
+        if curve.winner:
+            colour, style, width = "C0", "-", 2.0
+        else:
+            colour, style, width = ref_colour(refs), "--", 1.5
+            refs += 1
+        train = [(getattr(p, x), p.train_loss) for p in curve.points if p.train_loss is not None]
+        val = [(getattr(p, x), p.val_loss) for p in curve.points if p.val_loss is not None]
+        if train:
+            ax.plot(*zip(*train), style, color=colour, linewidth=0.9, alpha=0.55)
+        if val:
+            ax.plot(*zip(*val), style, marker="o", color=colour, linewidth=width, markersize=5,
+                    label=f"{curve.name}{' (winner)' if curve.winner else ''}: validation {val[-1][1]:.3f}")
+    ax.plot([], [], "-", color="0.5", linewidth=0.9, alpha=0.6, label="thin: training loss (mean since the last point)")
+    losses = [v for c in curves for p in c.points for v in (p.train_loss, p.val_loss) if v is not None and v > 0]
+    logged = bool(losses) and max(losses) >= 2 * min(losses)
+    if logged:  # the early fall and the late gains both in view
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain_loss_formatter())
+        ax.yaxis.set_minor_formatter(_plain_loss_formatter())
+    ax.set(xlabel=xlabel, ylabel=f"loss{' (log scale)' if logged else ''}",
+           title="Training curves: the winner and the references")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plain_loss_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: f"{v:.3g}")
+
+
+def curves_plot(df: pd.DataFrame, winner: pd.Series | None, folder: Path, settings: dict[str, Any],
+                save: Callable[[Any, str], None]) -> str | None:
+    """curves.png: the winner's and the references' training curves (the curve files beside their logs)."""
+    curves, notes = study_curves(folder, df, winner)
+    if not curves:
+        why = "; ".join(notes) if notes else "no run has trained to the target yet"
+        return f"curves.png: not drawn ({why})"
+    save(curves_figure(curves, settings), "curves.png")
+    return None
+
+
 def _null_formatter() -> Any:
     from matplotlib.ticker import NullFormatter
 
@@ -292,11 +345,12 @@ def _null_formatter() -> Any:
 
 # The order write_plots draws them in (summary.PLOTS lists them in the order summary.md shows them).
 PLOT_FILES = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
-              "memory.png")
+              "memory.png", "curves.png")
 
 
-def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str]:
-    """Every PNG of the study (one point per configuration tried); notes for the plots that could not be drawn."""
+def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path, winner: pd.Series | None = None) -> list[str]:
+    """Every PNG of the study (one point per configuration tried); notes for the plots that could not be drawn.
+    `winner`: the row of the configuration the report names (its curve is drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,7 +365,8 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, folder: Path) -> list[str
 
     limit = settings.get("memory_limit_bytes") or study.user_attrs.get("environment", {}).get("gpu_memory_bytes")
     notes = [rungs_plot(df, settings, save), history_plot(df, settings, save), importance_plot(study, save),
-             loss_vs_memory_plot(df, limit, save), throughput_plot(df, limit, save), memory_plot(df, save)]
+             loss_vs_memory_plot(df, limit, save), throughput_plot(df, limit, save), memory_plot(df, save),
+             curves_plot(df, winner, folder, settings, save)]
     for name, note in zip(PLOT_FILES, notes):
         if note:  # not drawn now: an older one would show figures the study has moved past
             (folder / name).unlink(missing_ok=True)

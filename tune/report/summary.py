@@ -34,7 +34,7 @@ from tune.report.frame import (
 from tune.report.keep import disk_used, kept_models
 from tune.report.memreport import memory_section
 
-PLOTS = ("rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
+PLOTS = ("curves.png", "rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
          "memory.png")
 
 
@@ -75,6 +75,9 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
     lines += environment_section(env)
     # The plots that were drawn, and why any other was not (too few trials, nothing predicted).
     lines += ["## Plots", "", *(f"![{p}]({p})" for p in PLOTS if (folder / p).exists()), ""]
+    if (folder / "curves.png").exists():
+        lines += ["Every run's training curve is in `logs/<run>.curve.csv` (trial_0003, ref_baby, ...): a point "
+                  "each time its training losses were read back, with the validation loss at its evaluations.", ""]
     lines += [*(f"- {n}" for n in notes or []), ""] if notes else []
     lines += ["## trials.csv", "", "One row per run (searched trials, references, confirmation runs); sizes in "
               "MiB, times in seconds.", "", *schema.glossary(extra_params(df)), ""]

@@ -94,6 +94,7 @@ class OutputArgs:
     keep_models: int = DEFAULT_KEEP_MODELS  # only the best this many checkpoints stay (tune.report.keep)
     progress: bool = True
     quiet: bool = False  # only warnings, errors and the final lines (tune.exec.console)
+    log_to: tuple[str, ...] = ()  # trackers every run is logged to: tensorboard, mlflow (tune.report.tracking)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ class Tuner:
     stopped_because: str | None = None
     deadline: float | None = None  # --max-time: the monotonic clock's time after which no run is claimed
     time_up: bool = False
+    trackers: Any = None  # --log-to: tune.report.tracking.Trackers, or None
     _books: threading.Lock = field(default_factory=threading.Lock)
     _answer: threading.Lock = field(default_factory=threading.Lock)
 
@@ -265,6 +266,7 @@ class ClaimRun:
         self._say(run)
         if run.status == Status.OK:  # a run at the target may change the answer: best.json says it from now on
             self.tuner.refresh_answer()
+        self._track(run)
         if run.result and run.result.get("checkpoint"):
             prune_models(self.tuner)
 
@@ -363,6 +365,23 @@ class ClaimRun:
         where = f" [{self.slot.describe()}]" if len(self.session.slots) > 1 else ""
         self.tuner.trial_line(*describe_run(self._name() + where, run, self.trial.user_attrs))
         self.tuner.book(run, counted)
+
+    def _track(self, run: TrialRun) -> None:
+        """--log-to: the run, its parameters and the curve its process wrote, to each tracker; failures warned."""
+        if self.tuner.trackers is None:
+            return
+        from tune.report.tracking import tracked_run
+
+        claim = self.claim
+        final = run.result or {}
+        val = final.get("val_loss", run.evals[-1][3] if run.evals else None)
+        tags = {"trial": claim.trial.number if claim.searched else None, "reference": claim.preset,
+                "confirm_of": claim.confirm.source.name if claim.confirm else None, "retry_of": claim.retry_of}
+        tracked = tracked_run(self.session.study.study_name, self.label, self.job.log,
+                              {**self.params, "seed": self.job.train.get("seed")}, run.status.value,
+                              {"val_loss": val, "tokens_per_s": final.get("tokens_per_s")}, tags)
+        for line in self.tuner.trackers.log(tracked):
+            self.tuner.say(f"warning: {line}")
 
     def _name(self) -> str:
         """How the console names the trial: 'trial  12 (retry of 9)', 'ref baby', 'confirm trial 3 #1 (seed 4)'."""
@@ -474,6 +493,10 @@ def _run_session(session: Session, runner: TrialRunner, target: str | None) -> S
     tuner = Tuner(session, console.watch(runner), target, say, console.trial, console.bar, beater)
     max_time = settings.execution.max_time
     tuner.deadline = None if max_time is None else now() + max_time
+    if settings.output.log_to:
+        from tune.report.tracking import Trackers
+
+        tuner.trackers = Trackers(settings.output.log_to, session.results_dir, study.study_name)
     prune_models(tuner)  # a resumed study: its --keep-models now, and the trash a killed prune left
     try:
         interrupted = run_workers(session.slots, lambda slot: work(tuner, slot), tuner.stop)

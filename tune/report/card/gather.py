@@ -4,6 +4,7 @@ renders and writes it)."""
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from tune.core.budget import format_seconds
 from tune.core.outcomes import OUT_OF_MEMORY
 from tune.core.space import PARAMS
 from tune.report.card import matmul as card_matmul
+from tune.report.curves import study_curves
 from tune.report.frame import (
     choose_winner,
     extra_params,
@@ -43,6 +45,15 @@ def trial_record(row: pd.Series, extra: list[str] | tuple[str, ...] = ()) -> dic
     flags = [name for name, col in (("contended", "contended"), ("short", "budget_warning"))
              if isinstance(row.get(col), str) and row.get(col)]
     return {"label": label(row), **{k: _value(row.get(k)) for k in keys}, "flags": flags}
+
+
+def _curves(folder: Path, runs: pd.DataFrame, winner: pd.Series | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """The winner's and the references' training curves (tune.report.curves), as plain lists of the curve's
+    columns, with the budget's unit the x axis is drawn in."""
+    curves, notes = study_curves(folder, runs, winner)
+    return {"budget_unit": settings.get("budget_unit", "s"), "notes": notes,
+            "runs": [{"name": c.name, "winner": c.winner, "points": [list(astuple(p)) for p in c.points]}
+                     for c in curves]}
 
 
 def _ran(study: optuna.Study) -> str:
@@ -80,6 +91,7 @@ def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None)
         "out_of_memory": int(runs["status"].isin(OUT_OF_MEMORY).sum()),
         "largest_peak_bytes": _value(peak),
         "frontier": [{k: _value(v) for k, v in r.items()} for r in frontier.to_dict("records")],
+        "curves": _curves(folder, runs, winner.row if winner is not None else None, settings),
         "matmul": None if matmul is None else {
             "source": matmul.source, "note": matmul.note, "missing": matmul.missing, "rows": matmul.rows,
             "peaks": matmul.peaks, "crossover": matmul.crossover},

@@ -8,7 +8,7 @@ from typing import Any
 from tune.core import schema
 from tune.core.outcomes import Status
 from tune.core.space import PARAMS
-from tune.report.card.html import edge, esc, figure, fmt, loss_plot, matmul_plot, series_name, size_plot, table
+from tune.report.card.html import _plt, edge, esc, figure, fmt, loss_plot, matmul_plot, series_name, size_plot, table
 
 PARAM_KIND = {"learning_rate": "lr"}  # the other five are whole numbers
 
@@ -111,6 +111,24 @@ def best(data: dict[str, Any]) -> str:
             f"{table(header, [row], 'best')}<p>Train it again from scratch: <code>{esc(train)}</code></p></section>")
 
 
+def curves(data: dict[str, Any]) -> str:
+    """The winner's and the references' training curves, as summary.md's curves.png draws them."""
+    from gptcore.curve import CurvePoint
+    from tune.report.curves import RunCurve
+    from tune.report.plots import curves_figure
+
+    head = '<section id="curves"><h2>Training curves</h2>'
+    c = data.get("curves") or {}
+    runs = [RunCurve(r["name"], r["winner"], [CurvePoint(*p) for p in r["points"]]) for r in c.get("runs", [])]
+    if not runs:
+        why = "; ".join(c.get("notes") or []) or "no run has trained to the target yet"
+        return f"{head}<p>No training curve to draw: {esc(why)}.</p></section>"
+    _plt()  # the Agg backend, before the figure is made
+    caption = ("Validation loss at each evaluation (markers) over the training loss (thin), for the winner and the "
+               "references, against the study's budget")
+    return head + figure(curves_figure(runs, {"budget_unit": c["budget_unit"]}), "curves", caption) + "</section>"
+
+
 def frontier(data: dict[str, Any]) -> str:
     """The out-of-memory frontier: a table, or in words when nothing ran out of memory."""
     head = '<section id="frontier"><h2>Out-of-memory frontier</h2>'
@@ -171,4 +189,4 @@ def size(data: dict[str, Any]) -> str:
                          "trial that measured it (pruned ones too)") + "</section>"
 
 
-SECTIONS: list[Callable[[dict[str, Any]], str]] = [facts, matmul, best, frontier, loss, size]
+SECTIONS: list[Callable[[dict[str, Any]], str]] = [facts, matmul, best, curves, frontier, loss, size]
