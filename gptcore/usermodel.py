@@ -101,12 +101,15 @@ def same_model(named: str | None, recorded: str) -> bool:
 
 
 def check_named(named: str | None, recorded: str, where: str) -> None:
-    """Refuse to build a model a config or checkpoint names unless --model names it too: its code is never run
-    otherwise (a downloaded checkpoint must not run a file the user did not choose)."""
-    if recorded and not same_model(named, recorded):
-        also = f" (not --model {named})" if named else ""
-        raise UserError(f"{where}: its model is the class {recorded}; its code runs only when you name it: pass "
-                        f"--model {recorded}{also}")
+    """Refuse to build a model a checkpoint names unless --model names it too: its code is never run otherwise
+    (a downloaded checkpoint must not run a file the user did not choose); nor another class than it holds."""
+    if same_model(named, recorded):
+        return
+    if not recorded:
+        raise UserError(f"{where}: holds gptcore's own GPT, not --model {named}: leave --model out")
+    also = f" (not --model {named})" if named else ""
+    raise UserError(f"{where}: its model is the class {recorded}, whose code runs only when you name it: pass "
+                    f"--model {recorded}{also}")
 
 
 def load_class(spec: str) -> type:
