@@ -41,6 +41,7 @@ class SearchArgs:
     references: tuple[str, ...] | None = None  # presets run beside the search; None: REFERENCES for the device
     warm_start: str | None = None  # an earlier study (folder, trials.csv or name) whose best configurations go first
     confirm: int = DEFAULT_CONFIRM  # the best K configurations re-run with fresh seeds at the end; 0: none
+    model: str = ""  # --model: the user's model class, FILE.py:Class or package.module:Class ("": gptcore's GPT)
 
 
 @dataclass(frozen=True)
