@@ -89,9 +89,12 @@ def study_name_flag(text: str) -> str:
 
 
 def model_flag(text: str) -> str:
-    """A flag type for --model: FILE.py:Class or package.module:Class (gptcore.config.split_model_spec's form)."""
+    """A flag type for --model: FILE.py:Class or package.module:Class (gptcore.config.split_model_spec's form);
+    "" (the default) is gptcore's GPT."""
     from gptcore.config import split_model_spec
 
+    if text == "":
+        return text
     try:
         split_model_spec(text)
     except ValueError:
