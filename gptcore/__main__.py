@@ -295,7 +295,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         shown = ", ".join("--" + k.replace("_", "-") for k in model_flags)
         raise UserError(f"{shown}: the model comes from --checkpoint; only training flags may change")
     check_save_path(args.out)  # before any work: nothing is written when the output cannot be
-    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
+    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False, user_models=False)  # grows gptcore's layers
     cfg = finetune_config(ckpt.train_cfg, overrides)
     pairs = read_pairs(args.data)
     train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, cfg.seed)

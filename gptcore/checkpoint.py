@@ -148,11 +148,13 @@ def _read_json(file: Path) -> dict[str, Any]:
     return read_json_object(file, "a checkpoint's JSON object", missing="missing; not a complete checkpoint")
 
 
-def load_checkpoint(path: str | Path, *, with_optimizer: bool = True, model: str | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, with_optimizer: bool = True, model: str | None = None,
+                    user_models: bool = True) -> Checkpoint:
     """Read and check a checkpoint folder; every problem is a UserError naming the file.
 
     A checkpoint of a model class of the user's own (its config's `model`) is built only when `model` (the
     command's --model) names that class: a checkpoint never runs code the user did not name (usermodel.check_named).
+    A command that works on gptcore's models only passes user_models=False: such a checkpoint is refused.
     """
     path = Path(path)
     recover(path, STATE)  # a save killed between its two renames is finished here
@@ -170,6 +172,9 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True, model: str
         model_cfg, train_cfg = C.from_dict({k: cfg[k] for k in ("model", "train") if k in cfg})
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path / CONFIG}: bad config ({exc})") from None
+    if model_cfg.model and not user_models:
+        raise UserError(f"{path}: a checkpoint of your model class {model_cfg.model}; this command works on "
+                        f"gptcore's GPT only")
     check_named(model, model_cfg.model, str(path))
     tokenizer = load_tokenizer(path / VOCAB)
     expected = state.get("vocab_sha256")  # absent in checkpoints saved before it was recorded

@@ -189,6 +189,8 @@ def test_a_checkpoint_runs_its_model_file_only_when_model_names_it(tmp_path):
     assert not marker.exists()  # the file was never imported
     named = subprocess.run([*sample, "--model", spec], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert named.returncode == 0 and marker.exists(), named.stderr
+    with pytest.raises(UserError, match="works on gptcore's GPT only"):  # finetune: gptcore's layers only
+        load_checkpoint(ckpt, model=spec, user_models=False)
     with pytest.raises(UserError, match="holds gptcore's own GPT"):  # and never another class than it holds
         gpt = tmp_path / "gpt"
         plain = ModelConfig(vocab_size=data.vocab_size, block_size=8, n_embed=16, n_head=2, n_layer=1)
@@ -265,3 +267,15 @@ def test_mfu_comes_from_flops_per_token_only(tmp_path):
         cfg = ModelConfig(vocab_size=data.vocab_size, block_size=16, n_embed=32, n_head=2, n_layer=1, model=spec)
         result = train(cfg, train_cfg, data, progress=False)
         assert (result.mfu is not None) == has and (not has or result.mfu > 0)
+
+
+def test_a_study_from_before_model_resumes_only_as_gptcores_gpt():
+    import optuna
+
+    from tune.store.storage import check_fingerprint
+
+    study = optuna.create_study()
+    study.set_user_attr("fingerprint", {"device_name": "cpu"})  # recorded before --model existed
+    check_fingerprint(study, {"device_name": "cpu", "model": ""})
+    with pytest.raises(UserError, match="model: '' -> 'my_gpt.py:GPT'"):
+        check_fingerprint(study, {"device_name": "cpu", "model": "my_gpt.py:GPT"})

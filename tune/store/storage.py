@@ -198,8 +198,8 @@ def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
         # loser's insert silently): read back what was kept and compare as if it had been there before.
         old = _optuna.storage_of(study).get_study_user_attrs(_optuna.study_id(study)).get("fingerprint", fp)
     # A key missing from an old fingerprint was not recorded by the version that started the study: not a change.
-    diff = [f"{k}: {old.get(k, MISSING_MEANS.get(k))!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS
-            if old.get(k, MISSING_MEANS.get(k, fp.get(k))) != fp.get(k)]
+    was, now = {**MISSING_MEANS, **old}, {**MISSING_MEANS, **fp}
+    diff = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in FINGERPRINT_KEYS if was.get(k, now.get(k)) != now.get(k)]
     if diff:
         raise UserError(f"study {study.study_name!r} was run with other settings ({'; '.join(diff)}); "
                         f"use another --study-name")
