@@ -245,6 +245,14 @@ def test_best_json_trains_again_and_the_best_model_samples(course_study, tmp_pat
     assert code == 0 and len(out.rstrip("\n")) > 0, err
 
 
+def test_compare_names_the_model_class_each_study_tuned(course_study, tmp_path, capfd):
+    folder = str(course_study.results_dir)
+    code, _, err = run_cli("tune", ["compare", folder, folder, "--out", str(tmp_path / "cmp"), "-q"], capfd)
+    assert code == 0, err
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert f"| model | `{COURSE}` | `{COURSE}` |" in text
+
+
 def test_a_study_resumed_with_another_model_is_refused(course_study, capfd):
     s = course_study.study.user_attrs["settings"]
     assert s["model"] == COURSE
