@@ -339,7 +339,7 @@ def cmd_inference(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
+    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False, user_models=False)  # gptcore's GPT only
     data = TokenData.open(args.data)
     settings = inference.Settings(max_new_tokens=args.max_new_tokens, repeat=args.repeat,
                                   eval_batches=args.eval_batches, seed=args.seed)

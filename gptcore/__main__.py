@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -58,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"checkpoint folder (default {DEFAULT_OUT})")
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (its model; training flags may change)")
-    t.add_argument("--model", choices=["gpt", "bigram"], default="gpt",
-                   help="gpt: the transformer; bigram: the course's one-table baseline (default gpt)")
+    t.add_argument("--model", type=model_flag, default="gpt", metavar="{gpt,bigram,FILE.py:Class,pkg.mod:Class}",
+                   help="gpt: the transformer; bigram: the course's one-table baseline; or your own model class "
+                        "(docs/your-model.md), which a --config or --resume naming one needs (default gpt)")
     t.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     add_quiet(t)
     add_config_flags(t)
@@ -102,10 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weights for generation: float32, bfloat16 or float16 (cast), or int8 (Linear layers "
                             "quantised weight-only with torchao: pip install 'gptcore-tune[quant]') (default "
                             "float32)")
+        s.add_argument("--model", type=model_flag, default=None, metavar="FILE.py:Class",
+                       help="the checkpoint's model class, when it is your own (FILE.py:Class or package.module:Class):"
+                            " its code runs only when named")
         s.add_argument("--drop-unknown", action="store_true",
                        help="drop characters of the prompt (or of what you type) not in the vocabulary (default: "
                             "refuse them)")
     return parser
+
+
+def model_flag(text: str) -> str:
+    """A flag type for --model: gpt, bigram, or a model class spec FILE.py:Class / package.module:Class."""
+    from gptcore.config import split_model_spec
+
+    if text in ("gpt", "bigram"):
+        return text
+    try:
+        split_model_spec(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected gpt, bigram, FILE.py:Class or package.module:Class, got "
+                                         f"{text!r}") from None
+    return text
+
+
+def user_model(args: argparse.Namespace) -> str:
+    """The model class spec --model names ("" for gpt, bigram or none)."""
+    return args.model if args.model not in (None, "gpt", "bigram") else ""
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -194,17 +218,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_save_path(args.out)  # before any work: not after an hour of training
     name = f"{prog(PROG)} train"
     say = (lambda line: None) if args.quiet else tqdm.write  # through tqdm: a live bar is redrawn below the line
-    ckpt = load_checkpoint(args.out) if args.resume else None
+    spec = user_model(args)
+    if spec:  # a class that cannot train fails here, in one line, before the corpus is even read
+        from gptcore.usermodel import probe
+
+        probe(spec)
+    ckpt = load_checkpoint(args.out, model=spec) if args.resume else None
     data = TokenData.open(args.data, progress=not (args.no_progress or args.quiet))
     if ckpt is not None:
         if ckpt.tokenizer.to_dict() != data.tokenizer.to_dict():
             raise UserError(f"{args.out}: checkpoint vocabulary differs from the corpus in {args.data}")
         args.model = ckpt.kind
+        spec = ckpt.model_cfg.model  # load_checkpoint checked that --model names it
+    kind = args.model if args.model in ("gpt", "bigram") else "gpt"
     model_cfg, train_cfg = resolve_configs(
         args, data.vocab_size, (ckpt.model_cfg, ckpt.train_cfg) if ckpt else None)
+    if args.config is not None and model_cfg.model and not spec:  # never run code the user did not name
+        raise UserError(f"--config {args.config}: its model is the class {model_cfg.model}, whose code runs only "
+                        f"when you name it: pass --model {model_cfg.model}")
+    model_cfg = dataclasses.replace(model_cfg, model=spec)  # --model names what trains (a config's extra stays)
     if ckpt and model_cfg != ckpt.model_cfg:
         raise UserError("--resume: model flags differ from the checkpoint's model; only training flags may change")
-    if args.model == "gpt":
+    if kind == "gpt" and not spec:
         check_model_fits(model_cfg, train_cfg, args)
     say(f"data: {data.folder} (vocab {data.vocab_size}, train {len(data.tokens('train')):,}, "
         f"val {len(data.tokens('val')):,} tokens)")
@@ -227,7 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            optimizer_state=ckpt.optimizer_state if ckpt else None,
                            start_step=ckpt.step if ckpt else 0,
                            progress=False if args.no_progress or args.quiet else None,  # None: on a terminal
-                           kind=args.model, interrupt=stop, on_log=curve.append)
+                           kind=kind, interrupt=stop, on_log=curve.append)
         except Diverged as exc:
             print(f"{name}: training diverged: {exc}; try a lower --lr or --dtype float32",
                   file=sys.stderr)
@@ -237,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{name}: interrupted before the first step; nothing saved", file=sys.stderr)
             return EXIT_INTERRUPTED
         path = save_checkpoint(args.out, result.model, model_cfg, train_cfg, data.tokenizer,
-                               optimizer=result.optimizer, step=step, kind=args.model,
+                               optimizer=result.optimizer, step=step, kind=kind,
                                extra={"result": result.to_dict()})
         # After the save, beside it: a save replaces the whole folder. A kill in between leaves the checkpoint
         # complete and its curve missing, never a curve of another checkpoint.
@@ -273,7 +308,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         shown = ", ".join("--" + k.replace("_", "-") for k in model_flags)
         raise UserError(f"{shown}: the model comes from --checkpoint; only training flags may change")
     check_save_path(args.out)  # before any work: nothing is written when the output cannot be
-    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
+    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False, user_models=False)  # grows gptcore's layers
     cfg = finetune_config(ckpt.train_cfg, overrides)
     pairs = read_pairs(args.data)
     train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, cfg.seed)
@@ -310,7 +345,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     check_precision(args.precision, device)  # before reading the checkpoint: a refusal costs nothing
-    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False)
+    ckpt = load_checkpoint(args.checkpoint, with_optimizer=False, model=user_model(args))
     model = at_precision(ckpt.build_model(device), args.precision, device)
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   seed=args.seed)

@@ -35,8 +35,9 @@ from gptcore.files import (
 )
 from gptcore.layout import CHECKPOINT_FILES, CONFIG, OPTIMIZER, STATE, VOCAB, WEIGHTS
 from gptcore.memory import check_fits
-from gptcore.model import LanguageModel, build_model
+from gptcore.model import LanguageModel
 from gptcore.tokenizer import Tokenizer, load_tokenizer
+from gptcore.usermodel import build_model, check_named
 
 FORMAT = 1
 
@@ -58,7 +59,9 @@ class Checkpoint:
     def build_model(self, device: torch.device | str = "cpu") -> LanguageModel:
         """The model with these weights, in eval mode, on `device`."""
         where = self.path / WEIGHTS if self.path else "checkpoint"
-        if self.kind == "gpt":  # built on the CPU first: a crafted config must not allocate for minutes, or fail
+        # Built on the CPU first: a crafted config must not allocate for minutes, or fail. (A class of the user's
+        # own is built only when the user named it: gptcore's formula says nothing of its size.)
+        if self.kind == "gpt" and not self.model_cfg.model:
             check_fits(self.model_cfg, str(self.path / CONFIG if self.path else "checkpoint"), training=False)
         try:
             model = build_model(self.model_cfg, self.kind)
@@ -145,8 +148,14 @@ def _read_json(file: Path) -> dict[str, Any]:
     return read_json_object(file, "a checkpoint's JSON object", missing="missing; not a complete checkpoint")
 
 
-def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpoint:
-    """Read and check a checkpoint folder; every problem is a UserError naming the file."""
+def load_checkpoint(path: str | Path, *, with_optimizer: bool = True, model: str | None = None,
+                    user_models: bool = True) -> Checkpoint:
+    """Read and check a checkpoint folder; every problem is a UserError naming the file.
+
+    A checkpoint of a model class of the user's own (its config's `model`) is built only when `model` (the
+    command's --model) names that class: a checkpoint never runs code the user did not name (usermodel.check_named).
+    A command that works on gptcore's models only passes user_models=False: such a checkpoint is refused.
+    """
     path = Path(path)
     recover(path, STATE)  # a save killed between its two renames is finished here
     if not path.is_dir():
@@ -163,6 +172,10 @@ def load_checkpoint(path: str | Path, *, with_optimizer: bool = True) -> Checkpo
         model_cfg, train_cfg = C.from_dict({k: cfg[k] for k in ("model", "train") if k in cfg})
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path / CONFIG}: bad config ({exc})") from None
+    if model_cfg.model and not user_models:
+        raise UserError(f"{path}: a checkpoint of your model class {model_cfg.model}; this command works on "
+                        f"gptcore's GPT only")
+    check_named(model, model_cfg.model, str(path))
     tokenizer = load_tokenizer(path / VOCAB)
     expected = state.get("vocab_sha256")  # absent in checkpoints saved before it was recorded
     if expected is not None and vocab_fingerprint(_read_json(path / VOCAB)) != expected:

@@ -200,6 +200,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             f"{cls.__name__} fields", "each overrides the preset and --config; the default shown is the field's own, "
                                       "which a preset may change")
         for f in fields(cls):
+            if f.metadata.get("flag") is False:  # ModelConfig.model and .extra: set through --model, not a flag
+                continue
             flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
             default = f.default if f.default is not MISSING else None
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default).lower()
@@ -215,5 +217,5 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields given on the command line."""
-    names = {f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)}
+    names = {f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls) if f.metadata.get("flag") is not False}
     return {k: v for k, v in vars(args).items() if k in names}

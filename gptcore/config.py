@@ -58,6 +58,31 @@ def _choice(obj: object, name: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def split_model_spec(spec: object) -> tuple[str, str]:
+    """A model spec "FILE.py:Class" or "package.module:Class" -> (file or module, class); ValueError otherwise."""
+    form = "FILE.py:Class or package.module:Class"
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"model must be {form}, got {spec!r}")
+    target, _, name = spec.rpartition(":")  # the last colon: a file's path may hold one
+    if not name.isidentifier():
+        raise ValueError(f"model {spec!r}: {name!r} after the last ':' is not a class name ({form})")
+    if not target.endswith(".py") and not all(part.isidentifier() for part in target.split(".")):
+        raise ValueError(f"model {spec!r}: {target!r} is neither a .py file nor a dotted module name ({form})")
+    return target, name
+
+
+def _check_extra(extra: object) -> None:
+    """A user model's own field values: names that are not ModelConfig's, JSON scalar values."""
+    if not isinstance(extra, dict):
+        raise ValueError(f"extra must be an object of field values, got {extra!r}")
+    own = {f.name for f in fields(ModelConfig)}
+    for name, value in extra.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in own:
+            raise ValueError(f"extra: {name!r} must be a Python name that is not a ModelConfig field")
+        if not isinstance(value, (bool, int, float, str)) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"extra: {name} must be a finite number, a string or true/false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the GPT. Defaults are the course's architecture (post-norm Add & Norm, ReLU)."""
@@ -72,6 +97,12 @@ class ModelConfig:
                                "in GPT-2")
     bias: bool = _field(True, "bias terms in the Linear and LayerNorm layers (--no-bias: none)")
     activation: str = _field("relu", "feed-forward activation: relu (the course) or gelu (GPT-2)")
+    # Your own model class (gptcore.usermodel, docs/your-model.md): no config flag of its own; each command that
+    # builds models takes --model. "" is gptcore's GPT. hash=False: a dict is unhashable, equality still sees it.
+    model: str = field(default="", metadata={"flag": False, "help": "your model class, FILE.py:Class or "
+                                                                    "package.module:Class ('': gptcore's GPT)"})
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, metadata={
+        "flag": False, "help": "values of the fields your model class declares (config_fields)"})
 
     def __post_init__(self) -> None:
         _positive_int(self, "block_size", "n_embed", "n_head", "n_layer")
@@ -88,6 +119,9 @@ class ModelConfig:
         _choice(self, "activation", ACTIVATIONS)
         if not isinstance(self.bias, bool):
             raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        if self.model != "":
+            split_model_spec(self.model)  # its form only: the class is loaded where a model is built
+        _check_extra(self.extra)
 
     @property
     def head_size(self) -> int:
@@ -263,4 +297,6 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 
 def _is_nested(data: dict[str, Any]) -> bool:
-    return bool(data) and set(data) <= {"model", "train", "provenance"}
+    # A flat config may hold only ModelConfig's "model" field (a spec string): nested means "model" is an object.
+    return (bool(data) and set(data) <= {"model", "train", "provenance"}
+            and not isinstance(data.get("model"), str))

@@ -19,8 +19,8 @@ from torch.distributed._tools.mem_tracker import MemTracker, _UpdateType
 
 from gptcore.config import ModelConfig, TrainConfig
 from gptcore.memory import StepMemory
-from gptcore.model import build_model
 from gptcore.train import StepParts, configure_optimizer, train_step
+from gptcore.usermodel import build_model, load_class
 
 TRACED_STEPS = 2
 # Allocations this large are mmapped by glibc (its largest dynamic mmap threshold, DEFAULT_MMAP_THRESHOLD_MAX on
@@ -74,6 +74,8 @@ def trace_step(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str | tor
     t0 = time.perf_counter()
     device = torch.device(device)
     B, T, V = train_cfg.batch_size, model_cfg.block_size, model_cfg.vocab_size
+    if model_cfg.model:  # imported for real first: tensors its module makes at import must not be fake ones
+        load_class(model_cfg.model)
     with FakeTensorMode(), device:  # built on the device, as fake tensors: no .to() (it cannot swap fakes)
         model = build_model(model_cfg)
         model.train()

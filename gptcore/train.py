@@ -21,7 +21,8 @@ from gptcore.config import ModelConfig, TrainConfig
 from gptcore.curve import CurvePoint
 from gptcore.data import TokenData
 from gptcore.errors import Diverged, UserError
-from gptcore.model import LanguageModel, build_model
+from gptcore.model import LanguageModel
+from gptcore.usermodel import build_model  # gptcore's model, or the class --model names
 
 # on_eval(step, train_loss, val_loss) -> "stop" to end training early (the tuner prunes through it).
 EvalCallback = Callable[[int, float, float], Any]

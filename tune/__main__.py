@@ -109,6 +109,20 @@ def log_to_flag(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--log-to {text!r}: ")) from None
 
 
+def model_flag(text: str) -> str:
+    """A flag type for --model: FILE.py:Class or package.module:Class (gptcore.config.split_model_spec's form);
+    "" (the default) is gptcore's GPT."""
+    from gptcore.config import split_model_spec
+
+    if text == "":
+        return text
+    try:
+        split_model_spec(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FILE.py:Class or package.module:Class, got {text!r}") from None
+    return text
+
+
 def workers_flag(text: str) -> int | None:
     """A flag type for --workers: a positive integer, or 'auto' (-> None: one per GPU, one on a CPU)."""
     if text.strip().lower() == "auto":
@@ -190,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "by any tuner on the study (default 60; must exceed the heartbeat interval)")
     p.add_argument("--results", type=Path, default=Path("results"),
                    help="the study's results go to RESULTS/STUDY_NAME/ (default results/)")
+    p.add_argument("--model", type=model_flag, default="", metavar="FILE.py:Class",
+                   help="tune your own model class instead of gptcore's GPT: FILE.py:Class or package.module:Class, "
+                        "built from a config of the searched fields (docs/your-model.md); checked by a one-step "
+                        "probe before the study starts")
     p.add_argument("--space", default="auto",
                    help=f"search space: a named one ({', '.join(SPACES)}), auto (by device) or a JSON file of "
                         f"ranges (default auto)")
@@ -401,8 +419,10 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
     # study file's (its one value, not appended) as loose pairs.
     pairs = [pair for item in args.param or [] for pair in (item if isinstance(item, list) else [item])]
     params = dict(pairs)
-    # The device only picks the base space; the file and the flags are checked now, before the device probe.
-    load_space(args.space, "cpu", None, overrides, params)
+    # The device only picks the base space; the file and the flags are checked now, before the device probe. With
+    # --model, a --param may name a field the class declares: checked once its probe has said which (session.choose).
+    if not args.model:
+        load_space(args.space, "cpu", None, overrides, params)
     from tune.report.tracking import check_available
 
     log_to = tuple(dict.fromkeys(args.log_to or ()))  # each tracker once, in the order given
@@ -411,7 +431,7 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
         search=SearchArgs(trials=args.trials, data=args.data, space=args.space, space_overrides=overrides,
                           objective=args.objective, pruner=args.pruner, sampler=args.sampler, seed=args.seed,
                           references=args.references, warm_start=args.warm_start, confirm=args.confirm,
-                          space_params=params),
+                          space_params=params, model=args.model),
         training=TrainingArgs(budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
                               schedule=args.schedule),
         execution=ExecArgs(device=args.device, dtype=args.dtype, compile=args.compile, memory_limit=args.memory_limit,

@@ -325,11 +325,15 @@ def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, fol
             lines.append(f"- beats reference `{ref['reference']}` ({its} {_v(key, value)}) by {_v(key, gain)} "
                          f"({units.ERROR.text(gain / abs(value))})" if gain > 0 else
                          f"- does not beat reference `{ref['reference']}` ({its} {_v(key, value)})")
+    config = best.get("config")
+    spec = config["model"].get("model") if isinstance(config, dict) else None
+    named = f" --model {spec}" if spec else ""  # a class of the user's own runs only when named (gptcore.usermodel)
     lines += ["", markdown_table(readable(best.to_frame().T)), "",
               f"Train it from scratch, the same way and for the same budget: "
-              f"`python -m gptcore train --config {folder / 'best.json'}`.",
+              f"`python -m gptcore train --config {folder / 'best.json'}{named}`.",
               f"Or use the model it trained in the study: `python -m gptcore sample --checkpoint "
-              f"{folder / 'best-model'}` (continue it with `train --out {folder / 'best-model'} --resume`).", ""]
+              f"{folder / 'best-model'}{named}` (continue it with `train --out {folder / 'best-model'} --resume"
+              f"{named}`).", ""]
     return lines
 
 

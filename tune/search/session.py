@@ -40,6 +40,7 @@ from tune.core.outcomes import Status
 from tune.core.provenance import INVOCATION_PREFIX, command_line, study_file_record, versions
 from tune.core.space import Space, load_space, preset_params, uses_legacy_names
 from tune.exec import health
+from tune.exec.modelprobe import probe_model
 from tune.exec.protocol import TrialJob
 from tune.exec.runner import TrialRunner
 from tune.exec.slots import Slot, as_trials_see_it, plan_slots
@@ -137,6 +138,7 @@ class Session:
     hold: Any = None  # the SQLite file's one-tuner hold, kept while the study runs
     confirms: optuna.Study | None = None  # the confirmation runs (--confirm), None when off
     legacy_params: bool = False  # a study started before 0.2 draws its exponents as log2_batch_size (Space.suggest)
+    model: dict[str, Any] | None = None  # --model's probe (tune.exec.modelprobe): its class, declared fields...
 
     @property
     def memory_limit(self) -> int | None:
@@ -171,6 +173,8 @@ def trial_configs(params: dict[str, Any], session: Session) -> tuple[dict[str, A
     under the model's `extra`), plus the shared rest."""
     model = dict(vocab_size=session.meta["vocab_size"], block_size=params["block_size"], n_embed=params["n_embed"],
                  n_head=params["n_head"], n_layer=params["n_layer"], dropout=0.0)
+    if session.settings.search.model:  # the user's class (references too: the same class at a preset's shape)
+        model["model"] = session.settings.search.model
     train = dict(session.train_fields(), batch_size=params["batch_size"], learning_rate=params["learning_rate"])
     session.space.place(params, model, train)  # a reference (the six only) trains what an unsearched field gets
     return model, train
@@ -235,28 +239,31 @@ class Survey:
     name: str
     results_dir: Path
     slots: list[Slot]
+    model: dict[str, Any] | None = None  # --model's probe (tune.exec.modelprobe): its class, declared fields...
 
 
 def survey(settings: TuneSettings, runner: TrialRunner) -> Survey:
     """Check every flag against the corpus and the probed device (one line each), creating nothing of the study."""
     check_flags(settings)
+    # The class is checked first: a class that cannot train is one line before anything is created.
+    model = probe_model(settings.search.model) if settings.search.model else None
     data_dir = ensure_prepared(settings.search.data, progress=settings.output.progress)
     meta = read_meta(data_dir)
     env = runner.probe(settings.execution.device)
-    choice = choose(settings, env, meta)
+    choice = choose(settings, env, meta, model["fields"] if model else None)
     name = (check_study_name(settings.store.study_name) if settings.store.study_name is not None
             else f"{slug(env['device_name'])}-{slug(Path(settings.search.data).stem)}")
     ex = settings.execution
     slots = plan_slots(ex.workers, env, ex.gpus, ex.cores)
     env = as_trials_see_it(env, slots)  # what summary.md and the card say of the threads per trial
-    return Survey(data_dir, meta, env, choice, name, settings.store.results / name, slots)
+    return Survey(data_dir, meta, env, choice, name, settings.store.results / name, slots, model)
 
 
 def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     """Check everything the user asked for, open (or resume) the study, record its fingerprint."""
     surveyed = survey(settings, runner)
     data_dir, meta, env, choice = surveyed.data_dir, surveyed.meta, surveyed.env, surveyed.choice
-    name, results_dir, slots = surveyed.name, surveyed.results_dir, surveyed.slots
+    name, results_dir, slots, model = surveyed.name, surveyed.results_dir, surveyed.slots, surveyed.model
     spec = resolve_storage(settings.store.storage, results_dir / "study.db")
     # read and checked before anything is created
     warm = warmstart.prepare(settings, choice.space, spec, name, results_dir)
@@ -266,10 +273,12 @@ def open_session(settings: TuneSettings, runner: TrialRunner) -> Session:
     n_trials = fail_orphans_of(opened)
     reseed(opened.study, settings, spec, n_trials)
     record(opened, settings, env, meta, choice)
+    if model is not None:
+        opened.study.set_user_attr("model", model)
     legacy = uses_legacy_names([t.params for t in opened.study.get_trials(deepcopy=False)])
     return Session(settings, opened.study, opened.refs, choice.space, env, meta, data_dir, results_dir,
                    choice.dtype, spec, choice.budget, choice.plan, slots, choice.references, opened.lock,
-                   opened.hold, opened.confirms, legacy)
+                   opened.hold, opened.confirms, legacy, model)
 
 
 def check_flags(settings: TuneSettings) -> None:
@@ -298,8 +307,10 @@ class Choice:
     space: Space
 
 
-def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any]) -> Choice:
-    """The flags resolved against the probed device and the corpus, each checked (one line)."""
+def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any],
+           model_fields: dict[str, Any] | None = None) -> Choice:
+    """The flags resolved against the probed device and the corpus, each checked (one line); `model_fields`: the
+    fields --model's class declares, searchable with --param."""
     dtype = resolve_dtype(settings, env)
     check_compile(settings, env)
     check_memory_limit(settings.execution.memory_limit, env)
@@ -308,7 +319,8 @@ def choose(settings: TuneSettings, env: dict[str, Any], meta: dict[str, Any]) ->
     plan = RungPlan.for_budget(budget, t.reduction_factor, t.rungs)
     references = resolve_references(settings, env["device_type"])
     s = settings.search
-    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides, s.space_params)
+    space = load_space(s.space, env["device_type"], env.get("gpu_memory_bytes"), s.space_overrides, s.space_params,
+                       model_fields)
     biggest = max([space.block_size[1], *(from_name(p)[0].block_size for p in references)])
     shortest = min(meta["train_tokens"], meta["val_tokens"])
     if biggest + 2 > shortest:
@@ -327,6 +339,7 @@ def study_fingerprint(settings: TuneSettings, env: dict[str, Any], meta: dict[st
                    "memory_limit": settings.execution.memory_limit}
     # A chosen mode changes how much a time budget trains (a study from before it was recorded resumes as it was).
     fingerprint["compile"] = settings.execution.compile
+    fingerprint["model"] = settings.search.model  # another class is another question ("": gptcore's GPT)
     if env["device_type"] == "cpu":  # a time budget on fewer cores trains fewer tokens: another question
         fingerprint["threads_per_trial"] = len(slots[0].cores)
     return fingerprint
@@ -443,6 +456,7 @@ def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
         "eval_iters": t.eval_iters, "eval_batch_size": t.eval_batch_size, "corpus": str(s.data), "seed": s.seed,
         "sampler": s.sampler, "trials": s.trials, "confirm": s.confirm, "confirm_runs": CONFIRM_RUNS,
         "save_models": settings.output.save_models, "keep_models": settings.output.keep_models,
+        "model": s.model,
     }
 
 

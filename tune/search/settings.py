@@ -43,6 +43,7 @@ class SearchArgs:
     confirm: int = DEFAULT_CONFIRM  # the best K configurations re-run with fresh seeds at the end; 0: none
     # --param: fields searched beside the six, {name: the space file's form} (tune.core.fields), over --space
     space_params: dict[str, Any] = field(default_factory=dict)
+    model: str = ""  # --model: the user's model class, FILE.py:Class or package.module:Class ("": gptcore's GPT)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ from tune.store.locks import server_init_lock
 from tune.store.spec import StorageSpec, connect_kwargs, damaged_sqlite, mask, scrub, secrets_of, storage_error
 
 FINGERPRINT_KEYS = ("device_name", "gpu_memory_bytes", "cuda", "cuda_driver", "torch", "corpus", "dtype",
-                    "budget", "objective", "space", "schedule", "threads_per_trial", "memory_limit", "compile")
+                    "budget", "objective", "space", "schedule", "threads_per_trial", "memory_limit", "compile",
+                    "model")
+# A key an old fingerprint lacks is no change, except these: before --model every study trained gptcore's GPT.
+MISSING_MEANS = {"model": ""}
 
 
 # Tries and back-off for races between tuners that start at once on one database (table creation, study rows).
@@ -195,7 +198,8 @@ def check_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
         # loser's insert silently): read back what was kept and compare as if it had been there before.
         old = _optuna.storage_of(study).get_study_user_attrs(_optuna.study_id(study)).get("fingerprint", fp)
     # A key missing from an old fingerprint was not recorded by the version that started the study: not a change.
-    diff = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in FINGERPRINT_KEYS if old.get(k, fp.get(k)) != fp.get(k)]
+    was, now = {**MISSING_MEANS, **old}, {**MISSING_MEANS, **fp}
+    diff = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in FINGERPRINT_KEYS if was.get(k, now.get(k)) != now.get(k)]
     if diff:
         raise UserError(f"study {study.study_name!r} was run with other settings ({'; '.join(diff)}); "
                         f"use another --study-name")

@@ -83,7 +83,7 @@ def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None)
                                                           "cpu_threads", "torch", "python", "gpu_memory_bytes")},
         "optuna": optuna.__version__,
         "settings": {k: _value(settings.get(k)) for k in ("budget", "dtype", "objective", "memory_limit_bytes",
-                                                           "trials", "sampler", "pruner")},
+                                                           "trials", "sampler", "pruner", "model")},
         "counts": {k: int(v) for k, v in runs["status"].value_counts().items()},
         "params": [*PARAMS, *extra],  # the searched parameters, the columns of the card's tables
         "trials": [trial_record(r, extra) for _, r in runs.iterrows()],

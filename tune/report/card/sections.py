@@ -105,7 +105,8 @@ def best(data: dict[str, Any]) -> str:
     header = ["trial", *params, "val loss at target", "k tokens/s", "peak MiB", "M params"]
     row = [w["label"], *[param_cell(p, w.get(p)) for p in params], fmt("loss", w["val_loss"]),
            fmt("ktok", w["tokens_per_s"]), fmt("mib", w["peak_memory_bytes"]), fmt("params", w["n_params"])]
-    train = f"python -m gptcore train --config {data['folder']}/best.json"
+    spec = data["settings"].get("model")
+    train = f"python -m gptcore train --config {data['folder']}/best.json" + (f" --model {spec}" if spec else "")
     budget = data["settings"].get("budget") or "-"
     return (f"{head}<p>Best at the target ({esc(budget)}): <b>{esc(named(w['label']))}</b>{esc(confirmed)}.</p>"
             f"{table(header, [row], 'best')}<p>Train it again from scratch: <code>{esc(train)}</code></p></section>")

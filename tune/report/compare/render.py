@@ -79,7 +79,7 @@ def _corpus(settings: dict[str, Any]) -> str:
 
 def studies_section(sides: list[Side]) -> list[str]:
     """What each study is: device, dtype, target, corpus, trials counted, dates."""
-    rows: dict[str, list[str]] = {k: [] for k in ("study", "results folder", "device", "torch", "dtype",
+    rows: dict[str, list[str]] = {k: [] for k in ("study", "results folder", "model", "device", "torch", "dtype",
                                                   "target budget per configuration", "objective", "corpus",
                                                   "runs counted", "runs flagged contended", "dates")}
     for s in sides:
@@ -88,7 +88,8 @@ def studies_section(sides: list[Side]) -> list[str]:
         counted = int(searched["status"].isin(COUNTED).sum())
         confirms = len(s.df) - len(runs)
         for key, value in (
-                ("study", f"`{s.study.study_name}`"), ("results folder", str(s.folder)), ("device", _device(s.env)),
+                ("study", f"`{s.study.study_name}`"), ("results folder", str(s.folder)), ("model", _model(s)),
+                ("device", _device(s.env)),
                 ("torch", s.env.get("torch", "?")), ("dtype", s.settings.get("dtype", "?")),
                 ("target budget per configuration", s.settings.get("budget", "?")),
                 ("objective", s.settings.get("objective", "loss")), ("corpus", _corpus(s.settings)),
@@ -98,6 +99,12 @@ def studies_section(sides: list[Side]) -> list[str]:
                 ("dates", _dates(s))):
             rows[key].append(str(value))
     return ["## The studies", "", *_table(["", *(s.name for s in sides)], [[k, *v] for k, v in rows.items()])]
+
+
+def _model(side: Side) -> str:
+    """The model class the study tuned (--model), or gptcore's GPT."""
+    spec = side.settings.get("model") or ""
+    return f"`{spec}`" if spec else "gptcore's GPT"
 
 
 def _differ(sides: list[Side], what: str, value: Callable[[Side], str]) -> list[str]:
@@ -134,6 +141,7 @@ def best_section(sides: list[Side]) -> list[str]:
              "where the study confirmed).", ""]
     lines += _differ(sides, "target budget", lambda s: str(s.settings.get("budget")))
     lines += _differ(sides, "corpus", lambda s: _corpus(s.settings))
+    lines += _differ(sides, "model", _model)
     objectives = {s.settings.get("objective", "loss") for s in sides}
     if len(objectives) > 1:
         lines += ["Note: the studies chose their winners by different objectives (loss, throughput).", ""]
