@@ -165,6 +165,16 @@ def test_a_user_models_declared_fields_are_searched_into_the_models_extra():
     assert 2 <= model["extra"]["mlp_ratio"] <= 6 and "mlp_ratio" not in train
 
 
+
+@pytest.mark.parametrize("name, spec", [("activation", ["relu", "gelu"]), ("norm", ["post", "pre"]),
+                                        ("bias", [True, False])])
+def test_gptcore_s_own_architecture_fields_are_refused_for_a_user_model_and_searched_for_gptcore(name, spec):
+    assert load_space("small", "cpu", None, {}, {name: spec}).to_dict()  # gptcore's GPT builds them
+    with pytest.raises(UserError, match=f"--param {name}: {name} is gptcore's GPT's own field"):
+        load_space("small", "cpu", None, {}, {name: spec}, extra_fields={"mlp_ratio": 4})
+    with pytest.raises(UserError, match=f"--param {name}: {name} is gptcore's GPT's own field"):
+        load_space("small", "cpu", None, {}, {name: spec}, extra_fields={})  # a class declaring nothing
+
 # --- a tiny real study ---------------------------------------------------------------------------------------------
 
 

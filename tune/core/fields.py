@@ -49,6 +49,9 @@ OWNED = {
     "model": "--model sets it",
     "extra": "search the model's declared fields by their own names",
 }
+# gptcore's GPT's own architecture fields: a --model class is built from the six and the fields it declares, so
+# searching one of these under --model would change nothing it trains.
+GPT_ONLY = ("norm", "bias", "activation")
 BETAS = {"beta1": 0, "beta2": 1}  # TrainConfig.betas, one searched parameter per element
 KINDS = ("int", "float", "choice")
 
@@ -62,17 +65,18 @@ class Field:
 
 
 def searchable(extra_fields: Mapping[str, Any] | None = None) -> dict[str, Field]:
-    """Every field that may be searched besides the six, by name; `extra_fields`: a user model's declared fields
-    and their defaults (until --model lands, none)."""
+    """Every field that may be searched besides the six, by name; `extra_fields`: a --model class's declared
+    fields and their defaults (None: gptcore's GPT, whose architecture fields are searchable too)."""
     out: dict[str, Field] = {}
     for target, cls in (("model", ModelConfig), ("train", TrainConfig)):
         for f in fields(cls):
-            if f.name not in OWNED and f.name not in SIX and f.default is not MISSING:
+            if f.name not in OWNED and f.name not in SIX and f.default is not MISSING and not (
+                    extra_fields is not None and f.name in GPT_ONLY):  # a user's class: see GPT_ONLY
                 out[f.name] = Field(target, f.default)
     betas = TrainConfig().betas
     out.update({name: Field("train", betas[i]) for name, i in BETAS.items()})
     for name, default in (extra_fields or {}).items():
-        if name in out or name in OWNED or name in SIX:
+        if name in out or name in OWNED or name in SIX or name in GPT_ONLY:
             raise ValueError(f"the model's field {name!r} has the name of a config field")
         out[name] = Field("extra", default)
     return out
@@ -202,6 +206,9 @@ def parse_param(name: Any, spec: Any, where: str, known: Mapping[str, Field] | N
     if known is not None:
         if isinstance(name, str) and name in OWNED:
             raise UserError(f"{where}: {name} is not searched: {OWNED[name]}")
+        if isinstance(name, str) and name in GPT_ONLY and name not in known:
+            raise UserError(f"{where}: {name} is gptcore's GPT's own field: a --model class is built from the six "
+                            f"and the fields it declares (config_fields), so searching it would change nothing")
         if not isinstance(name, str) or name not in known:
             raise UserError(f"{where}: unknown parameter {shown}; expected one of the six ({', '.join(SIX)}) or a "
                             f"field to search: {', '.join(sorted(known))}")
