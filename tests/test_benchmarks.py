@@ -199,7 +199,7 @@ def test_every_subcommand_checks_out_before_work(command, tmp_path, capsys):
     (["matmul", "--devices", "tpu"], "unknown device tpu"),
     (["matmul", "--dtypes", "float16", "--devices", "cpu"], "GPU only"),
     (["matmul", "--threads", "0"], "argument --threads: expected an integer from 1 to 1024"),
-    (["train-step", "--configs", "huge"], "unknown preset huge"),
+    (["train-step", "--configs", "huge"], "unknown config huge"),
 ])
 def test_bad_options_are_one_line_and_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as info:
