@@ -58,6 +58,7 @@ def test_grouped_settings_hold_every_flag_as_the_flat_settings_did(tmp_path):
     flat = settings_from_args(args).flat()
     assert flat.pop("space_params") == {}  # no --param given (a setting added since: tests/test_space_fields.py)
     assert flat.pop("max_time") is None  # no --max-time given (tests/test_anytime.py)
+    assert flat.pop("model") == ""  # no --model given: gptcore's GPT (tests/test_user_model.py)
     # The flat TuneSettings the CLI built before the groups, field by field from the same flags.
     assert flat == dict(
         trials=3, budget=Budget(40, "steps"), rungs=2, reduction_factor=4, schedule="wsd", references=("baby",),
@@ -84,7 +85,8 @@ def test_the_settings_a_study_stores_are_the_flat_dict_they_were(tmp_path):
         "space": {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
                   "n_layer": [1, 1], "learning_rate": [0.001, 0.01]},
         "eval_iters": 4, "eval_batch_size": 32, "corpus": str(CORPUS), "seed": 3, "sampler": "random", "trials": 3,
-        "confirm": 1, "confirm_runs": 2, "save_models": False, "keep_models": 1, "compile": "none"}
+        "confirm": 1, "confirm_runs": 2, "save_models": False, "keep_models": 1, "compile": "none",
+        "model": ""}  # "": gptcore's GPT (--model, tests/test_user_model.py)
 
 
 def test_an_unknown_flat_setting_is_named():

@@ -74,7 +74,8 @@ def test_a_tuner_killed_between_record_and_tell_resumes_with_the_result_counted_
     df = trials_frame(out.study)
     assert list(df["status"]) == ["ok", "ok"] and df["retry_of"].isna().all()
     assert dispatch.tally(out.study)["counted"] == 2
-    assert sorted(p.name for p in (out.results_dir / "logs").iterdir()) == ["trial_0000.log", "trial_0001.log"]
+    assert sorted(p.name for p in (out.results_dir / "logs").iterdir()) == [
+        "trial_0000.curve.csv", "trial_0000.log", "trial_0001.curve.csv", "trial_0001.log"]  # each log, its curve
 
 
 class _Writes:

@@ -264,11 +264,22 @@ class ClaimRun:
             self._lost()
             return
         self._say(run)
-        if run.status == Status.OK:  # a run at the target may change the answer: best.json says it from now on
+        if run.status == Status.OK and self._may_change_answer():  # best.json says it from now on
             self.tuner.refresh_answer()
         self._track(run)
         if run.result and run.result.get("checkpoint"):
             prune_models(self.tuner)
+
+    def _may_change_answer(self) -> bool:
+        """Whether this run, which reached the target, may change the answer: a reference or a confirmation run, or
+        a searched trial that is now the study's best. Only then is the answer written again (the writing runs in
+        the tuner's process, beside the trials still running on the same cores)."""
+        if not self.claim.searched:
+            return True
+        try:
+            return self.session.study.best_trial.number == self.trial.number
+        except ValueError:  # no trial has a value (it was just told: not expected)
+            return True
 
     def on_eval(self, k: int, step: int, train_loss: float, val_loss: float) -> bool:
         """Report the loss at rung k (objective loss); True to stop: pruned, or lost to another tuner."""
