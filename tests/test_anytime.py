@@ -87,10 +87,10 @@ def test_the_time_split_books_each_kind_of_run_in_seconds_and_target_budgets():
     from tune.report.summary import time_split
 
     df = pd.DataFrame({
-        "status": ["ok", "pruned", "pruned", "oom", "ok", "ok", "ok"],
-        "reference": [None, None, None, None, "baby", None, None],
-        "confirm_of": [None, None, None, None, None, "trial 0", "trial 0"],
-        "trial_seconds": [20.0, 5.0, 5.0, 2.0, 20.0, 20.0, 20.0],
+        "status": ["ok", "pruned", "pruned", "oom", "ok", "ok", "ok", "queued", "running"],
+        "reference": [None, None, None, None, "baby", None, None, "tiny", None],
+        "confirm_of": [None, None, None, None, None, "trial 0", "trial 0", None, None],
+        "trial_seconds": [20.0, 5.0, 5.0, 2.0, 20.0, 20.0, 20.0, None, None],  # queued and running: no time yet
     })
     line = time_split(df, {"budget_amount": 20, "budget_unit": "s"}, wall=100.0)
     assert line == ("- where the time went of 1 min 40 s (5.0 target budgets): 20 s (1.0 target budgets) in 1 "

@@ -256,8 +256,10 @@ def time_split(df: pd.DataFrame, settings: dict[str, Any], wall: float) -> str:
     study costs, and what the searched trials' share of it is."""
     seconds = df["trial_seconds"].fillna(0).astype(float)
     confirm = df["confirm_of"].notna() if "confirm_of" in df else pd.Series(False, index=df.index)
-    ref = df["reference"].notna() & ~confirm
-    search = ~ref & ~confirm
+    ran = df["trial_seconds"].notna()  # a queued run, or one still running, has spent nothing on record yet
+    ref = df["reference"].notna() & ~confirm & ran
+    search = ~df["reference"].notna() & ~confirm & ran
+    confirm = confirm & ran
     parts = [("trial(s) that reached the target", search & (df["status"] == Status.OK)),
              ("pruned trial(s)", search & (df["status"] == Status.PRUNED)),
              ("trial(s) that failed or were cut short", search & ~df["status"].isin([Status.OK, Status.PRUNED])),
