@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from gptcore.cliutil import PROGRESS_HELP, Parser, add_config_flags, add_quiet, config_overrides, console, prog
 from gptcore.config import ModelConfig, TrainConfig
@@ -203,21 +204,23 @@ def ctrl_c_stops(event: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train (or resume), print losses and final figures, save the checkpoint; Ctrl-C saves and exits 130."""
-    from tqdm import tqdm
+@dataclasses.dataclass
+class _TrainRun:
+    """What `train` trains, once its flags, checkpoint and corpus are checked: configs, data, the model to go on."""
 
-    from gptcore.checkpoint import check_save_path, load_checkpoint, save_checkpoint
-    from gptcore.cliutil import EXIT_INTERRUPTED
-    from gptcore.curve import read_curve, write_curve
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    data: Any  # gptcore.data.TokenData
+    kind: str  # gpt or bigram
+    ckpt: Any  # the checkpoint resumed (--resume), or None
+
+
+def _train_setup(args: argparse.Namespace, say: Callable[[str], None]) -> _TrainRun:
+    """Check --out, --model, --resume and the configs against the corpus, before any training (one line each)."""
+    from gptcore.checkpoint import check_save_path, load_checkpoint
     from gptcore.data import TokenData
-    from gptcore.errors import Diverged
-    from gptcore.layout import CURVE
-    from gptcore.train import train
 
     check_save_path(args.out)  # before any work: not after an hour of training
-    name = f"{prog(PROG)} train"
-    say = (lambda line: None) if args.quiet else tqdm.write  # through tqdm: a live bar is redrawn below the line
     spec = user_model(args)
     if spec:  # a class that cannot train fails here, in one line, before the corpus is even read
         from gptcore.usermodel import probe
@@ -244,6 +247,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(f"data: {data.folder} (vocab {data.vocab_size}, train {len(data.tokens('train')):,}, "
         f"val {len(data.tokens('val')):,} tokens)")
     say(f"model: {model_cfg}\ntrain: {train_cfg}")
+    return _TrainRun(model_cfg, train_cfg, data, kind, ckpt)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume), print losses and final figures, save the checkpoint; Ctrl-C saves and exits 130."""
+    from tqdm import tqdm
+
+    from gptcore.cliutil import EXIT_INTERRUPTED
+    from gptcore.curve import read_curve
+    from gptcore.errors import Diverged
+    from gptcore.layout import CURVE
+    from gptcore.train import train
+
+    name = f"{prog(PROG)} train"
+    say = (lambda line: None) if args.quiet else tqdm.write  # through tqdm: a live bar is redrawn below the line
+    run = _train_setup(args, say)
+    ckpt = run.ckpt
 
     def on_eval(step: int, train_loss: float, val_loss: float) -> None:
         say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
@@ -258,11 +278,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop = threading.Event()
     with ctrl_c_stops(stop):  # also during the save: a second Ctrl-C there rolls the save back
         try:
-            result = train(model_cfg, train_cfg, data, on_eval=on_eval, model=model,
+            result = train(run.model_cfg, run.train_cfg, run.data, on_eval=on_eval, model=model,
                            optimizer_state=ckpt.optimizer_state if ckpt else None,
                            start_step=ckpt.step if ckpt else 0,
                            progress=False if args.no_progress or args.quiet else None,  # None: on a terminal
-                           kind=kind, interrupt=stop, on_log=curve.append)
+                           kind=run.kind, interrupt=stop, on_log=curve.append)
         except Diverged as exc:
             print(f"{name}: training diverged: {exc}; try a lower --lr or --dtype float32",
                   file=sys.stderr)
@@ -271,28 +291,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.stopped_by == "interrupted" and result.steps == 0:
             print(f"{name}: interrupted before the first step; nothing saved", file=sys.stderr)
             return EXIT_INTERRUPTED
-        path = save_checkpoint(args.out, result.model, model_cfg, train_cfg, data.tokenizer,
-                               optimizer=result.optimizer, step=step, kind=kind,
-                               extra={"result": result.to_dict()})
-        # After the save, beside it: a save replaces the whole folder. A kill in between leaves the checkpoint
-        # complete and its curve missing, never a curve of another checkpoint.
-        try:
-            write_curve(path / CURVE, curve)
-        except OSError as exc:  # a full disk: the checkpoint is saved, only its curve is missing
-            print(f"{name}: {path / CURVE}: not written ({exc})", file=sys.stderr)
+        path = _save_with_curve(args.out, run, result, step, curve, name)
     if result.stopped_by == "interrupted":
         print(f"{name}: interrupted: checkpoint saved at step {step} ({result.steps} steps this "
               f"run) to {path}; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    print(_done_line(result, step))
+    print(f"checkpoint: {path}")
+    return EXIT_INTERRUPTED if stop.is_set() else 0
+
+
+def _save_with_curve(out: Path, run: _TrainRun, result: Any, step: int, curve: list, name: str) -> Path:
+    """Save the checkpoint, then its curve beside it (a save replaces the whole folder). A kill in between leaves
+    the checkpoint complete and its curve missing, never a curve of another checkpoint."""
+    from gptcore.checkpoint import save_checkpoint
+    from gptcore.curve import write_curve
+    from gptcore.layout import CURVE
+
+    path = save_checkpoint(out, result.model, run.model_cfg, run.train_cfg, run.data.tokenizer,
+                           optimizer=result.optimizer, step=step, kind=run.kind, extra={"result": result.to_dict()})
+    try:
+        write_curve(path / CURVE, curve)
+    except OSError as exc:  # a full disk: the checkpoint is saved, only its curve is missing
+        print(f"{name}: {path / CURVE}: not written ({exc})", file=sys.stderr)
+    return path
+
+
+def _done_line(result: Any, step: int) -> str:
+    """The run's last line: steps, losses, times, speed, peak memory, parameters and MFU."""
     mem = result.peak_memory
     mem_text = (f"peak CUDA allocated {mem['peak_allocated_bytes'] / 2**20:.0f} MiB"
                 if "peak_allocated_bytes" in mem else f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB")
     mfu = f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
-    print(f"done: {result.steps} steps (to step {step}), train loss {result.train_loss:.4f}, "
-          f"val loss {result.val_loss:.4f}, {result.train_seconds:.1f} s training + {result.eval_seconds:.1f} s "
-          f"eval, {result.tokens_per_s:,.0f} tokens/s, {mem_text}, {result.n_params:,} parameters{mfu}")
-    print(f"checkpoint: {path}")
-    return EXIT_INTERRUPTED if stop.is_set() else 0
+    return (f"done: {result.steps} steps (to step {step}), train loss {result.train_loss:.4f}, "
+            f"val loss {result.val_loss:.4f}, {result.train_seconds:.1f} s training + {result.eval_seconds:.1f} s "
+            f"eval, {result.tokens_per_s:,.0f} tokens/s, {mem_text}, {result.n_params:,} parameters{mfu}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

@@ -333,3 +333,14 @@ def test_compare_shows_a_searched_field_beside_a_study_that_did_not_search_it(se
     dropout = next(line for line in best.splitlines() if line.startswith("| dropout"))
     assert [c.strip() for c in dropout.split("|")][3] == "-"  # the study of the six did not search it
     assert [c.strip() for c in dropout.split("|")][2] != "-"
+
+
+@pytest.mark.parametrize("sampler, module", [("qmc", "scipy.stats"), ("cmaes", "cmaes")])
+def test_a_sampler_whose_package_is_missing_is_one_line_naming_the_extra(sampler, module, monkeypatch):
+    import sys
+
+    from tune.search.strategy import make_sampler
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: its import raises ImportError
+    with pytest.raises(UserError, match=rf"^--sampler {sampler} needs the .* package: pip install -e '\.\[replay\]'"):
+        make_sampler(sampler, 0)

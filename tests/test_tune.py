@@ -509,7 +509,9 @@ def test_a_parent_failure_between_ask_and_tell_closes_the_trial(tmp_path, monkey
 
 
 def test_trials_are_judged_at_rungs_and_rows_show_the_rung_reached(tmp_path):
-    out = run_study(settings(tmp_path, trials=8, budget=Budget(0.9, "s"), rungs=3, pruner="asha", seed=2))
+    # Every model kept (--keep-models 3 would drop some when more than 3 train to the target: tests/test_keep_models.py)
+    out = run_study(settings(tmp_path, trials=8, budget=Budget(0.9, "s"), rungs=3, pruner="asha", seed=2,
+                             keep_models=100))
     df = pd.read_csv(out.results_dir / "trials.csv")
     assert {"rung", "rungs", "rung_loss", "loss_rung_1", "loss_rung_2", "loss_rung_3"} <= set(df.columns)
     ok, pruned = df[df["status"] == "ok"], df[df["status"] == "pruned"]

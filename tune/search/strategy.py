@@ -37,6 +37,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
+        try:
+            import scipy.stats  # noqa: F401  (QMCSampler draws its Sobol points with scipy, at the first trial)
+        except ImportError:
+            raise UserError("--sampler qmc needs the scipy package: pip install -e '.[replay]'") from None
         # Scrambled Sobol points: random search that covers the space more evenly.
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
     if name == "cmaes":
