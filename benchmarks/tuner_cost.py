@@ -19,14 +19,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import optuna
 import pandas as pd
 
-from benchmarks.tuner_replay import Strategy, cost_to, run_recorded, sampler_for
+from benchmarks.tuner_replay import Strategy, cost_to, replayed_study, run_recorded
 from benchmarks.tuner_table import Table
-from tune.core.budget import RungPlan
 from tune.core.confirm import CONFIRM_RUNS
-from tune.search.strategy import make_pruner
 
 # Run-to-run sd of the validation loss at the target, measured with --confirm on 9 real 20-trial studies (12 s
 # target, 2-core CPU, median over the studies): tune/search/settings.py DEFAULT_CONFIRM's comment.
@@ -70,32 +67,27 @@ def noisy(row: dict, columns: list[str], offset: float) -> dict:
 def replay_answers(table: Table, strategy: Strategy, seed: int, trials: int, spend: Spend) -> Answers:
     """Replay one study of `trials` trials with `strategy`, charged and judged as the real study is."""
     rng = np.random.default_rng(seed)
-    plan = RungPlan.for_budget(table.budget, table.meta["eta"], strategy.rungs)
-    columns = [table.rung_column(f) for f in plan.fractions]
     reference_s = float(table.frame.loc[table.frame["status"] == "ok", "trial_seconds"].median())
     clock = spend.references * reference_s
     observed: dict[int, list[float]] = {}  # row position -> its observed losses at the target
     times: list[float] = []
     regrets: list[float] = []
     named = None  # the row the answer names now
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=f"replay-{seed}", direction="minimize",
-                                sampler=sampler_for(strategy.sampler, seed), pruner=make_pruner(strategy.pruner, plan))
-    for _ in range(trials):
-        trial = study.ask()
-        position = table.nearest(table.space.suggest(trial))
-        row = noisy(table.rows[position], columns, rng.normal(0, spend.noise))
-        seconds, value = run_recorded(study, trial, row, plan, columns, len(table.fractions))
-        clock += seconds
-        if value is None:
-            continue
-        observed.setdefault(position, []).append(value)
-        best = min(observed, key=lambda p: min(observed[p]))  # the best single run: what the report names
-        if best != named:
-            named = best
-            times.append(clock)
-            regrets.append(_regret(table, best))
+    with replayed_study(table, strategy, seed) as (study, plan, columns):
+        for _ in range(trials):
+            trial = study.ask()
+            position = table.nearest(table.space.suggest(trial))
+            row = noisy(table.rows[position], columns, rng.normal(0, spend.noise))
+            seconds, value = run_recorded(study, trial, row, plan, columns, len(table.fractions))
+            clock += seconds
+            if value is None:
+                continue
+            observed.setdefault(position, []).append(value)
+            best = min(observed, key=lambda p: min(observed[p]))  # the best single run: what the report names
+            if best != named:
+                named = best
+                times.append(clock)
+                regrets.append(_regret(table, best))
     # Confirmation, after the search: the best --confirm configurations run CONFIRM_RUNS more times each, then the
     # answer is the best mean over each one's runs.
     top = sorted(observed, key=lambda p: min(observed[p]))[:spend.confirm]

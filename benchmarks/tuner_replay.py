@@ -13,9 +13,11 @@ parallel workers (studies are replayed one trial at a time).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,25 +94,31 @@ def cost_to(row: dict[str, Any], recorded: int, fraction: float, evals: int) -> 
     return overhead + fraction * train + evaluation * evals / recorded
 
 
-def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> Replayed:
-    """Replay one study of `trials` trials with `strategy`."""
+@contextlib.contextmanager
+def replayed_study(table: Table, strategy: Strategy, seed: int) -> Iterator[tuple[optuna.Study, RungPlan, list[str]]]:
+    """An in-memory study run as the tuner runs one with `strategy`, its rung plan and the table's columns for it;
+    Optuna's experimental-feature warnings silenced while it is used."""
     plan = RungPlan.for_budget(table.budget, table.meta["eta"], strategy.rungs)
-    recorded = table.fractions
     columns = [table.rung_column(f) for f in plan.fractions]
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # thousands of in-memory studies: no line per study
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-feature warnings of Optuna's samplers
         # A fixed name: Hyperband assigns brackets by a hash of the study name and trial number, so a random name
         # would make its rows differ from one replay to the next.
-        study = optuna.create_study(study_name=f"replay-{seed}", direction="minimize",
-                                    sampler=sampler_for(strategy.sampler, seed),
-                                    pruner=make_pruner(strategy.pruner, plan))
+        yield (optuna.create_study(study_name=f"replay-{seed}", direction="minimize",
+                                   sampler=sampler_for(strategy.sampler, seed),
+                                   pruner=make_pruner(strategy.pruner, plan)), plan, columns)
+
+
+def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> Replayed:
+    """Replay one study of `trials` trials with `strategy`."""
+    with replayed_study(table, strategy, seed) as (study, plan, columns):
         clock, best = 0.0, math.inf
         clocks, bests = np.empty(trials), np.empty(trials)
         for i in range(trials):
             trial = study.ask()
             row = table.rows[table.nearest(table.space.suggest(trial))]
-            seconds, value = run_recorded(study, trial, row, plan, columns, len(recorded))
+            seconds, value = run_recorded(study, trial, row, plan, columns, len(table.fractions))
             clock += seconds
             if value is not None:
                 best = min(best, value)
