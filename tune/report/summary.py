@@ -120,7 +120,7 @@ def run_section(study: optuna.Study, df: pd.DataFrame, settings: dict[str, Any],
     runs = originals(df)
     search = runs[runs["reference"].isna()]
     counts = search["status"].value_counts().reindex([s.value for s in Status], fill_value=0)
-    counted = int(search["status"].isin(COUNTED).sum())
+    counted = counted_trials(runs)
     retries = int(search["retry_of"].notna().sum())
     refs = runs[runs["reference"].notna()]
     repeats = len(df) - len(runs)
@@ -276,10 +276,14 @@ def time_split(df: pd.DataFrame, settings: dict[str, Any], wall: float) -> str:
     return f"- where the time went{total}: {', '.join(said) or 'no run yet'}{rest}"
 
 
+def counted_trials(runs: pd.DataFrame) -> int:
+    """Searched trials whose outcome counts toward --trials (references and confirmation runs do not)."""
+    return int(runs.loc[runs["reference"].isna(), "status"].isin(COUNTED).sum())
+
+
 def answer_so_far(runs: pd.DataFrame, settings: dict[str, Any], winner: Winner | None) -> list[str]:
     """What the verdict still lacks while the study is unfinished (stopped, or still running); [] once complete."""
-    search = runs[runs["reference"].isna()]
-    counted, asked = int(search["status"].isin(COUNTED).sum()), int(settings.get("trials") or 0)
+    counted, asked = counted_trials(runs), int(settings.get("trials") or 0)
     missing = [f"{counted} of {asked} trials counted"] if counted < asked else []
     done_refs = set(runs.loc[runs["reference"].notna() & runs["status"].isin(COUNTED), "reference"])
     refs = [r for r in settings.get("references") or [] if r not in done_refs]
