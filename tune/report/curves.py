@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from gptcore.curve import CurvePoint, curve_path, read_curve
+from tune.core.confirm import run_stem
 from tune.report.frame import label, reference_of
 
 
@@ -29,8 +30,8 @@ def log_name(row: pd.Series) -> str | None:
         return None
     preset = reference_of(row)
     if preset:
-        return f"ref_{preset}"
-    return f"trial_{int(row['number']):04d}" if pd.notna(row.get("number")) else None
+        return run_stem(None, preset)
+    return run_stem(int(row["number"]), None) if pd.notna(row.get("number")) else None
 
 
 def x_axis(settings: dict[str, Any]) -> tuple[str, str]:

@@ -33,6 +33,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from gptcore.files import fault_point
+from tune.core.confirm import run_stem
 
 TRASH_PREFIX = ".pruned."
 LOCK_NAME = ".keep.lock"
@@ -54,9 +55,9 @@ def checkpoints_lock(folder: Path) -> Iterator[None]:
 def label_of(trial: FrozenTrial, reference: bool) -> str | None:
     """The folder name a run's checkpoint has (tune.search.study.job_for): trial_0012 or ref_baby; None: unknown."""
     if not reference:
-        return f"trial_{trial.number:04d}"
+        return run_stem(trial.number, None)
     preset = trial.user_attrs.get("reference")
-    return f"ref_{preset}" if preset else None
+    return run_stem(None, preset) if preset else None
 
 
 def ranked(study: optuna.Study, refs: optuna.Study | None) -> list[str]:

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from tune.core import trust
 from tune.core.budget import format_seconds
-from tune.core.confirm import CONFIRM_RUNS, confirm_label
+from tune.core.confirm import CONFIRM_RUNS, confirm_label, run_stem
 from tune.core.epochs import EpochEstimate
 from tune.core.outcomes import Status
 from tune.core.space import preset_params
@@ -208,11 +208,11 @@ def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
 def job_for(session: Session, claim: Claim, slot: Slot) -> tuple[str, TrialJob, dict[str, Any]]:
     """The trial's label, what its process needs (configs, data, slot, limits, log, model path), and its params."""
     if claim.preset:
-        label, params = f"ref_{claim.preset}", preset_params(claim.preset)
+        label, params = run_stem(None, claim.preset), preset_params(claim.preset)
         model, train = reference_configs(claim.preset, session)
     else:
         number = claim.confirm.source.number if claim.confirm else claim.trial.number
-        label, params = f"trial_{number:04d}", claim.params
+        label, params = run_stem(number, None), claim.params
         model, train = trial_configs(params, session)
     # The extra fields' values as trained: a reference's unsearched ones too, so its row shows them.
     params = {**params, **session.space.values_in(model, train)}
