@@ -88,7 +88,8 @@ def plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
 
 
-def _number(v: object) -> bool:
+def is_number(v: object) -> bool:
+    """A finite int or float as a bound or a value: JSON's true is an int to Python and Infinity a float."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -124,7 +125,7 @@ class Param:
         value = plain(value)
         if self.kind == "choice":
             return any(_same(value, c) for c in self.choices)
-        if not _number(value) or not self.low <= value <= self.high:
+        if not is_number(value) or not self.low <= value <= self.high:
             return False
         return self.kind == "float" or (value == int(value) and (int(value) - int(self.low)) % self.step == 0)
 
@@ -133,7 +134,7 @@ class Param:
         value = plain(value)
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return None
-        if self.kind == "int" and _number(value) and value == int(value):
+        if self.kind == "int" and is_number(value) and value == int(value):
             return int(value)
         if self.kind == "choice" and isinstance(value, float) and value.is_integer() and not any(
                 isinstance(c, float) for c in self.choices):
@@ -226,7 +227,7 @@ def parse_param(name: Any, spec: Any, where: str, known: Mapping[str, Field] | N
 def _form(name: str, spec: Any, default: Any, where: str) -> tuple[str, list[Any], dict[str, Any]]:
     """(kind, values, options) of an entry in any of its forms: {"float": [lo, hi], "log": true}, [lo, hi], a
     list of strings or booleans, or one value."""
-    numeric = _number(default)
+    numeric = is_number(default)
     if isinstance(spec, dict):
         kinds = [k for k in KINDS if k in spec]
         extra = sorted(set(spec) - set(KINDS) - {"log", "step"})
@@ -239,7 +240,7 @@ def _form(name: str, spec: Any, default: Any, where: str) -> tuple[str, list[Any
             raise UserError(f"{where}: {name}: {kind} takes a list ([low, high] or the choices), got {values!r}")
         return kind, values, {k: spec[k] for k in ("log", "step") if k in spec}
     if isinstance(spec, list):
-        if numeric and len(spec) == 2 and all(map(_number, spec)):
+        if numeric and len(spec) == 2 and all(map(is_number, spec)):
             return ("int" if isinstance(default, int) else "float"), spec, {}
         if numeric:
             raise UserError(f"{where}: {name}: expected a range [low, high] of numbers, one value, or "
@@ -256,13 +257,13 @@ def _param(name: str, kind: str, values: list[Any], options: dict[str, Any], inf
     if kind == "choice":
         if options:
             raise UserError(f"{where}: {name}: a choice takes no log or step")
-        if not values or not all(isinstance(v, (str, bool)) or _number(v) for v in values):
+        if not values or not all(isinstance(v, (str, bool)) or is_number(v) for v in values):
             raise UserError(f"{where}: {name}: choices must be a non-empty list of strings, finite numbers or "
                             f"true/false, got {values!r}"[:300])
         if any(_same(a, b) for i, a in enumerate(values) for b in values[:i]):
             raise UserError(f"{where}: {name}: choices must differ, got {values!r}"[:300])
         return Param(name, kind, info.target, info.default, choices=tuple(values))
-    if len(values) != 2 or not all(map(_number, values)):
+    if len(values) != 2 or not all(map(is_number, values)):
         raise UserError(f"{where}: {name}: {kind} takes a range [low, high] of finite numbers, got {values!r}"[:300])
     low, high = values
     if not low <= high:
@@ -304,7 +305,7 @@ def _refused(param: Param, value: Any) -> str | None:
     if param.target == "extra":  # a user model's field: its type must be its default's (the model checks more)
         d = param.default
         ok = (d is None or (isinstance(value, bool) if isinstance(d, bool) else
-                            _number(value) if isinstance(d, float) else
+                            is_number(value) if isinstance(d, float) else
                             isinstance(value, int) and not isinstance(value, bool) if isinstance(d, int) else
                             isinstance(value, type(d))))
         return None if ok else f"the model declares it as {type(d).__name__} (default {_shown(d)})"

@@ -18,7 +18,7 @@ from gptcore.cliutil import finite_float
 from gptcore.config import INT_MAX, from_name, to_dict
 from gptcore.errors import UserError
 from gptcore.files import read_json_object
-from tune.core.fields import Field, Param, parse_param, plain, searchable
+from tune.core.fields import Field, Param, is_number, parse_param, plain, searchable
 
 PARAMS = ("batch_size", "block_size", "n_embed", "n_head", "n_layer", "learning_rate")
 POW2 = ("batch_size", "block_size", "n_head")  # searched over powers of two
@@ -51,7 +51,7 @@ class Space:
     def __post_init__(self) -> None:
         for name in PARAMS:
             pair = getattr(self, name)
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_number, pair))):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(is_number, pair))):
                 raise UserError(f"{name} must be a number or a range [low, high] of numbers, got {pair!r}")
             lo, hi = pair
             if not 0 < lo <= hi:
@@ -125,7 +125,7 @@ class Space:
         if name in extra:
             return extra[name].allows(value)
         lo, hi = getattr(self, name)
-        # numbers.Real, not _is_number: values read from a table are numpy numbers (int64 is no Python int).
+        # numbers.Real, not is_number: values read from a table are numpy numbers (int64 is no Python int).
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                 or not lo <= value <= hi:
             return False
@@ -183,11 +183,6 @@ class Space:
         six = {k: tuple(v) for k, v in data.items() if k in PARAMS}
         extra = tuple(parse_param(k, v, "recorded space", None) for k, v in data.items() if k not in PARAMS)
         return cls(**six, extra=extra)
-
-
-def _is_number(v: object) -> bool:
-    # JSON's true is an int to Python and Infinity a float: neither is a bound.
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_pow2(v: float) -> bool:
