@@ -38,6 +38,8 @@ class Spend:
     references: int = 2
     confirm: int = 2
     noise: float = NOISE
+    references_last: bool = False  # after the search, judged at its rungs against the answer (else first, whole)
+    sequential: bool = False  # confirm until the answer's lead exceeds the noise measured so far (else every run)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def replay_answers(table: Table, strategy: Strategy, seed: int, trials: int, spe
     """Replay one study of `trials` trials with `strategy`, charged and judged as the real study is."""
     rng = np.random.default_rng(seed)
     reference_s = float(table.frame.loc[table.frame["status"] == "ok", "trial_seconds"].median())
-    clock = spend.references * reference_s
+    clock = 0.0 if spend.references_last else spend.references * reference_s
     observed: dict[int, list[float]] = {}  # row position -> its observed losses at the target
     times: list[float] = []
     regrets: list[float] = []
@@ -88,17 +90,52 @@ def replay_answers(table: Table, strategy: Strategy, seed: int, trials: int, spe
                 named = best
                 times.append(clock)
                 regrets.append(_regret(table, best))
+        if spend.references_last:
+            clock += sum(_reference_last(table, study, plan, columns, observed, rng, spend) for _ in
+                         range(spend.references))
     # Confirmation, after the search: the best --confirm configurations run CONFIRM_RUNS more times each, then the
     # answer is the best mean over each one's runs.
     top = sorted(observed, key=lambda p: min(observed[p]))[:spend.confirm]
-    for position in top:
-        for _ in range(CONFIRM_RUNS):
-            clock += cost_to(table.rows[position], len(table.fractions), 1.0, 1)
-            observed[position].append(float(table.rows[position]["val_loss"]) + rng.normal(0, spend.noise))
+    for position in _confirm_order(top, observed, spend, rng, table):
+        clock += cost_to(table.rows[position], len(table.fractions), 1.0, 1)
     if top:
         times.append(clock)
         regrets.append(_regret(table, min(top, key=lambda p: float(np.mean(observed[p])))))
     return Answers(np.asarray(times, dtype=float), np.asarray(regrets, dtype=float), clock)
+
+
+def _confirm_order(top, observed, spend, rng, table):
+    """Yield the confirmation runs as they are made (each appends its loss to observed): every one, or sequentially
+    until the best mean's lead over the next exceeds the noise measured so far."""
+    from tune.core.confirm import next_confirmation
+
+    runs = {p: 0 for p in top}
+    while True:
+        if spend.sequential:
+            pick = next_confirmation({p: observed[p] for p in top}, runs, CONFIRM_RUNS)
+        else:
+            pick = next((p for p in top if runs[p] < CONFIRM_RUNS), None)
+        if pick is None:
+            return
+        runs[pick] += 1
+        observed[pick].append(float(table.rows[pick]["val_loss"]) + rng.normal(0, spend.noise))
+        yield pick
+
+
+def _reference_last(table, study, plan, columns, observed, rng, spend) -> float:
+    """Seconds one reference (the table's median configuration) costs when judged at its rungs after the search:
+    stopped at the first rung where even its optimistic prediction cannot beat the answer."""
+    from tune.search.predict import predict
+
+    ok = table.frame[table.frame["status"] == "ok"]
+    row = table.rows[int(ok.index[np.argsort(ok["val_loss"].to_numpy())[len(ok) // 2]])]
+    row = noisy(row, columns, rng.normal(0, spend.noise))
+    best = min((min(v) for v in observed.values()), default=None)
+    for k, column in enumerate(columns[:-1]):
+        p = predict(study, plan.steps[k], float(row[column]))
+        if best is not None and p is not None and p.bound() > best:
+            return cost_to(row, len(table.fractions), plan.fractions[k], k + 1)
+    return cost_to(row, len(table.fractions), 1.0, len(columns))
 
 
 def _regret(table: Table, position: int) -> float:

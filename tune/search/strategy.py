@@ -11,9 +11,10 @@ import optuna
 
 from gptcore.errors import UserError
 from tune.core.budget import RungPlan
+from tune.search.predict import PredictivePruner
 
 SAMPLERS = ("tpe", "tpe-univariate", "random", "qmc", "cmaes")
-PRUNERS = ("asha", "median", "hyperband", "none")
+PRUNERS = ("asha", "predict", "median", "hyperband", "none")
 DEFAULT_SAMPLER = "tpe"
 DEFAULT_PRUNER = "asha"
 # TPE draws this many configurations at random before it models anything. Optuna's default is 10; in the replay
@@ -55,12 +56,17 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(name: str, plan: RungPlan) -> optuna.pruners.BasePruner:
-    """asha (asynchronous successive halving over the rungs), median, hyperband or none."""
+    """asha (asynchronous successive halving over the rungs), predict (asha and a learning-curve bound), median,
+    hyperband or none."""
     if name == "asha":
         # Rungs at report steps 1, eta, eta**2...: at each, a trial trains on only if it is in the best 1/eta of
         # the trials that reached that rung so far (asynchronous: no waiting for a full bracket).
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=plan.eta,
                                                       min_early_stopping_rate=0)
+    if name == "predict":
+        # Successive halving, and once a few trials reached the target, a learning-curve bound: a trial that
+        # cannot beat the incumbent stops even when it is in the best 1/eta of its rung (tune.search.predict).
+        return PredictivePruner(make_pruner("asha", plan))
     if name == "median":
         # Never prune at the first rung nor before 5 trials have finished: Optuna prunes from step ==
         # n_warmup_steps on, and the first rung is reported at step 1.
