@@ -18,7 +18,9 @@ from tune.core import schema, units
 from tune.core.budget import format_seconds
 from tune.core.space import Space
 from tune.report.card.command import main as card_main
+from tune.report.frame import originals, trials_frame
 from tune.report.outputs import write_report
+from tune.report.plots import loss_vs_memory_plot
 from tune.report.predicted import INTERVAL_Z, verdict_at_rung
 from tune.store.storage import reference_study_name
 
@@ -42,8 +44,9 @@ SEARCHED = [
     ([3.1, 2.9], schema.PREDICTION, (2.60, 0.05)),
 ]
 PAIRS, INCUMBENT = 4, 2.10
-# baby: stopped at rung 1 by the prediction; tiny: trained to the target.
-BABY_LOSS, BABY_PRED, BABY_SD = 2.41, 2.35, 0.04
+# baby: stopped at rung 1 by the prediction, smaller than every run that trained; tiny: trained to the target.
+BABY_LOSS, BABY_PRED, BABY_SD, BABY_PEAK = 2.41, 2.35, 0.04, 250
+PEAK = 300  # every searched trial's peak MiB
 TINY_LOSS = 2.25
 
 
@@ -61,7 +64,7 @@ def predicted_study(folder: Path) -> optuna.Study:
     for k, (losses, stopped_by, pred) in enumerate(SEARCHED):
         done = len(losses) == len(RUNGS)
         attrs = {**_attrs("ok" if done else "pruned", {"val_loss": losses[-1], "tokens_per_s": 10_000.0 + k,
-                                                       "peak": 300, "n_params": 100_000}),
+                                                       "peak": PEAK, "n_params": 100_000}),
                  "rung": len(losses), "rungs": len(RUNGS), "rung_loss": losses[-1], **_prediction(pred, 2)}
         if stopped_by:
             attrs["stopped_by"] = stopped_by
@@ -73,7 +76,7 @@ def predicted_study(folder: Path) -> optuna.Study:
     refs.add_trial(optuna.trial.create_trial(
         state=TrialState.PRUNED, intermediate_values={1: BABY_LOSS},
         user_attrs={"reference": "baby", **_attrs("pruned", {"val_loss": BABY_LOSS, "tokens_per_s": 5_000.0,
-                                                               "peak": 350, "n_params": 800_000}),
+                                                               "peak": BABY_PEAK, "n_params": 800_000}),
                     "rung": 1, "rungs": len(RUNGS), "rung_loss": BABY_LOSS, "stopped_by": schema.PREDICTION,
                     **_prediction((BABY_PRED, BABY_SD), 1)}))
     refs.add_trial(optuna.trial.create_trial(
@@ -194,3 +197,20 @@ def test_the_verdict_against_a_stopped_run_says_it_is_predicted(predicted, says)
     # Against a throughput answer, or with no answer yet, it is not compared.
     assert "not compared" in verdict_at_rung(row, SETTINGS, 1e4, by_loss=False)
     assert "not compared" in verdict_at_rung(row, SETTINGS, None, by_loss=True)
+
+
+def test_the_loss_vs_memory_plot_draws_a_stopped_reference_at_its_rung_and_off_the_pareto_front(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    kept = {}
+    runs = originals(trials_frame(predicted_study(tmp_path / "s1")))
+    assert loss_vs_memory_plot(runs, None, lambda fig, name: kept.update({name: fig})) is None
+    ax = kept["loss_vs_memory.png"].axes[0]
+    [baby] = [c for c in ax.collections if c.get_label().startswith("reference baby")]
+    assert "at the rung it stopped at" in baby.get_label()
+    assert [tuple(xy) for xy in baby.get_offsets()] == [(BABY_PEAK, BABY_LOSS)]
+    [front] = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+    # Smaller than every run that trained, it would lead the front were its loss at the rung read as one at the
+    # target.
+    assert BABY_PEAK not in list(front.get_xdata()) and min(front.get_xdata()) == PEAK
