@@ -1,5 +1,6 @@
-"""summary.md: a study read top to bottom: what was run, the verdict, the top 10, the OOM frontier, how far the
-figures can be trusted, the search space, the environment, the plots and what trials.csv's columns mean."""
+"""summary.md: a study read top to bottom: what was run, the verdict, the top 10, the OOM frontier, how well the
+rungs and the learning-curve prediction foretold the target, how far the figures can be trusted, the search space,
+the environment, the plots and what trials.csv's columns mean."""
 
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ PLOTS = ("curves.png", "rungs.png", "history.png", "importances.png", "loss_vs_m
 
 
 def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes: list[str] | None = None) -> str:
-    """summary.md, top to bottom: what was run, the verdict, top 10, OOM frontier, confirmation, rungs, memory,
-    measurement, warm start, search space, environment, plots, columns."""
+    """summary.md, top to bottom: what was run, the verdict, top 10, OOM frontier, confirmation, rungs, the
+    learning-curve prediction (when the search made one), memory, measurement, warm start, search space, environment,
+    plots, columns."""
     env = study.user_attrs.get("environment", {})
     settings = study.user_attrs.get("settings", {})
     objective = settings.get("objective", "loss")
