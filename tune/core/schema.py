@@ -49,15 +49,21 @@ def _s(name: str, column: str, doc: str, label: str | None = None) -> Field:
     return Field(name, column, doc, digits=2, label=label)
 
 
+# stopped_by's values: why a run stopped at a rung below the target (tune.search.predict).
+HALVING = "halving"  # successive halving: not in the best 1/eta of its rung
+PREDICTION = "prediction"  # even an optimistic reading of its predicted loss at the target could not beat the best
+
+
 # trials.csv's columns, in order. Internal bookkeeping (the tuner's own memory, process ids) is left out.
 FIELDS: tuple[Field, ...] = (
     Field("trial", "trial", "the trial as every table names it: its number, 'ref PRESET', or 'confirm trial N #k'"),
     Field("number", "number", "the searched trial's number in the Optuna study (blank for references and "
                               "confirmation runs, which live in companion studies)"),
-    Field("reference", "reference", "the preset a reference run trained (a hand-picked configuration run beside "
-                                    "the search, never pruned)"),
-    Field("status", "status", "ok (trained to the target), pruned (stopped at a rung), oom, predicted_oom (skipped: "
-                              "predicted over the memory limit), diverged, timeout, error, interrupted"),
+    Field("reference", "reference", "the preset a reference run trained (a hand-picked configuration run after "
+                                    "the search; stopped at a rung only by the prediction, see stopped_by)"),
+    Field("status", "status", "ok (trained to the target), pruned (stopped at a rung: stopped_by says why), oom, "
+                              "predicted_oom (skipped: predicted over the memory limit), diverged, timeout, error, "
+                              "interrupted"),
     Field("objective_value", "objective_value",
           "the figure the study ranks: validation loss at the target (objective loss) or training tokens/s "
           "(objective throughput); blank unless the run trained to the target", digits=6),
@@ -81,6 +87,20 @@ FIELDS: tuple[Field, ...] = (
     Field("rungs", "rungs", "the study's number of rungs"),
     Field("rung_loss", "rung_loss", "validation loss at the last rung reached (what a pruned trial was judged on)",
           digits=4, label="validation loss at the last rung"),
+    Field("stopped_by", "stopped_by", "why a run stopped before the target: halving (not in the best 1/eta of its "
+                                      "rung) or prediction (even an optimistic reading of its predicted loss at the "
+                                      "target could not beat the best loss at the target so far)"),
+    Field("predicted_loss", "predicted_loss", "the validation loss at the target predicted at the run's latest rung "
+                                              "below it: a straight line through the study's own (loss at that rung, "
+                                              "loss at the target) pairs", digits=4,
+          label="predicted validation loss at the target"),
+    Field("predicted_sd", "predicted_sd", "the standard deviation of that prediction (its prediction interval's)",
+          digits=4),
+    Field("predicted_rung", "predicted_rung", "the rung the prediction was read at", digits=0),
+    Field("predicted_pairs", "predicted_pairs", "trials that had reached the target when the line was fitted (its "
+                                                "points)", digits=0),
+    Field("incumbent_loss", "incumbent_loss", "the study's best validation loss at the target when the prediction "
+                                              "was made (what the run had to beat)", digits=4),
     Field("val_loss", "val_loss", "validation loss at the end of the trial's training", digits=4,
           label="validation loss"),
     Field("train_loss", "train_loss", "training loss at the end of the trial's training", digits=4),

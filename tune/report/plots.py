@@ -186,15 +186,23 @@ def _against_memory(df: pd.DataFrame, y: str, y_pruned: str, limit: float | None
     mem = "peak_MiB"
     frame = df.assign(**{mem: df["peak_memory_bytes"] / MiB})
     ok, pruned, refs, oom = _kinds(frame)
-    shown = pd.concat([ok[[mem, y]], refs[[mem, y]], pruned[[mem, y_pruned]].set_axis([mem, y], axis=1)]).dropna()
+    # A reference stopped at a rung (by the prediction) is drawn where it stopped, as a pruned trial is: its loss
+    # there is not a loss at the target, and it is no member of the Pareto front of the runs that trained.
+    at = refs[y].where(refs["status"] == Status.OK, refs[y_pruned])
+    trained_refs = refs[refs["status"] == Status.OK]
+    shown = pd.concat([ok[[mem, y]], refs[[mem]].assign(**{y: at}),
+                       pruned[[mem, y_pruned]].set_axis([mem, y], axis=1)]).dropna()
     if shown.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(ok[mem], ok[y], color="C0", zorder=3, label=f"trained to the target ({len(ok)})")
     ax.scatter(pruned[mem], pruned[y_pruned], facecolors="none", edgecolors="0.5", zorder=3,
                label=f"pruned{': at its last rung' if y_pruned != y else ''} ({len(pruned)})")
-    for i, (_, r) in enumerate(refs.iterrows()):
-        ax.scatter([r[mem]], [r[y]], marker="s", color=ref_colour(i), zorder=3, label=f"reference {reference_of(r)}")
+    for i, (key, r) in enumerate(refs.iterrows()):
+        stopped = r["status"] != Status.OK and y_pruned != y
+        ax.scatter([r[mem]], [at[key]], marker="s", zorder=3, color="none" if stopped else ref_colour(i),
+                   edgecolors=ref_colour(i), label=f"reference {reference_of(r)}"
+                                                   + (": at the rung it stopped at" if stopped else ""))
     if limit:
         ax.axvline(limit / MiB, color="C3", linestyle="--", linewidth=1, label="memory limit")
     if y == "tokens_per_s":  # a fast configuration is data, not an outlier: a log axis keeps every run in view
@@ -207,8 +215,8 @@ def _against_memory(df: pd.DataFrame, y: str, y_pruned: str, limit: float | None
     x = [limit / MiB if limit else frame[mem].max()] * len(oom)
     _oom_marks(ax, oom, pd.Series(x, dtype=float), high if oom_at == "top" else low)
     ax.set(xlabel=schema.label("peak_memory_bytes"), ylabel=schema.label(y))
-    _numbers(ax, pd.concat([ok, refs, pruned.assign(**{y: pruned[y_pruned]})]), mem, y)
-    return fig, ax, pd.concat([ok, refs])
+    _numbers(ax, pd.concat([ok, refs.assign(**{y: at}), pruned.assign(**{y: pruned[y_pruned]})]), mem, y)
+    return fig, ax, pd.concat([ok, trained_refs])
 
 
 def loss_vs_memory_plot(df: pd.DataFrame, limit: float | None, save: Callable[[Any, str], None]) -> str | None:

@@ -1,5 +1,6 @@
-"""summary.md: a study read top to bottom: what was run, the verdict, the top 10, the OOM frontier, how far the
-figures can be trusted, the search space, the environment, the plots and what trials.csv's columns mean."""
+"""summary.md: a study read top to bottom: what was run, the verdict, the top 10, the OOM frontier, how well the
+rungs and the learning-curve prediction foretold the target, how far the figures can be trusted, the search space,
+the environment, the plots and what trials.csv's columns mean."""
 
 from __future__ import annotations
 
@@ -33,14 +34,24 @@ from tune.report.frame import (
 )
 from tune.report.keep import disk_used, kept_models
 from tune.report.memreport import memory_section
+from tune.report.predicted import (
+    INTERVAL_Z,
+    has_prediction,
+    judged_text,
+    prediction_errors,
+    stop_counts,
+    stopped_by_prediction,
+    verdict_at_rung,
+)
 
 PLOTS = ("curves.png", "rungs.png", "history.png", "importances.png", "loss_vs_memory.png", "throughput_vs_memory.png",
          "memory.png")
 
 
 def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes: list[str] | None = None) -> str:
-    """summary.md, top to bottom: what was run, the verdict, top 10, OOM frontier, confirmation, rungs, memory,
-    measurement, warm start, search space, environment, plots, columns."""
+    """summary.md, top to bottom: what was run, the verdict, top 10, OOM frontier, confirmation, rungs, the
+    learning-curve prediction (when the search made one), memory, measurement, warm start, search space, environment,
+    plots, columns."""
     env = study.user_attrs.get("environment", {})
     settings = study.user_attrs.get("settings", {})
     objective = settings.get("objective", "loss")
@@ -52,7 +63,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
              f"{env.get('device_name', '?')}** ({settings.get('dtype', '?')}), judged by {what}.", ""]
     lines += run_section(study, df, settings, env)
     lines[-1:-1] = [disk_line(folder, settings)]  # the last line of "What was run"
-    lines += verdict_section(winner, df, objective, folder)
+    lines += verdict_section(winner, df, settings, folder)
     lines += answer_so_far(runs, settings, winner)
     lines += warnings_about(winner, df, study)
     ok = runs[runs["status"] == Status.OK]
@@ -66,6 +77,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, folder: Path, notes:
     lines += confirmation_section(winner, objective)
     rungs = settings.get("rungs") or [1.0]
     lines += rung_section(runs[runs["reference"].isna()], len(rungs))
+    lines += prediction_section(runs, settings)
     lines += memory_section(runs, settings, label)
     lines += measurement_section(study, df)
     lines += warm_start_section(study, runs, objective)
@@ -169,12 +181,16 @@ def disk_line(folder: Path, settings: dict[str, Any]) -> str:
 
 
 def _references(refs: pd.DataFrame) -> str:
-    """'2 reference preset(s)', with its runs when a preset ran more than once (retried after an interruption)."""
+    """'2 reference preset(s)', with its runs when a preset ran more than once (retried after an interruption), and
+    the presets judged at a rung by the prediction (they ran, and were stopped there)."""
     presets = refs["reference"].nunique()
+    judged = sorted({r["reference"] for _, r in refs.iterrows() if stopped_by_prediction(r)})
+    stopped = (f", {len(judged)} of them stopped at a rung by the prediction ({', '.join(judged)})" if judged
+               else "")
     if len(refs) == presets:
-        return f"{presets} reference preset(s)"
+        return f"{presets} reference preset(s){stopped}"
     outcomes = ", ".join(f"{n} {s}" for s, n in refs["status"].value_counts().items())
-    return f"{presets} reference preset(s) in {len(refs)} runs ({outcomes})"
+    return f"{presets} reference preset(s) in {len(refs)} runs ({outcomes}){stopped}"
 
 
 # What a run that did not train to the target was doing, when it recorded no error.
@@ -298,11 +314,13 @@ def answer_so_far(runs: pd.DataFrame, settings: dict[str, Any], winner: Winner |
             f"rewritten as runs finish; running the same command again resumes the study.", ""]
 
 
-def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, folder: Path) -> list[str]:
+def verdict_section(winner: Winner | None, df: pd.DataFrame, settings: dict[str, Any], folder: Path) -> list[str]:
     """The winner at the target, and by how much it beats each reference preset (or that it does not): by their
-    means over their runs where their confirmation completed, else by their single runs."""
+    means over their runs where their confirmation completed, else by their single runs; a preset stopped at a rung
+    by its predicted loss at the target."""
     if winner is None:
         return ["## Verdict", "", "No configuration trained to the target yet.", ""]
+    objective = settings.get("objective", "loss")
     best = winner.row
     key, lower = objective_key(objective)
     name = f"the `{reference_of(best)}` preset (a reference)" if reference_of(best) else f"trial {int(best['number'])}"
@@ -319,6 +337,10 @@ def verdict_section(winner: Winner | None, df: pd.DataFrame, objective: str, fol
     # One line per preset: the run that trained to the target, else its latest (a retry after an interruption).
     refs = refs.assign(_ok=refs["status"] == Status.OK).sort_values("_ok", kind="stable").groupby("reference").tail(1)
     for _, ref in refs.sort_index().iterrows():
+        if ref["status"] == Status.PRUNED:  # it ran, and was judged at a rung
+            judged = verdict_at_rung(ref, settings, score, key == "val_loss")
+            lines.append(f"- reference `{ref['reference']}`: {judged}")
+            continue
         if ref["status"] != Status.OK:
             lines.append(f"- reference `{ref['reference']}`: {_not_ok(ref)}")
             continue
@@ -430,6 +452,41 @@ def rung_section(search: pd.DataFrame, n_rungs: int) -> list[str]:
         lines.append(f"| {k} | {reached} | {rho} |")
     return [*lines, "", "Rank correlation (Spearman) is measured over the trials that trained to the target: 1.00 "
             "means the rung ordered them exactly as the target did.", ""]
+
+
+def prediction_section(runs: pd.DataFrame, settings: dict[str, Any]) -> list[str]:
+    """How well the learning-curve prediction did (only when some run carries one): the error of the runs that then
+    reached the target, the searched trials stopped by halving and by the prediction, the references it stopped."""
+    predicted = runs[[has_prediction(r) for _, r in runs.iterrows()]]
+    if predicted.empty:
+        return []
+    lines = ["## Learning-curve prediction", "",
+             "At a rung below the target, the search predicted a run's validation loss at the target from a straight "
+             "line through the study's own (loss at that rung, loss at the target) pairs, with the sd of that "
+             "prediction, and stopped a run whose prediction, read optimistically, could not beat the best loss at "
+             "the target so far. The runs that then trained to the target measure how good the line was "
+             "(error: validation loss at the target - predicted).", ""]
+    errors = prediction_errors(runs)
+    if errors.empty:
+        lines.append("- no run reached the target after a prediction yet: the line's error is not measured")
+    else:
+        worst = errors.loc[errors["error"].abs().idxmax()]
+        sd = f" ± {units.LOSS.text(worst['sd'])}" if pd.notna(worst["sd"]) else ""
+        lines.append(f"- {len(errors)} run(s) reached the target after a prediction: median absolute error "
+                     f"{units.LOSS.text(errors['error'].abs().median())}, {int(errors['within'].sum())} of "
+                     f"{len(errors)} within ±{INTERVAL_Z} sd of their prediction; the worst miss: "
+                     f"{worst['run']}, predicted {units.LOSS.text(worst['predicted'])}{sd}, reached "
+                     f"{units.LOSS.text(worst['val_loss'])} ({units.LOSS.text(worst['error'], sign=True)})")
+    counts = stop_counts(runs[runs["reference"].isna()])
+    unrecorded = f", {counts['unrecorded']} without a recorded reason" if counts["unrecorded"] else ""
+    lines.append(f"- searched trials stopped before the target: {counts['halving']} by successive halving, "
+                 f"{counts['prediction']} by the prediction{unrecorded}")
+    refs = runs[runs["reference"].notna()]
+    judged = [f"`{r['reference']}` ({judged_text(r, settings, None)})" for _, r in refs.iterrows()
+              if stopped_by_prediction(r)]
+    if judged:
+        lines.append(f"- reference(s) stopped by the prediction: {'; '.join(judged)}")
+    return [*lines, ""]
 
 
 def spearman(a: pd.Series, b: pd.Series) -> float:

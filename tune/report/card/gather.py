@@ -13,19 +13,22 @@ import optuna
 import pandas as pd
 
 from tune.core.budget import format_seconds
-from tune.core.outcomes import OUT_OF_MEMORY
+from tune.core.outcomes import OUT_OF_MEMORY, Status
 from tune.core.space import PARAMS
 from tune.report.card import matmul as card_matmul
 from tune.report.curves import study_curves
 from tune.report.frame import (
+    Winner,
     choose_winner,
     extra_params,
     label,
+    objective_key,
     oom_frontier,
     originals,
     time_span,
     trials_frame,
 )
+from tune.report.predicted import verdict_at_rung
 
 
 def _value(v: Any) -> Any:
@@ -40,7 +43,7 @@ def _value(v: Any) -> Any:
 def trial_record(row: pd.Series, extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """One trial's raw figures on the card (`extra`: the fields the study searched beside the six)."""
     keys = ("status", *PARAMS, *extra, "val_loss", "tokens_per_s", "peak_memory_bytes", "n_params", "steps",
-            "trial_seconds")
+            "trial_seconds", "rung", "rungs", "rung_loss", "stopped_by", "predicted_loss", "predicted_sd")
     # Figures to take with care (summary.md's "flags"): read from the notes, absent columns meaning none.
     flags = [name for name, col in (("contended", "contended"), ("short", "budget_warning"))
              if isinstance(row.get(col), str) and row.get(col)]
@@ -54,6 +57,16 @@ def _curves(folder: Path, runs: pd.DataFrame, winner: pd.Series | None, settings
     return {"budget_unit": settings.get("budget_unit", "s"), "notes": notes,
             "runs": [{"name": c.name, "winner": c.winner, "points": [list(astuple(p)) for p in c.points]}
                      for c in curves]}
+
+
+def stopped_references(runs: pd.DataFrame, winner: Winner | None, settings: dict[str, Any]) -> list[dict[str, str]]:
+    """The reference presets stopped at a rung (by the prediction): each one's label and its verdict, as summary.md
+    writes it (predicted, not measured)."""
+    key, _ = objective_key(settings.get("objective", "loss"))
+    answer = None if winner is None else float(winner.line["mean"] if winner.line is not None else winner.row[key])
+    refs = runs[runs["reference"].notna() & (runs["status"] == Status.PRUNED)]
+    return [{"label": label(r), "text": verdict_at_rung(r, settings, answer, key == "val_loss")}
+            for _, r in refs.iterrows()]
 
 
 def _ran(study: optuna.Study) -> str:
@@ -88,6 +101,7 @@ def gather(study: optuna.Study, folder: Path, matmul: card_matmul.Matmul | None)
         "params": [*PARAMS, *extra],  # the searched parameters, the columns of the card's tables
         "trials": [trial_record(r, extra) for _, r in runs.iterrows()],
         "winner": best,
+        "stopped_references": stopped_references(runs, winner, settings),
         "out_of_memory": int(runs["status"].isin(OUT_OF_MEMORY).sum()),
         "largest_peak_bytes": _value(peak),
         "frontier": [{k: _value(v) for k, v in r.items()} for r in frontier.to_dict("records")],

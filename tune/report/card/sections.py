@@ -97,8 +97,9 @@ def best(data: dict[str, Any]) -> str:
     """The winning configuration: its six values and its figures."""
     w = data["winner"]
     head = '<section id="best"><h2>Best configuration</h2>'
+    stopped = _stopped_references(data)
     if w is None:
-        return head + "<p>No configuration trained to the target yet.</p></section>"
+        return head + "<p>No configuration trained to the target yet.</p>" + stopped + "</section>"
     confirmed = (f", confirmed: mean val loss {fmt('loss', w['confirmed_mean'])} over {w['confirmed_runs']} runs"
                  if w.get("confirmed_mean") is not None else "")
     params = data.get("params") or PARAMS
@@ -109,7 +110,15 @@ def best(data: dict[str, Any]) -> str:
     train = f"python -m gptcore train --config {data['folder']}/best.json" + (f" --model {spec}" if spec else "")
     budget = data["settings"].get("budget") or "-"
     return (f"{head}<p>Best at the target ({esc(budget)}): <b>{esc(named(w['label']))}</b>{esc(confirmed)}.</p>"
-            f"{table(header, [row], 'best')}<p>Train it again from scratch: <code>{esc(train)}</code></p></section>")
+            f"{table(header, [row], 'best')}<p>Train it again from scratch: <code>{esc(train)}</code></p>{stopped}"
+            f"</section>")
+
+
+def _stopped_references(data: dict[str, Any]) -> str:
+    """The reference presets stopped at a rung, each with its verdict (predicted, not measured); '' when none."""
+    items = [f"<li>{esc(r['label'])}: {esc(r['text'])}</li>" for r in data.get("stopped_references") or []]
+    return ('<p class="note">Reference preset(s) stopped at a rung (they ran, and were judged there):</p><ul '
+            f'class="stopped">{"".join(items)}</ul>') if items else ""
 
 
 def curves(data: dict[str, Any]) -> str:
@@ -151,12 +160,36 @@ def param_cell(name: str, value: Any) -> str:
     return fmt(PARAM_KIND.get(name, "int"), value) if name in PARAMS else (schema.param_text(value) or "-")
 
 
+def _status(t: dict[str, Any]) -> str:
+    """A trial's status, and why it stopped at a rung where the search recorded it: 'pruned (prediction)'."""
+    return f"{t['status']} ({t['stopped_by']})" if t["status"] == Status.PRUNED and t.get("stopped_by") else t["status"]
+
+
+def _loss(t: dict[str, Any]) -> str:
+    """The loss a trial reached: at the target, or at the rung it stopped at ('2.4100 at rung 1/3')."""
+    rung, rungs = t.get("rung"), t.get("rungs")
+    if t["status"] == Status.OK or rung is None or rungs is None or rung >= rungs:
+        return fmt("loss", t["val_loss"])
+    loss = t.get("rung_loss") if t.get("rung_loss") is not None else t["val_loss"]
+    return f"{fmt('loss', loss)} at rung {int(rung)}/{int(rungs)}" if loss is not None else "-"
+
+
+def _predicted(t: dict[str, Any]) -> str:
+    """A trial's predicted loss at the target and its sd ('2.1000 ± 0.0400'); '-' when it carries none."""
+    if t.get("predicted_loss") is None:
+        return "-"
+    sd = t.get("predicted_sd")
+    return fmt("loss", t["predicted_loss"]) + (f" ± {fmt('loss', sd)}" if sd is not None else "")
+
+
 def trials_table(trials: list[dict[str, Any]], params: list[str] | tuple[str, ...] = PARAMS) -> str:
-    """Every configuration tried, with the figures the plots draw (`params`: the searched parameters)."""
+    """Every configuration tried, with the figures the plots draw (`params`: the searched parameters); the predicted
+    loss at the target beside the loss when the search predicted one."""
     extra = [p for p in params if p not in PARAMS]
-    header = ["trial", "status", "val loss", "k tokens/s", "peak MiB", "M params", "batch", "block", "embed",
-              "heads", "layers", "lr", *extra, "flags"]
-    rows = [[t["label"], t["status"], fmt("loss", t["val_loss"]), fmt("ktok", t["tokens_per_s"]),
+    predicted = any(t.get("predicted_loss") is not None for t in trials)
+    header = ["trial", "status", "val loss", *(["predicted at target"] if predicted else []), "k tokens/s",
+              "peak MiB", "M params", "batch", "block", "embed", "heads", "layers", "lr", *extra, "flags"]
+    rows = [[t["label"], _status(t), _loss(t), *([_predicted(t)] if predicted else []), fmt("ktok", t["tokens_per_s"]),
              fmt("mib", t["peak_memory_bytes"]), fmt("params", t["n_params"]),
              *[param_cell(p, t.get(p)) for p in (*PARAMS, *extra)], ", ".join(t["flags"])] for t in trials]
     flagged = [t["label"] for t in trials if t["flags"]]
