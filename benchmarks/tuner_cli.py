@@ -15,9 +15,10 @@ from benchmarks.tuner_cost import NOISE
 from benchmarks.tuner_table import DEFAULT_TABLE, RECORDED_TABLE, RecordSettings, check_out, load_table, record
 from gptcore.cliutil import int_range, non_negative_float, positive_int
 from gptcore.errors import UserError
+from tune.core.confirm import CONFIRM_RULES
 from tune.search.strategy import PRUNERS, SAMPLERS
 
-REPLAY_SAMPLERS = (*SAMPLERS, "gp", "tpe-startup10")  # replay-only candidates beside the tuner's own
+REPLAY_SAMPLERS = (*SAMPLERS, "gp", "tpe-startup10", "tpe-startup5")  # replay-only, beside the tuner's own
 
 
 def strategies_flag(text: str) -> tuple:
@@ -87,8 +88,18 @@ def add_tuner_parser(sub: argparse._SubParsersAction, parser_class: type) -> Non
                                         "references and confirmation runs charged, with re-run noise")
     c.add_argument("--table", type=Path, default=DEFAULT_TABLE, help=f"recorded curves (default {DEFAULT_TABLE})")
     c.add_argument("--strategies", type=strategies_flag, default=None,
-                   help="SAMPLER+PRUNER[:RUNGS],... (default: the tuner's default and the defaults before it)")
+                   help="SAMPLER+PRUNER[:RUNGS],... (default: the tuner's defaults and those before #22, each "
+                        "with its own references and confirmation)")
     c.add_argument("--seeds", type=int_range(1, 10_000), default=100, help="studies per strategy (default 100)")
+    c.add_argument("--first-seed", type=int_range(0, 10**6), default=0,
+                   help="seed of the first study (default 0): other seeds check a choice made on these")
+    c.add_argument("--references-at", choices=("first", "last"), default=None,
+                   help="references before the search (whole), or after it (the tuner's: judged at their rungs by "
+                        "the prediction with --pruner predict, else whole); "
+                        "default: each policy's own, last for --strategies")
+    c.add_argument("--confirm-rule", choices=CONFIRM_RULES, default=None,
+                   help="confirmation as the tuner's --confirm-rule; default: each policy's own, sequential for "
+                        "--strategies")
     c.add_argument("--trials", type=int_range(1, 10_000), default=20, help="trials per study (default 20)")
     c.add_argument("--references", type=int_range(0, 20), default=2,
                    help="reference runs each study makes first, one target budget each (default 2: the tuner's)")
@@ -119,24 +130,26 @@ def cost_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from benchmarks.report import write_frame
-    from benchmarks.tuner_cost import Spend, compare_answers, summarise_answers
-    from benchmarks.tuner_replay import DEFAULT, TODAY, check_strategies
+    from benchmarks.tuner_cost import compare_answers, summarise_answers
+    from benchmarks.tuner_replay import check_strategies
     from gptcore.files import atomic_write_text
 
     table = load_table(args.table)
-    strategies = args.strategies or (TODAY, DEFAULT)
-    check_strategies(table, strategies)
-    spend = Spend(references=args.references, confirm=args.confirm, noise=args.noise)
+    policies = cost_policies(args, table)
+    check_strategies(table, tuple(p.strategy for p in policies))
     mode = progress_mode(args)
-    total = len(strategies) * args.seeds
+    total = len(policies) * args.seeds
     with tqdm(total=total, desc="cost", unit="study", disable=mode != "bar") as bar:
         counter = LineCounter(mode, "cost", total, args.seeds, "studies") if mode == "lines" else bar
-        runs = compare_answers(table, strategies, args.seeds, args.trials, spend, progress=counter)
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        runs = compare_answers(table, policies, seeds, args.trials, progress=counter)
     summary = summarise_answers(runs)
     text = summary.to_markdown(index=False, floatfmt=".4g")
     print(text)
-    command = (f"python -m benchmarks tuner cost --seeds {args.seeds} --trials {args.trials} --references "
-               f"{args.references} --confirm {args.confirm} --noise {args.noise} --table {args.table}")
+    command = (f"python -m benchmarks tuner cost --seeds {args.seeds} --first-seed {args.first_seed} --trials "
+               f"{args.trials} --references {args.references} --confirm {args.confirm} --noise {args.noise} "
+               f"--table {args.table}" + "".join(f" --{f.replace('_', '-')} {getattr(args, f)}" for f in
+                                                 ("references_at", "confirm_rule") if getattr(args, f)))
     md = "\n".join(["# The answer's cost", "", f"`{command}`", "",
                      "- regret@Tb: median (IQR) over seeds of the true regret of the answer the study names after T "
                      "target budgets of study time (references first, then the search, then the confirmation runs); "
@@ -146,6 +159,26 @@ def cost_command(args: argparse.Namespace) -> int:
     paths = [write_frame(runs, args.out / "tuner_cost.csv"), atomic_write_text(args.out / "tuner_cost.md", md)]
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def cost_policies(args: argparse.Namespace, table) -> tuple:
+    """The policies `tuner cost` compares: --strategies with the flags' spending, else the tuner's defaults and
+    those before #22; --references, --confirm, --noise (and --references-at, --confirm-rule when given) apply to
+    every one."""
+    from dataclasses import replace
+
+    from benchmarks.tuner_cost import Policy, Spend, before, now
+
+    base = [Policy(s, Spend()) for s in args.strategies] if args.strategies else [before(table), now()]
+    out = []
+    for p in base:
+        spend = replace(p.spend, references=args.references, confirm=args.confirm, noise=args.noise)
+        if args.references_at:
+            spend = replace(spend, references_last=args.references_at == "last")
+        if args.confirm_rule:
+            spend = replace(spend, sequential=args.confirm_rule == "sequential")
+        out.append(replace(p, spend=spend))
+    return tuple(out)
 
 
 def replay_command(args: argparse.Namespace) -> int:

@@ -9,8 +9,12 @@ here the same way:
   seed moves a whole curve) - the table's value is the configuration's truth, which the study never sees;
 - the answer at any moment is the best observed single run so far, then, once its --confirm configurations have
   run CONFIRM_RUNS more times each, the best mean; its regret is its *true* loss minus the table's best;
-- a reference costs one run of the table's median configuration to the target, and cannot win (the table holds
-  no reference rows).
+- a reference is the table's median configuration and cannot win (the table holds no reference rows): run first,
+  it costs one run to the target; run last (the tuner's default since #22), it is judged at its rungs against
+  the answer by tune.search.predict and stops where it cannot beat it;
+- confirmation runs one run at a time by tune.core.confirm.next_confirmation (sequential, the default since #22)
+  or all of them.
+A Policy is one whole way of running a study: its Strategy (sampler, pruner, rungs) and its Spend.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import pandas as pd
 
 from benchmarks.tuner_replay import Strategy, cost_to, replayed_study, run_recorded
 from benchmarks.tuner_table import Table
-from tune.core.confirm import CONFIRM_RUNS
+from tune.core.confirm import CONFIRM_RUNS, next_confirmation
+from tune.search.predict import predict
+from tune.search.strategy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
 # Run-to-run sd of the validation loss at the target, measured with --confirm on 9 real 20-trial studies (12 s
 # target, 2-core CPU, median over the studies): tune/search/settings.py DEFAULT_CONFIRM's comment.
@@ -38,8 +44,46 @@ class Spend:
     references: int = 2
     confirm: int = 2
     noise: float = NOISE
-    references_last: bool = False  # after the search, judged at its rungs against the answer (else first, whole)
-    sequential: bool = False  # confirm until the answer's lead exceeds the noise measured so far (else every run)
+    references_last: bool = True  # after the search, judged at its rungs against the answer (else first, whole)
+    sequential: bool = True  # confirm until the answer's lead exceeds the noise measured so far (else every run)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One way of running a whole study: how it searches and what it spends around the search."""
+
+    strategy: Strategy
+    spend: Spend
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        """Its label, else its strategy's name and how it spends."""
+        if self.label:
+            return self.label
+        s = self.spend
+        return (f"{self.strategy.name}, references {'last' if s.references_last else 'first'}, "
+                f"confirm {'sequential' if s.sequential else 'all'}")
+
+
+# The tuner before #22: TPE with 5 start-up trials, successive halving over rungs no shorter than 4 s (2 rungs for
+# a 12 s target, 3 for 36 s), the references first, every confirmation run. Its rungs depend on the table.
+BEFORE_MIN_RUNG_S = 4.0
+
+
+def before(table: Table) -> Policy:
+    """The tuner's defaults before #22, on `table`'s target."""
+    rungs = 1
+    while rungs < 4 and table.budget.amount / 3**rungs >= BEFORE_MIN_RUNG_S:  # RungPlan's rule with a 4 s floor
+        rungs += 1
+    return Policy(Strategy("tpe-startup5", "asha", rungs), Spend(references_last=False, sequential=False),
+                  "before #22: tpe(5) + asha, references first, confirm all")
+
+
+def now() -> Policy:
+    """The tuner's defaults: its sampler, pruner and rung plan; references last; sequential confirmation."""
+    return Policy(Strategy(DEFAULT_SAMPLER, DEFAULT_PRUNER), Spend(), "the default: tpe(3) + predict, references "
+                  "last, confirm sequential")
 
 
 @dataclass(frozen=True)
@@ -90,9 +134,9 @@ def replay_answers(table: Table, strategy: Strategy, seed: int, trials: int, spe
                 named = best
                 times.append(clock)
                 regrets.append(_regret(table, best))
-        if spend.references_last:
-            clock += sum(_reference_last(table, study, plan, columns, observed, rng, spend) for _ in
-                         range(spend.references))
+        if spend.references_last:  # judged at their rungs by the prediction (--pruner predict), else whole
+            clock += sum(_reference_last(table, study, plan, columns, observed, rng, spend,
+                                         judged=strategy.pruner == "predict") for _ in range(spend.references))
     # Confirmation, after the search: the best --confirm configurations run CONFIRM_RUNS more times each, then the
     # answer is the best mean over each one's runs.
     top = sorted(observed, key=lambda p: min(observed[p]))[:spend.confirm]
@@ -107,8 +151,6 @@ def replay_answers(table: Table, strategy: Strategy, seed: int, trials: int, spe
 def _confirm_order(top, observed, spend, rng, table):
     """Yield the confirmation runs as they are made (each appends its loss to observed): every one, or sequentially
     until the best mean's lead over the next exceeds the noise measured so far."""
-    from tune.core.confirm import next_confirmation
-
     runs = {p: 0 for p in top}
     while True:
         if spend.sequential:
@@ -122,16 +164,14 @@ def _confirm_order(top, observed, spend, rng, table):
         yield pick
 
 
-def _reference_last(table, study, plan, columns, observed, rng, spend) -> float:
-    """Seconds one reference (the table's median configuration) costs when judged at its rungs after the search:
-    stopped at the first rung where even its optimistic prediction cannot beat the answer."""
-    from tune.search.predict import predict
-
+def _reference_last(table, study, plan, columns, observed, rng, spend, judged: bool) -> float:
+    """Seconds one reference (the table's median configuration) costs after the search: when `judged`, stopped at
+    the first rung where even its optimistic prediction cannot beat the answer; else to the target."""
     ok = table.frame[table.frame["status"] == "ok"]
     row = table.rows[int(ok.index[np.argsort(ok["val_loss"].to_numpy())[len(ok) // 2]])]
     row = noisy(row, columns, rng.normal(0, spend.noise))
     best = min((min(v) for v in observed.values()), default=None)
-    for k, column in enumerate(columns[:-1]):
+    for k, column in enumerate(columns[:-1] if judged else ()):
         p = predict(study, plan.steps[k], float(row[column]))
         if best is not None and p is not None and p.bound() > best:
             return cost_to(row, len(table.fractions), plan.fractions[k], k + 1)
@@ -143,18 +183,18 @@ def _regret(table: Table, position: int) -> float:
     return float(table.rows[position]["val_loss"]) - table.best
 
 
-def compare_answers(table: Table, strategies: tuple[Strategy, ...], seeds: int, trials: int, spend: Spend,
+def compare_answers(table: Table, policies: tuple[Policy, ...], seeds: range, trials: int,
                     progress=None) -> pd.DataFrame:
-    """One row per (strategy, seed): the answer's regret at READ_AT budgets, the study's length and the time its
+    """One row per (policy, seed): the answer's regret at READ_AT budgets, the study's length and the time its
     answer first came within the noise of the best, all in target budgets."""
     unit = table.run_seconds
     rows = []
-    for strategy in strategies:
-        for seed in range(seeds):
-            a = replay_answers(table, strategy, seed, trials, spend)
-            row = {"strategy": strategy.name, "seed": seed,
+    for policy in policies:
+        for seed in seeds:
+            a = replay_answers(table, policy.strategy, seed, trials, policy.spend)
+            row = {"strategy": policy.name, "seed": seed,
                    "study_budgets": a.end / unit,
-                   "budgets_within_noise": a.first_within(spend.noise) / unit}
+                   "budgets_within_noise": a.first_within(policy.spend.noise) / unit}
             row.update({f"regret_at_{b}b": a.at(b * unit) for b in READ_AT})
             rows.append(row)
             if progress is not None:

@@ -79,8 +79,9 @@ def sampler_for(name: str, seed: int) -> optuna.samplers.BaseSampler:
     imports, and scipy)."""
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    if name == "tpe-startup10":  # the tuner's TPE before the replay: Optuna's default of 10 random start-up trials
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, n_startup_trials=10)
+    startup = {"tpe-startup10": 10, "tpe-startup5": 5}.get(name)
+    if startup:  # the tuner's TPE before the replay (Optuna's default of 10 start-up trials), and before #22 (5)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, n_startup_trials=startup)
     return make_sampler(name, seed)
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from gptcore.errors import UserError
-from tune.core.budget import Budget, RungPlan, format_seconds, parse_budget
+from tune.core.budget import MAX_RUNGS, MIN_RUNG_SECONDS, Budget, RungPlan, format_seconds, parse_budget
 
 
 @pytest.mark.parametrize("text, budget", [
@@ -24,9 +24,12 @@ def test_rungs_grow_by_the_reduction_factor_up_to_the_target():
     plan = RungPlan.for_budget(Budget(120, "s"))
     assert plan.fractions == pytest.approx((1 / 27, 1 / 9, 1 / 3, 1.0)) and plan.steps == (1, 3, 9, 27)
     assert plan.describe(Budget(120, "s")) == "4.44 s, 13.3 s, 40 s, 2 min"
-    # The smallest rung is never shorter than 4 s (or 50 steps): shorter targets get fewer rungs.
-    assert len(RungPlan.for_budget(Budget(30, "s")).fractions) == 2
-    assert len(RungPlan.for_budget(Budget(2, "s")).fractions) == 1
+    # The smallest rung is never shorter than MIN_RUNG_SECONDS (or 50 steps): shorter targets get fewer rungs.
+    for seconds in (1.5, 2, 5, 12, 30, 60):
+        plan = RungPlan.for_budget(Budget(seconds, "s"))
+        assert plan.fractions[0] * seconds >= MIN_RUNG_SECONDS or len(plan.fractions) == 1
+        assert len(plan.fractions) == MAX_RUNGS or plan.fractions[0] * seconds / 3 < MIN_RUNG_SECONDS
+    assert len(RungPlan.for_budget(Budget(12, "s")).fractions) == 3  # the replay's target: rungs 1.33, 4, 12 s
     assert len(RungPlan.for_budget(Budget(500, "steps")).fractions) == 3
     assert RungPlan.for_budget(Budget(2, "s"), eta=2, rungs=3).fractions == (0.25, 0.5, 1.0)
 

@@ -5,6 +5,7 @@ configuration and the seed, so the figures each run must give are known."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ from gptcore.errors import UserError
 from tests.conftest import CORPUS, ROOT, run_cli
 from tests.test_tune import TINY_SPACE
 from tune.core.budget import Budget, RungPlan
+from tune.core.confirm import PRIOR_NOISE, next_confirmation, pooled_noise
 from tune.core.space import Space, preset_params
 from tune.exec.slots import Slot
 from tune.report.frame import COLUMNS, choose_winner, readable, trials_frame
@@ -40,7 +42,7 @@ def settings(tmp_path, **kw) -> TuneSettings:
     """A tiny study of 60-step trials (the stand-ins train at once), study seed 0: confirmation seeds 1 and 2."""
     base = dict(trials=4, budget=Budget(60, "steps"), references=(), data=CORPUS, device="cpu",
                 results=tmp_path / "results", study_name="c", space_overrides=TINY_SPACE, progress=False, seed=0,
-                confirm=2, save_models=False, heartbeat_interval=1, grace_period=4)
+                confirm=2, confirm_rule="all", save_models=False, heartbeat_interval=1, grace_period=4)
     return TuneSettings.of(**{**base, **kw})
 
 
@@ -203,7 +205,7 @@ def test_two_tuners_on_one_journal_share_the_confirmation_runs_and_run_none_twic
             run_study(TuneSettings.of(trials=4, budget=Budget(60, "steps"), references=(), data=Path({str(CORPUS)!r}),
                                    device="cpu", results=Path(sys.argv[1]), study_name="c", storage={storage!r},
                                    space_overrides={TINY_SPACE!r}, progress=False, seed=0, confirm=2,
-                                   save_models=False, heartbeat_interval=1, grace_period=4),
+                                   confirm_rule="all", save_models=False, heartbeat_interval=1, grace_period=4),
                       target={STEADY!r})
     """))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's tune, whatever the installed one is
@@ -318,3 +320,92 @@ def test_overlapping_ranges_are_called_noise_and_separate_ones_are_not():
 
     assert "within noise of each other" in study([1.03, 1.12])  # trial 1's 1.03 falls inside 1.0..1.04
     assert "does not overlap the runner-up's, trial 1 (1.1000..1.1200)" in study([1.11, 1.12])
+
+
+# --- sequential confirmation (--confirm-rule sequential, the default) ----------------------------------------
+
+
+def test_sequential_confirms_the_best_once_then_only_while_its_lead_is_within_the_noise():
+    runs = {"a": [1.00], "b": [1.20], "c": [1.30]}
+    assert next_confirmation(runs, {"a": 0, "b": 0, "c": 0}, 2) == "a"  # the first run measures the noise
+    runs["a"].append(1.02)
+    assert next_confirmation(runs, {"a": 1, "b": 0, "c": 0}, 2) is None  # a lead of 0.19: far beyond 2 se
+    close = {"a": [1.00, 1.02], "b": [1.03]}
+    assert next_confirmation(close, {"a": 1, "b": 0}, 2) == "b"  # within the noise: the one known less
+    close["b"].append(1.05)
+    assert next_confirmation(close, {"a": 1, "b": 1}, 2) in ("a", "b")
+    assert next_confirmation(close, {"a": 2, "b": 2}, 2) is None  # the cap is spent
+    assert next_confirmation({"a": [1.0, 1.1]}, {"a": 1}, 2) is None  # nothing it could lose to
+    assert next_confirmation({}, {}, 2) is None
+
+
+def test_the_noise_is_the_prior_until_the_study_measures_its_own():
+    assert pooled_noise({"a": [1.0]}) == pytest.approx(PRIOR_NOISE)
+    measured = pooled_noise({"a": [1.0, 1.2], "b": [2.0, 2.2], "c": [3.0, 3.2], "d": [0.5, 0.7]})
+    assert PRIOR_NOISE < measured < statistics.stdev([1.0, 1.2])  # 4 pairs of sd 0.141 outweigh the prior
+
+
+def sequential_studies(values: list[float]) -> tuple[optuna.Study, optuna.Study]:
+    """A study with these losses at the target whose settings ask for sequential confirmation, and its
+    confirmation study."""
+    study, confirms = (optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)) for _ in range(2))
+    study.set_user_attr("settings", {"confirm_rule": "sequential", "objective": "loss"})
+    for value in values:
+        trial = study.ask()
+        Space().suggest(trial)
+        study.tell(trial, value)
+    return study, confirms
+
+
+def test_sequential_claims_wait_for_the_run_that_decides_and_stop_once_the_lead_is_clear():
+    study, confirms = sequential_studies([1.5, 1.0, 1.6])
+    first = dispatch.claim_confirm(study, None, confirms, 2, seed=5)
+    assert (first.confirm.source.name, first.confirm.run) == ("trial 1", 1)
+    assert dispatch.claim_confirm(study, None, confirms, 2, seed=5) == WAIT  # its figure decides what comes next
+    confirms.tell(first.trial, 1.01)
+    assert dispatch.claim_confirm(study, None, confirms, 2, seed=5) == DONE  # 1.005 against 1.5: settled
+    assert dispatch.next_confirm_run(study, None, confirms, 2) is None
+
+
+def test_sequential_claims_confirm_the_runner_up_when_the_lead_is_within_the_noise():
+    study, confirms = sequential_studies([1.02, 1.0, 1.6])
+    first = dispatch.claim_confirm(study, None, confirms, 2, seed=5)
+    confirms.tell(first.trial, 1.03)  # trial 1: mean 1.015 against trial 0's 1.02
+    second = dispatch.claim_confirm(study, None, confirms, 2, seed=5)
+    assert (second.confirm.source.name, second.confirm.run, second.confirm.seed) == ("trial 0", 1, 6)
+
+
+def test_rule_all_and_a_study_recorded_before_the_rule_confirm_every_run():
+    study, confirms = sequential_studies([1.5, 1.0, 1.6])
+    study.set_user_attr("settings", {"objective": "loss"})  # no confirm_rule: recorded before it existed
+    claims = [dispatch.claim_confirm(study, None, confirms, 2, seed=5) for _ in range(4)]
+    assert [(c.confirm.source.name, c.confirm.run) for c in claims] == [
+        ("trial 1", 1), ("trial 1", 2), ("trial 0", 1), ("trial 0", 2)]
+
+
+def test_a_configuration_confirmed_once_by_the_sequential_rule_is_complete_and_wins():
+    df = frame([{"number": 0, "status": "ok", "val_loss": 1.0}, {"number": 1, "status": "ok", "val_loss": 1.5},
+                {"confirm_of": "trial 0", "confirm_run": 1, "confirm_seed": 1, "status": "ok", "val_loss": 1.02}])
+    winner = choose_winner(df, {"objective": "loss", "confirm_runs": 2, "confirm_rule": "sequential"})
+    line = winner.line
+    assert int(winner.row["number"]) == 0 and (line["state"], line["n"], line["runs"]) == ("complete", 2, 2)
+    assert line["mean"] == pytest.approx(1.01)
+    # The same rows under rule all: a run is still to come, so nothing is confirmed yet.
+    assert choose_winner(df, {"objective": "loss", "confirm_runs": 2}).line is None
+
+
+def test_a_whole_study_confirms_in_the_order_the_sequential_rule_names(tmp_path):
+    out = run_study(settings(tmp_path, confirm_rule="sequential"), target=STEADY)
+    done = load_confirms(out.study).trials
+    assert 1 <= len(done) <= 4
+    values = {f"trial {t.number}": [t.value] for t in out.study.trials}
+    top = sorted(values, key=lambda k: values[k][0])[:2]
+    made = {k: 0 for k in top}
+    for t in done:  # each run is the one the rule named, given the runs before it
+        assert t.user_attrs["confirm_of"] == next_confirmation({k: values[k] for k in top}, made, 2)
+        made[t.user_attrs["confirm_of"]] += 1
+        values[t.user_attrs["confirm_of"]].append(t.value)
+    assert next_confirmation({k: values[k] for k in top}, made, 2) is None
+    best = json.loads((out.results_dir / "best.json").read_text())["provenance"]["confirmation"]
+    winner = min(top, key=lambda k: sum(values[k]) / len(values[k]) if made[k] else math.inf)
+    assert best["n_runs"] == len(values[winner]) and best["mean"] == pytest.approx(statistics.mean(values[winner]))

@@ -35,11 +35,12 @@ def test_without_noise_references_or_confirmation_it_is_the_plain_replay(table):
 
 def test_references_are_charged_first_and_confirmation_runs_last(table):
     base = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=0, confirm=0, noise=0.0))
-    refs = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=2, confirm=0, noise=0.0))
+    refs = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=2, confirm=0, noise=0.0,
+                                                           references_last=False))
     ok = table.frame.loc[table.frame["status"] == "ok", "trial_seconds"]
     assert refs.end - base.end == pytest.approx(2 * float(ok.median()))
     assert refs.clock[0] - base.clock[0] == pytest.approx(2 * float(ok.median()))  # the first answer comes later
-    confirmed = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=0, confirm=1, noise=0.0))
+    confirmed = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=0, confirm=1, noise=0.0, sequential=False))
     # The best configuration the search found runs CONFIRM_RUNS more times to the target after the search.
     best_loss = table.best + base.regret[-1]
     (best,) = [row for row in table.rows if float(row["val_loss"]) == pytest.approx(best_loss, abs=1e-9)][:1]
@@ -64,5 +65,21 @@ def test_noise_can_make_the_named_answer_worse_than_the_one_without(table):
 def test_the_cost_command_prints_and_writes_its_table(tmp_path, capsys):
     assert main(["tuner", "cost", "--seeds", "2", "--trials", "6", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "regret@8b" in out and "tpe + asha" in out
+    assert "regret@8b" in out and "before #22" in out and "the default" in out
     assert (tmp_path / "tuner_cost.csv").is_file() and "# The answer's cost" in (tmp_path / "tuner_cost.md").read_text()
+
+
+def test_references_run_last_cost_at_most_their_whole_runs_and_never_delay_the_first_answer(table):
+    base = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=0, confirm=0, noise=0.0))
+    first = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=2, confirm=0, noise=0.0, references_last=False))
+    last = replay_answers(table, DEFAULT, 0, TRIALS, Spend(references=2, confirm=0, noise=0.0))
+    assert last.clock[0] == pytest.approx(base.clock[0]) and base.clock[0] < first.clock[0]
+    assert base.end < last.end <= first.end + 1e-9  # judged at their rungs: a reference may stop early
+
+
+def test_sequential_confirmation_spends_at_most_what_confirming_every_run_does(table):
+    for seed in range(6):
+        every = replay_answers(table, DEFAULT, seed, TRIALS, Spend(references=0, confirm=2, sequential=False))
+        seq = replay_answers(table, DEFAULT, seed, TRIALS, Spend(references=0, confirm=2))
+        base = replay_answers(table, DEFAULT, seed, TRIALS, Spend(references=0, confirm=0))
+        assert base.end < seq.end <= every.end + 1e-9  # the best is always confirmed once

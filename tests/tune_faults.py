@@ -60,3 +60,23 @@ def seed_one_fails(model_cfg, train_cfg, data, **kwargs):
     if train_cfg.seed == 1:
         raise ValueError("seed 1: injected failure")
     return steady(model_cfg, train_cfg, data)
+
+
+def curved(model_cfg, train_cfg, data, on_eval=None, eval_at=None, **kwargs):
+    """Evaluates at the tuner's rungs: loss 1 + |log10(learning rate) + 2.5| at the target (best at 10^-2.5),
+    plus 1 - f at the share f of the budget, so every rung loss lies on one line with the target loss and the
+    learning-curve prediction is exact. Stops where on_eval says "stop", as train() does."""
+    import math
+
+    from gptcore.train import EvalPoint
+
+    target = 1 + abs(math.log10(train_cfg.learning_rate) + 2.5)
+    steps = train_cfg.max_iters or 100
+    for f in eval_at or ():
+        step = max(1, round(f * steps))
+        if on_eval is not None and on_eval(step, target + 1 - f, target + 1 - f) == "stop":
+            result = _result(model_cfg, train_cfg, target + 1 - f)
+            result.history, result.steps, result.stopped_by = [EvalPoint(step, target + 1 - f,
+                                                                         target + 1 - f, 0.01)], step, "callback"
+            return result
+    return _result(model_cfg, train_cfg, target)

@@ -37,10 +37,11 @@ from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
 from tune.core import studyfile
 from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
-from tune.core.confirm import CONFIRM_RUNS
+from tune.core.confirm import CONFIRM_RULES, CONFIRM_RUNS
 from tune.core.space import PARAMS, SPACES, load_space, parse_param_flag, parse_range
 from tune.search.settings import (
     DEFAULT_CONFIRM,
+    DEFAULT_CONFIRM_RULE,
     DEFAULT_KEEP_MODELS,
     ExecArgs,
     OutputArgs,
@@ -149,16 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=list(SCHEDULES), default="cosine",
                    help="learning-rate schedule against the target, the same in every trial and in best.json")
     p.add_argument("--references", type=references_flag, default=None,
-                   help="presets run beside the search to the target, never pruned (default: course-default,baby; "
-                        "on a GPU also gpu; 'none' for none)")
+                   help="presets run after the search, to the target unless --pruner predict foresees at a rung that "
+                        "they lose to the answer (default: course-default,baby; on a GPU also gpu; 'none' for none)")
     p.add_argument("--warm-start", default=None, metavar="SOURCE",
                    help=f"start with the best configurations (up to {WARM_START_TOP}) of an earlier study that fit "
                         "this search space: its results folder, its trials.csv, or its study name (in --storage, "
                         "else in results/NAME/study.db); they count toward --trials")
     p.add_argument("--confirm", type=non_negative_int, default=DEFAULT_CONFIRM, metavar="K",
                    help=f"once the study is done, train its best K configurations (trials or references) "
-                        f"{CONFIRM_RUNS} more times each with fresh seeds and pick the winner by the mean "
+                        f"up to {CONFIRM_RUNS} more times each with fresh seeds and pick the winner by the mean "
                         f"(default {DEFAULT_CONFIRM}; 0: none)")
+    p.add_argument("--confirm-rule", choices=CONFIRM_RULES, default=DEFAULT_CONFIRM_RULE,
+                   help="sequential: confirm the best once, then more runs only while its lead over the next is "
+                        f"within the run-to-run noise measured so far; all: every run of the best K (default "
+                        f"{DEFAULT_CONFIRM_RULE})")
     p.add_argument("--no-save-models", action="store_true",
                    help="do not keep the models of the trials that train to the target (best-model/ is one of them)")
     p.add_argument("--keep-models", type=non_negative_int, default=DEFAULT_KEEP_MODELS, metavar="K",
@@ -229,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run configurations predicted not to fit the memory limit instead of skipping them (the "
                         "prediction is still made and recorded: to check it)")
     p.add_argument("--pruner", choices=PRUNERS, default=DEFAULT_PRUNER,
-                   help=f"asha: asynchronous successive halving over the rungs; median; hyperband; none (default "
-                        f"{DEFAULT_PRUNER}, chosen by `python -m benchmarks tuner replay`)")
+                   help=f"predict: asynchronous successive halving, and a trial stops where its loss at the target, "
+                        f"predicted from its rung loss, cannot beat the best; asha: successive halving alone; median; "
+                        f"hyperband; none (default {DEFAULT_PRUNER}, chosen by `python -m benchmarks tuner cost`)")
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                    help=f"tpe: multivariate TPE; tpe-univariate; random and qmc (Sobol): baselines; cmaes (pip "
                         f"install cmaes) (default {DEFAULT_SAMPLER}, chosen by the replay benchmark)")
@@ -431,6 +437,7 @@ def settings_from_args(args: argparse.Namespace) -> TuneSettings:
         search=SearchArgs(trials=args.trials, data=args.data, space=args.space, space_overrides=overrides,
                           objective=args.objective, pruner=args.pruner, sampler=args.sampler, seed=args.seed,
                           references=args.references, warm_start=args.warm_start, confirm=args.confirm,
+                          confirm_rule=args.confirm_rule,
                           space_params=params, model=args.model),
         training=TrainingArgs(budget=args.budget, rungs=args.rungs, reduction_factor=args.reduction_factor,
                               schedule=args.schedule),

@@ -6,7 +6,10 @@ The search side claims them (tune.search.dispatch); the report side shows them (
 
 from __future__ import annotations
 
-CONFIRM_RUNS = 2  # each confirmed configuration trains this many more times, with seeds --seed + 1, + 2, ...
+CONFIRM_RUNS = 2  # each confirmed configuration trains at most this many more times, with seeds --seed + 1, + 2
+# --confirm-rule: "sequential" stops confirming once the answer's lead is clear of the noise (next_confirmation);
+# "all" runs every confirmation run of the K best (the rule before; a study recorded without a rule keeps it).
+CONFIRM_RULES = ("sequential", "all")
 
 
 def source_name(number: int | None, preset: str | None) -> str:

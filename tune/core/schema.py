@@ -52,6 +52,7 @@ def _s(name: str, column: str, doc: str, label: str | None = None) -> Field:
 # stopped_by's values: why a run stopped at a rung below the target (tune.search.predict).
 HALVING = "halving"  # successive halving: not in the best 1/eta of its rung
 PREDICTION = "prediction"  # even an optimistic reading of its predicted loss at the target could not beat the best
+MEDIAN = "median"  # --pruner median: worse than the median of the runs that reached its rung
 
 
 # trials.csv's columns, in order. Internal bookkeeping (the tuner's own memory, process ids) is left out.
@@ -88,8 +89,9 @@ FIELDS: tuple[Field, ...] = (
     Field("rung_loss", "rung_loss", "validation loss at the last rung reached (what a pruned trial was judged on)",
           digits=4, label="validation loss at the last rung"),
     Field("stopped_by", "stopped_by", "why a run stopped before the target: halving (not in the best 1/eta of its "
-                                      "rung) or prediction (even an optimistic reading of its predicted loss at the "
-                                      "target could not beat the best loss at the target so far)"),
+                                      "rung), median (--pruner median: worse than the rung's median) or "
+                                      "prediction (even an optimistic reading of its predicted loss at the target "
+                                      "could not beat the best loss at the target so far)"),
     Field("predicted_loss", "predicted_loss", "the validation loss at the target predicted at the run's latest rung "
                                               "below it: a straight line through the study's own (loss at that rung, "
                                               "loss at the target) pairs", digits=4,

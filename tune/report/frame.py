@@ -303,11 +303,13 @@ class Winner:
     line: pd.Series | None  # the winner's line of the table when its mean chose it; None: chosen by one run
 
 
-def confirmation_table(df: pd.DataFrame, objective: str, runs: int = CONFIRM_RUNS) -> pd.DataFrame:
+def confirmation_table(df: pd.DataFrame, objective: str, runs: int = CONFIRM_RUNS,
+                       rule: str = "all") -> pd.DataFrame:
     """One line per confirmed configuration, those that may win first, best mean first: its runs (the original and
-    its `runs` confirmation runs), how many trained to the target, the objective's mean, sd, min and max over those,
-    and its state: complete (every run trained to the target: it may win), failed (a run did not: it cannot win on
-    the runs that happened to succeed) or pending (runs still to come)."""
+    its `runs` confirmation runs; with rule "sequential", the runs claimed of it), how many trained to the target,
+    the objective's mean, sd, min and max over those, and its state: complete (every run trained to the target: it
+    may win), failed (a run did not: it cannot win on the runs that happened to succeed) or pending (runs to come).
+    """
     key, lower = objective_key(objective)
     repeats = df[df["confirm_of"].notna()]
     if repeats.empty:
@@ -320,17 +322,20 @@ def confirmation_table(df: pd.DataFrame, objective: str, runs: int = CONFIRM_RUN
         original = by_name.get(name)
         if original is None:  # its tuner died before recording what it repeats, or the original is gone
             continue
-        outcomes = {r: _run_outcome(group[group["confirm_run"] == r]) for r in range(1, runs + 1)}
+        # Sequential confirmation stops a configuration's runs once the verdict is clear: the runs claimed are its.
+        planned = sorted({int(r) for r in group["confirm_run"].dropna()}) if rule == "sequential" else \
+            range(1, runs + 1)
+        outcomes = {r: _run_outcome(group[group["confirm_run"] == r]) for r in planned}
         waiting = (Status.RUNNING, Status.QUEUED)
         done = {r: o for r, o in outcomes.items() if o is not None and o["status"] not in waiting}
         good = [o for o in done.values() if o["status"] == Status.OK]
         failed = [f"#{r} {o['status']}" for r, o in done.items() if o["status"] != Status.OK]
         values = pd.Series([original[key], *(o[key] for o in good)], dtype=float)
         rows.append({
-            "configuration": name, "row": original.name, "runs": 1 + runs, "n": len(values),
+            "configuration": name, "row": original.name, "runs": 1 + len(outcomes), "n": len(values),
             "mean": values.mean(), "sd": values.std(ddof=1), "min": values.min(), "max": values.max(),
-            "state": "failed" if failed else "complete" if len(done) == runs else "pending",
-            "failed": ", ".join(failed), "pending": runs - len(done),
+            "state": "failed" if failed else "complete" if len(done) == len(outcomes) else "pending",
+            "failed": ", ".join(failed), "pending": len(outcomes) - len(done),
             "seeds": [int(o["confirm_seed"]) for o in good if pd.notna(o["confirm_seed"])],
         })
     table = pd.DataFrame(rows)
@@ -355,7 +360,8 @@ def choose_winner(df: pd.DataFrame, settings: dict[str, Any]) -> Winner | None:
     single = best_row(df, objective)
     if single is None:
         return None
-    table = confirmation_table(df, objective, settings.get("confirm_runs", CONFIRM_RUNS))
+    table = confirmation_table(df, objective, settings.get("confirm_runs", CONFIRM_RUNS),
+                               settings.get("confirm_rule", "all"))
     complete = table[table["state"] == "complete"] if not table.empty else table
     if complete.empty:
         # No confirmation complete: the best single run, but never one of a configuration whose confirmation failed.

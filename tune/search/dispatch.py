@@ -9,9 +9,12 @@ The rules, for any number of tuner processes and workers on one study:
   with the `failed_trial` / `retry_history` system attributes of its RetryHeartbeatStaleTrialCallback);
 - a worker takes a queued retry first, else a new trial while counted + running + queued < --trials, else
   waits for the running ones (one may fail and need a retry), else the study is done;
-- with --confirm K, a finished study (and its references) then re-runs its K best configurations CONFIRM_RUNS
-  times each with fresh seeds, in a third study (`<name>:confirm`), claimed the same way: queued retries first,
-  then the runs still missing; a worker waits while any trial runs anywhere (a run may fail and need its retry).
+- reference presets are claimed once no searched trial is left to claim (the search first: the answer is what
+  the user waits for, and a reference judged against it can be stopped at a rung);
+- with --confirm K, a finished study (and its references) then re-runs its best configurations with fresh seeds,
+  in a third study (`<name>:confirm`), claimed the same way: queued retries first, then the run the sequential
+  rule names (the best once, more only while its lead is within the noise; at most CONFIRM_RUNS each of the K
+  best); a worker waits while any trial runs anywhere (a run may fail and need its retry).
 Each decision (fail stale trials, count, ask) and each requeue happens inside one lock that spans every tuner
 process (tune.store.locks.study_lock), so two tuners never ask for the same last trial or retry one trial twice.
 """
@@ -27,7 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from gptcore.config import SEED_MAX
-from tune.core.confirm import CONFIRM_RUNS, source_name
+from tune.core.confirm import CONFIRM_RUNS, next_confirmation, source_name
 from tune.core.outcomes import Status
 from tune.core.space import Space, preset_params
 from tune.store import _optuna
@@ -201,8 +204,8 @@ def find_source(study: optuna.Study, name: str) -> Source | None:
 
 def claim_confirm(study: optuna.Study, refs: optuna.Study | None, confirms: optuna.Study, k: int,
                   seed: int) -> Claim | str:
-    """Under the study lock, once the study holds its --trials: a queued confirmation retry, else a run the k best
-    configurations still lack (run r trains with seed + r); WAIT while a trial runs anywhere, else DONE.
+    """Under the study lock, once the study holds its --trials: a queued confirmation retry, else the run
+    next_confirm_run names (run r trains with seed + r); WAIT while a trial runs anywhere, else DONE.
 
     The top k are only judged when nothing runs in the study or its references (a running trial may still join
     them); a running confirmation run may fail and need its retry, so a free worker waits for it too.
@@ -223,13 +226,38 @@ def claim_confirm(study: optuna.Study, refs: optuna.Study | None, confirms: optu
         # claimed afresh below, as one never tried).
         _give_up(confirms, trial, "a confirmation run without its configuration (its tuner died at once)")
         trials = confirms.get_trials(deepcopy=False)
-    claimed = _claimed(trials)
-    for source in top_configurations(study, refs, k):
-        for run in range(1, CONFIRM_RUNS + 1):
-            if (source.name, run) not in claimed:
-                confirm = Confirm(source, run, (seed + run) % (SEED_MAX + 1))
-                return _confirm_claim(confirms, confirms.ask(), confirm)
+    nxt = next_confirm_run(study, refs, confirms, k)
+    if nxt is not None:
+        source, run = nxt
+        return _confirm_claim(confirms, confirms.ask(), Confirm(source, run, (seed + run) % (SEED_MAX + 1)))
     return WAIT if any(t.state == TrialState.RUNNING for t in trials) else DONE
+
+
+def next_confirm_run(study: optuna.Study, refs: optuna.Study | None, confirms: optuna.Study,
+                     k: int) -> tuple[Source, int] | None:
+    """The confirmation run to make next, (configuration, run number), or None: the answer is settled.
+
+    With --confirm-rule sequential, on the loss (tune.core.confirm.next_confirmation): the best configuration once,
+    then more runs only while its lead over the next is within the noise measured so far, at most CONFIRM_RUNS
+    each of the k best. Otherwise (rule all, or another objective: no prior for its noise) every one of those.
+    """
+    top = top_configurations(study, refs, k)
+    trials = confirms.get_trials(deepcopy=False)
+    claimed = _claimed(trials)
+    settings = study.user_attrs.get("settings", {})
+    # Sequential on the loss only (its noise prior is a loss's); a study recorded before the rule existed: all.
+    if settings.get("confirm_rule", "all") != "sequential" or settings.get("objective", "loss") != "loss":
+        return next(((s, r) for s in top for r in range(1, CONFIRM_RUNS + 1) if (s.name, r) not in claimed), None)
+    done: dict[str, list[float]] = {s.name: [s.value] for s in top}
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("confirm_of") in done and t.value is not None:
+            done[t.user_attrs["confirm_of"]].append(t.value)
+    made = {s.name: sum((s.name, r) in claimed for r in range(1, CONFIRM_RUNS + 1)) for s in top}
+    pick = next_confirmation(done, made, CONFIRM_RUNS)
+    if pick is None:
+        return None
+    source = next(s for s in top if s.name == pick)
+    return source, next(r for r in range(1, CONFIRM_RUNS + 1) if (pick, r) not in claimed)
 
 
 def _confirm_claim(confirms: optuna.Study, trial: optuna.Trial, confirm: Confirm, retry: int | None = None) -> Claim:
@@ -241,8 +269,9 @@ def _confirm_claim(confirms: optuna.Study, trial: optuna.Trial, confirm: Confirm
 
 def confirm_runs_pending(study: optuna.Study, refs: optuna.Study | None, confirms: optuna.Study | None,
                          k: int) -> int:
-    """Confirmation runs still to train, for the plan printed at the start: those the top k as they stand lack
-    (k x CONFIRM_RUNS before any configuration has trained to the target), plus queued retries."""
+    """Confirmation runs still to train at most, for the plan printed at the start: those the top k as they stand
+    lack (k x CONFIRM_RUNS before any configuration has trained to the target), plus queued retries; sequential
+    confirmation stops sooner when the answer's lead is clear."""
     if confirms is None or k <= 0:
         return 0
     trials = confirms.get_trials(deepcopy=False)

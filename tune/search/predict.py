@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tune.core.schema import HALVING, MEDIAN, PREDICTION
+
 MIN_PAIRS = 4  # trials that reached the target before the line is trusted (2 points fit any line exactly)
-Z = 1.0  # how optimistic the bound is, in predicted standard deviations (chosen by the replay)
+Z = 2.0  # how optimistic the bound is, in predicted standard deviations (chosen by the replay)
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,34 @@ class PredictivePruner(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Stop the trial at its last reported rung?"""
+        return self.reason(study, trial) is not None
+
+    def reason(self, study: optuna.Study, trial: FrozenTrial) -> str | None:
+        """'halving' (not in the best 1/eta of its rung), 'prediction' (cannot beat the incumbent) or None."""
         if self._halving.prune(study, trial):
-            return True
+            return HALVING
         step = trial.last_step
         if step is None:
-            return False
-        best, p = incumbent(study), predict(study, step, trial.intermediate_values[step])
-        return best is not None and p is not None and p.bound(self._z) > best
+            return None
+        p = predict(study, step, trial.intermediate_values[step])
+        return PREDICTION if cannot_win(p, incumbent(study), self._z) else None
+
+
+def cannot_win(p: Prediction | None, best: float | None, z: float = Z) -> bool:
+    """Whether a run predicted `p` cannot beat `best` even `z` standard deviations luckier (False without both)."""
+    return p is not None and best is not None and p.bound(z) > best
+
+
+def prediction_attrs(p: Prediction, rung: int, best: float | None) -> dict[str, float | int | None]:
+    """What a run records of its latest prediction: the report measures the line's error from it."""
+    return {"predicted_loss": round(p.mean, 6), "predicted_sd": round(p.sd, 6), "predicted_rung": rung,
+            "predicted_pairs": p.pairs, "incumbent_loss": best}
+
+
+def stop_reason(pruner: optuna.pruners.BasePruner, study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """Why `pruner` stops `trial` at its last rung: 'halving', 'median', 'prediction', or None (it trains on)."""
+    if isinstance(pruner, PredictivePruner):
+        return pruner.reason(study, trial)
+    if not pruner.prune(study, trial):
+        return None
+    return MEDIAN if isinstance(pruner, optuna.pruners.MedianPruner) else HALVING

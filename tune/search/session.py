@@ -47,7 +47,7 @@ from tune.exec.slots import Slot, as_trials_see_it, plan_slots
 from tune.memory.judge import check_memory_limit, limit_for
 from tune.search import warmstart
 from tune.search.dispatch import fail_orphans, requeue
-from tune.search.settings import TuneSettings
+from tune.search.settings import SearchArgs, TuneSettings
 from tune.search.strategy import make_pruner, make_sampler
 from tune.store.locks import hold_sqlite, study_lock
 from tune.store.names import check_study_name
@@ -190,7 +190,7 @@ def reference_configs(preset: str, session: Session) -> tuple[dict[str, Any], di
 
 
 def resolve_references(settings: TuneSettings, device_type: str) -> tuple[str, ...]:
-    """The presets to run beside the search; unknown names are a user error."""
+    """The presets to run after the search; unknown names are a user error."""
     names = REFERENCES.get(device_type, ()) if settings.search.references is None else settings.search.references
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
@@ -455,6 +455,7 @@ def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
         "memory_limit_bytes": ex.memory_limit, "predict": ex.predict, "space": choice.space.to_dict(),
         "eval_iters": t.eval_iters, "eval_batch_size": t.eval_batch_size, "corpus": str(s.data), "seed": s.seed,
         "sampler": s.sampler, "trials": s.trials, "confirm": s.confirm, "confirm_runs": CONFIRM_RUNS,
+        "confirm_rule": s.confirm_rule,
         "save_models": settings.output.save_models, "keep_models": settings.output.keep_models,
         "model": s.model,
     }
@@ -463,7 +464,7 @@ def stored_settings(settings: TuneSettings, choice: Choice) -> dict[str, Any]:
 def _pruning(session: Session) -> bool:
     """Whether the study prunes at its rungs (successive halving on the loss)."""
     s = session.settings.search
-    return s.pruner in ("asha", "hyperband") and s.objective == "loss"
+    return s.pruner in ("asha", "predict", "hyperband") and s.objective == "loss"
 
 
 def target_budgets(session: Session, remaining: int, references: list[str], confirms: int = 0) -> float:
@@ -488,10 +489,12 @@ def plan_message(session: Session, remaining: int, references: list[str], confir
     if epochs is not None:
         lines.append(epochs if isinstance(epochs, str) else epochs.line())
     total = target_budgets(session, remaining, references, confirms)
-    floor = "at least " if pruning else ""
+    # Successive halving's cost is a floor; the prediction also stops trials halving would promote: an estimate.
+    floor = ("about " if s.search.pruner == "predict" else "at least ") if pruning else ""
+    sequential = s.search.confirm_rule == "sequential"
     cost = f"expected training: {floor}{total:.1f} target budgets ({budgets:.1f} for {remaining} trials"
     cost += f" + {len(references)} for the references {', '.join(references)}" if references else ""
-    cost += f" + {confirms} for confirmation runs)" if confirms else ")"
+    cost += f" + {'up to ' if sequential else ''}{confirms} for confirmation runs)" if confirms else ")"
     if budget.seconds:
         # Evaluation and the warm-up steps add roughly 15 % of the training (measured on a CPU); every run also
         # pays its process start, torch import and memory trace once (run_overhead_seconds).
@@ -506,16 +509,30 @@ def plan_message(session: Session, remaining: int, references: list[str], confir
         # configurations has more of them promoted (each new best of a rung trains on): measured on a 2-core CPU,
         # a 30-trial 2-minute study trained 12 trials to the target and took 2.5x this floor.
         lines.append("(successive halving's floor; a sampler that keeps finding better configurations has more of "
-                     "them promoted, up to about 3x this)")
-    lines.append(f"at least {reach:.0f} of the {remaining} trials will train to the full target"
+                     "them promoted, up to about 3x this" + ("; the prediction stops some of those)"
+                                                             if s.search.pruner == "predict" else ")"))
+    lines.append(f"{floor}{reach:.0f} of the {remaining} trials will train to the full target"
                  if pruning else f"every trial trains to the full target (pruner {s.search.pruner})")
+    if references:
+        lines.append("references: after the search" + (", each stopped at a rung where it is predicted to lose to "
+                                                        "the answer" if s.search.pruner == "predict" else ""))
     if confirms:
-        lines.append(f"confirmation: once the study is done, its best {s.search.confirm} configurations (trials or "
-                     f"references) train {CONFIRM_RUNS} more times each to the target, with seeds "
-                     f"{s.search.seed + 1}..{s.search.seed + CONFIRM_RUNS}; the winner is the best mean ({confirms} "
-                     f"runs to come; --confirm 0: none)")
+        lines.append(confirm_message(s.search, confirms))
     lines.append(workers_message(session))
     return "\n".join(lines)
+
+
+def confirm_message(search: SearchArgs, confirms: int) -> str:
+    """The plan's line on confirmation: which runs, with which seeds, and when they stop."""
+    seeds = f"seeds {search.seed + 1}..{search.seed + CONFIRM_RUNS}"
+    if search.confirm_rule == "sequential":
+        return (f"confirmation: once the study is done, its best configuration trains once more to the target "
+                f"(seed {search.seed + 1}); its best {search.confirm} train more ({seeds}, up to {CONFIRM_RUNS} runs "
+                f"each) only while the answer's lead is within the noise measured; the winner is the best mean (up "
+                f"to {confirms} runs; --confirm 0: none; --confirm-rule all: every one)")
+    return (f"confirmation: once the study is done, its best {search.confirm} configurations (trials or references) "
+            f"train {CONFIRM_RUNS} more times each to the target, with {seeds}; the winner is the best mean "
+            f"({confirms} runs to come; --confirm 0: none)")
 
 
 # Epochs per trial with a time budget need a throughput: a trial process trains the study's first configuration

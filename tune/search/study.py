@@ -28,9 +28,10 @@ from optuna.trial import TrialState
 
 from tune.core import trust
 from tune.core.budget import format_seconds
-from tune.core.confirm import CONFIRM_RUNS, confirm_label, run_stem
+from tune.core.confirm import confirm_label, run_stem
 from tune.core.epochs import EpochEstimate
 from tune.core.outcomes import Status
+from tune.core.schema import PREDICTION
 from tune.core.space import preset_params
 from tune.exec.console import Console
 from tune.exec.pool import Beater, run_workers
@@ -40,7 +41,7 @@ from tune.exec.runner import TrialRun, TrialRunner
 from tune.exec.slots import Slot
 from tune.memory import judge as mem
 from tune.report import keep as keep_models
-from tune.search import dispatch
+from tune.search import dispatch, predict
 from tune.search.dispatch import DONE, WAIT, Claim
 from tune.search.session import (
     Session,
@@ -175,25 +176,23 @@ def closed_on_failure(trial: optuna.Trial, tuner: Tuner) -> Iterator[None]:
 
 
 def claim_next(tuner: Tuner, slot: Slot) -> Claim | str:
-    """Under the study lock: fail stale trials, then a reference still to run, a trial, a confirmation run (once the
-    study holds its --trials), WAIT or DONE."""
+    """Under the study lock: fail stale trials, then a searched trial, a reference still to run (once no searched
+    trial is left to claim), a confirmation run (once the study and its references are done), WAIT or DONE."""
     session = tuner.session
     with session.lock:
         for study in (session.study, session.references, session.confirms):
             if study is not None:
                 liveness.fail_stale(study)  # queues each one again (the storage's stale callback: requeue)
-        claim: Claim | str | None = None
-        if session.references is not None:
-            claim = dispatch.claim_reference(session.references, session.presets)
-        if claim is None:
-            claim = dispatch.claim_trial(session.study, session.settings.trials)
-            if isinstance(claim, Claim):
-                with closed_on_failure(claim.trial, tuner):
-                    # Drawn inside the lock: TPE's constant liar sees every trial running anywhere.
-                    claim.params = session.space.suggest(claim.trial, legacy=session.legacy_params)
-            elif claim == DONE and session.confirms is not None:
-                claim = dispatch.claim_confirm(session.study, session.references, session.confirms,
-                                               session.settings.confirm, session.settings.seed)
+        claim: Claim | str | None = dispatch.claim_trial(session.study, session.settings.trials)
+        if isinstance(claim, Claim):
+            with closed_on_failure(claim.trial, tuner):
+                # Drawn inside the lock: TPE's constant liar sees every trial running anywhere.
+                claim.params = session.space.suggest(claim.trial, legacy=session.legacy_params)
+        elif session.references is not None:  # no searched trial left to claim: the references' turn
+            claim = dispatch.claim_reference(session.references, session.presets) or claim
+        if claim == DONE and session.confirms is not None:
+            claim = dispatch.claim_confirm(session.study, session.references, session.confirms,
+                                           session.settings.confirm, session.settings.seed)
         if isinstance(claim, Claim):
             with closed_on_failure(claim.trial, tuner):
                 # alive from the first instant another tuner could look
@@ -288,10 +287,31 @@ class ClaimRun:
         k = min(k, self.n)
         try:
             self.trial.report(val_loss, self.plan.steps[k - 1])
+            # The target is never pruned, nor a confirmation run (its configuration already reached the target).
+            return k < self.n and self.claim.confirm is None and self._judge(k, val_loss)
         except UpdateFinishedTrialError:  # declared stale by another tuner: stop training for nothing
             self.lost = True
             return True
-        return self.claim.searched and k < self.n and self.trial.should_prune()  # the target is never pruned
+
+    def _judge(self, k: int, val_loss: float) -> bool:
+        """At rung k below the target: record the run's predicted target loss, then whether it stops there (a
+        searched trial: the study's pruner; a reference, with --pruner predict: when it is predicted to lose)."""
+        study = self.session.study
+        step = self.plan.steps[k - 1]
+        p, best = predict.predict(study, step, val_loss), predict.incumbent(study)
+        if p is not None:
+            for key, value in predict.prediction_attrs(p, k, best).items():
+                self.trial.set_user_attr(key, value)
+        if self.claim.searched:
+            frozen = _optuna.storage_of(study).get_trial(_optuna.trial_id(self.trial))
+            why = predict.stop_reason(study.pruner, study, frozen)
+        elif isinstance(study.pruner, predict.PredictivePruner):  # a reference: stopped by the prediction alone
+            why = PREDICTION if predict.cannot_win(p, best) else None
+        else:
+            why = None
+        if why:
+            self.trial.set_user_attr("stopped_by", why)
+        return why is not None
 
     def on_predicted(self, memory: dict[str, Any] | None) -> bool:
         """Judge the traced step against the limit; True to skip the trial (predicted out of memory)."""
@@ -432,10 +452,7 @@ def study_over(session: Session) -> bool:
             return False
     if session.confirms is None or s.confirm <= 0:
         return True
-    claimed = {(t.user_attrs.get("confirm_of"), t.user_attrs.get("confirm_run"))
-               for t in session.confirms.get_trials(deepcopy=False)}
-    top = dispatch.top_configurations(session.study, session.references, s.confirm)
-    return all((c.name, run) in claimed for c in top for run in range(1, CONFIRM_RUNS + 1))
+    return dispatch.next_confirm_run(session.study, session.references, session.confirms, s.confirm) is None
 
 
 def work(tuner: Tuner, slot: Slot) -> None:
