@@ -26,7 +26,7 @@ def test_dry_run_prints_the_plan_space_and_memory_and_creates_nothing(tmp_path, 
     assert code == 0, err
     assert files_under(tmp_path) == before and not (tmp_path / "r").exists()
     for needle in ("target: 60 steps of training per configuration", "rungs: 60 steps",
-                   "expected training: at least", "for the references tiny",
+                   "expected training: about", "for the references tiny",
                    "epochs of the corpus per trial at the target", "| dropout | 0 .. 0.3 | uniform |",
                    "| weight_decay | 0.001 .. 0.3 | log-uniform |", "against the 4,096 MiB limit",
                    "nothing is created", "no study, results folder or file was created"):
