@@ -85,7 +85,8 @@ def test_the_settings_a_study_stores_are_the_flat_dict_they_were(tmp_path):
         "space": {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2],
                   "n_layer": [1, 1], "learning_rate": [0.001, 0.01]},
         "eval_iters": 4, "eval_batch_size": 32, "corpus": str(CORPUS), "seed": 3, "sampler": "random", "trials": 3,
-        "confirm": 1, "confirm_runs": 2, "save_models": False, "keep_models": 1, "compile": "none",
+        "confirm": 1, "confirm_runs": 2, "confirm_rule": "sequential",
+        "save_models": False, "keep_models": 1, "compile": "none",
         "model": ""}  # "": gptcore's GPT (--model, tests/test_user_model.py)
 
 

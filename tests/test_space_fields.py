@@ -183,7 +183,7 @@ def searched(tmp_path_factory):
     """3 trials of 60 steps and one reference, searching dropout and weight decay beside the six; the best
     configuration confirmed by 2 more runs."""
     return run_study(settings(tmp_path_factory.mktemp("fields"), trials=3, budget=Budget(60, "steps"),
-                              references=("tiny",), space_params=EXTRA, keep_models=5, confirm=1))
+                              references=("tiny",), space_params=EXTRA, keep_models=5, confirm=1, confirm_rule="all"))
 
 
 def test_the_study_trains_the_drawn_values_and_every_output_shows_them(searched):

@@ -28,7 +28,8 @@ from tune.search.study import run_study
 
 if __name__ == "__main__":
     space = {TINY_SPACE!r}
-    run_study(TuneSettings.of(trials=1, references=("tiny",), confirm=1, log_to=("tensorboard", "mlflow"),
+    run_study(TuneSettings.of(trials=1, references=("tiny",), confirm=1, confirm_rule="all",
+                              log_to=("tensorboard", "mlflow"),
                               budget=Budget(0.5, "s"), device="cpu", results=Path(sys.argv[1]) / "results",
                               study_name="t", data=Path(sys.argv[2]), space_overrides=space, progress=False,
                               seed=1))
