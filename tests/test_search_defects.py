@@ -66,7 +66,8 @@ def test_grouped_settings_hold_every_flag_as_the_flat_settings_did(tmp_path):
         results=tmp_path, space="auto", space_overrides={k: tuple(v) for k, v in TINY_SPACE.items()},
         objective="loss", memory_limit=None, predict=True, pruner="median", sampler="random", seed=3,
         dtype="auto", trial_timeout=99.0, progress=False, workers=1, gpus=None, cores=None, heartbeat_interval=5,
-        grace_period=30, confirm=1, quiet=False, eval_iters=4, eval_batch_size=32, keep_models=1,
+        grace_period=30, confirm=1, confirm_rule="sequential",
+        quiet=False, eval_iters=4, eval_batch_size=32, keep_models=1,
         compile="none", log_to=())
     assert TuneSettings.of(**flat) == settings_from_args(args)  # the flat names reach the same groups
 
