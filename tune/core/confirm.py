@@ -12,6 +12,13 @@ CONFIRM_RUNS = 2  # each confirmed configuration trains at most this many more t
 CONFIRM_RULES = ("sequential", "all")
 
 
+def confirm_rule(settings: dict) -> str:
+    """The rule a study's stored settings confirm by: sequential on the loss only (its noise prior is a loss's);
+    "all" for another objective, and for a study recorded before the rule existed."""
+    sequential = settings.get("confirm_rule", "all") == "sequential" and settings.get("objective", "loss") == "loss"
+    return "sequential" if sequential else "all"
+
+
 def source_name(number: int | None, preset: str | None) -> str:
     """How a confirmation run names the configuration it repeats (user attr `confirm_of`): 'trial 12', 'ref baby'."""
     return f"ref {preset}" if preset else f"trial {number}"

@@ -22,7 +22,7 @@ from gptcore.files import atomic_dir, contained_file, inside
 from gptcore.layout import CHECKPOINT_FILES, STATE
 from tune.core import schema, units
 from tune.core.budget import Budget, schedule_fields
-from tune.core.confirm import CONFIRM_RUNS, confirm_label, source_name
+from tune.core.confirm import CONFIRM_RUNS, confirm_label, confirm_rule, source_name
 from tune.core.outcomes import COUNTED, Status
 from tune.core.provenance import versions
 from tune.core.space import PARAMS, Space, preset_params
@@ -361,7 +361,7 @@ def choose_winner(df: pd.DataFrame, settings: dict[str, Any]) -> Winner | None:
     if single is None:
         return None
     table = confirmation_table(df, objective, settings.get("confirm_runs", CONFIRM_RUNS),
-                               settings.get("confirm_rule", "all"))
+                               confirm_rule(settings))
     complete = table[table["state"] == "complete"] if not table.empty else table
     if complete.empty:
         # No confirmation complete: the best single run, but never one of a configuration whose confirmation failed.

@@ -30,7 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from gptcore.config import SEED_MAX
-from tune.core.confirm import CONFIRM_RUNS, next_confirmation, source_name
+from tune.core.confirm import CONFIRM_RUNS, confirm_rule, next_confirmation, source_name
 from tune.core.outcomes import Status
 from tune.core.space import Space, preset_params
 from tune.store import _optuna
@@ -244,9 +244,7 @@ def next_confirm_run(study: optuna.Study, refs: optuna.Study | None, confirms: o
     top = top_configurations(study, refs, k)
     trials = confirms.get_trials(deepcopy=False)
     claimed = _claimed(trials)
-    settings = study.user_attrs.get("settings", {})
-    # Sequential on the loss only (its noise prior is a loss's); a study recorded before the rule existed: all.
-    if settings.get("confirm_rule", "all") != "sequential" or settings.get("objective", "loss") != "loss":
+    if confirm_rule(study.user_attrs.get("settings", {})) != "sequential":
         return next(((s, r) for s in top for r in range(1, CONFIRM_RUNS + 1) if (s.name, r) not in claimed), None)
     done: dict[str, list[float]] = {s.name: [s.value] for s in top}
     for t in trials:
