@@ -1,5 +1,6 @@
 """The tuner's memory judgement: skip what is predicted not to fit, tell Optuna a memory constraint, report it."""
 
+import pandas as pd
 import pytest
 
 from gptcore.memory import Calibration
@@ -55,6 +56,16 @@ def test_a_trial_that_fits_is_feasible_and_teaches_the_calibration(tmp_path, lim
     assert "fitted on all 2 measured run(s)" in summary  # the report refits on every record
     assert (df["mem_resident_bytes"] > 0).all() and (df["mem_resident_bytes"] < df["mem_traced_bytes"]).all()
 
+
+def test_without_a_limit_no_step_is_traced_and_the_summary_says_why(tmp_path):
+    # A CPU study without --memory-limit: no verdict could skip anything, so no trial spends ~1 s tracing.
+    out = run_study(settings(tmp_path, trials=1, space_overrides=SMALL, trial_seconds=1))
+    row = trials_frame(out.study).iloc[0]
+    assert row["status"] == "ok" and row["measured_peak_bytes"] > 0
+    for key in ("mem_traced_bytes", "predicted_peak_bytes", "mem_predict_seconds", "mem_limit_bytes"):
+        assert pd.isna(row.get(key)), key  # not recorded
+    summary = (out.results_dir / "summary.md").read_text()
+    assert "no step was traced: without a limit" in summary and "predicted and measured" not in summary
 
 def test_verdict_skips_only_past_the_margin_and_only_when_allowed():
     memory = {"peak_bytes": 1000 * MiB, "baseline_bytes": 100 * MiB}
