@@ -45,7 +45,7 @@ class Spend:
     confirm: int = 2
     noise: float = NOISE
     references_last: bool = True  # after the search, judged at its rungs against the answer (else first, whole)
-    sequential: bool = True  # confirm until the answer's lead exceeds the noise measured so far (else every run)
+    sequential: bool = True  # confirm until the answer is settled (else every run)
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def replay_answers(table: Table, strategy: Strategy, seed: int, trials: int, spe
 
 def _confirm_order(top, observed, spend, rng, table):
     """Yield the confirmation runs as they are made (each appends its loss to observed): every one, or sequentially
-    until the best mean's lead over the next exceeds the noise measured so far."""
+    until the answer is settled (tune.core.confirm.next_confirmation)."""
     runs = {p: 0 for p in top}
     while True:
         if spend.sequential:

@@ -22,7 +22,7 @@ from gptcore.errors import UserError
 from tests.conftest import CORPUS, ROOT, run_cli
 from tests.test_tune import TINY_SPACE
 from tune.core.budget import Budget, RungPlan
-from tune.core.confirm import PRIOR_NOISE, next_confirmation, pooled_noise
+from tune.core.confirm import PRIOR_NOISE, SETTLED, choice_loss, next_confirmation, pooled_noise
 from tune.core.space import Space, preset_params
 from tune.exec.slots import Slot
 from tune.report.frame import COLUMNS, choose_winner, readable, trials_frame
@@ -325,18 +325,29 @@ def test_overlapping_ranges_are_called_noise_and_separate_ones_are_not():
 # --- sequential confirmation (--confirm-rule sequential, the default) ----------------------------------------
 
 
-def test_sequential_confirms_the_best_once_then_only_while_its_lead_is_within_the_noise():
+def test_sequential_confirms_the_best_once_then_only_while_naming_it_could_cost_more_than_settled():
     runs = {"a": [1.00], "b": [1.20], "c": [1.30]}
     assert next_confirmation(runs, {"a": 0, "b": 0, "c": 0}, 2) == "a"  # the first run measures the noise
     runs["a"].append(1.02)
-    assert next_confirmation(runs, {"a": 1, "b": 0, "c": 0}, 2) is None  # a lead of 0.19: far beyond 2 se
-    close = {"a": [1.00, 1.02], "b": [1.03]}
-    assert next_confirmation(close, {"a": 1, "b": 0}, 2) == "b"  # within the noise: the one known less
-    close["b"].append(1.05)
-    assert next_confirmation(close, {"a": 1, "b": 1}, 2) in ("a", "b")
-    assert next_confirmation(close, {"a": 2, "b": 2}, 2) is None  # the cap is spent
+    assert next_confirmation(runs, {"a": 1, "b": 0, "c": 0}, 2) is None  # a lead of 0.19: b cannot be better
+    close = {"a": [1.00, 1.02], "b": [1.01]}
+    assert next_confirmation(close, {"a": 1, "b": 0}, 2) == "b"  # a tie on one run of b: the one known less
+    close["b"].append(1.01)
+    assert next_confirmation(close, {"a": 1, "b": 1}, 2) is None  # still a tie, the noise measured: either will do
+    noisy = {"a": [1.00, 1.10], "b": [1.02, 1.08]}
+    assert next_confirmation(noisy, {"a": 1, "b": 1}, 2) in ("a", "b")  # a tie in noise of 0.05: not settled
+    assert next_confirmation(noisy, {"a": 2, "b": 2}, 2) is None  # the cap is spent
     assert next_confirmation({"a": [1.0, 1.1]}, {"a": 1}, 2) is None  # nothing it could lose to
     assert next_confirmation({}, {}, 2) is None
+
+
+def test_the_choice_loss_is_the_normal_loss_function_of_the_lead():
+    # E[max(0, -d)] for d ~ N(lead, se^2): se / sqrt(2 pi) at a tie, ~0 for a lead of many se, -lead when behind.
+    assert choice_loss(0.0, 0.03) == pytest.approx(0.03 / math.sqrt(2 * math.pi))
+    assert choice_loss(0.3, 0.03) < 1e-20 and choice_loss(-0.3, 0.03) == pytest.approx(0.3)
+    assert choice_loss(0.02, 0.03) < choice_loss(0.0, 0.03) < choice_loss(0.0, 0.06)
+    assert choice_loss(0.02, 0.0) == 0.0 and choice_loss(-0.02, 0.0) == pytest.approx(0.02)
+    assert SETTLED < choice_loss(0.0, PRIOR_NOISE * math.sqrt(2))  # two single runs in the prior noise: not settled
 
 
 def test_the_noise_is_the_prior_until_the_study_measures_its_own():
@@ -370,7 +381,7 @@ def test_sequential_claims_wait_for_the_run_that_decides_and_stop_once_the_lead_
 def test_sequential_claims_confirm_the_runner_up_when_the_lead_is_within_the_noise():
     study, confirms = sequential_studies([1.02, 1.0, 1.6])
     first = dispatch.claim_confirm(study, None, confirms, 2, seed=5)
-    confirms.tell(first.trial, 1.03)  # trial 1: mean 1.015 against trial 0's 1.02
+    confirms.tell(first.trial, 1.035)  # trial 1: mean 1.0175 against trial 0's 1.02, a tie in the noise
     second = dispatch.claim_confirm(study, None, confirms, 2, seed=5)
     assert (second.confirm.source.name, second.confirm.run, second.confirm.seed) == ("trial 0", 1, 6)
 

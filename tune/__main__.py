@@ -37,7 +37,7 @@ from gptcore.corpus import DEFAULT_CORPUS
 from gptcore.errors import UserError
 from tune.core import studyfile
 from tune.core.budget import DEFAULT_BUDGET, SCHEDULES, Budget, parse_budget
-from tune.core.confirm import CONFIRM_RULES, CONFIRM_RUNS
+from tune.core.confirm import CONFIRM_RULES, CONFIRM_RUNS, SETTLED
 from tune.core.space import PARAMS, SPACES, load_space, parse_param_flag, parse_range
 from tune.search.settings import (
     DEFAULT_CONFIRM,
@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"up to {CONFIRM_RUNS} more times each with fresh seeds and pick the winner by the mean "
                         f"(default {DEFAULT_CONFIRM}; 0: none)")
     p.add_argument("--confirm-rule", choices=CONFIRM_RULES, default=DEFAULT_CONFIRM_RULE,
-                   help="sequential: confirm the best once, then more runs only while its lead over the next is "
-                        f"within the run-to-run noise measured so far; all: every run of the best K (default "
+                   help="sequential: confirm the best once, then more runs only while the next may still be "
+                        f"better by more than {SETTLED} on average, given the run-to-run noise measured so far; all: "
+                        f"every run of the best K (default "
                         f"{DEFAULT_CONFIRM_RULE})")
     p.add_argument("--no-save-models", action="store_true",
                    help="do not keep the models of the trials that train to the target (best-model/ is one of them)")

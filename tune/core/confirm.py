@@ -6,8 +6,10 @@ The search side claims them (tune.search.dispatch); the report side shows them (
 
 from __future__ import annotations
 
+import math
+
 CONFIRM_RUNS = 2  # each confirmed configuration trains at most this many more times, with seeds --seed + 1, + 2
-# --confirm-rule: "sequential" stops confirming once the answer's lead is clear of the noise (next_confirmation);
+# --confirm-rule: "sequential" stops confirming once the answer is settled (next_confirmation);
 # "all" runs every confirmation run of the K best (the rule before; a study recorded without a rule keeps it).
 CONFIRM_RULES = ("sequential", "all")
 
@@ -41,7 +43,10 @@ def confirm_label(confirm_of: str, run: int | None) -> str:
 # target, 2-core CPU); a study's own runs outweigh it after a few confirmations.
 PRIOR_NOISE = 0.030
 PRIOR_DOF = 2
-LEAD_Z = 2.0  # the answer's lead over the next configuration must exceed this many standard errors
+# Confirmation stops once naming the leader can cost little: the runner-up may truly be better, and SETTLED bounds
+# by how much on average (the expected loss of the choice, given both means and the noise). A lead of 2 standard
+# errors is settled, and so are two configurations so close that either is as good an answer.
+SETTLED = 0.01
 
 
 def pooled_noise(runs: dict[object, list[float]]) -> float:
@@ -51,8 +56,17 @@ def pooled_noise(runs: dict[object, list[float]]) -> float:
     return ((PRIOR_DOF * PRIOR_NOISE**2 + ss) / (PRIOR_DOF + dof)) ** 0.5
 
 
+def choice_loss(lead: float, se: float) -> float:
+    """How much better the runner-up is, on average, than the leader named: E[max(0, -d)] for a true difference
+    d ~ N(lead, se^2) (the normal loss function)."""
+    if se <= 0:
+        return max(0.0, -lead)
+    u = lead / se
+    return se * math.exp(-u * u / 2) / math.sqrt(2 * math.pi) - lead * 0.5 * math.erfc(u / math.sqrt(2))
+
+
 def next_confirmation(runs: dict[object, list[float]], confirmed: dict[object, int], cap: int) -> object | None:
-    """Which configuration to confirm next, or None: the answer's lead is clear of the noise, or the cap is spent.
+    """Which configuration to confirm next, or None: naming the leader costs less than SETTLED, or the cap is spent.
 
     runs: every run's loss at the target per configuration (its search run first); confirmed: confirmation runs
     made of each configuration so far (its keys are the candidates, best first); cap: confirmation runs allowed
@@ -67,7 +81,7 @@ def next_confirmation(runs: dict[object, list[float]], confirmed: dict[object, i
         return None
     second = order[1]
     se = pooled_noise(runs) * (1 / len(runs[top]) + 1 / len(runs[second])) ** 0.5
-    if sum(runs[second]) / len(runs[second]) - sum(runs[top]) / len(runs[top]) > LEAD_Z * se:
+    if choice_loss(sum(runs[second]) / len(runs[second]) - sum(runs[top]) / len(runs[top]), se) < SETTLED:
         return None
     pick = min((top, second), key=lambda p: confirmed[p])  # the one the comparison knows less of
     return pick if confirmed[pick] < cap else None

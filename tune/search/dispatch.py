@@ -13,8 +13,8 @@ The rules, for any number of tuner processes and workers on one study:
   the user waits for, and a reference judged against it can be stopped at a rung);
 - with --confirm K, a finished study (and its references) then re-runs its best configurations with fresh seeds,
   in a third study (`<name>:confirm`), claimed the same way: queued retries first, then the run the sequential
-  rule names (the best once, more only while its lead is within the noise; at most CONFIRM_RUNS each of the K
-  best); a worker waits while any trial runs anywhere (a run may fail and need its retry).
+  rule names (the best once, more only while the runner-up may still be better by more than SETTLED; at most
+  CONFIRM_RUNS each of the K best); a worker waits while any trial runs anywhere (a run may fail and need its retry).
 Each decision (fail stale trials, count, ask) and each requeue happens inside one lock that spans every tuner
 process (tune.store.locks.study_lock), so two tuners never ask for the same last trial or retry one trial twice.
 """
@@ -238,8 +238,8 @@ def next_confirm_run(study: optuna.Study, refs: optuna.Study | None, confirms: o
     """The confirmation run to make next, (configuration, run number), or None: the answer is settled.
 
     With --confirm-rule sequential, on the loss (tune.core.confirm.next_confirmation): the best configuration once,
-    then more runs only while its lead over the next is within the noise measured so far, at most CONFIRM_RUNS
-    each of the k best. Otherwise (rule all, or another objective: no prior for its noise) every one of those.
+    then more runs only while the next may still be better by more than SETTLED on average (the noise measured
+    so far), at most CONFIRM_RUNS each of the k best. Otherwise (rule all, or another objective: no prior for its noise) every one of those.
     """
     top = top_configurations(study, refs, k)
     trials = confirms.get_trials(deepcopy=False)
@@ -269,7 +269,7 @@ def confirm_runs_pending(study: optuna.Study, refs: optuna.Study | None, confirm
                          k: int) -> int:
     """Confirmation runs still to train at most, for the plan printed at the start: those the top k as they stand
     lack (k x CONFIRM_RUNS before any configuration has trained to the target), plus queued retries; sequential
-    confirmation stops sooner when the answer's lead is clear."""
+    confirmation stops sooner once the answer is settled."""
     if confirms is None or k <= 0:
         return 0
     trials = confirms.get_trials(deepcopy=False)

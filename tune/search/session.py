@@ -34,7 +34,7 @@ from tune.core.budget import (
     parse_budget,
     schedule_fields,
 )
-from tune.core.confirm import CONFIRM_RUNS
+from tune.core.confirm import CONFIRM_RUNS, SETTLED
 from tune.core.epochs import EpochEstimate
 from tune.core.outcomes import Status
 from tune.core.provenance import INVOCATION_PREFIX, command_line, study_file_record, versions
@@ -528,7 +528,8 @@ def confirm_message(search: SearchArgs, confirms: int) -> str:
     if search.confirm_rule == "sequential":
         return (f"confirmation: once the study is done, its best configuration trains once more to the target "
                 f"(seed {search.seed + 1}); its best {search.confirm} train more ({seeds}, up to {CONFIRM_RUNS} runs "
-                f"each) only while the answer's lead is within the noise measured; the winner is the best mean (up "
+                f"each) only while the runner-up may still be better by more than {SETTLED} on average (the noise "
+                f"measured so far); the winner is the best mean (up "
                 f"to {confirms} runs; --confirm 0: none; --confirm-rule all: every one)")
     return (f"confirmation: once the study is done, its best {search.confirm} configurations (trials or references) "
             f"train {CONFIRM_RUNS} more times each to the target, with {seeds}; the winner is the best mean "

@@ -45,7 +45,7 @@ class SearchArgs:
     references: tuple[str, ...] | None = None  # presets run after the search; None: REFERENCES for the device
     warm_start: str | None = None  # an earlier study (folder, trials.csv or name) whose best configurations go first
     confirm: int = DEFAULT_CONFIRM  # the best K configurations re-run with fresh seeds at the end; 0: none
-    confirm_rule: str = DEFAULT_CONFIRM_RULE  # stop confirming when the lead is clear, or run all (CONFIRM_RULES)
+    confirm_rule: str = DEFAULT_CONFIRM_RULE  # stop confirming once the answer is settled, or run all (CONFIRM_RULES)
     # --param: fields searched beside the six, {name: the space file's form} (tune.core.fields), over --space
     space_params: dict[str, Any] = field(default_factory=dict)
     model: str = ""  # --model: the user's model class, FILE.py:Class or package.module:Class ("": gptcore's GPT)
