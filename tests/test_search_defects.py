@@ -221,13 +221,16 @@ def test_the_cost_floor_counts_each_runs_start_up_from_the_studys_own_runs():
     """#24.15: the plan's wall-clock floor adds each run's start-up and trace (the study's median, else a default)."""
     from types import SimpleNamespace
 
-    from tune.search.session import RUN_OVERHEAD_S, run_overhead_seconds
+    from tune.search.session import FIRST_RUN_OVERHEAD_S, RUN_OVERHEAD_S, run_overhead_seconds
 
-    def session(*attrs):
+    def session(*attrs, device="cpu"):
         trials = [SimpleNamespace(user_attrs=a) for a in attrs]
-        return SimpleNamespace(study=SimpleNamespace(get_trials=lambda deepcopy=False: trials))
+        return SimpleNamespace(study=SimpleNamespace(get_trials=lambda deepcopy=False: trials),
+                               env={"device_type": device})
 
-    assert run_overhead_seconds(session()) == RUN_OVERHEAD_S  # no evidence yet
+    # No evidence yet: the device's default (a CPU trial forks with torch loaded; a GPU's adds its context).
+    assert run_overhead_seconds(session()) == FIRST_RUN_OVERHEAD_S["cpu"] < RUN_OVERHEAD_S
+    assert run_overhead_seconds(session(device="cuda")) == RUN_OVERHEAD_S
     measured = session({"startup_seconds": 5.0, "mem_predict_seconds": 2.0}, {"startup_seconds": 9.0},
                        {"status": "interrupted"})  # a run that never started says nothing
     assert run_overhead_seconds(measured) == 8.0  # median of 7 and 9

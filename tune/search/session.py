@@ -538,7 +538,7 @@ def confirm_message(search: SearchArgs, confirms: int) -> str:
 
 # Epochs per trial with a time budget need a throughput: a trial process trains the study's first configuration
 # for PROBE_SECONDS of timed steps (the same code, device, precision and cores as the trials). It is run only when
-# its cost (about RUN_OVERHEAD_S + PROBE_SECONDS) is at most PROBE_SHARE of the training the study expects: a
+# its cost (at most RUN_OVERHEAD_S + PROBE_SECONDS) is at most PROBE_SHARE of the training the study expects: a
 # probe never costs a short study (or a test) noticeably, and a long one learns before spending hours.
 PROBE_SECONDS = 3.0
 PROBE_SHARE = 0.05
@@ -561,7 +561,7 @@ def epoch_estimate(session: Session, runner: TrialRunner, references: list[str],
         return EpochEstimate.of_seconds(budget, statistics.median(measured), train_tokens,
                                         f"the median of the {len(measured)} trial(s) this study ran to the target",
                                         "at their measured tokens/s")
-    cost = RUN_OVERHEAD_S + PROBE_SECONDS
+    cost = RUN_OVERHEAD_S + PROBE_SECONDS  # the bound: a probe is worth it only well clear of the share
     if cost > PROBE_SHARE * expected_seconds:
         return (f"epochs of the corpus per trial at the target: not estimated (a throughput probe, about "
                 f"{cost:.0f} s, would cost more than {PROBE_SHARE:.0%} of this study's training; summary.md gives "
@@ -616,16 +616,25 @@ def probe_throughput(session: Session, runner: TrialRunner, model: dict[str, Any
                   + ("; a trial that compiles runs faster and sees more" if mode == "none" else ""))
 
 
-# A run's fixed cost before its first step when the study has no evidence yet: the trial process's start, torch's
-# import and the memory trace took a median 7.8 s per run in a 6-trial study of tiny models on this 2-core CPU.
+# A run's fixed cost before its first step, as a bound for timeouts: the trial process's start, torch's import and
+# the memory trace took a median 7.8 s per run in a 6-trial study of tiny models on this 2-core CPU (before trials
+# forked from a forkserver with torch loaded).
 RUN_OVERHEAD_S = 8.0
+# The same cost as the plan's estimate when the study has no evidence yet. CPU: a trial forks with torch loaded
+# (0.02 s to Ready) and traces its step only against a limit, ~1 s: 1.0 s, the median with the trace in three
+# real 20-trial studies (2026-12-06, 12 s target); without a limit it is less, and the study's own runs say so
+# once it has some. CUDA adds the device's context: RUN_OVERHEAD_S, not re-measured on a GPU.
+FIRST_RUN_OVERHEAD_S = {"cpu": 1.0}
 
 
 def run_overhead_seconds(session: Session) -> float:
-    """Seconds each run spends before its first step: the median of this study's runs, else RUN_OVERHEAD_S."""
+    """Seconds each run spends before its first step: the median of this study's runs, else the device's
+    FIRST_RUN_OVERHEAD_S (RUN_OVERHEAD_S on a GPU)."""
     spent = [a["startup_seconds"] + (a.get("mem_predict_seconds") or 0)  # process start to Ready, then the trace
              for a in (t.user_attrs for t in session.study.get_trials(deepcopy=False)) if a.get("startup_seconds")]
-    return statistics.median(spent) if spent else RUN_OVERHEAD_S
+    if spent:
+        return statistics.median(spent)
+    return FIRST_RUN_OVERHEAD_S.get(session.env["device_type"], RUN_OVERHEAD_S)
 
 
 def workers_message(session: Session) -> str:
