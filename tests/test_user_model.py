@@ -203,13 +203,14 @@ def test_a_checkpoint_runs_its_model_file_only_when_model_names_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def course_study(tmp_path_factory):
-    """A 2-trial study of examples/course_gpt.py with one reference, on a step budget."""
+    """A 2-trial study of examples/course_gpt.py with one reference, on a step budget, under a memory limit (so
+    that every run traces the course's class: without a limit on the CPU no step is traced)."""
     tmp = tmp_path_factory.mktemp("course")
     space = {"batch_size": [2, 4], "block_size": [8, 16], "n_embed": [64, 64], "n_head": [1, 2], "n_layer": [1, 1],
              "learning_rate": [1e-3, 1e-2]}
     settings = TuneSettings.of(model=COURSE, trials=2, budget=Budget(20, "steps"), references=("tiny",),
                                data=CORPUS, device="cpu", results=tmp / "results", study_name="course",
-                               space_overrides=space, progress=False, seed=1, confirm=0)
+                               space_overrides=space, progress=False, seed=1, confirm=0, memory_limit=8 * 2**30)
     return run_study(settings)
 
 
