@@ -64,7 +64,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signum, frame)
-    elif handler != signal.SIG_IGN:  # SIG_DFL, or a handler installed outside Python (None)
+    else:  # SIG_DFL, a handler installed outside Python (None), or SIG_IGN inherited from `nohup` or a script's
+        # `cmd &`: those ignore Ctrl-C on purpose, not a kill (which was ignored, and the tuner ran on)
         raise KeyboardInterrupt
 
 

@@ -348,7 +348,9 @@ def test_sigterm_mid_training_saves_a_loadable_checkpoint_and_exits_like_ctrl_c(
     assert f"interrupted: checkpoint saved at step {ckpt.step}" in err and ckpt.step >= 10
 
 
-def test_a_group_sigterm_to_the_tuner_leaves_no_trial_running(tmp_path):
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
+def test_a_group_sigterm_to_the_tuner_leaves_no_trial_running(tmp_path, sigint):
+    # SIGINT ignored: as `nohup` or a script's `cmd &` starts it. The kill must still stop it (it was ignored).
     import os
     import subprocess
     import sys
@@ -366,7 +368,8 @@ def test_a_group_sigterm_to_the_tuner_leaves_no_trial_running(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "tune", "--trials", "3", "--budget", "30s", "--references", "none", "--device", "cpu",
          "--results", str(results), "--study-name", "c", "--no-progress", *space_flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     log = results / "c" / "logs" / "trial_0000.log"
     deadline = time.time() + 60
     while not log.exists() and time.time() < deadline:
