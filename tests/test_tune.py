@@ -179,7 +179,9 @@ def test_study_completes_and_writes_every_file(finished):
     ok = df[df["status"] == "ok"]
     # Human units: MiB and seconds, the objective value, when each trial started and how long it took.
     assert (ok["val_loss"] > 0).all() and (ok["tokens_per_s"] > 0).all() and (ok["peak_rss_MiB"] > 50).all()
-    assert (ok["objective_value"].round(4) == ok["val_loss"]).all() and df["started"].notna().all()
+    # val_loss is rounded to 4 decimals from the full value, objective_value to 6: rounding that again to 4 may
+    # land on the other side of a tie (2.87795 against 2.878).
+    assert ((ok["objective_value"] - ok["val_loss"]).abs() <= 5e-5 + 1e-9).all() and df["started"].notna().all()
     train_tokens = out.study.user_attrs["corpus_tokens"]["train"]  # epochs: tokens seen / the training split
     assert df["epochs"].notna().all() and list(df["epochs"]) == pytest.approx(list(df["tokens_M"] * 1e6 / train_tokens),
                                                                               abs=0.01)
