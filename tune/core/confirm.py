@@ -71,7 +71,8 @@ def next_confirmation(runs: dict[object, list[float]], confirmed: dict[object, i
     runs: every run's loss at the target per configuration (its search run first); confirmed: confirmation runs
     made of each configuration so far (its keys are the candidates, best first); cap: confirmation runs allowed
     per configuration. The best mean is confirmed once before anything is judged (that run measures the noise)."""
-    order = sorted(confirmed, key=lambda p: sum(runs[p]) / len(runs[p]))
+    mean = {p: sum(runs[p]) / len(runs[p]) for p in confirmed}
+    order = sorted(confirmed, key=mean.__getitem__)
     if not order:
         return None
     top = order[0]
@@ -81,7 +82,7 @@ def next_confirmation(runs: dict[object, list[float]], confirmed: dict[object, i
         return None
     second = order[1]
     se = pooled_noise(runs) * (1 / len(runs[top]) + 1 / len(runs[second])) ** 0.5
-    if choice_loss(sum(runs[second]) / len(runs[second]) - sum(runs[top]) / len(runs[top]), se) < SETTLED:
+    if choice_loss(mean[second] - mean[top], se) < SETTLED:
         return None
     pick = min((top, second), key=lambda p: confirmed[p])  # the one the comparison knows less of
     return pick if confirmed[pick] < cap else None

@@ -93,7 +93,7 @@ def memory_section(df: pd.DataFrame, settings: dict[str, Any], label: Callable[[
     """summary.md's memory section: limit, calibration, skips, predicted vs measured per trial, median error."""
     failed = df["mem_trace_error"].dropna() if "mem_trace_error" in df else pd.Series(dtype=object)
     if "predicted_peak_bytes" not in df or df["predicted_peak_bytes"].isna().all():
-        if failed.empty and not df.empty and study_limit(df) is None and settings.get("memory_limit") is None:
+        if failed.empty and not df.empty and study_limit(df) is None:  # every run records the limit it had
             return ["## Memory", "", "- no step was traced: without a limit (--memory-limit, or a GPU's memory) no "
                     "prediction could skip a configuration; --memory-limit traces each trial's step first (~1 s) "
                     "and skips what is predicted not to fit", ""]

@@ -239,7 +239,8 @@ def next_confirm_run(study: optuna.Study, refs: optuna.Study | None, confirms: o
 
     With --confirm-rule sequential, on the loss (tune.core.confirm.next_confirmation): the best configuration once,
     then more runs only while the next may still be better by more than SETTLED on average (the noise measured
-    so far), at most CONFIRM_RUNS each of the k best. Otherwise (rule all, or another objective: no prior for its noise) every one of those.
+    so far), at most CONFIRM_RUNS each of the k best. Otherwise (rule all, or another objective: no prior for its
+    noise) every one of those.
     """
     top = top_configurations(study, refs, k)
     trials = confirms.get_trials(deepcopy=False)

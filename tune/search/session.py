@@ -561,7 +561,7 @@ def epoch_estimate(session: Session, runner: TrialRunner, references: list[str],
         return EpochEstimate.of_seconds(budget, statistics.median(measured), train_tokens,
                                         f"the median of the {len(measured)} trial(s) this study ran to the target",
                                         "at their measured tokens/s")
-    cost = RUN_OVERHEAD_S + PROBE_SECONDS  # the bound: a probe is worth it only well clear of the share
+    cost = RUN_OVERHEAD_S + PROBE_SECONDS
     if cost > PROBE_SHARE * expected_seconds:
         return (f"epochs of the corpus per trial at the target: not estimated (a throughput probe, about "
                 f"{cost:.0f} s, would cost more than {PROBE_SHARE:.0%} of this study's training; summary.md gives "
